@@ -1,0 +1,9 @@
+"""Triton kernels (imported as lowp_ops.kernels): @triton.jit kernels and one launcher per family.
+
+Launchers check nothing beyond what they need to launch; lowp_ops.ops validates user input first.
+"""
+
+from .int8_gemm import int8_gemm
+from .quantize import quantize_rows
+
+__all__ = ["int8_gemm", "quantize_rows"]

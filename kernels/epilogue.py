@@ -1,0 +1,104 @@
+"""Element-wise pieces shared by every lowp kernel family: rounding, quantization of float values, activations,
+and the fused GEMM epilogue (int32 accumulator -> dequantize, zero-point correction, bias, activation, output
+or requantize). The INT8 GEMM uses it today; the INT8 conv (implicit GEMM: rows = output pixels, columns = output
+channels) is meant to call the same function.
+
+Arithmetic follows lowp_ops/quant/qparams.py exactly (q = clamp(round_half_even(x * (1/scale)) + zp)), so the
+pure-torch references reproduce the kernels bit for bit wherever the compiler does not contract a multiply and an
+add into an FMA (the interpreter never does).
+"""
+
+import triton
+import triton.language as tl
+
+# 1.5 * 2^23: adding then subtracting it rounds a float32 of magnitude < 2^22 to the nearest integer, ties to
+# even (IEEE round-to-nearest-even does the work). Used instead of libdevice.rint, which the interpreter lacks;
+# callers clamp to the int8 range first, far inside 2^22.
+_RNE_MAGIC = tl.constexpr(12582912.0)
+
+
+@triton.jit
+def round_half_even(x):
+    """x float32 with |x| < 2^22 -> nearest integer (ties to even), float32."""
+    return (x + _RNE_MAGIC) - _RNE_MAGIC
+
+
+@triton.jit
+def quantize_values(v, zero_point, QMIN: tl.constexpr, QMAX: tl.constexpr):
+    """v = x * (1/scale), float32 -> clamp(round(v) + zero_point, QMIN, QMAX) as float32 (exact integers).
+
+    Clamping v to [QMIN - zp, QMAX - zp] before rounding is the same as clamping after (integer bounds, monotone
+    rounding) and keeps |v| in the range where round_half_even is exact.
+    """
+    v = tl.minimum(tl.maximum(v, QMIN - zero_point), QMAX - zero_point)
+    return round_half_even(v) + zero_point
+
+
+@triton.jit
+def apply_activation(y, ACTIVATION: tl.constexpr):
+    """ACTIVATION: "none" | "relu" | "relu6" | "gelu" (erf form, as torch.nn.functional.gelu)."""
+    if ACTIVATION == "relu":
+        y = tl.maximum(y, 0.0)
+    elif ACTIVATION == "relu6":
+        y = tl.minimum(tl.maximum(y, 0.0), 6.0)
+    elif ACTIVATION == "gelu":
+        y = 0.5 * y * (1.0 + tl.math.erf(y * 0.7071067811865476))
+    return y
+
+
+@triton.jit
+def _dequantize(acc, offs_m, offs_n, M, N,
+                a_scale_ptr, b_scale_ptr, bias_ptr, a_zp_ptr, b_sum_ptr, out_scale_ptr, out_zp_ptr,
+                OUTPUT: tl.constexpr, A_SCALE_PER_ROW: tl.constexpr, B_SCALE_PER_COL: tl.constexpr,
+                A_ZP_PER_ROW: tl.constexpr, ACTIVATION: tl.constexpr):
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    if a_zp_ptr is not None:
+        # Σ_k (a_q − za)·b_q = acc − za · Σ_k b_q[n, k]: exact in int32.
+        if A_ZP_PER_ROW:
+            za = tl.load(a_zp_ptr + offs_m, mask=mask_m, other=0)[:, None]
+        else:
+            za = tl.load(a_zp_ptr)
+        acc = acc - za * tl.load(b_sum_ptr + offs_n, mask=mask_n, other=0)[None, :]
+    y = acc.to(tl.float32)
+    if A_SCALE_PER_ROW:
+        y = y * tl.load(a_scale_ptr + offs_m, mask=mask_m, other=0.0)[:, None]
+    else:
+        y = y * tl.load(a_scale_ptr)
+    if B_SCALE_PER_COL:
+        y = y * tl.load(b_scale_ptr + offs_n, mask=mask_n, other=0.0)[None, :]
+    else:
+        y = y * tl.load(b_scale_ptr)
+    if bias_ptr is not None:
+        y = y + tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+    y = apply_activation(y, ACTIVATION)
+    if OUTPUT == "int8":
+        inv_scale = tl.math.div_rn(1.0, tl.load(out_scale_ptr))
+        out_zp = 0.0
+        if out_zp_ptr is not None:
+            out_zp = tl.load(out_zp_ptr).to(tl.float32)
+        y = quantize_values(y * inv_scale, out_zp, -128, 127)
+    return y
+
+
+@triton.jit
+def gemm_epilogue(acc, offs_m, offs_n, M, N,
+                  a_scale_ptr, b_scale_ptr, bias_ptr, a_zp_ptr, b_sum_ptr, out_scale_ptr, out_zp_ptr,
+                  OUTPUT: tl.constexpr, A_SCALE_PER_ROW: tl.constexpr, B_SCALE_PER_COL: tl.constexpr,
+                  A_ZP_PER_ROW: tl.constexpr, ACTIVATION: tl.constexpr):
+    """acc int32 (BLOCK_M, BLOCK_N) = Σ_k a_q[m, k] · b_q[n, k] -> the tile to store.
+
+    OUTPUT "int32": acc unchanged (raw mode; every other argument ignored).
+    OUTPUT "float": y = ((acc − za[m]·Σ_k b_q[n, k]) · sa[m]) · sb[n] + bias[n], then the activation; float32.
+    OUTPUT "int8":  the same y requantized with the output scale / zero point, int8 range [-128, 127], as float32.
+    Scale pointers are float32 (per row / per column, or one value); zero points and b_sum int32; pointers left
+    as None are features switched off (bias_ptr None: no bias; a_zp_ptr None: symmetric activations;
+    out_zp_ptr None: output zero point 0).
+    """
+    if OUTPUT == "int32":  # raw mode; an if/else because Triton compiles code after an early return
+        y = acc
+    else:
+        y = _dequantize(acc, offs_m, offs_n, M, N,
+                        a_scale_ptr, b_scale_ptr, bias_ptr, a_zp_ptr, b_sum_ptr, out_scale_ptr, out_zp_ptr,
+                        OUTPUT, A_SCALE_PER_ROW, B_SCALE_PER_COL, A_ZP_PER_ROW, ACTIVATION)
+    return y

@@ -1,0 +1,97 @@
+"""Row-wise activation quantization: float (M, K) -> int8 (M, K), in one launch.
+
+Dynamic (symmetric absmax, one scale per row — "per token"):
+    scale[m] = max(max_k |x[m, k]| / QMAX, min_scale),  q = clamp(round_half_even(x · (1/scale)), -QMAX, QMAX)
+Static (given per-tensor scale and zero point):
+    q = clamp(round_half_even(x · (1/scale)) + zero_point, QMIN, QMAX)
+Both match lowp_ops.quant bit for bit (same divisions, IEEE-rounded through div_rn).
+
+Memory-bound: each program owns BLOCK_M rows; when a row fits one block (K ≤ BLOCK_K) it is read once and
+kept in registers, otherwise the absmax pass and the quantize pass each stream it (the second read mostly hits L2).
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+from .epilogue import quantize_values
+
+# Elements one program holds per block: 4096 fp16/bf16 values keep ~32 registers per thread at 4 warps.
+# Not yet tuned on a GPU.
+_BLOCK_ELEMS = 4096
+
+
+@triton.jit
+def _quantize_rows_kernel(
+    x_ptr, q_ptr, scale_ptr, zp_ptr,
+    M, K, stride_xm, stride_qm, min_scale,
+    QMIN: tl.constexpr, QMAX: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, DYNAMIC: tl.constexpr, SINGLE_PASS: tl.constexpr,
+):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_mask = rows[:, None] < M
+    cols = tl.arange(0, BLOCK_K)[None, :]
+    x_rows = x_ptr + rows.to(tl.int64)[:, None] * stride_xm
+    q_rows = q_ptr + rows.to(tl.int64)[:, None] * stride_qm
+
+    if SINGLE_PASS:
+        x = tl.load(x_rows + cols, mask=row_mask & (cols < K), other=0.0).to(tl.float32)
+    if DYNAMIC:
+        if SINGLE_PASS:
+            amax = tl.max(tl.abs(x), axis=1)
+        else:
+            amax = tl.zeros((BLOCK_M,), dtype=tl.float32)
+            for k0 in range(0, K, BLOCK_K):
+                xk = tl.load(x_rows + k0 + cols, mask=row_mask & (k0 + cols < K), other=0.0).to(tl.float32)
+                amax = tl.maximum(amax, tl.max(tl.abs(xk), axis=1))
+        scale = tl.maximum(tl.math.div_rn(amax, QMAX * 1.0), min_scale)
+        tl.store(scale_ptr + rows, scale, mask=rows < M)
+        inv_scale = tl.math.div_rn(1.0, scale)[:, None]
+        zero_point = 0.0
+    else:
+        inv_scale = tl.math.div_rn(1.0, tl.load(scale_ptr))
+        zero_point = 0.0
+        if zp_ptr is not None:
+            zero_point = tl.load(zp_ptr).to(tl.float32)
+
+    if SINGLE_PASS:
+        q = quantize_values(x * inv_scale, zero_point, QMIN, QMAX)
+        tl.store(q_rows + cols, q.to(tl.int8), mask=row_mask & (cols < K))
+    else:
+        for k0 in range(0, K, BLOCK_K):
+            mask = row_mask & (k0 + cols < K)
+            xk = tl.load(x_rows + k0 + cols, mask=mask, other=0.0).to(tl.float32)
+            q = quantize_values(xk * inv_scale, zero_point, QMIN, QMAX)
+            tl.store(q_rows + k0 + cols, q.to(tl.int8), mask=mask)
+
+
+def _direct(kernel):
+    return kernel
+
+
+def quantize_rows(x, *, scale=None, zero_point=None, min_scale=2.0**-126, block_k=None, wrap=_direct):
+    """Quantize a float matrix to int8; arguments are assumed validated (lowp_ops.ops does that).
+
+    x: (M, K) float16 / bfloat16 / float32 with x.stride(1) == 1.
+    scale None (dynamic): returns (q int8 (M, K), scale float32 (M,)), symmetric, range [-127, 127];
+    scales never go below min_scale (lowp_ops.quant.MIN_SCALE).
+    scale float32 (1,) (static), zero_point int32 (1,) or None: returns (q, scale), range [-128, 127].
+    block_k: override the K block (tests use it to force the two-pass path).
+    """
+    M, K = x.shape
+    q = torch.empty((M, K), dtype=torch.int8, device=x.device)
+    dynamic = scale is None
+    qmin, qmax = (-127, 127) if dynamic else (-128, 127)  # symmetric int8 is narrow-range (quant/spec.py)
+    if dynamic:
+        scale = torch.empty((M,), dtype=torch.float32, device=x.device)
+    if M == 0:
+        return q, scale
+    block_k = block_k or min(triton.next_power_of_2(max(K, 1)), _BLOCK_ELEMS)
+    block_m = max(1, min(triton.next_power_of_2(M), _BLOCK_ELEMS // block_k))
+    grid = (triton.cdiv(M, block_m),)
+    wrap(_quantize_rows_kernel)[grid](
+        x, q, scale, zero_point, M, K, x.stride(0), q.stride(0), min_scale,
+        QMIN=qmin, QMAX=qmax, BLOCK_M=block_m, BLOCK_K=block_k, DYNAMIC=dynamic, SINGLE_PASS=K <= block_k,
+        num_warps=4 if block_m * block_k <= 2048 else 8,
+    )
+    return q, scale

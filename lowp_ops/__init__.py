@@ -1,0 +1,18 @@
+"""lowp: hand-written Triton kernels for low-precision deep learning in PyTorch.
+
+Layers, bottom to top: lowp_ops.kernels (Triton) -> lowp_ops.ops (torch.ops.lowp.*, with lowp_ops.reference as
+the CPU path and test oracle) -> modules and workflows. lowp_ops.quant holds the quantization math.
+
+>>> import torch, lowp_ops
+>>> w = torch.randn(32, 64)
+>>> qw = lowp_ops.quant.quantize_tensor(w, lowp_ops.quant.per_channel(axis=0))
+>>> y = lowp_ops.int8_linear(torch.randn(2, 64), qw.qdata, qw.scale)
+>>> y.shape, y.dtype
+(torch.Size([2, 32]), torch.float32)
+"""
+
+from . import quant
+from .ops import int8_linear, int8_mm, quantize_per_tensor, quantize_per_token
+
+__version__ = "0.1.0"
+__all__ = ["int8_linear", "int8_mm", "quant", "quantize_per_tensor", "quantize_per_token"]

@@ -1,0 +1,20 @@
+"""Quantization math in one place: specs, qparams, quantize / dequantize / fake-quantize, error analysis.
+
+>>> import torch
+>>> from lowp_ops import quant
+>>> w = torch.randn(64, 128)
+>>> qw = quant.quantize_tensor(w, quant.per_channel(axis=0))
+>>> quant.sqnr_db(w, qw.dequantize()) > 35
+True
+"""
+
+from .affine import QuantizedTensor, dequantize, fake_quantize, quantize, quantize_tensor
+from .error import QuantError, quantization_error, sqnr_db, uniform_noise_variance
+from .qparams import MIN_SCALE, choose_qparams, reduce_minmax
+from .spec import Granularity, QuantSpec, per_channel, per_group, per_tensor, per_token
+
+__all__ = [
+    "MIN_SCALE", "Granularity", "QuantError", "QuantSpec", "QuantizedTensor", "choose_qparams", "dequantize",
+    "fake_quantize", "per_channel", "per_group", "per_tensor", "per_token", "quantization_error", "quantize",
+    "quantize_tensor", "reduce_minmax", "sqnr_db", "uniform_noise_variance",
+]

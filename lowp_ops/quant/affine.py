@@ -1,0 +1,93 @@
+"""quantize / dequantize / fake_quantize under a QuantSpec (pure torch, any device).
+
+Rounding is round-half-to-even (torch.round); see qparams.py for the formulas and parameter shapes.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from .qparams import as_groups, choose_qparams, expand_param, reduce_minmax
+from .spec import QuantSpec
+
+
+def _quantize_float(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
+                    spec: QuantSpec) -> torch.Tensor:
+    """The quantized values as float32 (exact small integers), same shape as x."""
+    xg = as_groups(x, spec).float()
+    inv_scale = 1.0 / expand_param(scale.float(), xg, spec)
+    zp = expand_param(zero_point, xg, spec)
+    q = torch.clamp(torch.round(xg * inv_scale) + zp, spec.qmin, spec.qmax)
+    return q.reshape(x.shape)
+
+
+def quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+    """x float (any shape) -> q int8 (signed specs) / uint8 (unsigned), same shape.
+
+    >>> from lowp_ops.quant import per_tensor
+    >>> quantize(torch.tensor([0.5, 1.5, -3.0]), torch.tensor(1.0), torch.tensor(0), per_tensor())
+    tensor([ 0,  2, -3], dtype=torch.int8)
+    """
+    return _quantize_float(x, scale, zero_point, spec).to(spec.storage_dtype)
+
+
+def dequantize(q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, spec: QuantSpec,
+               dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """q int (any shape) -> (q - zero_point) * scale, in `dtype` (computed in float32)."""
+    qg = as_groups(q, spec)
+    x = (qg.float() - expand_param(zero_point, qg, spec)) * expand_param(scale.float(), qg, spec)
+    return x.reshape(q.shape).to(dtype)
+
+
+class _FakeQuantizeSTE(torch.autograd.Function):
+    """Forward: dequantize(quantize(x)). Backward: straight-through inside the representable range, zero
+    outside it (the gradient torch.fake_quantize_* uses)."""
+
+    @staticmethod
+    def forward(ctx, x, scale, zero_point, spec):
+        xg = as_groups(x, spec).float()
+        inv_scale = 1.0 / expand_param(scale.float(), xg, spec)
+        zp = expand_param(zero_point, xg, spec)
+        unclamped = torch.round(xg * inv_scale) + zp
+        q = torch.clamp(unclamped, spec.qmin, spec.qmax)
+        ctx.save_for_backward((unclamped == q).reshape(x.shape))
+        out = (q - zp) * expand_param(scale.float(), xg, spec)
+        return out.reshape(x.shape).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (inside,) = ctx.saved_tensors
+        return grad * inside, None, None, None
+
+
+def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+    """dequantize(quantize(x)) in x's dtype, with a straight-through gradient for x (QAT)."""
+    return _FakeQuantizeSTE.apply(x, scale, zero_point, spec)
+
+
+class QuantizedTensor(NamedTuple):
+    """An integer tensor with what it takes to read it back: qdata int8/uint8, scale float32 and
+    zero_point int32 in reduced form (see qparams.py)."""
+
+    qdata: torch.Tensor
+    scale: torch.Tensor
+    zero_point: torch.Tensor
+    spec: QuantSpec
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return dequantize(self.qdata, self.scale, self.zero_point, self.spec, dtype)
+
+
+def quantize_tensor(x: torch.Tensor, spec: QuantSpec) -> QuantizedTensor:
+    """Quantize x with parameters chosen from its own min/max (the dynamic / weight path).
+
+    >>> from lowp_ops.quant import per_channel
+    >>> w = torch.randn(16, 32)
+    >>> qw = quantize_tensor(w, per_channel(axis=0))
+    >>> qw.qdata.dtype, tuple(qw.scale.shape), bool((qw.dequantize() - w).abs().max() <= qw.scale.max() / 2)
+    (torch.int8, (16,), True)
+    """
+    scale, zero_point = choose_qparams(*reduce_minmax(x, spec), spec)
+    return QuantizedTensor(quantize(x, scale, zero_point, spec), scale, zero_point, spec)

@@ -1,0 +1,75 @@
+"""Pure-torch references: the CPU implementation of every torch.ops.lowp op and the oracle the kernels are
+tested against. Each function takes the same (already validated, 2-D) arguments as its kernel launcher in
+lowp_ops.kernels and follows the kernel's arithmetic step for step, so integer outputs match bit for bit.
+They run on any device.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from . import quant
+from .quant import Granularity, QuantSpec
+
+# The activation specs the kernels implement.
+INT8_PER_TOKEN = QuantSpec(bits=8, symmetric=True, granularity=Granularity.PER_TOKEN)  # dynamic, [-127, 127]
+INT8_AFFINE = QuantSpec(bits=8, symmetric=False)  # static per-tensor and requantized outputs, [-128, 127]
+
+
+def quantize_rows(x: torch.Tensor, *, scale: torch.Tensor | None = None,
+                  zero_point: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (M, K) float -> (q int8 (M, K), scale float32). Dynamic per-row when scale is None (scale (M,)),
+    else static per-tensor with scale (1,) and zero_point (1,) or None. See kernels/quantize.py."""
+    if scale is None:
+        qt = quant.quantize_tensor(x, INT8_PER_TOKEN)
+        return qt.qdata, qt.scale
+    zp = zero_point.reshape(()) if zero_point is not None else torch.zeros((), dtype=torch.int32)
+    return quant.quantize(x, scale.reshape(()), zp.to(x.device), INT8_AFFINE), scale
+
+
+def activation(y: torch.Tensor, name: str) -> torch.Tensor:
+    if name == "relu":
+        return torch.relu(y)
+    if name == "relu6":
+        return torch.clamp(y, 0.0, 6.0)
+    if name == "gelu":
+        return F.gelu(y)
+    return y
+
+
+def _per_row(p: torch.Tensor) -> torch.Tensor:
+    return p.reshape(-1, 1) if p.numel() != 1 else p.reshape(())
+
+
+def _per_col(p: torch.Tensor) -> torch.Tensor:
+    return p.reshape(1, -1) if p.numel() != 1 else p.reshape(())
+
+
+def gemm_epilogue(acc: torch.Tensor, *, a_scale=None, b_scale=None, bias=None, a_zero_point=None, b_sum=None,
+                  activation_name="none", out_dtype=torch.int32, out_scale=None, out_zero_point=None):
+    """acc int32 (M, N) -> the output of kernels/epilogue.py's gemm_epilogue, same order of float32 operations."""
+    if out_dtype == torch.int32:
+        return acc
+    if a_zero_point is not None:
+        acc = acc - _per_row(a_zero_point) * _per_col(b_sum)
+    y = acc.float() * _per_row(a_scale)
+    y = y * _per_col(b_scale)
+    if bias is not None:
+        y = y + bias.float()
+    y = activation(y, activation_name)
+    if out_dtype == torch.int8:
+        zp = out_zero_point.reshape(()) if out_zero_point is not None else torch.zeros((), dtype=torch.int32)
+        return quant.quantize(y, out_scale.reshape(()), zp.to(y.device), INT8_AFFINE)
+    return y.to(out_dtype)
+
+
+def int8_gemm(a: torch.Tensor, b: torch.Tensor, *, activation="none", out_dtype=torch.int32,
+              **epilogue) -> torch.Tensor:
+    """a int8 (M, K), b int8 (N, K) -> epilogue(a · bᵀ) (M, N); keyword arguments as kernels.int8_gemm.
+
+    The product is taken in float64, which is exact here (|acc| <= 128·128·K < 2^53) and works on every device
+    (CUDA has no integer matmul), then cast to the int32 accumulator.
+    """
+    acc = (a.double() @ b.double().T).to(torch.int32)
+    return gemm_epilogue(acc, activation_name=activation, out_dtype=out_dtype, **epilogue)
