@@ -2,7 +2,7 @@
 stack (spills), shared memory and which matrix instruction the PTX/SASS uses.
 
     python tools/inspect_kernels.py                 # sm_90 (H100/H200), every int8 GEMM config x variant
-    python tools/inspect_kernels.py --json out.json
+    python tools/inspect_kernels.py --json out.json --variant int8+zp --large-only
 
 Exits 1 when a config with BLOCK_M >= 64 does not use wgmma s8 (it silently left Hopper's tensor-core path)
 or when a config spills. Triton ships ptxas and cuobjdump in its wheel, so this runs on a CPU-only machine.
@@ -81,26 +81,33 @@ def _reachable(configs, output: str) -> list:
     return [c for c in configs if id(c) in kept]
 
 
-def inspect_int8_gemm(arch: int) -> list[dict]:
+def compile_int8_gemm(config: dict, variant: str, arch: int = 90) -> dict:
+    """Compile one config (BLOCK_*/GROUP_M/num_warps/num_stages) x epilogue variant; return its report row."""
+    compiled = triton.compile(_int8_gemm_source(config, _INT8_GEMM_VARIANTS[variant]),
+                              target=GPUTarget("cuda", arch, 32),
+                              options={"num_warps": config["num_warps"], "num_stages": config["num_stages"]})
+    ptx = compiled.asm["ptx"]
+    mma = sorted(set(re.findall(r"(wgmma\.mma_async\.\S*|mma\.sync\.\S*)", ptx)))
+    row = {"kernel": "int8_gemm", "variant": variant,
+           "tile": f"{config['BLOCK_M']}x{config['BLOCK_N']}x{config['BLOCK_K']}",
+           "stages": config["num_stages"], "warps": config["num_warps"], "shared": compiled.metadata.shared,
+           "mma": mma, **_resources(compiled.asm["cubin"])}
+    row["wgmma_s8"] = any("wgmma" in m and ".s8.s8" in m for m in mma)
+    needs_wgmma = arch >= 90 and config["BLOCK_M"] >= 64  # wgmma works on 64-row warpgroup tiles
+    row["ok"] = (row["wgmma_s8"] or not needs_wgmma) and bool(mma) and row["stack"] == 0
+    return row
+
+
+def inspect_int8_gemm(arch: int = 90, variants=None, only_large: bool = False) -> list[dict]:
+    """Every config the pruner can pick, for each epilogue variant (only_large: BLOCK_M >= 64 only)."""
     rows = []
     configs = _int8_gemm_tuned.configs
-    for cfg in configs:
-        config = dict(cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-        for vname, variant in _INT8_GEMM_VARIANTS.items():
-            if cfg not in _reachable(configs, variant["OUTPUT"]):
+    for variant in variants or list(_INT8_GEMM_VARIANTS):
+        for cfg in _reachable(configs, _INT8_GEMM_VARIANTS[variant]["OUTPUT"]):
+            if only_large and cfg.kwargs["BLOCK_M"] < 64:
                 continue
-            compiled = triton.compile(_int8_gemm_source(config, variant), target=GPUTarget("cuda", arch, 32),
-                                      options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
-            ptx = compiled.asm["ptx"]
-            mma = sorted(set(re.findall(r"(wgmma\.mma_async\.\S*|mma\.sync\.\S*)", ptx)))
-            row = {"kernel": "int8_gemm", "variant": vname,
-                   "tile": f"{config['BLOCK_M']}x{config['BLOCK_N']}x{config['BLOCK_K']}",
-                   "stages": cfg.num_stages, "warps": cfg.num_warps, "shared": compiled.metadata.shared,
-                   "mma": mma, **_resources(compiled.asm["cubin"])}
-            row["wgmma_s8"] = any("wgmma" in m and ".s8.s8" in m for m in mma)
-            needs_wgmma = arch >= 90 and config["BLOCK_M"] >= 64
-            row["ok"] = (row["wgmma_s8"] or not needs_wgmma) and bool(mma) and row["stack"] == 0
-            rows.append(row)
+            rows.append(compile_int8_gemm(dict(cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages),
+                                          variant, arch))
     return rows
 
 
@@ -108,9 +115,14 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", type=int, default=90, help="compute capability x10 (90 = Hopper)")
     parser.add_argument("--json", help="also write the rows here")
+    parser.add_argument("--variant", action="append", choices=list(_INT8_GEMM_VARIANTS),
+                        help="epilogue variant(s) to compile (default: all)")
+    parser.add_argument("--large-only", action="store_true", help="only tiles with BLOCK_M >= 64 (wgmma tiles)")
     args = parser.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        parser.error("unset TRITON_INTERPRET: interpreted kernels cannot be compiled")
     warnings.filterwarnings("ignore", message=".*FP_FUSION.*")
-    rows = inspect_int8_gemm(args.arch)
+    rows = inspect_int8_gemm(args.arch, args.variant, args.large_only)
     print(f"sm_{args.arch}, triton {triton.__version__}")
     print(f"{'kernel':10} {'variant':10} {'tile':12} {'st':>2} {'w':>2} {'regs':>4} {'stack':>5} {'smem':>7}  mma")
     for r in rows:

@@ -1,0 +1,29 @@
+"""tools/inspect_kernels.py compiles the GEMM configs for sm_90 without a GPU (Triton ships ptxas/cuobjdump).
+
+It runs in a subprocess: these tests run with TRITON_INTERPRET=1, under which kernels cannot be compiled."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _inspect(tmp_path, *flags):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = tmp_path / "rows.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "inspect_kernels.py"), "--json", str(out), *flags],
+                          env=env, capture_output=True, text=True)
+    return proc, json.loads(out.read_text())["rows"]
+
+
+def test_w8a8_and_requant_tiles_use_wgmma_s8_without_spilling(tmp_path):
+    # Hopper's int8 tensor-core path (wgmma ... s32.s8.s8), not mma.sync or FMA, and no register spills for
+    # any tile the pruner can pick for the W8A8 linear (fp16 out, bias) and the requantizing epilogue.
+    proc, rows = _inspect(tmp_path, "--variant", "fp16+bias", "--variant", "int8+zp", "--large-only")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert len(rows) >= 6
+    for r in rows:
+        assert r["wgmma_s8"] and r["stack"] == 0 and r["sass_gmma"] == ["IGMMA"], r
