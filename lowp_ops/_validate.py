@@ -54,10 +54,14 @@ def check_activation(op: str, activation: str) -> None:
         fail(op, f"argument 'activation' must be one of {', '.join(map(repr, ACTIVATIONS))}, got {activation!r}")
 
 
-def _is_symbolic(t: torch.Tensor) -> bool:
+def _data_unreadable(t: torch.Tensor) -> bool:
+    """True when t has no readable data now (tracing, fake/meta tensors, CUDA graph capture)."""
     from torch._subclasses.fake_tensor import is_fake
 
-    return torch.compiler.is_compiling() or is_fake(t) or t.device.type == "meta"
+    if torch.compiler.is_compiling() or is_fake(t) or t.device.type == "meta":
+        return True
+    # no host sync is allowed while a CUDA graph is being captured
+    return t.device.type == "cuda" and torch.cuda.is_current_stream_capturing()
 
 
 # id(tensor) -> (weakref, version) of scale tensors already seen finite: the check costs a device sync, so a
@@ -67,7 +71,7 @@ _finite_seen: dict[int, tuple[weakref.ref, int]] = {}
 
 def check_scale_values(op: str, name: str, t: torch.Tensor | None) -> None:
     """Scales must be finite and positive. Skipped while tracing (there is no data to read)."""
-    if t is None or _is_symbolic(t):
+    if t is None or _data_unreadable(t):
         return
     try:
         version = t._version

@@ -27,3 +27,11 @@ def test_w8a8_and_requant_tiles_use_wgmma_s8_without_spilling(tmp_path):
     assert len(rows) >= 6
     for r in rows:
         assert r["wgmma_s8"] and r["stack"] == 0 and r["sass_gmma"] == ["IGMMA"], r
+
+
+def test_int8_bench_smoke_run_checks_every_case():
+    # bench/int8.py --smoke computes and checks each benchmark case on tiny shapes (no timing on CPU)
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "int8.py"), "--smoke"], capture_output=True,
+                          text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "all cases computed and checked" in proc.stdout
