@@ -84,8 +84,11 @@ def _int8_gemm_kernel(
     tl.store(c_ptrs, y.to(c_ptr.dtype.element_ty), mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
 
 
-_even_k = triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0})
-_int8_gemm = _even_k(_int8_gemm_kernel)
+def _even_k(args) -> bool:
+    """K needs no mask when the K tiles cover it exactly."""
+    return args["K"] % args["BLOCK_K"] == 0
+
+
 _int8_gemm_tuned = triton.autotune(
     configs=gemm_configs(_INT8_GEMM_TABLE),
     key=["m_bucket", "N", "K"],
@@ -93,7 +96,7 @@ _int8_gemm_tuned = triton.autotune(
     # (tools/inspect_kernels.py, sm_90, triton 3.9: 128x256x128/8 warps used 320 B of stack).
     prune_configs_by={"early_config_prune": make_gemm_pruner(
         operand_bytes=1, heavy_epilogue=lambda args: args["OUTPUT"] == "int8")},
-)(_int8_gemm)
+)(triton.heuristics({"EVEN_K": _even_k})(_int8_gemm_kernel))
 
 _OUTPUT_KIND = {torch.int32: "int32", torch.int8: "int8",
                 torch.float16: "float", torch.bfloat16: "float", torch.float32: "float"}
@@ -140,6 +143,6 @@ def int8_gemm(a, b, *, a_scale=None, b_scale=None, bias=None, a_zero_point=None,
         config = INTERPRETER_CONFIG
     if config is None:
         wrap(_int8_gemm_tuned)[grid](**args)
-    else:
-        wrap(_int8_gemm)[grid](**args, **config)
+    else:  # the bare @triton.jit kernel: wrap_triton accepts jit and autotune objects, not heuristics
+        wrap(_int8_gemm_kernel)[grid](**args, **config, EVEN_K=_even_k({"K": K, **config}))
     return c

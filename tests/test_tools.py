@@ -16,14 +16,17 @@ def _inspect(tmp_path, *flags):
     out = tmp_path / "rows.json"
     proc = subprocess.run([sys.executable, str(ROOT / "tools" / "inspect_kernels.py"), "--json", str(out), *flags],
                           env=env, capture_output=True, text=True)
-    return proc, json.loads(out.read_text())["rows"]
+    return proc, json.loads(out.read_text())
 
 
 def test_w8a8_and_requant_tiles_use_wgmma_s8_without_spilling(tmp_path):
     # Hopper's int8 tensor-core path (wgmma ... s32.s8.s8), not mma.sync or FMA, and no register spills for
     # any tile the pruner can pick for the W8A8 linear (fp16 out, bias) and the requantizing epilogue.
-    proc, rows = _inspect(tmp_path, "--variant", "fp16+bias", "--variant", "int8+zp", "--large-only")
+    proc, report = _inspect(tmp_path, "--variant", "fp16+bias", "--variant", "int8+zp", "--large-only")
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    # every kernel variant the ops can launch compiles (the interpreter would not catch a compile error)
+    assert report["compile_check"] and all(r["ok"] for r in report["compile_check"]), report["compile_check"]
+    rows = report["rows"]
     assert len(rows) >= 6
     for r in rows:
         assert r["wgmma_s8"] and r["stack"] == 0 and r["sass_gmma"] == ["IGMMA"], r

@@ -1,11 +1,14 @@
-"""Kernel inspector: compile every GEMM kernel config for a GPU target (no GPU needed) and report registers,
-stack (spills), shared memory and which matrix instruction the PTX/SASS uses.
+"""Kernel inspector: compile lowp's Triton kernels for a GPU target (no GPU needed) and report what came out.
 
-    python tools/inspect_kernels.py                 # sm_90 (H100/H200), every int8 GEMM config x variant
+    python tools/inspect_kernels.py                    # sm_90 (H100/H200): every int8 GEMM config x epilogue
     python tools/inspect_kernels.py --json out.json --variant int8+zp --large-only
+    python tools/inspect_kernels.py --compile-check    # every kernel variant the ops can launch compiles
 
-Exits 1 when a config with BLOCK_M >= 64 does not use wgmma s8 (it silently left Hopper's tensor-core path)
-or when a config spills. Triton ships ptxas and cuobjdump in its wheel, so this runs on a CPU-only machine.
+For each GEMM config the pruner can pick: registers, stack (spills), shared memory, and the matrix instruction
+in the PTX (wgmma / mma.sync) and SASS (IGMMA). Exits 1 when a config with BLOCK_M >= 64 does not use wgmma s8
+(it silently left Hopper's tensor-core path), when a config spills, or when a variant fails to compile. The
+compile check matters on CPU-only machines: the Triton interpreter runs kernels the compiler would reject.
+Triton ships ptxas and cuobjdump in its wheel, so all of this runs without a GPU.
 """
 
 from __future__ import annotations
@@ -24,39 +27,74 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from lowp_ops.kernels.int8_gemm import _int8_gemm_kernel, _int8_gemm_tuned
+from lowp_ops.kernels.quantize import _quantize_rows_kernel
 
-# The epilogue variants worth compiling: raw int32, the W8A8 linear output, requantized int8 with zero points.
+_GEMM_POINTERS = ("a_scale_ptr", "b_scale_ptr", "bias_ptr", "a_zp_ptr", "b_sum_ptr", "out_scale_ptr", "out_zp_ptr")
+_GEMM_FLAGS = dict(EVEN_K=True, OUTPUT="int32", A_SCALE_PER_ROW=True, B_SCALE_PER_COL=True, A_ZP_PER_ROW=False,
+                   ACTIVATION="none")
+
+# Epilogue variants of the performance table: raw int32, the W8A8 linear output, requantized int8 with zero points.
 _INT8_GEMM_VARIANTS = {
-    "int32": dict(c="*i32", OUTPUT="int32", scales=False),
-    "fp16+bias": dict(c="*fp16", OUTPUT="float", scales=True, bias=True),
-    "int8+zp": dict(c="*i8", OUTPUT="int8", scales=True, bias=True, zp=True),
+    "int32": dict(c_ptr="*i32"),
+    "fp16+bias": dict(c_ptr="*fp16", a_scale_ptr="*fp32", b_scale_ptr="*fp32", bias_ptr="*fp32", OUTPUT="float"),
+    "int8+zp": dict(c_ptr="*i8", a_scale_ptr="*fp32", b_scale_ptr="*fp32", bias_ptr="*fp32", a_zp_ptr="*i32",
+                    b_sum_ptr="*i32", out_scale_ptr="*fp32", out_zp_ptr="*i32", OUTPUT="int8"),
+}
+# The rest of what the ops can launch, for the compile check (a small tile compiles fast).
+_INT8_GEMM_EXTRA = {
+    "bf16, per-tensor scales, gelu, K tail": dict(
+        c_ptr="*bf16", a_scale_ptr="*fp32", b_scale_ptr="*fp32", OUTPUT="float", A_SCALE_PER_ROW=False,
+        B_SCALE_PER_COL=False, ACTIVATION="gelu", EVEN_K=False),
+    "fp32, fp16 bias, relu6": dict(c_ptr="*fp32", a_scale_ptr="*fp32", b_scale_ptr="*fp32", bias_ptr="*fp16",
+                                   OUTPUT="float", ACTIVATION="relu6"),
+    "int8, per-row zp, no out zp, relu": dict(
+        c_ptr="*i8", a_scale_ptr="*fp32", b_scale_ptr="*fp32", a_zp_ptr="*i32", b_sum_ptr="*i32",
+        out_scale_ptr="*fp32", OUTPUT="int8", A_ZP_PER_ROW=True, ACTIVATION="relu"),
+}
+_SMALL = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 4, "num_stages": 2}
+_QUANTIZE_VARIANTS = {
+    "dynamic fp16, one pass": dict(x_ptr="*fp16", scale_ptr="*fp32", DYNAMIC=True, SINGLE_PASS=True,
+                                   QMIN=-127, QMAX=127, BLOCK_M=1, BLOCK_K=4096),
+    "dynamic bf16, two pass": dict(x_ptr="*bf16", scale_ptr="*fp32", DYNAMIC=True, SINGLE_PASS=False,
+                                   QMIN=-127, QMAX=127, BLOCK_M=1, BLOCK_K=4096),
+    "dynamic fp32, many rows": dict(x_ptr="*fp32", scale_ptr="*fp32", DYNAMIC=True, SINGLE_PASS=True,
+                                    QMIN=-127, QMAX=127, BLOCK_M=64, BLOCK_K=64),
+    "static fp16 with zero point": dict(x_ptr="*fp16", scale_ptr="*fp32", zp_ptr="*i32", DYNAMIC=False,
+                                        SINGLE_PASS=False, QMIN=-128, QMAX=127, BLOCK_M=1, BLOCK_K=4096),
+    "static fp32": dict(x_ptr="*fp32", scale_ptr="*fp32", DYNAMIC=False, SINGLE_PASS=True,
+                        QMIN=-128, QMAX=127, BLOCK_M=4, BLOCK_K=1024),
 }
 
 
-def _int8_gemm_source(config: dict, variant: dict) -> ASTSource:
-    fn = _int8_gemm_kernel
-    sig = {name: "constexpr" for name in fn.arg_names}
-    const = {n: None for n in ("a_scale_ptr", "b_scale_ptr", "bias_ptr", "a_zp_ptr", "b_sum_ptr",
-                               "out_scale_ptr", "out_zp_ptr")}
-    ptrs = {"a_ptr": "*i8", "b_ptr": "*i8", "c_ptr": variant["c"]}
-    if variant.get("scales"):
-        ptrs.update(a_scale_ptr="*fp32", b_scale_ptr="*fp32")
-    if variant.get("bias"):
-        ptrs.update(bias_ptr="*fp32")
-    if variant.get("zp"):
-        ptrs.update(a_zp_ptr="*i32", b_sum_ptr="*i32", out_scale_ptr="*fp32", out_zp_ptr="*i32")
-    for name in ptrs:
-        const.pop(name, None)
-    sig.update(ptrs)
-    ints = ["M", "N", "K", "m_bucket", "stride_am", "stride_bn", "stride_cm"]
-    sig.update({n: "i32" for n in ints})
-    const.update({k: v for k, v in config.items() if k not in ("num_warps", "num_stages")})
-    const.update(EVEN_K=True, OUTPUT=variant["OUTPUT"], A_SCALE_PER_ROW=True, B_SCALE_PER_COL=True,
-                 A_ZP_PER_ROW=False, ACTIVATION="none")
-    # What Triton's JIT would infer for 16-aligned pointers and sizes (the shapes we benchmark).
-    aligned = list(ptrs) + ["N", "K", "stride_am", "stride_bn", "stride_cm"]
-    attrs = {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n in aligned}
-    return ASTSource(fn=fn, signature=sig, constexprs=const, attrs=attrs)
+def _compile(fn, spec: dict, aligned, num_warps: int, num_stages: int, arch: int):
+    """spec: argument -> Triton type string ("*fp16", "i32") for runtime arguments, or a constexpr value.
+    Arguments of `fn` not in spec are constexpr None (switched-off pointers)."""
+    sig, const = {}, {}
+    for name in fn.arg_names:
+        value = spec.get(name)
+        if isinstance(value, str) and (value.startswith("*") or value in ("i32", "fp32")):
+            sig[name] = value
+        else:
+            sig[name], const[name] = "constexpr", value
+    # what Triton's JIT infers for 16-aligned pointers and sizes (the shapes we benchmark)
+    attrs = {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n in aligned if n in sig and sig[n] != "constexpr"}
+    return triton.compile(ASTSource(fn=fn, signature=sig, constexprs=const, attrs=attrs),
+                          target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps, "num_stages": num_stages})
+
+
+def _gemm_spec(config: dict, variant: dict) -> dict:
+    spec = {"a_ptr": "*i8", "b_ptr": "*i8", **{n: "i32" for n in ("M", "N", "K", "m_bucket", "stride_am",
+                                                                   "stride_bn", "stride_cm")}}
+    spec.update(_GEMM_FLAGS)
+    spec.update({k: v for k, v in config.items() if k not in ("num_warps", "num_stages")})
+    spec.update(variant)
+    return spec
+
+
+def _compile_gemm(config: dict, variant: dict, arch: int):
+    aligned = ("a_ptr", "b_ptr", "c_ptr") + _GEMM_POINTERS + ("N", "K", "stride_am", "stride_bn", "stride_cm")
+    return _compile(_int8_gemm_kernel, _gemm_spec(config, variant), aligned, config["num_warps"],
+                    config["num_stages"], arch)
 
 
 def _resources(cubin: bytes) -> dict:
@@ -67,9 +105,22 @@ def _resources(cubin: bytes) -> dict:
         usage = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
         sass = subprocess.run([tool, "--dump-sass", f.name], capture_output=True, text=True).stdout
     fields = dict(re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", usage))
-    gmma = sorted(set(re.findall(r"\b([A-Z]GMMA)\b", sass)))
     return {"regs": int(fields.get("REG", -1)), "stack": int(fields.get("STACK", -1)),
-            "local": int(fields.get("LOCAL", -1)), "sass_gmma": gmma}
+            "local": int(fields.get("LOCAL", -1)), "sass_gmma": sorted(set(re.findall(r"\b([A-Z]GMMA)\b", sass)))}
+
+
+def compile_int8_gemm(config: dict, variant: str, arch: int = 90) -> dict:
+    """Compile one config (BLOCK_*/GROUP_M/num_warps/num_stages) x epilogue variant; return its report row."""
+    compiled = _compile_gemm(config, _INT8_GEMM_VARIANTS[variant], arch)
+    mma = sorted(set(re.findall(r"(wgmma\.mma_async\.\S*|mma\.sync\.\S*)", compiled.asm["ptx"])))
+    row = {"kernel": "int8_gemm", "variant": variant,
+           "tile": f"{config['BLOCK_M']}x{config['BLOCK_N']}x{config['BLOCK_K']}",
+           "stages": config["num_stages"], "warps": config["num_warps"], "shared": compiled.metadata.shared,
+           "mma": mma, **_resources(compiled.asm["cubin"])}
+    row["wgmma_s8"] = any("wgmma" in m and ".s8.s8" in m for m in mma)
+    needs_wgmma = arch >= 90 and config["BLOCK_M"] >= 64  # wgmma works on 64-row warpgroup tiles
+    row["ok"] = (row["wgmma_s8"] or not needs_wgmma) and bool(mma) and row["stack"] == 0
+    return row
 
 
 def _reachable(configs, output: str) -> list:
@@ -81,33 +132,35 @@ def _reachable(configs, output: str) -> list:
     return [c for c in configs if id(c) in kept]
 
 
-def compile_int8_gemm(config: dict, variant: str, arch: int = 90) -> dict:
-    """Compile one config (BLOCK_*/GROUP_M/num_warps/num_stages) x epilogue variant; return its report row."""
-    compiled = triton.compile(_int8_gemm_source(config, _INT8_GEMM_VARIANTS[variant]),
-                              target=GPUTarget("cuda", arch, 32),
-                              options={"num_warps": config["num_warps"], "num_stages": config["num_stages"]})
-    ptx = compiled.asm["ptx"]
-    mma = sorted(set(re.findall(r"(wgmma\.mma_async\.\S*|mma\.sync\.\S*)", ptx)))
-    row = {"kernel": "int8_gemm", "variant": variant,
-           "tile": f"{config['BLOCK_M']}x{config['BLOCK_N']}x{config['BLOCK_K']}",
-           "stages": config["num_stages"], "warps": config["num_warps"], "shared": compiled.metadata.shared,
-           "mma": mma, **_resources(compiled.asm["cubin"])}
-    row["wgmma_s8"] = any("wgmma" in m and ".s8.s8" in m for m in mma)
-    needs_wgmma = arch >= 90 and config["BLOCK_M"] >= 64  # wgmma works on 64-row warpgroup tiles
-    row["ok"] = (row["wgmma_s8"] or not needs_wgmma) and bool(mma) and row["stack"] == 0
-    return row
-
-
 def inspect_int8_gemm(arch: int = 90, variants=None, only_large: bool = False) -> list[dict]:
     """Every config the pruner can pick, for each epilogue variant (only_large: BLOCK_M >= 64 only)."""
     rows = []
     configs = _int8_gemm_tuned.configs
     for variant in variants or list(_INT8_GEMM_VARIANTS):
-        for cfg in _reachable(configs, _INT8_GEMM_VARIANTS[variant]["OUTPUT"]):
+        for cfg in _reachable(configs, _INT8_GEMM_VARIANTS[variant].get("OUTPUT", "int32")):
             if only_large and cfg.kwargs["BLOCK_M"] < 64:
                 continue
             rows.append(compile_int8_gemm(dict(cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages),
                                           variant, arch))
+    return rows
+
+
+def compile_check(arch: int = 90) -> list[dict]:
+    """Compile every kernel variant the ops can launch (small tiles); one row per variant with ok / error."""
+    jobs = [("int8_gemm", name, lambda v=v: _compile_gemm(_SMALL, v, arch))
+            for name, v in {**_INT8_GEMM_VARIANTS, **_INT8_GEMM_EXTRA}.items()]
+    quant_ints = {n: "i32" for n in ("M", "K", "stride_xm", "stride_qm")}
+    jobs += [("quantize_rows", name, lambda v=v: _compile(
+        _quantize_rows_kernel, {"q_ptr": "*i8", "min_scale": "fp32", **quant_ints, **v},
+        ("x_ptr", "q_ptr", "K", "stride_xm", "stride_qm"), 8, 1, arch))
+        for name, v in _QUANTIZE_VARIANTS.items()]
+    rows = []
+    for kernel, name, job in jobs:
+        try:
+            job()
+            rows.append({"kernel": kernel, "variant": name, "ok": True})
+        except Exception as e:  # report every failing variant, not just the first
+            rows.append({"kernel": kernel, "variant": name, "ok": False, "error": f"{type(e).__name__}: {e}"})
     return rows
 
 
@@ -118,13 +171,19 @@ def main(argv=None) -> int:
     parser.add_argument("--variant", action="append", choices=list(_INT8_GEMM_VARIANTS),
                         help="epilogue variant(s) to compile (default: all)")
     parser.add_argument("--large-only", action="store_true", help="only tiles with BLOCK_M >= 64 (wgmma tiles)")
+    parser.add_argument("--compile-check", action="store_true",
+                        help="only check that every kernel variant compiles")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         parser.error("unset TRITON_INTERPRET: interpreted kernels cannot be compiled")
     warnings.filterwarnings("ignore", message=".*FP_FUSION.*")
-    rows = inspect_int8_gemm(args.arch, args.variant, args.large_only)
     print(f"sm_{args.arch}, triton {triton.__version__}")
-    print(f"{'kernel':10} {'variant':10} {'tile':12} {'st':>2} {'w':>2} {'regs':>4} {'stack':>5} {'smem':>7}  mma")
+    checks = compile_check(args.arch)
+    for r in checks:
+        print(f"compiles  {r['kernel']:14} {r['variant']:40} {'ok' if r['ok'] else 'FAIL: ' + r['error']}")
+    rows = [] if args.compile_check else inspect_int8_gemm(args.arch, args.variant, args.large_only)
+    if rows:
+        print(f"{'kernel':10} {'variant':10} {'tile':12} {'st':>2} {'w':>2} {'regs':>4} {'stack':>5} {'smem':>7}  mma")
     for r in rows:
         mma = ", ".join(m.split(".sync.aligned.")[-1] if "sync" in m else m for m in r["mma"]) or "NONE"
         flag = "" if r["ok"] else "   <-- FAIL"
@@ -132,8 +191,9 @@ def main(argv=None) -> int:
               f"{r['stack']:>5} {r['shared']:>7}  {mma} {' '.join(r['sass_gmma'])}{flag}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"arch": args.arch, "triton": triton.__version__, "rows": rows}, f, indent=1)
-    return 0 if all(r["ok"] for r in rows) else 1
+            json.dump({"arch": args.arch, "triton": triton.__version__, "compile_check": checks, "rows": rows},
+                      f, indent=1)
+    return 0 if all(r["ok"] for r in checks + rows) else 1
 
 
 if __name__ == "__main__":
