@@ -3,7 +3,7 @@
 Launchers check nothing beyond what they need to launch; lowp_ops.ops validates user input first.
 """
 
-from .int8_gemm import int8_gemm
+from .gemm import gemm, int8_gemm
 from .quantize import quantize_rows
 
-__all__ = ["int8_gemm", "quantize_rows"]
+__all__ = ["gemm", "int8_gemm", "quantize_rows"]

@@ -1,7 +1,7 @@
 """Element-wise pieces shared by every lowp kernel family: rounding, quantization of float values, activations,
-and the fused GEMM epilogue (int32 accumulator -> dequantize, zero-point correction, bias, activation, output
-or requantize). The INT8 GEMM uses it today; the INT8 conv (implicit GEMM: rows = output pixels, columns = output
-channels) is meant to call the same function.
+and the fused GEMM epilogue (accumulator -> dequantize, zero-point correction, bias, activation, output or
+requantize). The GEMM kernel (int8 and fp16/bf16 operands) uses it today; the INT8 conv (implicit GEMM: rows =
+output pixels, columns = output channels) is meant to call the same function.
 
 Arithmetic follows lowp_ops/quant/qparams.py exactly (q = clamp(round_half_even(x * (1/scale)) + zp)), so the
 pure-torch references reproduce the kernels bit for bit wherever the compiler does not contract a multiply and an
@@ -47,7 +47,7 @@ def apply_activation(y, ACTIVATION: tl.constexpr):
 
 
 @triton.jit
-def _dequantize(acc, offs_m, offs_n, M, N,
+def _float_epilogue(acc, offs_m, offs_n, M, N,
                 a_scale_ptr, b_scale_ptr, bias_ptr, a_zp_ptr, b_sum_ptr, out_scale_ptr, out_zp_ptr,
                 OUTPUT: tl.constexpr, A_SCALE_PER_ROW: tl.constexpr, B_SCALE_PER_COL: tl.constexpr,
                 A_ZP_PER_ROW: tl.constexpr, ACTIVATION: tl.constexpr):
@@ -61,14 +61,16 @@ def _dequantize(acc, offs_m, offs_n, M, N,
             za = tl.load(a_zp_ptr)
         acc = acc - za * tl.load(b_sum_ptr + offs_n, mask=mask_n, other=0)[None, :]
     y = acc.to(tl.float32)
-    if A_SCALE_PER_ROW:
-        y = y * tl.load(a_scale_ptr + offs_m, mask=mask_m, other=0.0)[:, None]
-    else:
-        y = y * tl.load(a_scale_ptr)
-    if B_SCALE_PER_COL:
-        y = y * tl.load(b_scale_ptr + offs_n, mask=mask_n, other=0.0)[None, :]
-    else:
-        y = y * tl.load(b_scale_ptr)
+    if a_scale_ptr is not None:
+        if A_SCALE_PER_ROW:
+            y = y * tl.load(a_scale_ptr + offs_m, mask=mask_m, other=0.0)[:, None]
+        else:
+            y = y * tl.load(a_scale_ptr)
+    if b_scale_ptr is not None:
+        if B_SCALE_PER_COL:
+            y = y * tl.load(b_scale_ptr + offs_n, mask=mask_n, other=0.0)[None, :]
+        else:
+            y = y * tl.load(b_scale_ptr)
     if bias_ptr is not None:
         y = y + tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
     y = apply_activation(y, ACTIVATION)
@@ -86,10 +88,11 @@ def gemm_epilogue(acc, offs_m, offs_n, M, N,
                   a_scale_ptr, b_scale_ptr, bias_ptr, a_zp_ptr, b_sum_ptr, out_scale_ptr, out_zp_ptr,
                   OUTPUT: tl.constexpr, A_SCALE_PER_ROW: tl.constexpr, B_SCALE_PER_COL: tl.constexpr,
                   A_ZP_PER_ROW: tl.constexpr, ACTIVATION: tl.constexpr):
-    """acc int32 (BLOCK_M, BLOCK_N) = Σ_k a_q[m, k] · b_q[n, k] -> the tile to store.
+    """acc (BLOCK_M, BLOCK_N) = Σ_k a[m, k] · b[k, n], int32 (int8 operands) or float32 -> the tile to store.
 
     OUTPUT "int32": acc unchanged (raw mode; every other argument ignored).
-    OUTPUT "float": y = ((acc − za[m]·Σ_k b_q[n, k]) · sa[m]) · sb[n] + bias[n], then the activation; float32.
+    OUTPUT "float": y = ((acc − za[m]·Σ_k b[k, n]) · sa[m]) · sb[n] + bias[n], then the activation; float32.
+                    Scale pointers None: no scaling (the fp16/bf16 GEMM).
     OUTPUT "int8":  the same y requantized with the output scale / zero point, int8 range [-128, 127], as float32.
     Scale pointers are float32 (per row / per column, or one value); zero points and b_sum int32; pointers left
     as None are features switched off (bias_ptr None: no bias; a_zp_ptr None: symmetric activations;
@@ -98,7 +101,7 @@ def gemm_epilogue(acc, offs_m, offs_n, M, N,
     if OUTPUT == "int32":  # raw mode; an if/else because Triton compiles code after an early return
         y = acc
     else:
-        y = _dequantize(acc, offs_m, offs_n, M, N,
-                        a_scale_ptr, b_scale_ptr, bias_ptr, a_zp_ptr, b_sum_ptr, out_scale_ptr, out_zp_ptr,
-                        OUTPUT, A_SCALE_PER_ROW, B_SCALE_PER_COL, A_ZP_PER_ROW, ACTIVATION)
+        y = _float_epilogue(acc, offs_m, offs_n, M, N,
+                            a_scale_ptr, b_scale_ptr, bias_ptr, a_zp_ptr, b_sum_ptr, out_scale_ptr, out_zp_ptr,
+                            OUTPUT, A_SCALE_PER_ROW, B_SCALE_PER_COL, A_ZP_PER_ROW, ACTIVATION)
     return y

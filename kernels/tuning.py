@@ -20,18 +20,20 @@ def gemm_configs(table, group_m: int = 8) -> list:
             for bm, bn, bk, stages, warps in table]
 
 
-def make_gemm_pruner(operand_bytes: int, heavy_epilogue=lambda named_args: False):
+def make_gemm_pruner(register_heavy=lambda named_args: False):
     """A Triton early_config_prune: drop tiles that overflow shared memory or do not fit the problem.
 
-    Expects the kernel to take `m_bucket`, `N` and `K` arguments. heavy_epilogue(named_args) says when the
-    epilogue needs so many registers of its own that big accumulators spill; then each thread may hold at most
-    64 accumulator elements.
+    Expects the kernel to take `a_ptr` (whose element size sets the shared-memory cost of a stage), `m_bucket`,
+    `N` and `K` arguments. register_heavy(named_args) says when the
+    kernel needs so many registers besides its accumulator that big accumulators spill; then each thread may
+    hold at most 64 accumulator elements.
     """
 
     def prune(configs, named_args, **kwargs):
         args = {**named_args, **kwargs}  # Triton passes positional arguments in named_args, the rest as kwargs
         mb, n, k = args["m_bucket"], args["N"], args["K"]
-        max_acc_per_thread = 64 if heavy_epilogue(args) else 128
+        operand_bytes = args["a_ptr"].element_size()
+        max_acc_per_thread = 64 if register_heavy(args) else 128
 
         def fits(c):
             kw = c.kwargs

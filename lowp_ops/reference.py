@@ -48,15 +48,19 @@ def _per_col(p: torch.Tensor) -> torch.Tensor:
 
 def gemm_epilogue(acc: torch.Tensor, *, a_scale=None, b_scale=None, bias=None, a_zero_point=None, b_sum=None,
                   activation_name="none", out_dtype=torch.int32, out_scale=None, out_zero_point=None):
-    """acc int32 (M, N) -> the output of kernels/epilogue.py's gemm_epilogue, same order of float32 operations."""
+    """acc (M, N), int32 or float -> the output of kernels/epilogue.py's gemm_epilogue, in the same order of
+    float32 operations (float64 accumulators stay float64: the gradcheck path)."""
     if out_dtype == torch.int32:
         return acc
     if a_zero_point is not None:
         acc = acc - _per_row(a_zero_point) * _per_col(b_sum)
-    y = acc.float() * _per_row(a_scale)
-    y = y * _per_col(b_scale)
+    y = acc.float() if not acc.is_floating_point() else acc
+    if a_scale is not None:
+        y = y * _per_row(a_scale)
+    if b_scale is not None:
+        y = y * _per_col(b_scale)
     if bias is not None:
-        y = y + bias.float()
+        y = y + bias.to(y.dtype)
     y = activation(y, activation_name)
     if out_dtype == torch.int8:
         zp = out_zero_point.reshape(()) if out_zero_point is not None else torch.zeros((), dtype=torch.int32)
@@ -64,12 +68,25 @@ def gemm_epilogue(acc: torch.Tensor, *, a_scale=None, b_scale=None, bias=None, a
     return y.to(out_dtype)
 
 
-def int8_gemm(a: torch.Tensor, b: torch.Tensor, *, activation="none", out_dtype=torch.int32,
-              **epilogue) -> torch.Tensor:
-    """a int8 (M, K), b int8 (N, K) -> epilogue(a · bᵀ) (M, N); keyword arguments as kernels.int8_gemm.
+def gemm(a: torch.Tensor, b: torch.Tensor, *, activation="none", out_dtype=None, accumulate_into=None,
+         **epilogue) -> torch.Tensor:
+    """a (M, K), b (K, N) -> epilogue(a · b) (M, N); keyword arguments as kernels.gemm.
 
-    The product is taken in float64, which is exact here (|acc| <= 128·128·K < 2^53) and works on every device
-    (CUDA has no integer matmul), then cast to the int32 accumulator.
+    int8 operands: the product is taken in float64, exact here (|acc| <= 128·128·K < 2^53) and available on
+    every device (CUDA has no integer matmul), then cast to the int32 accumulator. Float operands accumulate in
+    float32 (float64 for float64 inputs), as the kernel's Tensor Core accumulator does, in another order.
     """
-    acc = (a.double() @ b.double().T).to(torch.int32)
+    if a.dtype == torch.int8:
+        acc = (a.double() @ b.double()).to(torch.int32)
+    else:
+        acc_dtype = torch.float64 if a.dtype == torch.float64 else torch.float32
+        acc = a.to(acc_dtype) @ b.to(acc_dtype)
+    if accumulate_into is not None:
+        y = gemm_epilogue(acc, activation_name=activation, out_dtype=torch.float32, **epilogue)
+        return accumulate_into.add_(y)
     return gemm_epilogue(acc, activation_name=activation, out_dtype=out_dtype, **epilogue)
+
+
+def int8_gemm(a: torch.Tensor, b: torch.Tensor, *, out_dtype=torch.int32, **kwargs) -> torch.Tensor:
+    """a int8 (M, K), b int8 (N, K) -> epilogue(a · bᵀ) (M, N); keyword arguments as kernels.int8_gemm."""
+    return gemm(a, b.T, out_dtype=out_dtype, **kwargs)

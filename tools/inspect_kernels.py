@@ -26,30 +26,48 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from lowp_ops.kernels.int8_gemm import _int8_gemm_kernel, _int8_gemm_tuned
+from lowp_ops.kernels.gemm import _gemm_fp16_tuned, _gemm_int8_tuned, _gemm_kernel
 from lowp_ops.kernels.quantize import _quantize_rows_kernel
 
 _GEMM_POINTERS = ("a_scale_ptr", "b_scale_ptr", "bias_ptr", "a_zp_ptr", "b_sum_ptr", "out_scale_ptr", "out_zp_ptr")
-_GEMM_FLAGS = dict(EVEN_K=True, OUTPUT="int32", A_SCALE_PER_ROW=True, B_SCALE_PER_COL=True, A_ZP_PER_ROW=False,
-                   ACTIVATION="none")
+_GEMM_FLAGS = dict(EVEN_K=True, ACCUMULATE=False, OUTPUT="int32", A_SCALE_PER_ROW=True, B_SCALE_PER_COL=True,
+                   A_ZP_PER_ROW=False, ACTIVATION="none")
+# Layouts by strides; a stride of 1 is a compile-time constant, as Triton's JIT specializes it.
+_LINEAR = dict(stride_ak=1, stride_bk=1, stride_cn=1)  # y = x · Wᵀ: both operands K-contiguous
+_DGRAD = dict(stride_ak=1, stride_bn=1, stride_cn=1)  # dx = dy · W
+_WGRAD = dict(stride_am=1, stride_bn=1, stride_cn=1)  # dW = dyᵀ · x
 
 # Epilogue variants of the performance table: raw int32, the W8A8 linear output, requantized int8 with zero points.
 _INT8_GEMM_VARIANTS = {
-    "int32": dict(c_ptr="*i32"),
-    "fp16+bias": dict(c_ptr="*fp16", a_scale_ptr="*fp32", b_scale_ptr="*fp32", bias_ptr="*fp32", OUTPUT="float"),
-    "int8+zp": dict(c_ptr="*i8", a_scale_ptr="*fp32", b_scale_ptr="*fp32", bias_ptr="*fp32", a_zp_ptr="*i32",
-                    b_sum_ptr="*i32", out_scale_ptr="*fp32", out_zp_ptr="*i32", OUTPUT="int8"),
+    "int32": dict(_LINEAR, a_ptr="*i8", b_ptr="*i8", c_ptr="*i32"),
+    "fp16+bias": dict(_LINEAR, a_ptr="*i8", b_ptr="*i8", c_ptr="*fp16", a_scale_ptr="*fp32", b_scale_ptr="*fp32",
+                      bias_ptr="*fp32", OUTPUT="float"),
+    "int8+zp": dict(_LINEAR, a_ptr="*i8", b_ptr="*i8", c_ptr="*i8", a_scale_ptr="*fp32", b_scale_ptr="*fp32",
+                    bias_ptr="*fp32", a_zp_ptr="*i32", b_sum_ptr="*i32", out_scale_ptr="*fp32", out_zp_ptr="*i32",
+                    OUTPUT="int8"),
 }
+_FP16_GEMM_VARIANTS = {
+    "f16 fwd": dict(_LINEAR, a_ptr="*fp16", b_ptr="*fp16", c_ptr="*fp16", bias_ptr="*fp32", OUTPUT="float"),
+    "f16 dgrad": dict(_DGRAD, a_ptr="*fp16", b_ptr="*fp16", c_ptr="*fp16", OUTPUT="float"),
+    "f16 wgrad": dict(_WGRAD, a_ptr="*fp16", b_ptr="*fp16", c_ptr="*fp32", OUTPUT="float"),
+}
+_VARIANTS = {**_INT8_GEMM_VARIANTS, **_FP16_GEMM_VARIANTS}
 # The rest of what the ops can launch, for the compile check (a small tile compiles fast).
-_INT8_GEMM_EXTRA = {
+_GEMM_EXTRA = {
     "bf16, per-tensor scales, gelu, K tail": dict(
-        c_ptr="*bf16", a_scale_ptr="*fp32", b_scale_ptr="*fp32", OUTPUT="float", A_SCALE_PER_ROW=False,
+        _LINEAR, a_ptr="*i8", b_ptr="*i8", c_ptr="*bf16", a_scale_ptr="*fp32", b_scale_ptr="*fp32", OUTPUT="float", A_SCALE_PER_ROW=False,
         B_SCALE_PER_COL=False, ACTIVATION="gelu", EVEN_K=False),
-    "fp32, fp16 bias, relu6": dict(c_ptr="*fp32", a_scale_ptr="*fp32", b_scale_ptr="*fp32", bias_ptr="*fp16",
+    "fp32, fp16 bias, relu6": dict(_LINEAR, a_ptr="*i8", b_ptr="*i8", c_ptr="*fp32", a_scale_ptr="*fp32", b_scale_ptr="*fp32", bias_ptr="*fp16",
                                    OUTPUT="float", ACTIVATION="relu6"),
     "int8, per-row zp, no out zp, relu": dict(
-        c_ptr="*i8", a_scale_ptr="*fp32", b_scale_ptr="*fp32", a_zp_ptr="*i32", b_sum_ptr="*i32",
-        out_scale_ptr="*fp32", OUTPUT="int8", A_ZP_PER_ROW=True, ACTIVATION="relu"),
+        _LINEAR, a_ptr="*i8", b_ptr="*i8", c_ptr="*i8", a_scale_ptr="*fp32", b_scale_ptr="*fp32",
+        a_zp_ptr="*i32", b_sum_ptr="*i32", out_scale_ptr="*fp32", OUTPUT="int8", A_ZP_PER_ROW=True,
+        ACTIVATION="relu"),
+    "bf16 fwd, bf16 bias, gelu, K tail": dict(_LINEAR, a_ptr="*bf16", b_ptr="*bf16", c_ptr="*bf16",
+                                              bias_ptr="*bf16", OUTPUT="float", ACTIVATION="gelu", EVEN_K=False),
+    "bf16 wgrad, accumulate into fp32": dict(_WGRAD, a_ptr="*bf16", b_ptr="*bf16", c_ptr="*fp32", OUTPUT="float",
+                                             ACCUMULATE=True),
+    "f16 fwd, general strides, fp32 out": dict(a_ptr="*fp16", b_ptr="*fp16", c_ptr="*fp32", OUTPUT="float"),
 }
 _SMALL = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 4, "num_stages": 2}
 _QUANTIZE_VARIANTS = {
@@ -83,8 +101,8 @@ def _compile(fn, spec: dict, aligned, num_warps: int, num_stages: int, arch: int
 
 
 def _gemm_spec(config: dict, variant: dict) -> dict:
-    spec = {"a_ptr": "*i8", "b_ptr": "*i8", **{n: "i32" for n in ("M", "N", "K", "m_bucket", "stride_am",
-                                                                   "stride_bn", "stride_cm")}}
+    spec = {n: "i32" for n in ("M", "N", "K", "m_bucket", "stride_am", "stride_ak", "stride_bk", "stride_bn",
+                               "stride_cm", "stride_cn")}
     spec.update(_GEMM_FLAGS)
     spec.update({k: v for k, v in config.items() if k not in ("num_warps", "num_stages")})
     spec.update(variant)
@@ -92,8 +110,9 @@ def _gemm_spec(config: dict, variant: dict) -> dict:
 
 
 def _compile_gemm(config: dict, variant: dict, arch: int):
-    aligned = ("a_ptr", "b_ptr", "c_ptr") + _GEMM_POINTERS + ("N", "K", "stride_am", "stride_bn", "stride_cm")
-    return _compile(_int8_gemm_kernel, _gemm_spec(config, variant), aligned, config["num_warps"],
+    aligned = ("a_ptr", "b_ptr", "c_ptr") + _GEMM_POINTERS + ("N", "K", "stride_am", "stride_ak", "stride_bk",
+                                                             "stride_bn", "stride_cm", "stride_cn")
+    return _compile(_gemm_kernel, _gemm_spec(config, variant), aligned, config["num_warps"],
                     config["num_stages"], arch)
 
 
@@ -109,46 +128,57 @@ def _resources(cubin: bytes) -> dict:
             "local": int(fields.get("LOCAL", -1)), "sass_gmma": sorted(set(re.findall(r"\b([A-Z]GMMA)\b", sass)))}
 
 
-def compile_int8_gemm(config: dict, variant: str, arch: int = 90) -> dict:
+def compile_gemm(config: dict, variant: str, arch: int = 90) -> dict:
     """Compile one config (BLOCK_*/GROUP_M/num_warps/num_stages) x epilogue variant; return its report row."""
-    compiled = _compile_gemm(config, _INT8_GEMM_VARIANTS[variant], arch)
+    compiled = _compile_gemm(config, _VARIANTS[variant], arch)
     mma = sorted(set(re.findall(r"(wgmma\.mma_async\.\S*|mma\.sync\.\S*)", compiled.asm["ptx"])))
-    row = {"kernel": "int8_gemm", "variant": variant,
+    int8 = variant in _INT8_GEMM_VARIANTS
+    row = {"kernel": "int8_gemm" if int8 else "fp16_gemm", "variant": variant,
            "tile": f"{config['BLOCK_M']}x{config['BLOCK_N']}x{config['BLOCK_K']}",
            "stages": config["num_stages"], "warps": config["num_warps"], "shared": compiled.metadata.shared,
            "mma": mma, **_resources(compiled.asm["cubin"])}
-    row["wgmma_s8"] = any("wgmma" in m and ".s8.s8" in m for m in mma)
+    operands = ".s8.s8" if int8 else (".bf16.bf16" if "bf16" in variant else ".f16.f16")
+    row["wgmma"] = any("wgmma" in m and operands in m for m in mma)
     needs_wgmma = arch >= 90 and config["BLOCK_M"] >= 64  # wgmma works on 64-row warpgroup tiles
-    row["ok"] = (row["wgmma_s8"] or not needs_wgmma) and bool(mma) and row["stack"] == 0
+    row["ok"] = (row["wgmma"] or not needs_wgmma) and bool(mma) and row["stack"] == 0
     return row
 
 
-def _reachable(configs, output: str) -> list:
+def _reachable(tuner, output: str, operand_dtype, strides: dict) -> list:
     """Configs the autotuner's pruner can pick for this epilogue, at decode, M≈128 and large M."""
-    prune = _int8_gemm_tuned.early_config_prune
+    import torch
+
+    a = torch.empty(0, dtype=operand_dtype)
     kept = set()
     for mb in (1, 16, 128, 8192):
-        kept.update(id(c) for c in prune(configs, {"m_bucket": mb, "N": 4096, "K": 4096, "OUTPUT": output}))
-    return [c for c in configs if id(c) in kept]
+        args = {"a_ptr": a, "m_bucket": mb, "N": 4096, "K": 4096, "OUTPUT": output, **strides}
+        kept.update(id(c) for c in tuner.early_config_prune(tuner.configs, args))
+    return [c for c in tuner.configs if id(c) in kept]
 
 
-def inspect_int8_gemm(arch: int = 90, variants=None, only_large: bool = False) -> list[dict]:
+def inspect_gemm(arch: int = 90, variants=None, only_large: bool = False) -> list[dict]:
     """Every config the pruner can pick, for each epilogue variant (only_large: BLOCK_M >= 64 only)."""
+    import torch
+
     rows = []
-    configs = _int8_gemm_tuned.configs
-    for variant in variants or list(_INT8_GEMM_VARIANTS):
-        for cfg in _reachable(configs, _INT8_GEMM_VARIANTS[variant].get("OUTPUT", "int32")):
+    for variant in variants or list(_VARIANTS):
+        spec = _VARIANTS[variant]
+        int8 = variant in _INT8_GEMM_VARIANTS
+        tuner = _gemm_int8_tuned if int8 else _gemm_fp16_tuned
+        dtype = torch.int8 if int8 else torch.float16
+        strides = {"stride_am": spec.get("stride_am", 4096), "stride_ak": spec.get("stride_ak", 4096)}
+        for cfg in _reachable(tuner, spec.get("OUTPUT", "int32"), dtype, strides):
             if only_large and cfg.kwargs["BLOCK_M"] < 64:
                 continue
-            rows.append(compile_int8_gemm(dict(cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages),
+            rows.append(compile_gemm(dict(cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages),
                                           variant, arch))
     return rows
 
 
 def compile_check(arch: int = 90) -> list[dict]:
     """Compile every kernel variant the ops can launch (small tiles); one row per variant with ok / error."""
-    jobs = [("int8_gemm", name, lambda v=v: _compile_gemm(_SMALL, v, arch))
-            for name, v in {**_INT8_GEMM_VARIANTS, **_INT8_GEMM_EXTRA}.items()]
+    jobs = [("gemm", name, lambda v=v: _compile_gemm(_SMALL, v, arch))
+            for name, v in {**_VARIANTS, **_GEMM_EXTRA}.items()]
     quant_ints = {n: "i32" for n in ("M", "K", "stride_xm", "stride_qm")}
     jobs += [("quantize_rows", name, lambda v=v: _compile(
         _quantize_rows_kernel, {"q_ptr": "*i8", "min_scale": "fp32", **quant_ints, **v},
@@ -168,7 +198,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", type=int, default=90, help="compute capability x10 (90 = Hopper)")
     parser.add_argument("--json", help="also write the rows here")
-    parser.add_argument("--variant", action="append", choices=list(_INT8_GEMM_VARIANTS),
+    parser.add_argument("--variant", action="append", choices=list(_VARIANTS),
                         help="epilogue variant(s) to compile (default: all)")
     parser.add_argument("--large-only", action="store_true", help="only tiles with BLOCK_M >= 64 (wgmma tiles)")
     parser.add_argument("--compile-check", action="store_true",
@@ -180,8 +210,8 @@ def main(argv=None) -> int:
     print(f"sm_{args.arch}, triton {triton.__version__}")
     checks = compile_check(args.arch)
     for r in checks:
-        print(f"compiles  {r['kernel']:14} {r['variant']:40} {'ok' if r['ok'] else 'FAIL: ' + r['error']}")
-    rows = [] if args.compile_check else inspect_int8_gemm(args.arch, args.variant, args.large_only)
+        print(f"compiles  {r['kernel']:14} {r['variant']:36} {'ok' if r['ok'] else 'FAIL: ' + r['error']}")
+    rows = [] if args.compile_check else inspect_gemm(args.arch, args.variant, args.large_only)
     if rows:
         print(f"{'kernel':10} {'variant':10} {'tile':12} {'st':>2} {'w':>2} {'regs':>4} {'stack':>5} {'smem':>7}  mma")
     for r in rows:

@@ -1,58 +1,20 @@
-"""torch.ops.lowp: the torch.library registrations.
-
-Every op is a `triton_op`, so torch.compile traces into the Triton kernels it launches (through wrap_triton).
-CUDA tensors run the Triton kernels; CPU tensors run lowp_ops.reference (the same arithmetic, bit for bit on
-integer outputs); other devices are refused. Each op has a fake implementation (shape and dtype only, after the
-same validation), and none has autograd: these are inference ops on integer data.
-
-    quantize_per_token(x)                         float (..., K) -> int8 (..., K), float32 scales (...)
-    quantize_per_tensor(x, scale, zero_point)     float (...)    -> int8 (...)
-    int8_mm(a, b, a_scale, b_scale, bias, ...)    int8 (..., K) x int8 (N, K)ᵀ -> (..., N), fused epilogue
-    int8_linear(x, weight, weight_scale, ...)     float (..., K) -> quantize -> int8_mm -> (..., N)
-"""
+"""lowp::int8_mm and lowp::int8_linear: INT8 GEMM with the fused dequantize / requantize epilogue."""
 
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
 from torch import Tensor
-from torch.library import triton_op, wrap_triton
+from torch.library import triton_op
 
-from . import kernels, reference
-from ._validate import (ACTIVATIONS, FLOAT_DTYPES, MAX_K, check_activation, check_k_contiguous, check_numel,
-                        check_scale_values, check_tensor, fail)
-from .quant import MIN_SCALE
+from .. import kernels, reference
+from .._validate import (FLOAT_DTYPES, MAX_K, check_activation, check_k_contiguous, check_numel, check_scale_values,
+                         check_tensor, fail)
+from ..quant import MIN_SCALE
+from ._common import check_matrix_input, dispatch, flat, rows
 
 _OUT_DTYPES = (torch.int32, torch.int8) + FLOAT_DTYPES
-
-
-def _run(op: str, launcher, ref, *args, **kwargs):
-    """CUDA -> the Triton launcher (through wrap_triton), CPU -> the reference."""
-    device = args[0].device
-    if device.type == "cuda":
-        return launcher(*args, wrap=wrap_triton, **kwargs)
-    if device.type == "cpu":
-        return ref(*args, **kwargs)
-    fail(op, f"tensors on {device} are not supported: use cuda (Triton kernels) or cpu (reference)")
-
-
-def _flat(t: Optional[Tensor]) -> Optional[Tensor]:
-    """Per-row / per-column / per-tensor parameters as the contiguous 1-D vectors the kernels index."""
-    return None if t is None else t.reshape(-1).contiguous()
-
-
-def _rows(x: Tensor) -> tuple[int, int]:
-    """x (..., K) viewed as a matrix: (M, K) with M the product of the leading dims."""
-    return math.prod(x.shape[:-1]), x.shape[-1]
-
-
-def _check_matrix_input(op: str, name: str, x: Tensor, dtypes) -> None:
-    check_tensor(op, name, x, dtypes=dtypes)
-    if x.ndim < 1:
-        fail(op, f"argument '{name}' must have at least 1 dim (..., K), got a 0-d tensor")
-    check_k_contiguous(op, name, x)
 
 
 def _check_epilogue(op: str, x: Tensor, M: int, N: int, *, a_scale, b_scale, bias, a_zero_point, b_sum,
@@ -93,72 +55,6 @@ def _check_epilogue(op: str, x: Tensor, M: int, N: int, *, a_scale, b_scale, bia
         check_scale_values(op, name, t)
 
 
-# ---------------------------------------------------------------------------------------------- quantize
-
-
-def _check_quantize_per_token(x: Tensor) -> None:
-    _check_matrix_input("quantize_per_token", "x", x, FLOAT_DTYPES)
-
-
-@triton_op("lowp::quantize_per_token", mutates_args={})
-def quantize_per_token(x: Tensor) -> tuple[Tensor, Tensor]:
-    """Dynamic symmetric int8 quantization, one scale per row ("token").
-
-    x: (..., K) float16 / bfloat16 / float32, contiguous along K.
-    Returns q: (..., K) int8 in [-127, 127] and scale: (...) float32, with x ≈ q * scale[..., None] and
-    scale = max(max_k |x| / 127, MIN_SCALE).
-
-    >>> q, s = torch.ops.lowp.quantize_per_token(torch.tensor([[0.5, -1.0, 0.25]]))
-    >>> q.tolist(), s.tolist()
-    ([[64, -127, 32]], [0.007874015718698502])
-    """
-    _check_quantize_per_token(x)
-    M, K = _rows(x)
-    q, scale = _run("quantize_per_token", kernels.quantize_rows, reference.quantize_rows, x.reshape(M, K),
-                    **({"min_scale": MIN_SCALE} if x.device.type == "cuda" else {}))
-    return q.reshape(x.shape), scale.reshape(x.shape[:-1])
-
-
-@quantize_per_token.register_fake
-def _(x):
-    _check_quantize_per_token(x)
-    return x.new_empty(x.shape, dtype=torch.int8), x.new_empty(x.shape[:-1], dtype=torch.float32)
-
-
-def _check_quantize_per_tensor(x: Tensor, scale: Tensor, zero_point: Optional[Tensor]) -> None:
-    op = "quantize_per_tensor"
-    _check_matrix_input(op, "x", x, FLOAT_DTYPES)
-    check_tensor(op, "scale", scale, dtypes=(torch.float32,), device=x.device, device_of="x")
-    check_numel(op, "scale", scale, (1,), "one element (per-tensor scale)")
-    if zero_point is not None:
-        check_tensor(op, "zero_point", zero_point, dtypes=(torch.int32,), device=x.device, device_of="x")
-        check_numel(op, "zero_point", zero_point, (1,), "one element (per-tensor zero point)")
-    check_scale_values(op, "scale", scale)
-
-
-@triton_op("lowp::quantize_per_tensor", mutates_args={})
-def quantize_per_tensor(x: Tensor, scale: Tensor, zero_point: Optional[Tensor] = None) -> Tensor:
-    """Static affine int8 quantization with a given per-tensor scale and zero point (from calibration).
-
-    x: (..., K) float16 / bfloat16 / float32, contiguous along K; scale: float32, one element; zero_point: int32,
-    one element (None: 0). Returns (..., K) int8 = clamp(round_half_even(x * (1 / scale)) + zero_point, -128, 127),
-    bit-identical to torch.fake_quantize_per_tensor_affine's integer grid.
-    """
-    _check_quantize_per_tensor(x, scale, zero_point)
-    M, K = _rows(x)
-    q, _ = _run("quantize_per_tensor", kernels.quantize_rows, reference.quantize_rows, x.reshape(M, K),
-                scale=_flat(scale), zero_point=_flat(zero_point))
-    return q.reshape(x.shape)
-
-
-@quantize_per_tensor.register_fake
-def _(x, scale, zero_point=None):
-    _check_quantize_per_tensor(x, scale, zero_point)
-    return x.new_empty(x.shape, dtype=torch.int8)
-
-
-# ---------------------------------------------------------------------------------------------- int8_mm
-
 _MM_NAMES = {"a": "a", "b": "b", "a_scale": "a_scale", "b_scale": "b_scale", "a_zero_point": "a_zero_point",
              "b_sum": "b_sum"}
 
@@ -167,9 +63,9 @@ def _check_int8_mm(a, b, a_scale, b_scale, bias, a_zero_point, b_sum, activation
                    out_zero_point) -> torch.dtype:
     """Validate; returns the output dtype (None resolved)."""
     op = "int8_mm"
-    _check_matrix_input(op, "a", a, (torch.int8,))
+    check_matrix_input(op, "a", a, (torch.int8,))
     check_tensor(op, "b", b, dtypes=(torch.int8,), ndim=2, device=a.device, device_of="a")
-    M, K = _rows(a)
+    M, K = rows(a)
     N = b.shape[0]
     if b.shape[1] != K:
         fail(op, f"argument 'b' must be (N, K) with K = a.shape[-1] = {K}, got shape {tuple(b.shape)}")
@@ -223,13 +119,13 @@ def int8_mm(a: Tensor, b: Tensor, a_scale: Optional[Tensor] = None, b_scale: Opt
     """
     out_dtype = _check_int8_mm(a, b, a_scale, b_scale, bias, a_zero_point, b_sum, activation, out_dtype,
                                out_scale, out_zero_point)
-    M, K = _rows(a)
+    M, K = rows(a)
     if a_zero_point is not None and b_sum is None:
         b_sum = b.sum(dim=1, dtype=torch.int32)
-    out = _run("int8_mm", kernels.int8_gemm, reference.int8_gemm, a.reshape(M, K), b,
-               a_scale=_flat(a_scale), b_scale=_flat(b_scale), bias=_flat(bias),
-               a_zero_point=_flat(a_zero_point), b_sum=_flat(b_sum), activation=activation, out_dtype=out_dtype,
-               out_scale=_flat(out_scale), out_zero_point=_flat(out_zero_point))
+    out = dispatch("int8_mm", kernels.int8_gemm, reference.int8_gemm, a.reshape(M, K), b,
+               a_scale=flat(a_scale), b_scale=flat(b_scale), bias=flat(bias),
+               a_zero_point=flat(a_zero_point), b_sum=flat(b_sum), activation=activation, out_dtype=out_dtype,
+               out_scale=flat(out_scale), out_zero_point=flat(out_zero_point))
     return out.reshape(*a.shape[:-1], b.shape[0])
 
 
@@ -250,9 +146,9 @@ _LINEAR_NAMES = {"a": "x", "b": "weight", "a_scale": "x_scale", "b_scale": "weig
 def _check_int8_linear(x, weight, weight_scale, bias, x_scale, x_zero_point, weight_sum, activation, out_dtype,
                        out_scale, out_zero_point) -> torch.dtype:
     op = "int8_linear"
-    _check_matrix_input(op, "x", x, FLOAT_DTYPES)
+    check_matrix_input(op, "x", x, FLOAT_DTYPES)
     check_tensor(op, "weight", weight, dtypes=(torch.int8,), ndim=2, device=x.device, device_of="x")
-    M, K = _rows(x)
+    M, K = rows(x)
     N = weight.shape[0]
     if weight.shape[1] != K:
         fail(op, f"argument 'weight' must be (N, K) with K = x.shape[-1] = {K}, got shape {tuple(weight.shape)}")
@@ -298,20 +194,20 @@ def int8_linear(x: Tensor, weight: Tensor, weight_scale: Tensor, bias: Optional[
     """
     out_dtype = _check_int8_linear(x, weight, weight_scale, bias, x_scale, x_zero_point, weight_sum, activation,
                                    out_dtype, out_scale, out_zero_point)
-    M, K = _rows(x)
+    M, K = rows(x)
     x2 = x.reshape(M, K)
     if x_scale is None:
-        q, a_scale = _run("int8_linear", kernels.quantize_rows, reference.quantize_rows, x2,
+        q, a_scale = dispatch("int8_linear", kernels.quantize_rows, reference.quantize_rows, x2,
                           **({"min_scale": MIN_SCALE} if x.device.type == "cuda" else {}))
     else:
-        q, a_scale = _run("int8_linear", kernels.quantize_rows, reference.quantize_rows, x2,
-                          scale=_flat(x_scale), zero_point=_flat(x_zero_point))
+        q, a_scale = dispatch("int8_linear", kernels.quantize_rows, reference.quantize_rows, x2,
+                          scale=flat(x_scale), zero_point=flat(x_zero_point))
     if x_zero_point is not None and weight_sum is None:
         weight_sum = weight.sum(dim=1, dtype=torch.int32)
-    out = _run("int8_linear", kernels.int8_gemm, reference.int8_gemm, q, weight,
-               a_scale=a_scale, b_scale=_flat(weight_scale), bias=_flat(bias), a_zero_point=_flat(x_zero_point),
-               b_sum=_flat(weight_sum), activation=activation, out_dtype=out_dtype, out_scale=_flat(out_scale),
-               out_zero_point=_flat(out_zero_point))
+    out = dispatch("int8_linear", kernels.int8_gemm, reference.int8_gemm, q, weight,
+               a_scale=a_scale, b_scale=flat(weight_scale), bias=flat(bias), a_zero_point=flat(x_zero_point),
+               b_sum=flat(weight_sum), activation=activation, out_dtype=out_dtype, out_scale=flat(out_scale),
+               out_zero_point=flat(out_zero_point))
     return out.reshape(*x.shape[:-1], weight.shape[0])
 
 
@@ -321,6 +217,3 @@ def _(x, weight, weight_scale, bias=None, x_scale=None, x_zero_point=None, weigh
     out_dtype = _check_int8_linear(x, weight, weight_scale, bias, x_scale, x_zero_point, weight_sum, activation,
                                    out_dtype, out_scale, out_zero_point)
     return x.new_empty((*x.shape[:-1], weight.shape[0]), dtype=out_dtype)
-
-
-__all__ = ["ACTIVATIONS", "int8_linear", "int8_mm", "quantize_per_tensor", "quantize_per_token"]

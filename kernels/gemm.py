@@ -1,0 +1,186 @@
+"""GEMM with a fused epilogue, one kernel for int8 and fp16/bf16 operands:  C = epilogue(A · B).
+
+    a: (M, K), b: (K, N), any strides — the layout is read from the strides, never from a copied kernel:
+       nn.Linear forward  y  = x · Wᵀ : b = W.T         (W stored (N, K): b is K-contiguous)
+       input gradient     dx = dy · W : b = W           (N-contiguous)
+       weight gradient    dW = dyᵀ · x: a = dy.T        (M-contiguous)
+    int8 operands accumulate in int32, fp16 / bf16 operands in float32 (Tensor Cores either way). Triton
+    specializes a stride equal to 1 at compile time, so each layout gets its own vectorized loads.
+    c: (M, N) — int32 (raw), float16 / bfloat16 / float32, or int8 (requantized); with ACCUMULATE, c (float32)
+       holds the running sum and c += epilogue(A · B) (weight-gradient accumulation).
+
+int8 operands must both be K-contiguous: on sm_90 that is what lowers to `wgmma.mma_async ... .s32.s8.s8`; a
+(K, N) row-major int8 B ran ~10x slower on H100 (ANCHORS.md). The epilogue lives in kernels/epilogue.py.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+from .epilogue import gemm_epilogue
+from .tuning import gemm_configs, m_bucket, make_gemm_pruner
+
+# (BLOCK_M, BLOCK_N, BLOCK_K, num_stages, num_warps); each table feeds its own autotuner over the same kernel.
+_INT8_TABLE = [
+    (128, 256, 128, 3, 8),  # large shapes: won on H100 at 4096³–8192³ (ANCHORS.md, ~1,040 TOPS plain)
+    (256, 128, 128, 3, 8),  # large shapes, tall
+    (128, 128, 128, 4, 8),
+    (128, 128, 64, 4, 4),
+    (64, 128, 128, 4, 4),
+    (64, 64, 128, 5, 4),  # M ≈ 128: won on H100 (ANCHORS.md)
+    (32, 64, 256, 4, 4),  # the rest serve decode (M ≤ 32): weight-bandwidth bound, many N tiles in flight
+    (16, 64, 256, 4, 4),
+    (16, 32, 256, 5, 4),
+]
+# 16-bit operands: the same tiles with half the K depth (the same bytes per stage). Not yet tuned on a GPU.
+_FP16_TABLE = [
+    (128, 256, 64, 3, 8),
+    (256, 128, 64, 3, 8),
+    (128, 128, 64, 4, 8),
+    (128, 128, 32, 4, 4),
+    (64, 128, 64, 4, 4),
+    (64, 64, 64, 5, 4),
+    (32, 64, 128, 4, 4),
+    (16, 64, 128, 4, 4),
+    (16, 32, 128, 5, 4),
+]
+
+# Interpreter (CPU) runs skip autotuning: one modest tile, small enough that odd test shapes exercise the
+# masked tails in M, N and K.
+INTERPRETER_CONFIG = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4, "num_warps": 4, "num_stages": 1}
+
+
+@triton.jit
+def _gemm_kernel(
+    a_ptr, b_ptr, c_ptr,
+    a_scale_ptr, b_scale_ptr, bias_ptr, a_zp_ptr, b_sum_ptr, out_scale_ptr, out_zp_ptr,
+    M, N, K, m_bucket,  # m_bucket only keys the autotuner
+    stride_am, stride_ak, stride_bk, stride_bn, stride_cm, stride_cn,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    EVEN_K: tl.constexpr, ACCUMULATE: tl.constexpr,
+    OUTPUT: tl.constexpr, A_SCALE_PER_ROW: tl.constexpr, B_SCALE_PER_COL: tl.constexpr,
+    A_ZP_PER_ROW: tl.constexpr, ACTIVATION: tl.constexpr,
+):
+    # Grouped tile order: GROUP_M row-tiles sweep the N tiles together so their B tiles stay in L2.
+    pid = tl.program_id(0)
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    num_pid_in_group = GROUP_M * num_pid_n
+    first_pid_m = (pid // num_pid_in_group) * GROUP_M
+    group_size_m = min(num_pid_m - first_pid_m, GROUP_M)
+    pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
+    pid_n = (pid % num_pid_in_group) // group_size_m
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    # Tail rows/columns re-read row M-1 / column N-1 instead of masking every load; the store is masked.
+    rows_a = (offs_m % M).to(tl.int64)
+    cols_b = (offs_n % N).to(tl.int64)
+    a_ptrs = a_ptr + rows_a[:, None] * stride_am + offs_k[None, :] * stride_ak
+    b_ptrs = b_ptr + offs_k[:, None] * stride_bk + cols_b[None, :] * stride_bn
+
+    INT8: tl.constexpr = a_ptr.dtype.element_ty == tl.int8
+    ACC: tl.constexpr = tl.int32 if INT8 else tl.float32
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
+    for k in range(0, tl.cdiv(K, BLOCK_K)):
+        if EVEN_K:
+            a = tl.load(a_ptrs)
+            b = tl.load(b_ptrs)
+        else:
+            k_left = K - k * BLOCK_K
+            a = tl.load(a_ptrs, mask=offs_k[None, :] < k_left, other=0)
+            b = tl.load(b_ptrs, mask=offs_k[:, None] < k_left, other=0)
+        acc = tl.dot(a, b, acc, out_dtype=ACC)
+        a_ptrs += BLOCK_K * stride_ak
+        b_ptrs += BLOCK_K * stride_bk
+
+    y = gemm_epilogue(acc, offs_m, offs_n, M, N,
+                      a_scale_ptr, b_scale_ptr, bias_ptr, a_zp_ptr, b_sum_ptr, out_scale_ptr, out_zp_ptr,
+                      OUTPUT, A_SCALE_PER_ROW, B_SCALE_PER_COL, A_ZP_PER_ROW, ACTIVATION)
+    c_ptrs = c_ptr + offs_m.to(tl.int64)[:, None] * stride_cm + offs_n.to(tl.int64)[None, :] * stride_cn
+    c_mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
+    if ACCUMULATE:
+        y = y + tl.load(c_ptrs, mask=c_mask, other=0.0)
+    tl.store(c_ptrs, y.to(c_ptr.dtype.element_ty), mask=c_mask)
+
+
+def _even_k(args) -> bool:
+    """K needs no mask when the K tiles cover it exactly."""
+    return args["K"] % args["BLOCK_K"] == 0
+
+
+def _register_heavy(args) -> bool:
+    """Variants that spill on 128-accumulator-per-thread tiles (tools/inspect_kernels.py, sm_90, triton 3.9):
+    the requant epilogue (128x256x128, 8 warps: 320 B of stack) and an M-contiguous A, the weight-gradient
+    layout, whose tiles pass through registers (256x128x64, 8 warps: 224 B)."""
+    return args["OUTPUT"] == "int8" or (args["stride_am"] == 1 and args["stride_ak"] != 1)
+
+
+def _tuned(table):
+    return triton.autotune(
+        configs=gemm_configs(table),
+        key=["m_bucket", "N", "K"],  # plus the dtype of every tensor argument (Triton adds those)
+        prune_configs_by={"early_config_prune": make_gemm_pruner(register_heavy=_register_heavy)},
+    )(triton.heuristics({"EVEN_K": _even_k})(_gemm_kernel))
+
+
+_gemm_int8_tuned = _tuned(_INT8_TABLE)
+_gemm_fp16_tuned = _tuned(_FP16_TABLE)
+
+_OUTPUT_KIND = {torch.int32: "int32", torch.int8: "int8",
+                torch.float16: "float", torch.bfloat16: "float", torch.float32: "float"}
+
+
+def _direct(kernel):
+    return kernel
+
+
+def gemm(a, b, *, a_scale=None, b_scale=None, bias=None, a_zero_point=None, b_sum=None, activation="none",
+         out_dtype=None, out_scale=None, out_zero_point=None, accumulate_into=None, config=None, wrap=_direct):
+    """Launch the GEMM; arguments are assumed validated (lowp_ops.ops does that). Returns c (M, N).
+
+    a: (M, K), b: (K, N), both int8 (each K-contiguous) or both float16 / bfloat16, any strides.
+    a_scale: float32 (M,) or (1,); b_scale: float32 (N,) or (1,) (int8 only); bias: (N,) float;
+    a_zero_point: int32 (M,) or (1,) with b_sum int32 (N,) = Σ_k b[k, n]; out_scale float32 (1,) and
+    out_zero_point int32 (1,) for int8 output. activation: "none" | "relu" | "relu6" | "gelu".
+    out_dtype: int32 (raw int8 product), int8, float16, bfloat16, float32. accumulate_into: a float32 (M, N)
+    tensor updated in place (c += result) and returned instead of a new one.
+    config: BLOCK_M/BLOCK_N/BLOCK_K/GROUP_M/num_warps/num_stages to bypass autotuning (CPU tensors under
+    TRITON_INTERPRET=1 always do, with INTERPRETER_CONFIG). wrap: torch.library.wrap_triton when launched
+    from inside a triton_op, so torch.compile traces into the kernel.
+    """
+    M, K = a.shape
+    N = b.shape[1]
+    c = accumulate_into if accumulate_into is not None else torch.empty((M, N), dtype=out_dtype, device=a.device)
+    if M == 0 or N == 0:
+        return c
+    args = dict(
+        a_ptr=a, b_ptr=b, c_ptr=c, a_scale_ptr=a_scale, b_scale_ptr=b_scale, bias_ptr=bias,
+        a_zp_ptr=a_zero_point, b_sum_ptr=b_sum, out_scale_ptr=out_scale, out_zp_ptr=out_zero_point,
+        M=M, N=N, K=K, m_bucket=m_bucket(M), stride_am=a.stride(0), stride_ak=a.stride(1),
+        stride_bk=b.stride(0), stride_bn=b.stride(1), stride_cm=c.stride(0), stride_cn=c.stride(1),
+        ACCUMULATE=accumulate_into is not None, OUTPUT=_OUTPUT_KIND[c.dtype],
+        # One scale / zero point for everything is the per-tensor variant (also when M or N is 1).
+        A_SCALE_PER_ROW=a_scale is not None and a_scale.numel() != 1,
+        B_SCALE_PER_COL=b_scale is not None and b_scale.numel() != 1,
+        A_ZP_PER_ROW=a_zero_point is not None and a_zero_point.numel() != 1,
+        ACTIVATION=activation,
+    )
+
+    def grid(meta):
+        return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
+
+    if config is None and a.device.type == "cpu":
+        config = INTERPRETER_CONFIG
+    if config is None:
+        tuned = _gemm_int8_tuned if a.dtype == torch.int8 else _gemm_fp16_tuned
+        wrap(tuned)[grid](**args)
+    else:  # the bare @triton.jit kernel: wrap_triton accepts jit and autotune objects, not heuristics
+        wrap(_gemm_kernel)[grid](**args, **config, EVEN_K=_even_k({"K": K, **config}))
+    return c
+
+
+def int8_gemm(a, b, *, out_dtype=torch.int32, **kwargs):
+    """a: (M, K) int8, b: (N, K) int8 — nn.Linear's weight layout, both K-contiguous — -> epilogue(a · bᵀ)."""
+    return gemm(a, b.T, out_dtype=out_dtype, **kwargs)

@@ -1,0 +1,17 @@
+"""torch.ops.lowp: the torch.library registrations, one module per op family.
+
+Every op is a `triton_op`, so torch.compile traces into the Triton kernels it launches (through wrap_triton).
+CUDA tensors run the Triton kernels; CPU tensors run lowp_ops.reference (the same arithmetic, bit for bit on
+integer outputs); other devices are refused. Each op has a fake implementation (shape and dtype only, after the
+same validation). The int8 ops are inference ops on integer data, without autograd; fp16_linear has autograd.
+
+    quantize_per_token(x)                         float (..., K) -> int8 (..., K), float32 scales (...)
+    quantize_per_tensor(x, scale, zero_point)     float (...)    -> int8 (...)
+    int8_mm(a, b, a_scale, b_scale, bias, ...)    int8 (..., K) x int8 (N, K)ᵀ -> (..., N), fused epilogue
+    int8_linear(x, weight, weight_scale, ...)     float (..., K) -> quantize -> int8_mm -> (..., N)
+"""
+
+from .int8 import int8_linear, int8_mm
+from .quantize import quantize_per_tensor, quantize_per_token
+
+__all__ = ["int8_linear", "int8_mm", "quantize_per_tensor", "quantize_per_token"]

@@ -1,0 +1,75 @@
+"""lowp::quantize_per_token and lowp::quantize_per_tensor: float activations -> int8."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+from torch.library import triton_op
+
+from .. import kernels, reference
+from .._validate import FLOAT_DTYPES, check_numel, check_scale_values, check_tensor
+from ..quant import MIN_SCALE
+from ._common import check_matrix_input, dispatch, flat, rows
+
+
+def _check_quantize_per_token(x: Tensor) -> None:
+    check_matrix_input("quantize_per_token", "x", x, FLOAT_DTYPES)
+
+
+@triton_op("lowp::quantize_per_token", mutates_args={})
+def quantize_per_token(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Dynamic symmetric int8 quantization, one scale per row ("token").
+
+    x: (..., K) float16 / bfloat16 / float32, contiguous along K.
+    Returns q: (..., K) int8 in [-127, 127] and scale: (...) float32, with x ≈ q * scale[..., None] and
+    scale = max(max_k |x| / 127, MIN_SCALE).
+
+    >>> q, s = torch.ops.lowp.quantize_per_token(torch.tensor([[0.5, -1.0, 0.25]]))
+    >>> q.tolist(), s.tolist()
+    ([[64, -127, 32]], [0.007874015718698502])
+    """
+    _check_quantize_per_token(x)
+    M, K = rows(x)
+    q, scale = dispatch("quantize_per_token", kernels.quantize_rows, reference.quantize_rows, x.reshape(M, K),
+                    **({"min_scale": MIN_SCALE} if x.device.type == "cuda" else {}))
+    return q.reshape(x.shape), scale.reshape(x.shape[:-1])
+
+
+@quantize_per_token.register_fake
+def _(x):
+    _check_quantize_per_token(x)
+    return x.new_empty(x.shape, dtype=torch.int8), x.new_empty(x.shape[:-1], dtype=torch.float32)
+
+
+def _check_quantize_per_tensor(x: Tensor, scale: Tensor, zero_point: Optional[Tensor]) -> None:
+    op = "quantize_per_tensor"
+    check_matrix_input(op, "x", x, FLOAT_DTYPES)
+    check_tensor(op, "scale", scale, dtypes=(torch.float32,), device=x.device, device_of="x")
+    check_numel(op, "scale", scale, (1,), "one element (per-tensor scale)")
+    if zero_point is not None:
+        check_tensor(op, "zero_point", zero_point, dtypes=(torch.int32,), device=x.device, device_of="x")
+        check_numel(op, "zero_point", zero_point, (1,), "one element (per-tensor zero point)")
+    check_scale_values(op, "scale", scale)
+
+
+@triton_op("lowp::quantize_per_tensor", mutates_args={})
+def quantize_per_tensor(x: Tensor, scale: Tensor, zero_point: Optional[Tensor] = None) -> Tensor:
+    """Static affine int8 quantization with a given per-tensor scale and zero point (from calibration).
+
+    x: (..., K) float16 / bfloat16 / float32, contiguous along K; scale: float32, one element; zero_point: int32,
+    one element (None: 0). Returns (..., K) int8 = clamp(round_half_even(x * (1 / scale)) + zero_point, -128, 127),
+    bit-identical to torch.fake_quantize_per_tensor_affine's integer grid.
+    """
+    _check_quantize_per_tensor(x, scale, zero_point)
+    M, K = rows(x)
+    q, _ = dispatch("quantize_per_tensor", kernels.quantize_rows, reference.quantize_rows, x.reshape(M, K),
+                scale=flat(scale), zero_point=flat(zero_point))
+    return q.reshape(x.shape)
+
+
+@quantize_per_tensor.register_fake
+def _(x, scale, zero_point=None):
+    _check_quantize_per_tensor(x, scale, zero_point)
+    return x.new_empty(x.shape, dtype=torch.int8)
