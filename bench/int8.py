@@ -84,9 +84,9 @@ def gemm_cases(device, smoke: bool) -> list[dict]:
             row["lowp_tops"] = ops / bench_ms(lambda: torch.ops.lowp.int8_mm(a, b)) / 1e9
             row["int_mm_tops"] = ops / bench_ms(lambda: torch._int_mm(a, b.T)) / 1e9
             row["speedup_vs_int_mm"] = row["lowp_tops"] / row["int_mm_tops"]
-            from lowp_ops.kernels.int8_gemm import _int8_gemm_tuned
+            from lowp_ops.kernels.gemm import _gemm_int8_tuned
 
-            row["config"] = str(_int8_gemm_tuned.best_config)
+            row["config"] = str(_gemm_int8_tuned.best_config)
         rows.append(row)
     return rows
 

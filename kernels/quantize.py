@@ -69,12 +69,12 @@ def _direct(kernel):
     return kernel
 
 
-def quantize_rows(x, *, scale=None, zero_point=None, min_scale=2.0**-126, block_k=None, wrap=_direct):
+def quantize_rows(x, *, scale=None, zero_point=None, min_scale=None, block_k=None, wrap=_direct):
     """Quantize a float matrix to int8; arguments are assumed validated (lowp_ops.ops does that).
 
     x: (M, K) float16 / bfloat16 / float32 with x.stride(1) == 1.
     scale None (dynamic): returns (q int8 (M, K), scale float32 (M,)), symmetric, range [-127, 127];
-    scales never go below min_scale (lowp_ops.quant.MIN_SCALE).
+    scales never go below min_scale (required: lowp_ops.quant.MIN_SCALE).
     scale float32 (1,) (static), zero_point int32 (1,) or None: returns (q, scale), range [-128, 127].
     block_k: override the K block (tests use it to force the two-pass path).
     """

@@ -17,13 +17,13 @@ INT8_PER_TOKEN = QuantSpec(bits=8, symmetric=True, granularity=Granularity.PER_T
 INT8_AFFINE = QuantSpec(bits=8, symmetric=False)  # static per-tensor and requantized outputs, [-128, 127]
 
 
-def quantize_rows(x: torch.Tensor, *, scale: torch.Tensor | None = None,
-                  zero_point: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """x (M, K) float -> (q int8 (M, K), scale float32). Dynamic per-row when scale is None (scale (M,)),
-    else static per-tensor with scale (1,) and zero_point (1,) or None. See kernels/quantize.py."""
+def quantize_rows(x: torch.Tensor, *, scale: torch.Tensor | None = None, zero_point: torch.Tensor | None = None,
+                  min_scale: float = quant.MIN_SCALE) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (M, K) float -> (q int8 (M, K), scale float32). Dynamic per-row when scale is None (scale (M,), never
+    below min_scale), else static per-tensor with scale (1,) and zero_point (1,) or None. See kernels/quantize.py."""
     if scale is None:
-        qt = quant.quantize_tensor(x, INT8_PER_TOKEN)
-        return qt.qdata, qt.scale
+        scale, zp = quant.choose_qparams(*quant.reduce_minmax(x, INT8_PER_TOKEN), INT8_PER_TOKEN, min_scale=min_scale)
+        return quant.quantize(x, scale, zp, INT8_PER_TOKEN), scale
     zp = zero_point.reshape(()) if zero_point is not None else torch.zeros((), dtype=torch.int32)
     return quant.quantize(x, scale.reshape(()), zp.to(x.device), INT8_AFFINE), scale
 

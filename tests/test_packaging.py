@@ -15,7 +15,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 def test_kernels_live_under_lowp_ops():
     spec = importlib.util.find_spec("lowp_ops.kernels")
     assert spec is not None and pathlib.Path(spec.origin).parent == ROOT / "kernels"
-    assert lowp_ops.kernels.int8_gemm.__module__ == "lowp_ops.kernels.int8_gemm"
+    assert lowp_ops.kernels.gemm.__module__ == "lowp_ops.kernels.gemm"
 
 
 def test_wheel_layout(tmp_path):
@@ -23,5 +23,5 @@ def test_wheel_layout(tmp_path):
                     "--wheel-dir", str(tmp_path), str(ROOT)], check=True, cwd=tmp_path)
     (wheel,) = tmp_path.glob("lowp_ops-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert "lowp_ops/kernels/int8_gemm.py" in names and "lowp_ops/quant/spec.py" in names
+    assert "lowp_ops/kernels/gemm.py" in names and "lowp_ops/ops/fp16.py" in names and "lowp_ops/quant/spec.py" in names
     assert not [n for n in names if n.startswith(("kernels/", "tests/", "bench/", "tools/"))]

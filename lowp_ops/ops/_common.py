@@ -11,13 +11,19 @@ from torch.library import wrap_triton
 from .._validate import check_k_contiguous, check_tensor, fail
 
 
+# Tests flip this under TRITON_INTERPRET=1 so that CPU tensors go through the (interpreted) Triton kernels instead
+# of the reference: the ops' whole path (reshapes, epilogue flags, autograd) is then checked against the reference
+# on a machine without a GPU. It must stay False for fake tensors (opcheck, torch.compile): kernels need data.
+interpret_kernels_on_cpu = False
+
+
 def dispatch(op: str, launcher, ref, *args, **kwargs):
-    """CUDA -> the Triton launcher (through wrap_triton), CPU -> the reference."""
+    """CUDA -> the Triton launcher (through wrap_triton), CPU -> the reference (see interpret_kernels_on_cpu)."""
     device = args[0].device
     if device.type == "cuda":
         return launcher(*args, wrap=wrap_triton, **kwargs)
     if device.type == "cpu":
-        return ref(*args, **kwargs)
+        return (launcher if interpret_kernels_on_cpu else ref)(*args, **kwargs)
     fail(op, f"tensors on {device} are not supported: use cuda (Triton kernels) or cpu (reference)")
 
 

@@ -198,7 +198,7 @@ def int8_linear(x: Tensor, weight: Tensor, weight_scale: Tensor, bias: Optional[
     x2 = x.reshape(M, K)
     if x_scale is None:
         q, a_scale = dispatch("int8_linear", kernels.quantize_rows, reference.quantize_rows, x2,
-                          **({"min_scale": MIN_SCALE} if x.device.type == "cuda" else {}))
+                          min_scale=MIN_SCALE)
     else:
         q, a_scale = dispatch("int8_linear", kernels.quantize_rows, reference.quantize_rows, x2,
                           scale=flat(x_scale), zero_point=flat(x_zero_point))

@@ -33,7 +33,7 @@ def quantize_per_token(x: Tensor) -> tuple[Tensor, Tensor]:
     _check_quantize_per_token(x)
     M, K = rows(x)
     q, scale = dispatch("quantize_per_token", kernels.quantize_rows, reference.quantize_rows, x.reshape(M, K),
-                    **({"min_scale": MIN_SCALE} if x.device.type == "cuda" else {}))
+                    min_scale=MIN_SCALE)
     return q.reshape(x.shape), scale.reshape(x.shape[:-1])
 
 

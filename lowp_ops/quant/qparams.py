@@ -62,23 +62,23 @@ def reduce_minmax(x: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, torch
     return x.amin(dim=-1), x.amax(dim=-1)
 
 
-def choose_qparams(min_val: torch.Tensor, max_val: torch.Tensor,
-                   spec: QuantSpec) -> tuple[torch.Tensor, torch.Tensor]:
+def choose_qparams(min_val: torch.Tensor, max_val: torch.Tensor, spec: QuantSpec,
+                   min_scale: float = MIN_SCALE) -> tuple[torch.Tensor, torch.Tensor]:
     """(scale float32, zero_point int32) with the shapes of min_val / max_val.
 
     The range is first widened to contain 0, so that 0 (padding, ReLU output) is exact.
     Affine:    scale = (max - min) / (qmax - qmin), zero_point = qmin - round(min / scale) — the seed article's
                q = round((x - min) / (max - min) * (2^n - 1)) with the offset kept as an integer.
     Symmetric: scale = max(|min|, |max|) / qmax, zero_point = 0 (unsigned symmetric: max / qmax).
-    Degenerate ranges (all equal, all zero) give scale >= MIN_SCALE: never 0, NaN or inf.
+    Degenerate ranges (all equal, all zero) give scale >= min_scale: never 0, NaN or inf.
     """
     lo = torch.clamp(min_val.float(), max=0.0)
     hi = torch.clamp(max_val.float(), min=0.0)
     if spec.symmetric:
         amax = torch.maximum(-lo, hi) if spec.signed else hi
-        scale = torch.clamp(amax / spec.qmax, min=MIN_SCALE)
+        scale = torch.clamp(amax / spec.qmax, min=min_scale)
         zero_point = torch.zeros_like(scale, dtype=torch.int32)
     else:
-        scale = torch.clamp((hi - lo) / float(spec.qmax - spec.qmin), min=MIN_SCALE)
+        scale = torch.clamp((hi - lo) / float(spec.qmax - spec.qmin), min=min_scale)
         zero_point = torch.clamp(spec.qmin - torch.round(lo / scale), spec.qmin, spec.qmax).to(torch.int32)
     return scale, zero_point

@@ -1,4 +1,4 @@
-"""kernels/int8_gemm.py on the Triton interpreter (CPU) or the GPU, against lowp_ops.reference.
+"""kernels/gemm.py with int8 operands, on the Triton interpreter (CPU) or the GPU, against lowp_ops.reference.
 
 Tolerances: int32 and requantized int8 outputs are bit-exact (same integer arithmetic; the float epilogue runs
 the reference's float32 operations in the same order, and the interpreter never contracts them into FMAs).

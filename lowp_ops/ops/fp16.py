@@ -1,0 +1,191 @@
+"""lowp::fp16_mm, lowp::fp16_mm_accumulate_ and lowp::fp16_linear: float16 / bfloat16 GEMMs on Tensor Cores
+(float32 accumulation), with autograd for fp16_linear.
+
+Operands are float16 or bfloat16 (both the same); on CPU the reference also takes float32 and float64, which
+the gradient checks use. Layouts come from strides: fp16_mm(a, b) multiplies any (M, K) and (K, N) views, so
+A·B, A·Bᵀ and Aᵀ·B are the same call with transposed views, and the same kernel.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor
+from torch.library import triton_op
+
+from .. import kernels, reference
+from .._validate import FLOAT_DTYPES, check_activation, check_numel, check_tensor, fail
+from ._common import dispatch, rows
+
+_TENSOR_CORE_DTYPES = (torch.float16, torch.bfloat16)
+_CPU_ONLY_DTYPES = (torch.float32, torch.float64)  # reference path only: gradient checks, float baselines
+
+
+def _check_operand_pair(op: str, names: tuple[str, str], a: Tensor, b: Tensor) -> None:
+    allowed = _TENSOR_CORE_DTYPES + (_CPU_ONLY_DTYPES if a.device.type == "cpu" else ())
+    check_tensor(op, names[0], a, dtypes=allowed)
+    check_tensor(op, names[1], b, dtypes=(a.dtype,), ndim=2, device=a.device, device_of=names[0])
+
+
+def _check_out_dtype(op: str, out_dtype, a: Tensor) -> torch.dtype:
+    out_dtype = a.dtype if out_dtype is None else out_dtype
+    allowed = FLOAT_DTYPES + ((torch.float64,) if a.dtype == torch.float64 else ())
+    if out_dtype not in allowed:
+        fail(op, f"argument 'out_dtype' must be float16, bfloat16 or float32, got {out_dtype}", TypeError)
+    return out_dtype
+
+
+def _check_bias(op: str, bias: Optional[Tensor], a: Tensor, N: int) -> None:
+    if bias is not None:
+        check_tensor(op, "bias", bias, dtypes=FLOAT_DTYPES + (torch.float64,), ndim=1, device=a.device,
+                     device_of="a" if op == "fp16_mm" else "x")
+        check_numel(op, "bias", bias, (N,), f"one value per output column (N={N})")
+
+
+# ---------------------------------------------------------------------------------------------- fp16_mm
+
+
+def _check_fp16_mm(a, b, bias, activation, out_dtype) -> torch.dtype:
+    op = "fp16_mm"
+    _check_operand_pair(op, ("a", "b"), a, b)
+    if a.ndim != 2:
+        fail(op, f"argument 'a' must be 2-D (M, K), got shape {tuple(a.shape)}")
+    if b.shape[0] != a.shape[1]:
+        fail(op, f"argument 'b' must be (K, N) with K = a.shape[1] = {a.shape[1]}, got shape {tuple(b.shape)}")
+    _check_bias(op, bias, a, b.shape[1])
+    check_activation(op, activation)
+    return _check_out_dtype(op, out_dtype, a)
+
+
+@triton_op("lowp::fp16_mm", mutates_args={})
+def fp16_mm(a: Tensor, b: Tensor, bias: Optional[Tensor] = None, activation: str = "none",
+            out_dtype: Optional[torch.dtype] = None) -> Tensor:
+    """out = activation(a · b + bias) on Tensor Cores, float32 accumulation.
+
+    a: (M, K), b: (K, N), float16 or bfloat16 (both the same), any strides (pass a.T / b.T views for the
+    transposed layouts); bias: (N,) float; activation: "none" | "relu" | "relu6" | "gelu".
+    Returns (M, N) in out_dtype: float16 / bfloat16 / float32 (default a.dtype).
+
+    >>> a, b = torch.randn(3, 5).half(), torch.randn(4, 5).half()
+    >>> torch.ops.lowp.fp16_mm(a, b.T, out_dtype=torch.float32).shape
+    torch.Size([3, 4])
+    """
+    out_dtype = _check_fp16_mm(a, b, bias, activation, out_dtype)
+    return dispatch("fp16_mm", kernels.gemm, reference.gemm, a, b, bias=bias, activation=activation,
+                    out_dtype=out_dtype)
+
+
+@fp16_mm.register_fake
+def _(a, b, bias=None, activation="none", out_dtype=None):
+    out_dtype = _check_fp16_mm(a, b, bias, activation, out_dtype)
+    return a.new_empty((a.shape[0], b.shape[1]), dtype=out_dtype)
+
+
+def _check_fp16_mm_accumulate(c, a, b) -> None:
+    op = "fp16_mm_accumulate_"
+    _check_operand_pair(op, ("a", "b"), a, b)
+    if a.ndim != 2 or b.shape[0] != a.shape[1]:
+        fail(op, f"arguments 'a' (M, K) and 'b' (K, N) must agree on K, got shapes {tuple(a.shape)} and "
+                 f"{tuple(b.shape)}")
+    check_tensor(op, "c", c, dtypes=(torch.float32,), ndim=2, device=a.device, device_of="a")
+    if tuple(c.shape) != (a.shape[0], b.shape[1]):
+        fail(op, f"argument 'c' must have shape (M, N) = {(a.shape[0], b.shape[1])}, got {tuple(c.shape)}")
+
+
+@triton_op("lowp::fp16_mm_accumulate_", mutates_args={"c"})
+def fp16_mm_accumulate_(c: Tensor, a: Tensor, b: Tensor) -> None:
+    """c += a · b in place, c float32 (M, N): accumulates weight gradients (micro-batches) in float32 without
+    a float16 round trip. a: (M, K), b: (K, N) float16 / bfloat16, any strides."""
+    _check_fp16_mm_accumulate(c, a, b)
+    dispatch("fp16_mm_accumulate_", kernels.gemm, reference.gemm, a, b, accumulate_into=c)
+
+
+@fp16_mm_accumulate_.register_fake
+def _(c, a, b):
+    _check_fp16_mm_accumulate(c, a, b)
+
+
+# ------------------------------------------------------------------------------------------- fp16_linear
+
+
+def _check_fp16_linear(x, weight, bias, activation, out_dtype) -> torch.dtype:
+    op = "fp16_linear"
+    _check_operand_pair(op, ("x", "weight"), x, weight)
+    if x.ndim < 1 or x.shape[-1] != weight.shape[1]:
+        fail(op, f"argument 'weight' must be (N, K) with K = x.shape[-1] = {x.shape[-1] if x.ndim else None}, "
+                 f"got shape {tuple(weight.shape)}")
+    _check_bias(op, bias, x, weight.shape[0])
+    check_activation(op, activation)
+    return _check_out_dtype(op, out_dtype, x)
+
+
+@triton_op("lowp::fp16_linear", mutates_args={})
+def fp16_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, activation: str = "none",
+                out_dtype: Optional[torch.dtype] = None) -> Tensor:
+    """y = activation(x · weightᵀ + bias) on Tensor Cores, differentiable (dX and dW through the same kernel).
+
+    x: (..., K) and weight: (N, K), float16 or bfloat16 (both the same), any strides; bias: (N,) float (keep it
+    float32: its gradient comes back float32); activation: "none" | "relu" | "relu6" | "gelu".
+    Returns (..., N) in out_dtype (default x.dtype).
+
+    >>> x = torch.randn(2, 3, 8, dtype=torch.float16, requires_grad=True)
+    >>> w = torch.randn(4, 8, dtype=torch.float16, requires_grad=True)
+    >>> torch.ops.lowp.fp16_linear(x, w, activation="relu").sum().backward()
+    >>> x.grad.shape, w.grad.dtype
+    (torch.Size([2, 3, 8]), torch.float16)
+    """
+    out_dtype = _check_fp16_linear(x, weight, bias, activation, out_dtype)
+    M, K = rows(x)
+    out = dispatch("fp16_linear", kernels.gemm, reference.gemm, x.reshape(M, K), weight.T, bias=bias,
+                   activation=activation, out_dtype=out_dtype)
+    return out.reshape(*x.shape[:-1], weight.shape[0])
+
+
+@fp16_linear.register_fake
+def _(x, weight, bias=None, activation="none", out_dtype=None):
+    out_dtype = _check_fp16_linear(x, weight, bias, activation, out_dtype)
+    return x.new_empty((*x.shape[:-1], weight.shape[0]), dtype=out_dtype)
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, bias, activation, _ = inputs
+    ctx.activation = activation
+    ctx.bias_dtype = None if bias is None else bias.dtype
+    # relu / relu6 read their derivative off the output; gelu recomputes its pre-activation in backward
+    ctx.save_for_backward(x, weight, output if activation in ("relu", "relu6") else None,
+                          bias if activation == "gelu" else None)
+
+
+def _gelu_derivative(z: Tensor) -> Tensor:
+    """d/dz [z · Φ(z)] = Φ(z) + z · φ(z) (erf form, as torch.nn.functional.gelu)."""
+    return 0.5 * (1.0 + torch.erf(z * 0.7071067811865476)) + z * torch.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+
+
+def _backward(ctx, grad):
+    x, weight, y, bias = ctx.saved_tensors
+    N, K = weight.shape
+    x2 = x.reshape(-1, K)
+    dz = grad.reshape(-1, N)
+    if ctx.activation == "relu":
+        dz = dz * (y.reshape(-1, N) > 0)
+    elif ctx.activation == "relu6":
+        y2 = y.reshape(-1, N)
+        dz = dz * ((y2 > 0) & (y2 < 6))
+    elif ctx.activation == "gelu":
+        acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        z = torch.ops.lowp.fp16_mm(x2, weight.T, bias, out_dtype=acc_dtype)
+        dz = dz.to(acc_dtype) * _gelu_derivative(z)
+    dz = dz.to(x.dtype)  # the GEMM operands: this cast is where unscaled small gradients underflow in fp16
+    dx = dw = db = None
+    if ctx.needs_input_grad[0]:
+        dx = torch.ops.lowp.fp16_mm(dz, weight).reshape(x.shape)
+    if ctx.needs_input_grad[1]:
+        dw = torch.ops.lowp.fp16_mm(dz.T, x2, out_dtype=weight.dtype)
+    if ctx.needs_input_grad[2]:
+        db = dz.sum(dim=0, dtype=torch.float64 if dz.dtype == torch.float64 else torch.float32).to(ctx.bias_dtype)
+    return dx, dw, db, None, None
+
+
+fp16_linear.register_autograd(_backward, setup_context=_setup_context)
