@@ -11,10 +11,10 @@ the CPU path and test oracle) -> modules and workflows. lowp_ops.quant holds the
 (torch.Size([2, 32]), torch.float32)
 """
 
-from . import quant
+from . import nn, quant
 from .ops import (fp16_linear, fp16_mm, fp16_mm_accumulate_, int8_linear, int8_mm, quantize_per_tensor,
                   quantize_per_token)
 
 __version__ = "0.1.0"
-__all__ = ["fp16_linear", "fp16_mm", "fp16_mm_accumulate_", "int8_linear", "int8_mm", "quant",
+__all__ = ["nn", "fp16_linear", "fp16_mm", "fp16_mm_accumulate_", "int8_linear", "int8_mm", "quant",
            "quantize_per_tensor", "quantize_per_token"]

@@ -19,17 +19,20 @@ def _inspect(tmp_path, *flags):
     return proc, json.loads(out.read_text())
 
 
-def test_w8a8_and_requant_tiles_use_wgmma_s8_without_spilling(tmp_path):
-    # Hopper's int8 tensor-core path (wgmma ... s32.s8.s8), not mma.sync or FMA, and no register spills for
-    # any tile the pruner can pick for the W8A8 linear (fp16 out, bias) and the requantizing epilogue.
-    proc, report = _inspect(tmp_path, "--variant", "fp16+bias", "--variant", "int8+zp", "--large-only")
+def test_gemm_tiles_use_wgmma_without_spilling(tmp_path):
+    # Hopper's tensor-core path (wgmma ... s32.s8.s8 / f32.f16.f16), not mma.sync or FMA, and no register spills
+    # for any tile the pruner can pick: the W8A8 linear (fp16 out, bias), the requantizing epilogue, and the
+    # fp16 weight-gradient layout (M-contiguous A).
+    proc, report = _inspect(tmp_path, "--variant", "fp16+bias", "--variant", "int8+zp", "--variant", "f16 wgrad",
+                            "--large-only")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     # every kernel variant the ops can launch compiles (the interpreter would not catch a compile error)
     assert report["compile_check"] and all(r["ok"] for r in report["compile_check"]), report["compile_check"]
     rows = report["rows"]
-    assert len(rows) >= 6
+    assert len(rows) >= 9
     for r in rows:
-        assert r["wgmma_s8"] and r["stack"] == 0 and r["sass_gmma"] == ["IGMMA"], r
+        gmma = "IGMMA" if r["kernel"] == "int8_gemm" else "HGMMA"
+        assert r["wgmma"] and r["stack"] == 0 and r["sass_gmma"] == [gmma], r
 
 
 def test_int8_bench_smoke_run_checks_every_case():

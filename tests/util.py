@@ -1,5 +1,7 @@
 """Assertion helpers shared by the tests."""
 
+import contextlib
+
 import torch
 
 
@@ -22,3 +24,30 @@ def rel_rms_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
 
 def int8(*shape, low=-128):
     return torch.randint(low, 128, shape, dtype=torch.int8)
+
+
+def assert_float_gemm_close(out: torch.Tensor, ref64: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """A float GEMM result against its float64 reference, within the bound its arithmetic guarantees.
+
+    Float32 accumulation in any order errs by at most K·u·(|a|·|b|) elementwise (u = 2^-24, the γ_K bound);
+    the cast to the output dtype adds up to 2·u_out·|y| (u_out = 2^-11 fp16, 2^-8 bf16: one ulp, as the
+    interpreter truncates to bfloat16 where the GPU rounds). Activations used here are 1.13-Lipschitz at most.
+    """
+    K = a.shape[1]
+    u_out = {torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8, torch.float32: 2.0**-24}[out.dtype]
+    bound = 1.13 * K * 2.0**-24 * (a.double().abs() @ b.double().abs()) + 2 * u_out * ref64.abs() + 1e-30
+    err = (out.double() - ref64).abs()
+    worst = (err / bound).max().item()
+    assert worst <= 1.0, f"error reaches {worst:.2f}x the bound (max |err| {err.max().item():.3g})"
+
+
+@contextlib.contextmanager
+def reference_path():
+    """Inside a test using the kernels_on_cpu fixture: run the ops' reference path for a while (the oracle)."""
+    from lowp_ops.ops import _common
+
+    saved, _common.interpret_kernels_on_cpu = _common.interpret_kernels_on_cpu, False
+    try:
+        yield
+    finally:
+        _common.interpret_kernels_on_cpu = saved

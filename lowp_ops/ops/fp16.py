@@ -179,11 +179,12 @@ def _backward(ctx, grad):
         dz = dz.to(acc_dtype) * _gelu_derivative(z)
     dz = dz.to(x.dtype)  # the GEMM operands: this cast is where unscaled small gradients underflow in fp16
     dx = dw = db = None
-    if ctx.needs_input_grad[0]:
+    needs = tuple(ctx.needs_input_grad) + (False,) * 3  # as long as the arguments actually passed
+    if needs[0]:
         dx = torch.ops.lowp.fp16_mm(dz, weight).reshape(x.shape)
-    if ctx.needs_input_grad[1]:
+    if needs[1]:
         dw = torch.ops.lowp.fp16_mm(dz.T, x2, out_dtype=weight.dtype)
-    if ctx.needs_input_grad[2]:
+    if needs[2]:
         db = dz.sum(dim=0, dtype=torch.float64 if dz.dtype == torch.float64 else torch.float32).to(ctx.bias_dtype)
     return dx, dw, db, None, None
 

@@ -1,0 +1,5 @@
+"""The modules users end up holding: thin wrappers that keep their parameters and call torch.ops.lowp."""
+
+from .fp16 import Fp16Linear
+
+__all__ = ["Fp16Linear"]
