@@ -17,59 +17,16 @@ Writes int8-<card>-<date>.json and .md under --out and prints the table.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import pathlib
-import platform
-import subprocess
 
 import torch
 import torch.nn.functional as F
+from _common import bench_ms, copy_bandwidth_tbps, header, machine, save
 
-import lowp_ops
 from lowp_ops import quant
 
 GEMM_SHAPES = [(4096, 4096, 4096), (8192, 8192, 8192), (2048, 11008, 4096), (128, 4096, 4096)]  # (M, N, K)
 LINEAR_MS = [1, 16, 128, 2048, 8192]
 LINEAR_NK = (11008, 4096)
-PEAK_INT8_TOPS = {"H100": 1979, "H200": 1979}  # dense datasheet peaks, INT8 = FP8 on Hopper
-
-
-def machine() -> dict:
-    info = {"date": datetime.date.today().isoformat(), "torch": torch.__version__, "lowp": lowp_ops.__version__,
-            "python": platform.python_version()}
-    import triton
-
-    info["triton"] = triton.__version__
-    if torch.cuda.is_available():
-        p = torch.cuda.get_device_properties(0)
-        info.update(card=p.name, sms=p.multi_processor_count, capability=f"{p.major}.{p.minor}")
-        try:
-            q = "driver_version,clocks.sm,clocks.max.sm,clocks.mem,power.limit"
-            info["nvidia_smi"] = subprocess.run(["nvidia-smi", f"--query-gpu={q}", "--format=csv,noheader"],
-                                                capture_output=True, text=True, timeout=20).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            info["nvidia_smi"] = "unavailable"
-    else:
-        info["card"] = "cpu (smoke run, no timing)"
-    return info
-
-
-def bench_ms(fn, graph: bool = False) -> float:
-    import triton.testing
-
-    if graph:
-        return triton.testing.do_bench_cudagraph(fn, return_mode="median")
-    return triton.testing.do_bench(fn, return_mode="median")
-
-
-def copy_bandwidth_tbps(device) -> float:
-    src = torch.randn(256 * 2**20, device=device)  # 1 GiB of float32
-    dst = torch.empty_like(src)
-    ms = bench_ms(lambda: dst.copy_(src))
-    return 2 * src.numel() * 4 / ms / 1e9  # bytes read + written, TB/s
-
-
 def gemm_cases(device, smoke: bool) -> list[dict]:
     rows = []
     for M, N, K in ([(67, 45, 33)] if smoke else GEMM_SHAPES):
@@ -136,10 +93,7 @@ def quantize_case(device, smoke: bool, copy_tbps: float | None) -> dict:
 
 
 def markdown(info: dict, copy_tbps, rows: list[dict]) -> str:
-    lines = [f"# lowp INT8 benchmarks — {info['card']}, {info['date']}", "",
-             f"torch {info['torch']}, triton {info['triton']}, lowp {info['lowp']}; "
-             f"nvidia-smi: {info.get('nvidia_smi', '-')}; copy bandwidth {copy_tbps or 0:.2f} TB/s "
-             f"(read + write). Timing: triton.testing.do_bench median, L2 cleared per repetition.", ""]
+    lines = header(info, "lowp INT8 benchmarks") + [f"Copy bandwidth {copy_tbps or 0:.2f} TB/s (read + write).", ""]
     gemm = [r for r in rows if r["case"] == "int8_mm int32"]
     if gemm and "lowp_tops" in gemm[0]:
         lines += ["| int8 GEMM (M, N, K) | lowp TOPS | torch._int_mm TOPS | speedup | config |", "|---|---:|---:|---:|---|"]
@@ -174,12 +128,7 @@ def main() -> None:
     report = markdown(info, copy_tbps, rows)
     print(report)
     if not smoke:
-        out = pathlib.Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        stem = f"int8-{info['card'].replace(' ', '_')}-{info['date']}"
-        (out / f"{stem}.json").write_text(json.dumps({"machine": info, "copy_tbps": copy_tbps, "rows": rows},
-                                                     indent=1))
-        (out / f"{stem}.md").write_text(report)
+        save(args.out, "int8", info, {"copy_tbps": copy_tbps, "rows": rows}, report)
     else:
         print("smoke run: all cases computed and checked; nothing timed")
 

@@ -8,6 +8,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -35,9 +37,10 @@ def test_gemm_tiles_use_wgmma_without_spilling(tmp_path):
         assert r["wgmma"] and r["stack"] == 0 and r["sass_gmma"] == [gmma], r
 
 
-def test_int8_bench_smoke_run_checks_every_case():
-    # bench/int8.py --smoke computes and checks each benchmark case on tiny shapes (no timing on CPU)
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "int8.py"), "--smoke"], capture_output=True,
+@pytest.mark.parametrize("script", ["int8.py", "fp16.py"])
+def test_bench_smoke_run_checks_every_case(script):
+    # bench/*.py --smoke computes and checks each benchmark case on tiny shapes (no timing on CPU)
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / script), "--smoke"], capture_output=True,
                           text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "all cases computed and checked" in proc.stdout
