@@ -3,7 +3,8 @@
 Launchers check nothing beyond what they need to launch; lowp_ops.ops validates user input first.
 """
 
+from .conv import int8_conv2d
 from .gemm import gemm, int8_gemm
-from .quantize import quantize_rows
+from .quantize import quantize_channels_last, quantize_rows
 
-__all__ = ["gemm", "int8_gemm", "quantize_rows"]
+__all__ = ["gemm", "int8_conv2d", "int8_gemm", "quantize_channels_last", "quantize_rows"]

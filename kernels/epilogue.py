@@ -1,5 +1,5 @@
-"""Element-wise pieces shared by every lowp kernel family: rounding, quantization of float values, activations,
-and the fused GEMM epilogue (accumulator -> dequantize, zero-point correction, bias, activation, output or
+"""Pieces shared by every lowp kernel family: rounding, quantization of float values, activations, the grouped
+tile order, and the fused GEMM epilogue (accumulator -> dequantize, zero-point correction, bias, activation, output or
 requantize). The GEMM kernel (int8 and fp16/bf16 operands) uses it today; the INT8 conv (implicit GEMM: rows =
 output pixels, columns = output channels) is meant to call the same function.
 
@@ -47,23 +47,37 @@ def apply_activation(y, ACTIVATION: tl.constexpr):
 
 
 @triton.jit
-def _float_epilogue(acc, offs_m, offs_n, M, N,
-                a_scale_ptr, b_scale_ptr, bias_ptr, a_zp_ptr, b_sum_ptr, out_scale_ptr, out_zp_ptr,
-                OUTPUT: tl.constexpr, A_SCALE_PER_ROW: tl.constexpr, B_SCALE_PER_COL: tl.constexpr,
-                A_ZP_PER_ROW: tl.constexpr, ACTIVATION: tl.constexpr):
+def grouped_tile(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """Program id -> (pid_m, pid_n) in grouped order: GROUP_M row-tiles sweep the N tiles together, so the
+    column tiles they share (a GEMM's B, a convolution's weights) stay in L2."""
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    num_pid_in_group = GROUP_M * num_pid_n
+    first_pid_m = (pid // num_pid_in_group) * GROUP_M
+    group_size_m = min(num_pid_m - first_pid_m, GROUP_M)
+    pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
+    pid_n = (pid % num_pid_in_group) // group_size_m
+    return pid_m, pid_n
+
+
+@triton.jit
+def _float_epilogue(acc, offs_m, offs_n, M, N, a_rows,
+                    a_scale_ptr, b_scale_ptr, bias_ptr, a_zp_ptr, b_sum_ptr, out_scale_ptr, out_zp_ptr,
+                    OUTPUT: tl.constexpr, A_SCALE_PER_ROW: tl.constexpr, B_SCALE_PER_COL: tl.constexpr,
+                    A_ZP_PER_ROW: tl.constexpr, ACTIVATION: tl.constexpr):
     mask_m = offs_m < M
     mask_n = offs_n < N
     if a_zp_ptr is not None:
         # Σ_k (a_q − za)·b_q = acc − za · Σ_k b_q[n, k]: exact in int32.
         if A_ZP_PER_ROW:
-            za = tl.load(a_zp_ptr + offs_m, mask=mask_m, other=0)[:, None]
+            za = tl.load(a_zp_ptr + a_rows, mask=mask_m, other=0)[:, None]
         else:
             za = tl.load(a_zp_ptr)
         acc = acc - za * tl.load(b_sum_ptr + offs_n, mask=mask_n, other=0)[None, :]
     y = acc.to(tl.float32)
     if a_scale_ptr is not None:
         if A_SCALE_PER_ROW:
-            y = y * tl.load(a_scale_ptr + offs_m, mask=mask_m, other=0.0)[:, None]
+            y = y * tl.load(a_scale_ptr + a_rows, mask=mask_m, other=0.0)[:, None]
         else:
             y = y * tl.load(a_scale_ptr)
     if b_scale_ptr is not None:
@@ -84,12 +98,14 @@ def _float_epilogue(acc, offs_m, offs_n, M, N,
 
 
 @triton.jit
-def gemm_epilogue(acc, offs_m, offs_n, M, N,
+def gemm_epilogue(acc, offs_m, offs_n, M, N, a_rows,
                   a_scale_ptr, b_scale_ptr, bias_ptr, a_zp_ptr, b_sum_ptr, out_scale_ptr, out_zp_ptr,
                   OUTPUT: tl.constexpr, A_SCALE_PER_ROW: tl.constexpr, B_SCALE_PER_COL: tl.constexpr,
                   A_ZP_PER_ROW: tl.constexpr, ACTIVATION: tl.constexpr):
     """acc (BLOCK_M, BLOCK_N) = Σ_k a[m, k] · b[k, n], int32 (int8 operands) or float32 -> the tile to store.
 
+    offs_m / offs_n: the tile's row and column indices, valid below M / N. a_rows: where each row's per-row
+    a_scale / a_zero_point sits (offs_m for a GEMM; the image index for a convolution's per-image scale).
     OUTPUT "int32": acc unchanged (raw mode; every other argument ignored).
     OUTPUT "float": y = ((acc − za[m]·Σ_k b[k, n]) · sa[m]) · sb[n] + bias[n], then the activation; float32.
                     Scale pointers None: no scaling (the fp16/bf16 GEMM).
@@ -101,7 +117,7 @@ def gemm_epilogue(acc, offs_m, offs_n, M, N,
     if OUTPUT == "int32":  # raw mode; an if/else because Triton compiles code after an early return
         y = acc
     else:
-        y = _float_epilogue(acc, offs_m, offs_n, M, N,
+        y = _float_epilogue(acc, offs_m, offs_n, M, N, a_rows,
                             a_scale_ptr, b_scale_ptr, bias_ptr, a_zp_ptr, b_sum_ptr, out_scale_ptr, out_zp_ptr,
                             OUTPUT, A_SCALE_PER_ROW, B_SCALE_PER_COL, A_ZP_PER_ROW, ACTIVATION)
     return y

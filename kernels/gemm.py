@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .epilogue import gemm_epilogue
+from .epilogue import gemm_epilogue, grouped_tile
 from .tuning import gemm_configs, m_bucket, make_gemm_pruner
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_stages, num_warps); each table feeds its own autotuner over the same kernel.
@@ -61,15 +61,7 @@ def _gemm_kernel(
     OUTPUT: tl.constexpr, A_SCALE_PER_ROW: tl.constexpr, B_SCALE_PER_COL: tl.constexpr,
     A_ZP_PER_ROW: tl.constexpr, ACTIVATION: tl.constexpr,
 ):
-    # Grouped tile order: GROUP_M row-tiles sweep the N tiles together so their B tiles stay in L2.
-    pid = tl.program_id(0)
-    num_pid_m = tl.cdiv(M, BLOCK_M)
-    num_pid_n = tl.cdiv(N, BLOCK_N)
-    num_pid_in_group = GROUP_M * num_pid_n
-    first_pid_m = (pid // num_pid_in_group) * GROUP_M
-    group_size_m = min(num_pid_m - first_pid_m, GROUP_M)
-    pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
-    pid_n = (pid % num_pid_in_group) // group_size_m
+    pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -95,7 +87,7 @@ def _gemm_kernel(
         a_ptrs += BLOCK_K * stride_ak
         b_ptrs += BLOCK_K * stride_bk
 
-    y = gemm_epilogue(acc, offs_m, offs_n, M, N,
+    y = gemm_epilogue(acc, offs_m, offs_n, M, N, offs_m,
                       a_scale_ptr, b_scale_ptr, bias_ptr, a_zp_ptr, b_sum_ptr, out_scale_ptr, out_zp_ptr,
                       OUTPUT, A_SCALE_PER_ROW, B_SCALE_PER_COL, A_ZP_PER_ROW, ACTIVATION)
     c_ptrs = c_ptr + offs_m.to(tl.int64)[:, None] * stride_cm + offs_n.to(tl.int64)[None, :] * stride_cn

@@ -1,6 +1,10 @@
-"""Row-wise activation quantization: float (M, K) -> int8 (M, K), in one launch.
+"""Activation quantization: float -> int8 in one launch, row-wise or with a layout change.
 
-Dynamic (symmetric absmax, one scale per row — "per token"):
+The kernel quantizes a batch of (M, K) tiles with any strides, so one kernel serves both launchers:
+    quantize_rows(x)            x (M, K) float, K-contiguous -> int8 (M, K)                (linear layers)
+    quantize_channels_last(x)   x (N, C, H, W) float, NCHW   -> int8 (N, C, H, W) channels_last (conv layers:
+                                the NCHW -> NHWC transpose happens in the same pass, viewed as (N, H·W, C))
+Dynamic (symmetric absmax, one scale per row — "per token"; rows only):
     scale[m] = max(max_k |x[m, k]| / QMAX, min_scale),  q = clamp(round_half_even(x · (1/scale)), -QMAX, QMAX)
 Static (given per-tensor scale and zero point):
     q = clamp(round_half_even(x · (1/scale)) + zero_point, QMIN, QMAX)
@@ -22,30 +26,31 @@ _BLOCK_ELEMS = 4096
 
 
 @triton.jit
-def _quantize_rows_kernel(
+def _quantize_kernel(
     x_ptr, q_ptr, scale_ptr, zp_ptr,
-    M, K, stride_xm, stride_qm, min_scale,
+    M, K, stride_xb, stride_xm, stride_xk, stride_qb, stride_qm, stride_qk, min_scale,
     QMIN: tl.constexpr, QMAX: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, DYNAMIC: tl.constexpr, SINGLE_PASS: tl.constexpr,
 ):
+    batch = tl.program_id(1).to(tl.int64)
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_mask = rows[:, None] < M
     cols = tl.arange(0, BLOCK_K)[None, :]
-    x_rows = x_ptr + rows.to(tl.int64)[:, None] * stride_xm
-    q_rows = q_ptr + rows.to(tl.int64)[:, None] * stride_qm
+    x_rows = x_ptr + batch * stride_xb + rows.to(tl.int64)[:, None] * stride_xm
+    q_rows = q_ptr + batch * stride_qb + rows.to(tl.int64)[:, None] * stride_qm
 
     if SINGLE_PASS:
-        x = tl.load(x_rows + cols, mask=row_mask & (cols < K), other=0.0).to(tl.float32)
+        x = tl.load(x_rows + cols * stride_xk, mask=row_mask & (cols < K), other=0.0).to(tl.float32)
     if DYNAMIC:
         if SINGLE_PASS:
             amax = tl.max(tl.abs(x), axis=1)
         else:
             amax = tl.zeros((BLOCK_M,), dtype=tl.float32)
             for k0 in range(0, K, BLOCK_K):
-                xk = tl.load(x_rows + k0 + cols, mask=row_mask & (k0 + cols < K), other=0.0).to(tl.float32)
-                amax = tl.maximum(amax, tl.max(tl.abs(xk), axis=1))
+                xk = tl.load(x_rows + (k0 + cols) * stride_xk, mask=row_mask & (k0 + cols < K), other=0.0)
+                amax = tl.maximum(amax, tl.max(tl.abs(xk.to(tl.float32)), axis=1))
         scale = tl.maximum(tl.math.div_rn(amax, QMAX * 1.0), min_scale)
-        tl.store(scale_ptr + rows, scale, mask=rows < M)
+        tl.store(scale_ptr + batch * M + rows, scale, mask=rows < M)
         inv_scale = tl.math.div_rn(1.0, scale)[:, None]
         zero_point = 0.0
     else:
@@ -56,13 +61,13 @@ def _quantize_rows_kernel(
 
     if SINGLE_PASS:
         q = quantize_values(x * inv_scale, zero_point, QMIN, QMAX)
-        tl.store(q_rows + cols, q.to(tl.int8), mask=row_mask & (cols < K))
+        tl.store(q_rows + cols * stride_qk, q.to(tl.int8), mask=row_mask & (cols < K))
     else:
         for k0 in range(0, K, BLOCK_K):
             mask = row_mask & (k0 + cols < K)
-            xk = tl.load(x_rows + k0 + cols, mask=mask, other=0.0).to(tl.float32)
+            xk = tl.load(x_rows + (k0 + cols) * stride_xk, mask=mask, other=0.0).to(tl.float32)
             q = quantize_values(xk * inv_scale, zero_point, QMIN, QMAX)
-            tl.store(q_rows + k0 + cols, q.to(tl.int8), mask=mask)
+            tl.store(q_rows + (k0 + cols) * stride_qk, q.to(tl.int8), mask=mask)
 
 
 def _direct(kernel):
@@ -88,10 +93,36 @@ def quantize_rows(x, *, scale=None, zero_point=None, min_scale=None, block_k=Non
         return q, scale
     block_k = block_k or min(triton.next_power_of_2(max(K, 1)), _BLOCK_ELEMS)
     block_m = max(1, min(triton.next_power_of_2(M), _BLOCK_ELEMS // block_k))
-    grid = (triton.cdiv(M, block_m),)
-    wrap(_quantize_rows_kernel)[grid](
-        x, q, scale, zero_point, M, K, x.stride(0), q.stride(0), min_scale,
-        QMIN=qmin, QMAX=qmax, BLOCK_M=block_m, BLOCK_K=block_k, DYNAMIC=dynamic, SINGLE_PASS=K <= block_k,
-        num_warps=4 if block_m * block_k <= 2048 else 8,
-    )
+    _launch(x.unsqueeze(0), q.unsqueeze(0), scale, zero_point, min_scale, qmin, qmax, block_m, block_k, dynamic, wrap)
     return q, scale
+
+
+def _launch(x, q, scale, zero_point, min_scale, qmin, qmax, block_m, block_k, dynamic, wrap):
+    """x, q: (B, M, K) views of the input and output (any strides)."""
+    B, M, K = x.shape
+    grid = (triton.cdiv(M, block_m), B)
+    wrap(_quantize_kernel)[grid](
+        x, q, scale, zero_point, M, K, x.stride(0), x.stride(1), x.stride(2), q.stride(0), q.stride(1), q.stride(2),
+        min_scale, QMIN=qmin, QMAX=qmax, BLOCK_M=block_m, BLOCK_K=block_k, DYNAMIC=dynamic,
+        SINGLE_PASS=K <= block_k, num_warps=4 if block_m * block_k <= 2048 else 8,
+    )
+
+
+def quantize_channels_last(x, *, scale, zero_point=None, wrap=_direct):
+    """Static per-tensor quantization fused with the NCHW -> NHWC layout change; assumed validated.
+
+    x: (N, C, H, W) float16 / bfloat16 / float32, any strides (NCHW-contiguous is the case this is for);
+    scale float32 (1,), zero_point int32 (1,) or None. Returns q: (N, C, H, W) int8 in channels_last memory
+    format, q = clamp(round_half_even(x · (1/scale)) + zero_point, -128, 127).
+    """
+    N, C, H, W = x.shape
+    q = torch.empty((N, C, H, W), dtype=torch.int8, device=x.device, memory_format=torch.channels_last)
+    if q.numel() == 0:
+        return q
+    # (N, H·W, C) views: rows are pixels, columns channels; a 64 x 64 tile reads runs of 64 pixels (NCHW) and
+    # writes runs of 64 channels (NHWC), the transpose going through shared memory in between.
+    xv = x.permute(0, 2, 3, 1).reshape(N, H * W, C)  # a view for NCHW and NHWC inputs alike
+    qv = q.permute(0, 2, 3, 1).view(N, H * W, C)
+    block_k = min(triton.next_power_of_2(C), 64)
+    _launch(xv, qv, scale, zero_point, None, -128, 127, 64, block_k, False, wrap)
+    return q

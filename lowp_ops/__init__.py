@@ -12,9 +12,9 @@ the CPU path and test oracle) -> modules and workflows. lowp_ops.quant holds the
 """
 
 from . import nn, quant
-from .ops import (fp16_linear, fp16_mm, fp16_mm_accumulate_, int8_linear, int8_mm, quantize_per_tensor,
-                  quantize_per_token)
+from .ops import (fp16_linear, fp16_mm, fp16_mm_accumulate_, int8_conv2d, int8_linear, int8_mm,
+                  quantize_channels_last, quantize_per_tensor, quantize_per_token)
 
 __version__ = "0.1.0"
-__all__ = ["nn", "fp16_linear", "fp16_mm", "fp16_mm_accumulate_", "int8_linear", "int8_mm", "quant",
-           "quantize_per_tensor", "quantize_per_token"]
+__all__ = ["fp16_linear", "fp16_mm", "fp16_mm_accumulate_", "int8_conv2d", "int8_linear", "int8_mm", "nn",
+           "quant", "quantize_channels_last", "quantize_per_tensor", "quantize_per_token"]

@@ -90,3 +90,33 @@ def gemm(a: torch.Tensor, b: torch.Tensor, *, activation="none", out_dtype=None,
 def int8_gemm(a: torch.Tensor, b: torch.Tensor, *, out_dtype=torch.int32, **kwargs) -> torch.Tensor:
     """a int8 (M, K), b int8 (N, K) -> epilogue(a · bᵀ) (M, N); keyword arguments as kernels.int8_gemm."""
     return gemm(a, b.T, out_dtype=out_dtype, **kwargs)
+
+
+def quantize_channels_last(x: torch.Tensor, *, scale: torch.Tensor,
+                           zero_point: torch.Tensor | None = None) -> torch.Tensor:
+    """x (N, C, H, W) float -> int8 (N, C, H, W) channels_last, static per-tensor; see kernels/quantize.py."""
+    q, _ = quantize_rows(x, scale=scale, zero_point=zero_point)
+    return q.contiguous(memory_format=torch.channels_last)
+
+
+def int8_conv2d(x: torch.Tensor, w: torch.Tensor, *, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1,
+                a_scale=None, a_zero_point=None, b_sum=None, activation="none", out_dtype=torch.int32,
+                **epilogue) -> torch.Tensor:
+    """x int8 (N, C, H, W), w int8 (K, C/groups, R, S) -> (N, K, OH, OW) channels_last; keyword arguments as
+    kernels.int8_conv2d.
+
+    The convolution runs in float64 on x − zero_point (exact: every partial sum is an integer below 2^53), with
+    zero padding — the kernel pads with the zero point and subtracts za·Σw, the same integers. Then the GEMM
+    epilogue on the (pixels, channels) matrix, a per-image a_scale repeated over each image's pixels.
+    """
+    xz = x.double()
+    if a_zero_point is not None:
+        xz = xz - a_zero_point.double().reshape(())
+    acc = F.conv2d(xz, w.double(), stride=tuple(stride), padding=tuple(padding), dilation=tuple(dilation),
+                   groups=groups).to(torch.int32)
+    n, k, oh, ow = acc.shape
+    if a_scale is not None and a_scale.numel() != 1:
+        a_scale = a_scale.reshape(-1).repeat_interleave(oh * ow)
+    y = gemm_epilogue(acc.permute(0, 2, 3, 1).reshape(-1, k), a_scale=a_scale, activation_name=activation,
+                      out_dtype=out_dtype, **epilogue)
+    return y.reshape(n, oh, ow, k).permute(0, 3, 1, 2)

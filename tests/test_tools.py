@@ -24,16 +24,16 @@ def _inspect(tmp_path, *flags):
 def test_gemm_tiles_use_wgmma_without_spilling(tmp_path):
     # Hopper's tensor-core path (wgmma ... s32.s8.s8 / f32.f16.f16), not mma.sync or FMA, and no register spills
     # for any tile the pruner can pick: the W8A8 linear (fp16 out, bias), the requantizing epilogue, and the
-    # fp16 weight-gradient layout (M-contiguous A).
+    # fp16 weight-gradient layout (M-contiguous A), and the implicit-GEMM convolution.
     proc, report = _inspect(tmp_path, "--variant", "fp16+bias", "--variant", "int8+zp", "--variant", "f16 wgrad",
-                            "--large-only")
+                            "--variant", "conv fp16 out", "--large-only")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     # every kernel variant the ops can launch compiles (the interpreter would not catch a compile error)
     assert report["compile_check"] and all(r["ok"] for r in report["compile_check"]), report["compile_check"]
     rows = report["rows"]
     assert len(rows) >= 9
     for r in rows:
-        gmma = "IGMMA" if r["kernel"] == "int8_gemm" else "HGMMA"
+        gmma = "HGMMA" if r["kernel"] == "fp16_gemm" else "IGMMA"
         assert r["wgmma"] and r["stack"] == 0 and r["sass_gmma"] == [gmma], r
 
 

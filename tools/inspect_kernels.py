@@ -26,8 +26,9 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
+from lowp_ops.kernels.conv import _conv2d_kernel, _conv2d_tuned
 from lowp_ops.kernels.gemm import _gemm_fp16_tuned, _gemm_int8_tuned, _gemm_kernel
-from lowp_ops.kernels.quantize import _quantize_rows_kernel
+from lowp_ops.kernels.quantize import _quantize_kernel
 
 _GEMM_POINTERS = ("a_scale_ptr", "b_scale_ptr", "bias_ptr", "a_zp_ptr", "b_sum_ptr", "out_scale_ptr", "out_zp_ptr")
 _GEMM_FLAGS = dict(EVEN_K=True, ACCUMULATE=False, OUTPUT="int32", A_SCALE_PER_ROW=True, B_SCALE_PER_COL=True,
@@ -69,18 +70,40 @@ _GEMM_EXTRA = {
                                              ACCUMULATE=True),
     "f16 fwd, general strides, fp32 out": dict(a_ptr="*fp16", b_ptr="*fp16", c_ptr="*fp32", OUTPUT="float"),
 }
+# Convolutions: activations and weights channel-contiguous (compile-time unit channel stride, as specialized).
+_CONV_INTS = ("M", "N", "K", "m_bucket", "H", "W", "OH", "OW", "R", "S", "K_PER_G", "stride_an", "stride_ah",
+              "stride_aw", "stride_wk", "stride_wr", "stride_ws", "stride_cm", "conv_sh", "conv_sw", "pad_h",
+              "pad_w", "dil_h", "dil_w")
+_CONV_VARIANTS = {
+    "conv fp16 out": dict(c_ptr="*fp16", a_scale_ptr="*fp32", b_scale_ptr="*fp32", bias_ptr="*fp32",
+                          OUTPUT="float", ACTIVATION="relu"),
+    "conv int8 out, zp": dict(c_ptr="*i8", a_scale_ptr="*fp32", b_scale_ptr="*fp32", bias_ptr="*fp32",
+                              a_zp_ptr="*i32", b_sum_ptr="*i32", out_scale_ptr="*fp32", out_zp_ptr="*i32",
+                              OUTPUT="int8", ACTIVATION="relu6", A_SCALE_PER_ROW=False),
+}
+_CONV_EXTRA = {
+    "conv depthwise, bf16 out": dict(c_ptr="*bf16", a_scale_ptr="*fp32", b_scale_ptr="*fp32", OUTPUT="float",
+                                     DEPTHWISE=True, BLOCK_K=32),
+    "conv int32, channel tail": dict(c_ptr="*i32", EVEN_K=False),
+}
+_CONV_FLAGS = dict(EVEN_K=True, DEPTHWISE=False, OUTPUT="int32", A_SCALE_PER_ROW=True, B_SCALE_PER_COL=True,
+                   ACTIVATION="none")
 _SMALL = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 4, "num_stages": 2}
+_ROWS = dict(stride_xk=1, stride_qk=1)  # quantize_rows: (M, K) rows, K-contiguous in and out
+_NCHW_TO_NHWC = dict(stride_xm=1, stride_qk=1)  # quantize_channels_last: pixels contiguous in, channels out
 _QUANTIZE_VARIANTS = {
-    "dynamic fp16, one pass": dict(x_ptr="*fp16", scale_ptr="*fp32", DYNAMIC=True, SINGLE_PASS=True,
-                                   QMIN=-127, QMAX=127, BLOCK_M=1, BLOCK_K=4096),
-    "dynamic bf16, two pass": dict(x_ptr="*bf16", scale_ptr="*fp32", DYNAMIC=True, SINGLE_PASS=False,
-                                   QMIN=-127, QMAX=127, BLOCK_M=1, BLOCK_K=4096),
-    "dynamic fp32, many rows": dict(x_ptr="*fp32", scale_ptr="*fp32", DYNAMIC=True, SINGLE_PASS=True,
-                                    QMIN=-127, QMAX=127, BLOCK_M=64, BLOCK_K=64),
-    "static fp16 with zero point": dict(x_ptr="*fp16", scale_ptr="*fp32", zp_ptr="*i32", DYNAMIC=False,
+    "dynamic fp16, one pass": dict(_ROWS, x_ptr="*fp16", scale_ptr="*fp32", min_scale="fp32", DYNAMIC=True,
+                                   SINGLE_PASS=True, QMIN=-127, QMAX=127, BLOCK_M=1, BLOCK_K=4096),
+    "dynamic bf16, two pass": dict(_ROWS, x_ptr="*bf16", scale_ptr="*fp32", min_scale="fp32", DYNAMIC=True,
+                                   SINGLE_PASS=False, QMIN=-127, QMAX=127, BLOCK_M=1, BLOCK_K=4096),
+    "dynamic fp32, many rows": dict(_ROWS, x_ptr="*fp32", scale_ptr="*fp32", min_scale="fp32", DYNAMIC=True,
+                                    SINGLE_PASS=True, QMIN=-127, QMAX=127, BLOCK_M=64, BLOCK_K=64),
+    "static fp16 with zero point": dict(_ROWS, x_ptr="*fp16", scale_ptr="*fp32", zp_ptr="*i32", DYNAMIC=False,
                                         SINGLE_PASS=False, QMIN=-128, QMAX=127, BLOCK_M=1, BLOCK_K=4096),
-    "static fp32": dict(x_ptr="*fp32", scale_ptr="*fp32", DYNAMIC=False, SINGLE_PASS=True,
-                        QMIN=-128, QMAX=127, BLOCK_M=4, BLOCK_K=1024),
+    "NCHW fp32 -> NHWC int8": dict(_NCHW_TO_NHWC, x_ptr="*fp32", scale_ptr="*fp32", zp_ptr="*i32", DYNAMIC=False,
+                                   SINGLE_PASS=True, QMIN=-128, QMAX=127, BLOCK_M=64, BLOCK_K=64),
+    "NCHW fp16 -> NHWC int8, C loop": dict(_NCHW_TO_NHWC, x_ptr="*fp16", scale_ptr="*fp32", DYNAMIC=False,
+                                           SINGLE_PASS=False, QMIN=-128, QMAX=127, BLOCK_M=64, BLOCK_K=64),
 }
 
 
@@ -116,6 +139,15 @@ def _compile_gemm(config: dict, variant: dict, arch: int):
                     config["num_stages"], arch)
 
 
+def _compile_conv(config: dict, variant: dict, arch: int):
+    spec = {"a_ptr": "*i8", "w_ptr": "*i8", **{n: "i32" for n in _CONV_INTS}, **_CONV_FLAGS}
+    spec.update({k: v for k, v in config.items() if k not in ("num_warps", "num_stages")})
+    spec.update(variant)
+    aligned = ("a_ptr", "w_ptr", "c_ptr", "K", "N", "stride_an", "stride_ah", "stride_aw", "stride_wk",
+               "stride_wr", "stride_ws", "stride_cm") + _GEMM_POINTERS
+    return _compile(_conv2d_kernel, spec, aligned, config["num_warps"], config["num_stages"], arch)
+
+
 def _resources(cubin: bytes) -> dict:
     tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
@@ -129,11 +161,13 @@ def _resources(cubin: bytes) -> dict:
 
 
 def compile_gemm(config: dict, variant: str, arch: int = 90) -> dict:
-    """Compile one config (BLOCK_*/GROUP_M/num_warps/num_stages) x epilogue variant; return its report row."""
-    compiled = _compile_gemm(config, _VARIANTS[variant], arch)
+    """Compile one config (BLOCK_*/GROUP_M/num_warps/num_stages) x variant; return its report row."""
+    conv = variant in _CONV_VARIANTS
+    compiled = (_compile_conv(config, _CONV_VARIANTS[variant], arch) if conv
+                else _compile_gemm(config, _VARIANTS[variant], arch))
     mma = sorted(set(re.findall(r"(wgmma\.mma_async\.\S*|mma\.sync\.\S*)", compiled.asm["ptx"])))
-    int8 = variant in _INT8_GEMM_VARIANTS
-    row = {"kernel": "int8_gemm" if int8 else "fp16_gemm", "variant": variant,
+    int8 = conv or variant in _INT8_GEMM_VARIANTS
+    row = {"kernel": "int8_conv" if conv else "int8_gemm" if int8 else "fp16_gemm", "variant": variant,
            "tile": f"{config['BLOCK_M']}x{config['BLOCK_N']}x{config['BLOCK_K']}",
            "stages": config["num_stages"], "warps": config["num_warps"], "shared": compiled.metadata.shared,
            "mma": mma, **_resources(compiled.asm["cubin"])}
@@ -161,10 +195,10 @@ def inspect_gemm(arch: int = 90, variants=None, only_large: bool = False) -> lis
     import torch
 
     rows = []
-    for variant in variants or list(_VARIANTS):
-        spec = _VARIANTS[variant]
-        int8 = variant in _INT8_GEMM_VARIANTS
-        tuner = _gemm_int8_tuned if int8 else _gemm_fp16_tuned
+    for variant in variants or list(_VARIANTS) + list(_CONV_VARIANTS):
+        spec = {**_VARIANTS, **_CONV_VARIANTS}[variant]
+        int8 = variant in _INT8_GEMM_VARIANTS or variant in _CONV_VARIANTS
+        tuner = _conv2d_tuned if variant in _CONV_VARIANTS else _gemm_int8_tuned if int8 else _gemm_fp16_tuned
         dtype = torch.int8 if int8 else torch.float16
         strides = {"stride_am": spec.get("stride_am", 4096), "stride_ak": spec.get("stride_ak", 4096)}
         for cfg in _reachable(tuner, spec.get("OUTPUT", "int32"), dtype, strides):
@@ -179,10 +213,12 @@ def compile_check(arch: int = 90) -> list[dict]:
     """Compile every kernel variant the ops can launch (small tiles); one row per variant with ok / error."""
     jobs = [("gemm", name, lambda v=v: _compile_gemm(_SMALL, v, arch))
             for name, v in {**_VARIANTS, **_GEMM_EXTRA}.items()]
-    quant_ints = {n: "i32" for n in ("M", "K", "stride_xm", "stride_qm")}
-    jobs += [("quantize_rows", name, lambda v=v: _compile(
-        _quantize_rows_kernel, {"q_ptr": "*i8", "min_scale": "fp32", **quant_ints, **v},
-        ("x_ptr", "q_ptr", "K", "stride_xm", "stride_qm"), 8, 1, arch))
+    jobs += [("conv2d", name, lambda v=v: _compile_conv(_SMALL, v, arch))
+             for name, v in {**_CONV_VARIANTS, **_CONV_EXTRA}.items()]
+    strides = ("stride_xb", "stride_xm", "stride_xk", "stride_qb", "stride_qm", "stride_qk")
+    quant_ints = {n: "i32" for n in ("M", "K") + strides}
+    jobs += [("quantize", name, lambda v=v: _compile(
+        _quantize_kernel, {"q_ptr": "*i8", **quant_ints, **v}, ("x_ptr", "q_ptr", "K") + strides, 8, 1, arch))
         for name, v in _QUANTIZE_VARIANTS.items()]
     rows = []
     for kernel, name, job in jobs:
@@ -198,7 +234,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", type=int, default=90, help="compute capability x10 (90 = Hopper)")
     parser.add_argument("--json", help="also write the rows here")
-    parser.add_argument("--variant", action="append", choices=list(_VARIANTS),
+    parser.add_argument("--variant", action="append", choices=list(_VARIANTS) + list(_CONV_VARIANTS),
                         help="epilogue variant(s) to compile (default: all)")
     parser.add_argument("--large-only", action="store_true", help="only tiles with BLOCK_M >= 64 (wgmma tiles)")
     parser.add_argument("--compile-check", action="store_true",

@@ -1,5 +1,6 @@
 """The modules users end up holding: thin wrappers that keep their parameters and call torch.ops.lowp."""
 
 from .fp16 import Fp16Linear
+from .int8 import Int8Conv2d, Int8Linear
 
-__all__ = ["Fp16Linear"]
+__all__ = ["Fp16Linear", "Int8Conv2d", "Int8Linear"]

@@ -9,14 +9,17 @@ same validation). The int8 ops are inference ops on integer data, without autogr
     quantize_per_tensor(x, scale, zero_point)     float (...)    -> int8 (...)
     int8_mm(a, b, a_scale, b_scale, bias, ...)    int8 (..., K) x int8 (N, K)ᵀ -> (..., N), fused epilogue
     int8_linear(x, weight, weight_scale, ...)     float (..., K) -> quantize -> int8_mm -> (..., N)
+    int8_conv2d(x, weight, stride, padding, ...)  int8 NHWC conv, implicit GEMM, same epilogue -> (N, K, OH, OW)
+    quantize_channels_last(x, scale, zero_point)  float NCHW -> int8 NHWC in one pass
     fp16_mm(a, b, bias, activation)               f16/bf16 (M, K) x (K, N), any strides -> (M, N)
     fp16_mm_accumulate_(c, a, b)                  c float32 (M, N) += a · b
     fp16_linear(x, weight, bias, activation)      f16/bf16 (..., K) x (N, K)ᵀ -> (..., N), with autograd
 """
 
+from .conv import int8_conv2d, quantize_channels_last
 from .fp16 import fp16_linear, fp16_mm, fp16_mm_accumulate_
 from .int8 import int8_linear, int8_mm
 from .quantize import quantize_per_tensor, quantize_per_token
 
-__all__ = ["fp16_linear", "fp16_mm", "fp16_mm_accumulate_", "int8_linear", "int8_mm", "quantize_per_tensor",
-           "quantize_per_token"]
+__all__ = ["fp16_linear", "fp16_mm", "fp16_mm_accumulate_", "int8_conv2d", "int8_linear", "int8_mm",
+           "quantize_channels_last", "quantize_per_tensor", "quantize_per_token"]

@@ -8,7 +8,10 @@ from typing import Optional
 from torch import Tensor
 from torch.library import wrap_triton
 
-from .._validate import check_k_contiguous, check_tensor, fail
+import torch
+
+from .._validate import (FLOAT_DTYPES, check_activation, check_k_contiguous, check_numel, check_scale_values,
+                         check_tensor, fail)
 
 
 # Tests flip this under TRITON_INTERPRET=1 so that CPU tensors go through the (interpreted) Triton kernels instead
@@ -42,3 +45,42 @@ def check_matrix_input(op: str, name: str, x: Tensor, dtypes) -> None:
     if x.ndim < 1:
         fail(op, f"argument '{name}' must have at least 1 dim (..., K), got a 0-d tensor")
     check_k_contiguous(op, name, x)
+
+
+def check_epilogue(op: str, x: Tensor, M: int, N: int, *, a_scale, b_scale, bias, a_zero_point, b_sum,
+                    activation, out_dtype, out_scale, out_zero_point, names: dict) -> None:
+    """The epilogue arguments shared by int8_mm, int8_linear and int8_conv2d (names: how the op calls a_scale etc.;
+    names["row"]: what one a_scale entry covers, "row" or "image")."""
+    dev = x.device
+    check_activation(op, activation)
+    if a_scale is not None:
+        check_tensor(op, names["a_scale"], a_scale, dtypes=(torch.float32,), device=dev, device_of="a")
+        check_numel(op, names["a_scale"], a_scale, (1, M), f"one scale per {names.get('row', 'row')} (M={M}) or one for all")
+    check_tensor(op, names["b_scale"], b_scale, dtypes=(torch.float32,), device=dev, device_of=names["a"])
+    check_numel(op, names["b_scale"], b_scale, (1, N), f"one scale per output column (N={N}) or one for all")
+    if bias is not None:
+        check_tensor(op, "bias", bias, dtypes=FLOAT_DTYPES, ndim=1, device=dev, device_of=names["a"])
+        check_numel(op, "bias", bias, (N,), f"one value per output column (N={N})")
+    if a_zero_point is not None:
+        check_tensor(op, names["a_zero_point"], a_zero_point, dtypes=(torch.int32,), device=dev,
+                     device_of=names["a"])
+        check_numel(op, names["a_zero_point"], a_zero_point, (1, M), f"one zero point per row (M={M}) or one")
+    if b_sum is not None:
+        check_tensor(op, names["b_sum"], b_sum, dtypes=(torch.int32,), ndim=1, device=dev, device_of=names["a"])
+        check_numel(op, names["b_sum"], b_sum, (N,), f"Σ_k {names['b']}[n, k] for each of the N={N} rows")
+        if a_zero_point is None:
+            fail(op, f"argument '{names['b_sum']}' only serves the zero-point correction; "
+                     f"give '{names['a_zero_point']}' too or leave it out")
+    if out_dtype == torch.int8:
+        if out_scale is None:
+            fail(op, "out_dtype int8 requantizes the output and needs 'out_scale' (float32, one element)")
+        check_tensor(op, "out_scale", out_scale, dtypes=(torch.float32,), device=dev, device_of=names["a"])
+        check_numel(op, "out_scale", out_scale, (1,), "one element (per-tensor output scale)")
+        if out_zero_point is not None:
+            check_tensor(op, "out_zero_point", out_zero_point, dtypes=(torch.int32,), device=dev,
+                         device_of=names["a"])
+            check_numel(op, "out_zero_point", out_zero_point, (1,), "one element (per-tensor zero point)")
+    elif out_scale is not None or out_zero_point is not None:
+        fail(op, f"'out_scale' / 'out_zero_point' only apply to out_dtype int8, got out_dtype {out_dtype}")
+    for name, t in ((names["a_scale"], a_scale), (names["b_scale"], b_scale), ("out_scale", out_scale)):
+        check_scale_values(op, name, t)

@@ -9,50 +9,11 @@ from torch import Tensor
 from torch.library import triton_op
 
 from .. import kernels, reference
-from .._validate import (FLOAT_DTYPES, MAX_K, check_activation, check_k_contiguous, check_numel, check_scale_values,
-                         check_tensor, fail)
+from .._validate import FLOAT_DTYPES, MAX_K, check_k_contiguous, check_numel, check_tensor, fail
 from ..quant import MIN_SCALE
-from ._common import check_matrix_input, dispatch, flat, rows
+from ._common import check_epilogue, check_matrix_input, dispatch, flat, rows
 
 _OUT_DTYPES = (torch.int32, torch.int8) + FLOAT_DTYPES
-
-
-def _check_epilogue(op: str, x: Tensor, M: int, N: int, *, a_scale, b_scale, bias, a_zero_point, b_sum,
-                    activation, out_dtype, out_scale, out_zero_point, names: dict) -> None:
-    """The epilogue arguments shared by int8_mm and int8_linear (names: how this op calls a_scale etc.)."""
-    dev = x.device
-    check_activation(op, activation)
-    if a_scale is not None:
-        check_tensor(op, names["a_scale"], a_scale, dtypes=(torch.float32,), device=dev, device_of="a")
-        check_numel(op, names["a_scale"], a_scale, (1, M), f"one scale per row (M={M}) or one for all")
-    check_tensor(op, names["b_scale"], b_scale, dtypes=(torch.float32,), device=dev, device_of=names["a"])
-    check_numel(op, names["b_scale"], b_scale, (1, N), f"one scale per output column (N={N}) or one for all")
-    if bias is not None:
-        check_tensor(op, "bias", bias, dtypes=FLOAT_DTYPES, ndim=1, device=dev, device_of=names["a"])
-        check_numel(op, "bias", bias, (N,), f"one value per output column (N={N})")
-    if a_zero_point is not None:
-        check_tensor(op, names["a_zero_point"], a_zero_point, dtypes=(torch.int32,), device=dev,
-                     device_of=names["a"])
-        check_numel(op, names["a_zero_point"], a_zero_point, (1, M), f"one zero point per row (M={M}) or one")
-    if b_sum is not None:
-        check_tensor(op, names["b_sum"], b_sum, dtypes=(torch.int32,), ndim=1, device=dev, device_of=names["a"])
-        check_numel(op, names["b_sum"], b_sum, (N,), f"Σ_k {names['b']}[n, k] for each of the N={N} rows")
-        if a_zero_point is None:
-            fail(op, f"argument '{names['b_sum']}' only serves the zero-point correction; "
-                     f"give '{names['a_zero_point']}' too or leave it out")
-    if out_dtype == torch.int8:
-        if out_scale is None:
-            fail(op, "out_dtype int8 requantizes the output and needs 'out_scale' (float32, one element)")
-        check_tensor(op, "out_scale", out_scale, dtypes=(torch.float32,), device=dev, device_of=names["a"])
-        check_numel(op, "out_scale", out_scale, (1,), "one element (per-tensor output scale)")
-        if out_zero_point is not None:
-            check_tensor(op, "out_zero_point", out_zero_point, dtypes=(torch.int32,), device=dev,
-                         device_of=names["a"])
-            check_numel(op, "out_zero_point", out_zero_point, (1,), "one element (per-tensor zero point)")
-    elif out_scale is not None or out_zero_point is not None:
-        fail(op, f"'out_scale' / 'out_zero_point' only apply to out_dtype int8, got out_dtype {out_dtype}")
-    for name, t in ((names["a_scale"], a_scale), (names["b_scale"], b_scale), ("out_scale", out_scale)):
-        check_scale_values(op, name, t)
 
 
 _MM_NAMES = {"a": "a", "b": "b", "a_scale": "a_scale", "b_scale": "b_scale", "a_zero_point": "a_zero_point",
@@ -90,7 +51,7 @@ def _check_int8_mm(a, b, a_scale, b_scale, bias, a_zero_point, b_sum, activation
     for name, t in (("a_scale", a_scale), ("b_scale", b_scale)):
         if t is None:
             fail(op, f"argument '{name}' is required for out_dtype {str(out_dtype).removeprefix('torch.')}")
-    _check_epilogue(op, a, M, N, a_scale=a_scale, b_scale=b_scale, bias=bias, a_zero_point=a_zero_point,
+    check_epilogue(op, a, M, N, a_scale=a_scale, b_scale=b_scale, bias=bias, a_zero_point=a_zero_point,
                     b_sum=b_sum, activation=activation, out_dtype=out_dtype, out_scale=out_scale,
                     out_zero_point=out_zero_point, names=_MM_NAMES)
     return out_dtype
@@ -162,7 +123,7 @@ def _check_int8_linear(x, weight, weight_scale, bias, x_scale, x_zero_point, wei
         check_numel(op, "x_scale", x_scale, (1,), "one element (static per-tensor activation scale)")
     elif x_zero_point is not None:
         fail(op, "argument 'x_zero_point' needs 'x_scale' (static quantization); dynamic quantization is symmetric")
-    _check_epilogue(op, x, M, N, a_scale=x_scale, b_scale=weight_scale, bias=bias, a_zero_point=x_zero_point,
+    check_epilogue(op, x, M, N, a_scale=x_scale, b_scale=weight_scale, bias=bias, a_zero_point=x_zero_point,
                     b_sum=weight_sum, activation=activation, out_dtype=out_dtype, out_scale=out_scale,
                     out_zero_point=out_zero_point, names=_LINEAR_NAMES)
     if x_zero_point is not None:

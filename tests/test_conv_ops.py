@@ -1,0 +1,167 @@
+"""torch.ops.lowp.int8_conv2d / quantize_channels_last and the INT8 modules (Int8Conv2d, Int8Linear): opcheck,
+compile, the whole op path through the interpreted kernels, BatchNorm folding, int8 chaining, errors."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lowp_ops import quant
+from lowp_ops.nn import Int8Conv2d, Int8Linear
+from util import assert_bitwise_equal, reference_path
+
+lowp = torch.ops.lowp
+CL = torch.channels_last
+
+
+def _int8(*shape, channels_last=True):
+    t = torch.randint(-128, 128, shape, dtype=torch.int8)
+    return t.contiguous(memory_format=CL) if channels_last and t.ndim == 4 else t
+
+
+def _geo(stride=1, padding=1, dilation=1, groups=1):
+    return [stride, stride], [padding, padding], [dilation, dilation], groups
+
+
+@pytest.mark.parametrize("case", ["int32", "float-zp", "requant", "depthwise"])
+def test_opcheck_int8_conv2d(case):
+    x, w = _int8(2, 8, 7, 7), _int8(16, 4, 3, 3)
+    args, kwargs = (x, w, *_geo(groups=2)), {}
+    if case != "int32":
+        args += (torch.tensor([0.05]), torch.rand(16) * 0.01 + 1e-3, torch.randn(16))
+    if case == "float-zp":
+        args += (torch.tensor([3], dtype=torch.int32),)
+        kwargs = dict(activation="relu", out_dtype=torch.float16)
+    if case == "requant":
+        kwargs = dict(activation="relu6", out_dtype=torch.int8, out_scale=torch.tensor([0.5]))
+    if case == "depthwise":
+        args = (x, _int8(8, 1, 3, 3), *_geo(stride=2, groups=8), torch.rand(2) + 0.01, torch.rand(8) + 0.01)
+    torch.library.opcheck(lowp.int8_conv2d, args, kwargs)
+
+
+def test_opcheck_quantize_channels_last():
+    torch.library.opcheck(lowp.quantize_channels_last, (torch.randn(2, 3, 5, 7), torch.tensor([0.1]),
+                                                         torch.tensor([-4], dtype=torch.int32)))
+
+
+def _conv_bn():
+    conv = nn.Conv2d(5, 16, 3, padding=1)
+    bn = nn.BatchNorm2d(16).eval()
+    with torch.no_grad():
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-0.2, 0.2)
+    return conv, bn
+
+
+@pytest.mark.parametrize("static", [False, True])
+def test_int8_conv2d_module_folds_bn_and_fuses_relu(static):
+    conv, bn = _conv_bn()
+    x = torch.randn(2, 5, 13, 13)
+    ref = torch.relu(bn(conv(x)))
+    kw = dict(input_scale=x.abs().max() / 127) if static else {}
+    m = Int8Conv2d.from_float(conv, bn, activation="relu", **kw)
+    y = m(x)
+    assert y.shape == ref.shape and y.dtype == torch.float32 and y.is_contiguous(memory_format=CL)
+    assert quant.sqnr_db(ref, y) > 30  # 8-bit weights and activations through a 3x3x5 reduction: ~38-42 dB
+    assert ("static" in repr(m)) == static and "activation=relu" in repr(m)
+
+
+def test_module_op_path_through_kernels_matches_reference(kernels_on_cpu):
+    conv, bn = _conv_bn()
+    x = torch.randn(2, 5, 13, 13)
+    m = Int8Conv2d.from_float(conv, bn, activation="relu", input_scale=0.03, input_zero_point=4,
+                              output_scale=0.02, output_zero_point=-3)
+    out = m(x)
+    with reference_path():
+        assert_bitwise_equal(out, m(x))
+
+
+def test_int8_chain_between_modules():
+    conv1, bn = _conv_bn()
+    conv2 = nn.Conv2d(16, 8, 3, padding=1)
+    x = torch.randn(2, 5, 13, 13)
+    h_ref = torch.relu(bn(conv1(x)))
+    m1 = Int8Conv2d.from_float(conv1, bn, activation="relu", input_scale=x.abs().max() / 127,
+                               output_scale=h_ref.max() / 127)
+    m2 = Int8Conv2d.from_float(conv2, input_scale=m1.output_scale)
+    h = m1(x)
+    assert h.dtype == torch.int8
+    y = m2(h)
+    assert quant.sqnr_db(conv2(h_ref), y) > 30
+
+
+def test_state_dict_round_trip():
+    conv, bn = _conv_bn()
+    m = Int8Conv2d.from_float(conv, bn, input_scale=0.05, input_zero_point=2)
+    fresh = Int8Conv2d.from_float(nn.Conv2d(5, 16, 3, padding=1), input_scale=0.1, input_zero_point=0)
+    state = m.state_dict()
+    assert state["weight"].dtype == torch.int8 and state["weight_scale"].dtype == torch.float32
+    assert "weight_sum" not in state  # derived from the weight, recomputed on load
+    fresh.load_state_dict(state)
+    x = torch.randn(1, 5, 7, 7)
+    assert_bitwise_equal(fresh(x), m(x))
+    assert torch.equal(fresh.weight_sum, m.weight_sum)
+
+
+def test_padding_same_and_depthwise_module():
+    dw = nn.Conv2d(8, 8, 3, padding="same", groups=8)
+    m = Int8Conv2d.from_float(dw, activation="relu6")
+    x = torch.randn(2, 8, 7, 13)
+    assert quant.sqnr_db(F.relu6(dw(x)), m(x)) > 30
+    with pytest.raises(ValueError, match="asymmetric padding"):
+        Int8Conv2d.from_float(nn.Conv2d(3, 3, 2, padding="same"))
+    with pytest.raises(ValueError, match="padding_mode 'reflect'"):
+        Int8Conv2d.from_float(nn.Conv2d(3, 3, 3, padding=1, padding_mode="reflect"))
+
+
+def test_compile_fullgraph_int8_model():
+    conv, bn = _conv_bn()
+    model = nn.Sequential(Int8Conv2d.from_float(conv, bn, activation="relu"), nn.Flatten(),
+                          Int8Linear.from_float(nn.Linear(16 * 7 * 7, 10)))
+    x = torch.randn(2, 5, 7, 7)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True)
+    torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_int8_linear_module_static_and_int8_input():
+    lin = nn.Linear(45, 37)
+    x = torch.randn(13, 45)
+    static = Int8Linear.from_float(lin, input_scale=x.abs().max() / 127, input_zero_point=0, activation="relu")
+    assert quant.sqnr_db(torch.relu(lin(x)), static(x)) > 30
+    q = lowp.quantize_per_tensor(x, static.input_scale, static.input_zero_point)
+    assert_bitwise_equal(static(q), static(x))  # int8 input: the same numbers, quantized beforehand
+    with pytest.raises(ValueError, match="an int8 input needs a static input_scale"):
+        Int8Linear.from_float(lin)(q)
+
+
+@pytest.mark.parametrize("call, exc, match", [
+    (lambda: lowp.int8_conv2d(_int8(1, 4, 5, 5, channels_last=False), _int8(4, 4, 3, 3), *_geo()), ValueError,
+     r"lowp.int8_conv2d: argument 'x' must be channels_last \(NHWC in memory\)"),
+    (lambda: lowp.int8_conv2d(torch.randn(1, 4, 5, 5), _int8(4, 4, 3, 3), *_geo()), TypeError,
+     r"argument 'x' must have dtype int8, got float32"),
+    (lambda: lowp.int8_conv2d(_int8(1, 4, 5, 5), _int8(4, 4, 3, 3), *_geo(groups=3)), ValueError,
+     r"'groups' must divide the input channels \(4\) and output channels \(4\), got 3"),
+    (lambda: lowp.int8_conv2d(_int8(1, 4, 5, 5), _int8(4, 3, 3, 3), *_geo()), ValueError,
+     r"argument 'weight' must be \(K, C / groups, R, S\) = \(4, 4, R, S\), got shape \(4, 3, 3, 3\)"),
+    (lambda: lowp.int8_conv2d(_int8(1, 4, 5, 5), _int8(4, 4, 3, 3), [1], [0, 0], [1, 1], 1), ValueError,
+     r"argument 'stride' must hold 2 ints"),
+    (lambda: lowp.int8_conv2d(_int8(1, 4, 5, 5), _int8(4, 4, 3, 3), [0, 1], [0, 0], [1, 1], 1), ValueError,
+     r"stride and dilation must be >= 1"),
+    (lambda: lowp.int8_conv2d(_int8(1, 4, 2, 2), _int8(4, 4, 3, 3), *_geo(padding=0)), ValueError,
+     r"does not fit the padded 2x2 input"),
+    (lambda: lowp.int8_conv2d(_int8(1, 4, 5, 5), _int8(4, 4, 3, 3), *_geo(), torch.tensor([0.1]),
+                              torch.rand(4) + 0.1, None, torch.tensor([1, 2], dtype=torch.int32)), ValueError,
+     r"argument 'x_zero_point' must hold one element"),
+    (lambda: lowp.int8_conv2d(_int8(2, 4, 5, 5), _int8(4, 4, 3, 3), *_geo(), torch.rand(3), torch.rand(4)),
+     ValueError, r"argument 'x_scale' must hold one scale per image \(M=2\) or one for all"),
+    (lambda: lowp.int8_conv2d(_int8(1, 4, 5, 5), _int8(4, 4, 3, 3), *_geo(), torch.tensor([0.1]),
+                              torch.rand(4) + 0.1, out_dtype=torch.int8), ValueError, r"needs 'out_scale'"),
+    (lambda: lowp.quantize_channels_last(torch.randn(2, 3, 4), torch.tensor([0.1])), ValueError,
+     r"lowp.quantize_channels_last: argument 'x' must be 4-D"),
+], ids=lambda v: "" if callable(v) else None)
+def test_bad_input(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
