@@ -14,4 +14,5 @@ python3 -m pytest -q -x -p no:cacheprovider 2>&1 | tail -25 | tee "$OUT/tests.tx
 python3 tools/inspect_kernels.py --json "$OUT/inspect.json" > "$OUT/inspect.txt" 2>&1; echo "inspect rc=$?"
 python3 bench/int8.py --out "$OUT" 2>&1 | tail -30
 python3 bench/fp16.py --out "$OUT" 2>&1 | tail -20
+python3 bench/conv.py --out "$OUT" 2>&1 | tail -20
 python3 tools/train_mixed_precision.py --out "$OUT" 2>&1 | tail -12

@@ -37,7 +37,7 @@ def test_gemm_tiles_use_wgmma_without_spilling(tmp_path):
         assert r["wgmma"] and r["stack"] == 0 and r["sass_gmma"] == [gmma], r
 
 
-@pytest.mark.parametrize("script", ["int8.py", "fp16.py"])
+@pytest.mark.parametrize("script", ["int8.py", "fp16.py", "conv.py"])
 def test_bench_smoke_run_checks_every_case(script):
     # bench/*.py --smoke computes and checks each benchmark case on tiny shapes (no timing on CPU)
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / script), "--smoke"], capture_output=True,
