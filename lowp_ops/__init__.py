@@ -1,7 +1,9 @@
 """lowp: hand-written Triton kernels for low-precision deep learning in PyTorch.
 
 Layers, bottom to top: lowp_ops.kernels (Triton) -> lowp_ops.ops (torch.ops.lowp.*, with lowp_ops.reference as
-the CPU path and test oracle) -> modules and workflows. lowp_ops.quant holds the quantization math.
+the CPU path and test oracle) -> lowp_ops.nn (modules) -> lowp_ops.registry (which module becomes which, and the
+workflows: quantize_dynamic, prepare / calibrate / convert, prepare_qat, to_fp16). lowp_ops.quant holds the
+quantization math.
 
 >>> import torch, lowp_ops
 >>> w = torch.randn(32, 64)
@@ -12,9 +14,12 @@ the CPU path and test oracle) -> modules and workflows. lowp_ops.quant holds the
 """
 
 from . import nn, quant
+from .registry import (QuantConfig, calibrate, convert, prepare, prepare_qat, quantize_dynamic, register,
+                       to_fp16)
 from .ops import (fp16_linear, fp16_mm, fp16_mm_accumulate_, int8_conv2d, int8_linear, int8_mm,
                   quantize_channels_last, quantize_per_tensor, quantize_per_token)
 
 __version__ = "0.1.0"
-__all__ = ["fp16_linear", "fp16_mm", "fp16_mm_accumulate_", "int8_conv2d", "int8_linear", "int8_mm", "nn",
-           "quant", "quantize_channels_last", "quantize_per_tensor", "quantize_per_token"]
+__all__ = ["QuantConfig", "calibrate", "convert", "fp16_linear", "fp16_mm", "fp16_mm_accumulate_", "int8_conv2d",
+           "int8_linear", "int8_mm", "nn", "prepare", "prepare_qat", "quant", "quantize_channels_last",
+           "quantize_dynamic", "quantize_per_tensor", "quantize_per_token", "register", "to_fp16"]

@@ -46,3 +46,18 @@ def test_mixed_precision_training_with_grad_scaler_learns():
     curve = train(mp, tx[:512], ty[:512], epochs=3, scaler=scaler)
     assert curve[-1] < 0.7 * curve[0], curve
     assert scaler.get_scale() >= 1.0 and all(torch.isfinite(p).all() for p in mp.parameters())
+
+
+def test_every_scheme_on_real_digits_meets_its_accuracy_target():
+    from lowp_ops.examples.evaluation import compare_schemes, dispatched_ops
+
+    acc, models = compare_schemes(epochs=3)
+    assert acc["fp32"] > 90
+    assert abs(acc["int8 dynamic"] - acc["fp32"]) <= 1.0, acc
+    assert abs(acc["int8 static"] - acc["fp32"]) <= 1.0, acc
+    assert abs(acc["int8 qat"] - acc["fp32"]) <= 0.5 or acc["int8 qat"] > acc["fp32"], acc
+    assert abs(acc["fp16"] - acc["fp32"]) <= 0.5, acc
+    # every Linear / Conv2d of the converted models runs on torch.ops.lowp
+    ops = dispatched_ops(models["int8 static"], load_digits_28()[2][:4])
+    assert ops["lowp.int8_conv2d"] == 2 and ops["lowp.int8_linear"] + ops["lowp.int8_mm"] == 2
+    assert not {k for k in ops if k in ("aten.linear", "aten.addmm", "aten.mm", "aten.convolution")}

@@ -2,5 +2,6 @@
 
 from .fp16 import Fp16Linear
 from .int8 import Int8Conv2d, Int8Linear
+from .qat import QATConv2d, QATLinear
 
-__all__ = ["Fp16Linear", "Int8Conv2d", "Int8Linear"]
+__all__ = ["Fp16Linear", "Int8Conv2d", "Int8Linear", "QATConv2d", "QATLinear"]

@@ -14,7 +14,7 @@ from torch import nn
 from .. import quant
 from .._validate import ACTIVATIONS
 
-_WEIGHT_SPEC = quant.per_channel(axis=0)  # symmetric int8 [-127, 127], one scale per output channel
+WEIGHT_SPEC = quant.per_channel(axis=0)  # symmetric int8 [-127, 127], one scale per output channel
 _DYNAMIC_INPUT_SPEC = quant.per_tensor()  # symmetric per-tensor (conv inputs); Linear inputs go per token
 
 
@@ -22,7 +22,7 @@ class _Int8Module(nn.Module):
     """Buffers and checks shared by the INT8 modules."""
 
     def _init_quant(self, weight: torch.Tensor, bias, activation: str, input_scale, input_zero_point,
-                    output_scale, output_zero_point, out_dtype) -> None:
+                    output_scale, output_zero_point, out_dtype, weight_spec) -> None:
         name = type(self).__name__
         if activation not in ACTIVATIONS:
             raise ValueError(f"{name}: activation must be one of {ACTIVATIONS}, got {activation!r}")
@@ -30,10 +30,13 @@ class _Int8Module(nn.Module):
             raise ValueError(f"{name}: input_zero_point needs input_scale (static quantization)")
         if output_zero_point is not None and output_scale is None:
             raise ValueError(f"{name}: output_zero_point needs output_scale (int8 output)")
-        qw = quant.quantize_tensor(weight.detach().float(), _WEIGHT_SPEC)
+        if weight_spec not in (WEIGHT_SPEC, quant.per_tensor()):
+            raise ValueError(f"{name}: weight_spec must be int8 symmetric per output channel or per tensor, "
+                             f"got {weight_spec}")
+        qw = quant.quantize_tensor(weight.detach().float(), weight_spec)
         device = weight.device
         self.register_buffer("weight", qw.qdata)
-        self.register_buffer("weight_scale", qw.scale)
+        self.register_buffer("weight_scale", qw.scale.reshape(-1))
         self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
         for buf, value, dtype in (("input_scale", input_scale, torch.float32),
                                   ("input_zero_point", input_zero_point, torch.int32),
@@ -45,6 +48,33 @@ class _Int8Module(nn.Module):
         self.register_buffer("weight_sum", None, persistent=False)
         self.register_load_state_dict_post_hook(lambda module, keys: module._refresh_weight_sum())
         self.activation, self.out_dtype = activation, out_dtype
+
+    def _apply(self, fn, recurse=True):
+        """.to(device) / .cuda() move the buffers; a float dtype change (.half(), .to(torch.bfloat16)) keeps the
+        int8 weights and float32 scales the kernels need and becomes the layer's output dtype instead."""
+        probe = fn(torch.zeros((), device=self.weight_scale.device))
+        if probe.dtype != torch.float32:
+            self.out_dtype = probe.dtype
+            return super()._apply(lambda t: t.to(probe.device), recurse)
+        return super()._apply(fn, recurse)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        """Say plainly when a checkpoint was made for another layer or another scheme."""
+        name = f"{type(self).__name__} '{prefix.rstrip('.') or '(root)'}'"
+        for key in ("weight", "weight_scale", "bias"):
+            mine, theirs = getattr(self, key), state_dict.get(prefix + key)
+            if mine is not None and theirs is not None and mine.shape != theirs.shape:
+                raise ValueError(f"{name}: checkpoint {key} has shape {tuple(theirs.shape)} but this layer's is "
+                                 f"{tuple(mine.shape)}; load it into a model of the same architecture")
+        for key in ("input_scale", "input_zero_point", "output_scale", "output_zero_point"):
+            if (getattr(self, key) is None) != (prefix + key not in state_dict):
+                have = "has" if prefix + key in state_dict else "lacks"
+                raise ValueError(f"{name}: the checkpoint {have} '{key}' but this layer {'lacks' if have == 'has' else 'has'}"
+                                 f" it: it was converted with another scheme (dynamic vs static, float vs int8 "
+                                 f"output); convert this model the same way before loading")
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
     def _refresh_weight_sum(self) -> None:
         dims = tuple(range(1, self.weight.ndim))
@@ -70,7 +100,8 @@ class _Int8Module(nn.Module):
                if self.static else self._dynamic_input)
         out = (f"int8 (scale={self.output_scale.item():.4g})" if self.output_scale is not None
                else str(self.out_dtype).removeprefix("torch.") if self.out_dtype else "input dtype")
-        return (f"weight=int8 per-channel symmetric, input={act}, activation={self.activation}, output={out}, "
+        per = "per-channel" if self.weight_scale.numel() > 1 else "per-tensor"
+        return (f"weight=int8 {per} symmetric, input={act}, activation={self.activation}, output={out}, "
                 f"bias={self.bias is not None}")
 
 
@@ -90,11 +121,11 @@ class Int8Linear(_Int8Module):
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, *, activation: str = "none",
                  input_scale=None, input_zero_point=None, output_scale=None, output_zero_point=None,
-                 out_dtype: torch.dtype | None = None) -> None:
+                 out_dtype: torch.dtype | None = None, weight_spec: quant.QuantSpec = WEIGHT_SPEC) -> None:
         super().__init__()
         self.in_features, self.out_features = weight.shape[1], weight.shape[0]
         self._init_quant(weight, bias, activation, input_scale, input_zero_point, output_scale, output_zero_point,
-                         out_dtype)
+                         out_dtype, weight_spec)
         self._refresh_weight_sum()
 
     @classmethod
@@ -149,13 +180,13 @@ class Int8Conv2d(_Int8Module):
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, *, stride=(1, 1), padding=(0, 0),
                  dilation=(1, 1), groups: int = 1, activation: str = "none", input_scale=None,
                  input_zero_point=None, output_scale=None, output_zero_point=None,
-                 out_dtype: torch.dtype | None = None) -> None:
+                 out_dtype: torch.dtype | None = None, weight_spec: quant.QuantSpec = WEIGHT_SPEC) -> None:
         super().__init__()
         self.in_channels, self.out_channels = weight.shape[1] * groups, weight.shape[0]
         self.kernel_size = tuple(weight.shape[2:])
         self.stride, self.padding, self.dilation, self.groups = tuple(stride), tuple(padding), tuple(dilation), groups
         self._init_quant(weight, bias, activation, input_scale, input_zero_point, output_scale, output_zero_point,
-                         out_dtype)
+                         out_dtype, weight_spec)
         self.weight = self.weight.contiguous(memory_format=torch.channels_last)
         self._refresh_weight_sum()
 
@@ -171,6 +202,12 @@ class Int8Conv2d(_Int8Module):
                                                 bn.bias)
         return cls(weight, bias, stride=conv.stride, padding=_conv_padding(conv), dilation=conv.dilation,
                    groups=conv.groups, **kwargs)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        # checkpoints hold the plain (K, C/groups, R, S) layout (safetensors takes contiguous tensors only); loading
+        # copies into the channels_last buffer, which keeps its layout
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        destination[prefix + "weight"] = destination[prefix + "weight"].contiguous()
 
     def _quantize_input(self, x: torch.Tensor):
         if x.dtype == torch.int8:

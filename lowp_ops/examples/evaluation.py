@@ -1,0 +1,55 @@
+"""The seed ConvNet on real digits under every lowp scheme, side by side: FP32, INT8 dynamic, INT8 static
+(calibrated), INT8 QAT, FP16 — and the check that a converted model really runs on torch.ops.lowp."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from .. import registry
+from .convnet import ConvNet
+from .digits import load_digits_28
+from .training import accuracy, train
+
+
+class _OpCounter(TorchDispatchMode):
+    """Counts the ATen / custom ops a forward pass dispatches."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops[str(func.overloadpacket)] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def dispatched_ops(model: nn.Module, x: torch.Tensor) -> Counter:
+    """Which ops one forward pass of `model` on `x` runs (op name -> count)."""
+    with torch.no_grad(), _OpCounter() as counter:
+        model(x)
+    return counter.ops
+
+
+def compare_schemes(*, epochs: int = 6, qat_epochs: int = 1, calibration_batches: int = 8, seed: int = 0,
+                    device: str = "cpu") -> tuple[dict[str, float], dict[str, nn.Module]]:
+    """Train the ConvNet in FP32 on the digits, derive each lowp variant, return (test accuracy % by scheme,
+    the models). QAT fine-tunes from the FP32 weights at a tenth of the learning rate."""
+    tx, ty, vx, vy = (t.to(device) for t in load_digits_28(seed=seed))
+    torch.manual_seed(seed)
+    fp32 = ConvNet().to(device)
+    train(fp32, tx, ty, epochs=epochs, seed=seed)
+    models = {"fp32": fp32, "int8 dynamic": registry.quantize_dynamic(fp32)}
+
+    prepared = registry.prepare(fp32, registry.QuantConfig(static=True))
+    registry.calibrate(prepared, (tx[i:i + 64] for i in range(0, 64 * calibration_batches, 64)), progress=False)
+    models["int8 static"] = registry.convert(prepared)
+
+    qat = registry.prepare_qat(fp32)
+    train(qat, tx, ty, epochs=qat_epochs, lr=1e-4, seed=seed + 1)
+    models["int8 qat"] = registry.convert(qat)
+    models["fp16"] = registry.to_fp16(fp32)
+    return {name: accuracy(m, vx, vy) for name, m in models.items()}, models
