@@ -1,8 +1,6 @@
 """lowp_ops' registry and workflows: quantize_dynamic, prepare -> calibrate -> convert, prepare_qat -> convert,
 to_fp16 — folding, fusing, int8 hand-offs, reports, checkpoints, compile / export, and their errors."""
 
-import io
-
 import pytest
 import torch
 import torch.nn.functional as F
