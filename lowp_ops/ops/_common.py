@@ -84,3 +84,38 @@ def check_epilogue(op: str, x: Tensor, M: int, N: int, *, a_scale, b_scale, bias
         fail(op, f"'out_scale' / 'out_zero_point' only apply to out_dtype int8, got out_dtype {out_dtype}")
     for name, t in ((names["a_scale"], a_scale), (names["b_scale"], b_scale), ("out_scale", out_scale)):
         check_scale_values(op, name, t)
+
+
+INT8_OUT_DTYPES = (torch.int32, torch.int8) + FLOAT_DTYPES
+
+
+def check_int8_output(op: str, out_dtype, scales: dict, extras: dict, activation: str) -> torch.dtype:
+    """The output dtype of an int8 GEMM-like op (int8_mm, int8_conv2d): None means int32 without scales and
+    float32 with them; int32 is the raw accumulator and takes no epilogue argument; other dtypes need both scales.
+    scales / extras: argument name -> tensor or None."""
+    if out_dtype is None:
+        out_dtype = torch.int32 if all(v is None for v in scales.values()) else torch.float32
+    if out_dtype not in INT8_OUT_DTYPES:
+        fail(op, f"argument 'out_dtype' must be int32, int8, float16, bfloat16 or float32, got {out_dtype}",
+             TypeError)
+    if out_dtype == torch.int32:
+        given = [n for n, v in {**scales, **extras}.items() if v is not None]
+        given += ["activation"] if activation != "none" else []
+        if given:
+            fail(op, f"out_dtype int32 returns the raw accumulator, so {', '.join(given)} cannot apply; "
+                     f"ask for a float or int8 out_dtype")
+    else:
+        for name, t in scales.items():
+            if t is None:
+                fail(op, f"argument '{name}' is required for out_dtype {str(out_dtype).removeprefix('torch.')}")
+    return out_dtype
+
+
+def check_static_qparams(op: str, x: Tensor, scale: Tensor, zero_point: Optional[Tensor]) -> None:
+    """A per-tensor scale (float32, one element, finite and positive) and zero point (int32, one element)."""
+    check_tensor(op, "scale", scale, dtypes=(torch.float32,), device=x.device, device_of="x")
+    check_numel(op, "scale", scale, (1,), "one element (per-tensor scale)")
+    if zero_point is not None:
+        check_tensor(op, "zero_point", zero_point, dtypes=(torch.int32,), device=x.device, device_of="x")
+        check_numel(op, "zero_point", zero_point, (1,), "one element (per-tensor zero point)")
+    check_scale_values(op, "scale", scale)

@@ -10,9 +10,9 @@ from torch import Tensor
 from torch.library import triton_op
 
 from .. import kernels, reference
-from .._validate import FLOAT_DTYPES, check_numel, check_scale_values, check_tensor, fail
+from .._validate import FLOAT_DTYPES, check_numel, check_tensor, fail
 from ..kernels.conv import conv_output_size
-from ._common import check_epilogue, dispatch, flat
+from ._common import check_epilogue, check_int8_output, check_static_qparams, dispatch, flat
 
 _CHANNELS_LAST_HINT = "call .contiguous(memory_format=torch.channels_last) first"
 
@@ -50,21 +50,11 @@ def _check_int8_conv2d(x, weight, stride, padding, dilation, groups, x_scale, we
     if OH < 1 or OW < 1:
         fail(op, f"the {R}x{S} kernel (dilation {list(dilation)}) does not fit the padded {H}x{W} input: "
                  f"output would be {OH}x{OW}")
-    if out_dtype is None:
-        out_dtype = torch.int32 if x_scale is None and weight_scale is None else torch.float32
-    if out_dtype not in (torch.int32, torch.int8) + FLOAT_DTYPES:
-        fail(op, f"argument 'out_dtype' must be int32, int8, float16, bfloat16 or float32, got {out_dtype}",
-             TypeError)
+    out_dtype = check_int8_output(op, out_dtype, {"x_scale": x_scale, "weight_scale": weight_scale},
+                                  {"bias": bias, "x_zero_point": x_zero_point, "weight_sum": weight_sum,
+                                   "out_scale": out_scale, "out_zero_point": out_zero_point}, activation)
     if out_dtype == torch.int32:
-        given = [n for n, v in (("x_scale", x_scale), ("weight_scale", weight_scale), ("bias", bias),
-                                ("x_zero_point", x_zero_point), ("out_scale", out_scale)) if v is not None]
-        if given or activation != "none":
-            fail(op, f"out_dtype int32 returns the raw accumulator, so {', '.join(given or ['activation'])} cannot "
-                     f"apply; ask for a float or int8 out_dtype")
         return out_dtype
-    for name, t in (("x_scale", x_scale), ("weight_scale", weight_scale)):
-        if t is None:
-            fail(op, f"argument '{name}' is required for out_dtype {str(out_dtype).removeprefix('torch.')}")
     if x_zero_point is not None:
         check_tensor(op, "x_zero_point", x_zero_point, dtypes=(torch.int32,), device=x.device, device_of="x")
         check_numel(op, "x_zero_point", x_zero_point, (1,), "one element (per-tensor zero point: padding reads it)")
@@ -119,14 +109,8 @@ def _(x, weight, stride, padding, dilation, groups, x_scale=None, weight_scale=N
 
 
 def _check_quantize_channels_last(x, scale, zero_point) -> None:
-    op = "quantize_channels_last"
-    check_tensor(op, "x", x, dtypes=FLOAT_DTYPES, ndim=4)
-    check_tensor(op, "scale", scale, dtypes=(torch.float32,), device=x.device, device_of="x")
-    check_numel(op, "scale", scale, (1,), "one element (per-tensor scale)")
-    if zero_point is not None:
-        check_tensor(op, "zero_point", zero_point, dtypes=(torch.int32,), device=x.device, device_of="x")
-        check_numel(op, "zero_point", zero_point, (1,), "one element (per-tensor zero point)")
-    check_scale_values(op, "scale", scale)
+    check_tensor("quantize_channels_last", "x", x, dtypes=FLOAT_DTYPES, ndim=4)
+    check_static_qparams("quantize_channels_last", x, scale, zero_point)
 
 
 @triton_op("lowp::quantize_channels_last", mutates_args={})

@@ -11,10 +11,7 @@ from torch.library import triton_op
 from .. import kernels, reference
 from .._validate import FLOAT_DTYPES, MAX_K, check_k_contiguous, check_numel, check_tensor, fail
 from ..quant import MIN_SCALE
-from ._common import check_epilogue, check_matrix_input, dispatch, flat, rows
-
-_OUT_DTYPES = (torch.int32, torch.int8) + FLOAT_DTYPES
-
+from ._common import check_epilogue, check_int8_output, check_matrix_input, dispatch, flat, rows
 
 _MM_NAMES = {"a": "a", "b": "b", "a_scale": "a_scale", "b_scale": "b_scale", "a_zero_point": "a_zero_point",
              "b_sum": "b_sum"}
@@ -33,24 +30,11 @@ def _check_int8_mm(a, b, a_scale, b_scale, bias, a_zero_point, b_sum, activation
     check_k_contiguous(op, "b", b)
     if K > MAX_K:
         fail(op, f"K = {K} can overflow the int32 accumulator; at most {MAX_K} is supported")
-    if out_dtype is None:
-        out_dtype = torch.int32 if a_scale is None and b_scale is None else torch.float32
-    if out_dtype not in _OUT_DTYPES:
-        fail(op, f"argument 'out_dtype' must be int32, int8, float16, bfloat16 or float32, got {out_dtype}",
-             TypeError)
+    out_dtype = check_int8_output(op, out_dtype, {"a_scale": a_scale, "b_scale": b_scale},
+                                  {"bias": bias, "a_zero_point": a_zero_point, "b_sum": b_sum, "out_scale": out_scale,
+                                   "out_zero_point": out_zero_point}, activation)
     if out_dtype == torch.int32:
-        given = [n for n, v in (("a_scale", a_scale), ("b_scale", b_scale), ("bias", bias),
-                                ("a_zero_point", a_zero_point), ("b_sum", b_sum), ("out_scale", out_scale),
-                                ("out_zero_point", out_zero_point)) if v is not None]
-        if activation != "none":
-            given.append("activation")
-        if given:
-            fail(op, f"out_dtype int32 returns the raw accumulator, so {', '.join(given)} cannot apply; "
-                     f"ask for a float or int8 out_dtype")
         return out_dtype
-    for name, t in (("a_scale", a_scale), ("b_scale", b_scale)):
-        if t is None:
-            fail(op, f"argument '{name}' is required for out_dtype {str(out_dtype).removeprefix('torch.')}")
     check_epilogue(op, a, M, N, a_scale=a_scale, b_scale=b_scale, bias=bias, a_zero_point=a_zero_point,
                     b_sum=b_sum, activation=activation, out_dtype=out_dtype, out_scale=out_scale,
                     out_zero_point=out_zero_point, names=_MM_NAMES)

@@ -9,9 +9,9 @@ from torch import Tensor
 from torch.library import triton_op
 
 from .. import kernels, reference
-from .._validate import FLOAT_DTYPES, check_numel, check_scale_values, check_tensor
+from .._validate import FLOAT_DTYPES
 from ..quant import MIN_SCALE
-from ._common import check_matrix_input, dispatch, flat, rows
+from ._common import check_matrix_input, check_static_qparams, dispatch, flat, rows
 
 
 def _check_quantize_per_token(x: Tensor) -> None:
@@ -44,14 +44,8 @@ def _(x):
 
 
 def _check_quantize_per_tensor(x: Tensor, scale: Tensor, zero_point: Optional[Tensor]) -> None:
-    op = "quantize_per_tensor"
-    check_matrix_input(op, "x", x, FLOAT_DTYPES)
-    check_tensor(op, "scale", scale, dtypes=(torch.float32,), device=x.device, device_of="x")
-    check_numel(op, "scale", scale, (1,), "one element (per-tensor scale)")
-    if zero_point is not None:
-        check_tensor(op, "zero_point", zero_point, dtypes=(torch.int32,), device=x.device, device_of="x")
-        check_numel(op, "zero_point", zero_point, (1,), "one element (per-tensor zero point)")
-    check_scale_values(op, "scale", scale)
+    check_matrix_input("quantize_per_tensor", "x", x, FLOAT_DTYPES)
+    check_static_qparams("quantize_per_tensor", x, scale, zero_point)
 
 
 @triton_op("lowp::quantize_per_tensor", mutates_args={})
