@@ -13,6 +13,20 @@ from .._validate import FLOAT_DTYPES, MAX_K, check_k_contiguous, check_numel, ch
 from ..quant import MIN_SCALE
 from ._common import check_epilogue, check_int8_output, check_matrix_input, dispatch, flat, rows
 
+def _check_operands(op: str, names: tuple[str, str], a: Tensor, b: Tensor, a_dtypes) -> tuple[int, int, int]:
+    """a (..., K) of a_dtypes and b (N, K) int8, both K-contiguous, on one device -> (M, K, N)."""
+    check_matrix_input(op, names[0], a, a_dtypes)
+    check_tensor(op, names[1], b, dtypes=(torch.int8,), ndim=2, device=a.device, device_of=names[0])
+    M, K = rows(a)
+    if b.shape[1] != K:
+        fail(op, f"argument '{names[1]}' must be (N, K) with K = {names[0]}.shape[-1] = {K}, got shape "
+                 f"{tuple(b.shape)}")
+    check_k_contiguous(op, names[1], b)
+    if K > MAX_K:
+        fail(op, f"K = {K} can overflow the int32 accumulator; at most {MAX_K} is supported")
+    return M, K, b.shape[0]
+
+
 _MM_NAMES = {"a": "a", "b": "b", "a_scale": "a_scale", "b_scale": "b_scale", "a_zero_point": "a_zero_point",
              "b_sum": "b_sum"}
 
@@ -21,15 +35,7 @@ def _check_int8_mm(a, b, a_scale, b_scale, bias, a_zero_point, b_sum, activation
                    out_zero_point) -> torch.dtype:
     """Validate; returns the output dtype (None resolved)."""
     op = "int8_mm"
-    check_matrix_input(op, "a", a, (torch.int8,))
-    check_tensor(op, "b", b, dtypes=(torch.int8,), ndim=2, device=a.device, device_of="a")
-    M, K = rows(a)
-    N = b.shape[0]
-    if b.shape[1] != K:
-        fail(op, f"argument 'b' must be (N, K) with K = a.shape[-1] = {K}, got shape {tuple(b.shape)}")
-    check_k_contiguous(op, "b", b)
-    if K > MAX_K:
-        fail(op, f"K = {K} can overflow the int32 accumulator; at most {MAX_K} is supported")
+    M, K, N = _check_operands(op, ("a", "b"), a, b, (torch.int8,))
     out_dtype = check_int8_output(op, out_dtype, {"a_scale": a_scale, "b_scale": b_scale},
                                   {"bias": bias, "a_zero_point": a_zero_point, "b_sum": b_sum, "out_scale": out_scale,
                                    "out_zero_point": out_zero_point}, activation)
@@ -91,15 +97,7 @@ _LINEAR_NAMES = {"a": "x", "b": "weight", "a_scale": "x_scale", "b_scale": "weig
 def _check_int8_linear(x, weight, weight_scale, bias, x_scale, x_zero_point, weight_sum, activation, out_dtype,
                        out_scale, out_zero_point) -> torch.dtype:
     op = "int8_linear"
-    check_matrix_input(op, "x", x, FLOAT_DTYPES)
-    check_tensor(op, "weight", weight, dtypes=(torch.int8,), ndim=2, device=x.device, device_of="x")
-    M, K = rows(x)
-    N = weight.shape[0]
-    if weight.shape[1] != K:
-        fail(op, f"argument 'weight' must be (N, K) with K = x.shape[-1] = {K}, got shape {tuple(weight.shape)}")
-    check_k_contiguous(op, "weight", weight)
-    if K > MAX_K:
-        fail(op, f"K = {K} can overflow the int32 accumulator; at most {MAX_K} is supported")
+    M, K, N = _check_operands(op, ("x", "weight"), x, weight, FLOAT_DTYPES)
     out_dtype = x.dtype if out_dtype is None else out_dtype
     if out_dtype not in (torch.int8,) + FLOAT_DTYPES:
         fail(op, f"argument 'out_dtype' must be int8, float16, bfloat16 or float32, got {out_dtype}", TypeError)
