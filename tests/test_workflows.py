@@ -218,3 +218,22 @@ def test_converted_model_half_repr_compile_and_export():
     h = lowp_ops.quantize_dynamic(_net()).half()
     assert h.fc1.weight.dtype == torch.int8 and h.fc1.weight_scale.dtype == torch.float32
     assert h(x.half()).dtype == torch.float16
+
+
+def test_layer_report_and_fp16_policy():
+    from lowp_ops.registry.policy import LayerStat, Policy, apply_policy, format_report, layer_report
+
+    net = _net()
+    stats = layer_report(net, _x(32), time_layers=False)
+    assert [s.fqn for s in stats] == ["conv1", "conv2", "fc1", "fc2"]
+    for s in stats:  # the uniform-noise model predicts the measured weight noise within a couple of dB
+        assert abs(s.weight_sqnr_db - s.weight_predicted_sqnr_db) < 3 and s.output_sqnr_db > 20
+    all_int8 = Policy.from_report(stats, min_sqnr_db=0)
+    assert all_int8.keep_fp16 == {}
+    strict = Policy.from_report(stats, min_sqnr_db=100)
+    assert set(strict.keep_fp16) == {"conv1", "conv2", "fc1", "fc2"}
+    mixed = apply_policy(net, strict)
+    assert type(mixed.fc1) is Fp16Linear and type(mixed.conv1) is nn.Conv2d  # no FP16 conv kernel: float stays
+    timed = [LayerStat("fc1", "Linear", 40, 40, 40, 40, 40, int8_ms=2.0, fp16_ms=1.0)]
+    assert "slower than FP16" in Policy.from_report(timed).keep_fp16["fc1"]
+    assert "| fc1 | Linear |" in format_report(stats, strict)

@@ -34,22 +34,30 @@ def dispatched_ops(model: nn.Module, x: torch.Tensor) -> Counter:
     return counter.ops
 
 
+def convert_all(fp32: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, *, qat_epochs: int = 1,
+                calibration_batches: int = 8, seed: int = 0) -> dict[str, nn.Module]:
+    """A trained FP32 model -> {scheme: model}: FP32 itself, INT8 dynamic, INT8 static (calibrated on the first
+    calibration_batches x 64 training images), INT8 QAT (fine-tuned from the FP32 weights at a tenth of the
+    learning rate), FP16. `qat_epochs=0` leaves QAT out."""
+    models = {"fp32": fp32, "int8 dynamic": registry.quantize_dynamic(fp32)}
+    prepared = registry.prepare(fp32, registry.QuantConfig(static=True))
+    registry.calibrate(prepared, (train_x[i:i + 64] for i in range(0, 64 * calibration_batches, 64)), progress=False)
+    models["int8 static"] = registry.convert(prepared)
+    if qat_epochs:
+        qat = registry.prepare_qat(fp32)
+        train(qat, train_x, train_y, epochs=qat_epochs, lr=1e-4, seed=seed + 1)
+        models["int8 qat"] = registry.convert(qat)
+    models["fp16"] = registry.to_fp16(fp32)
+    return models
+
+
 def compare_schemes(*, epochs: int = 6, qat_epochs: int = 1, calibration_batches: int = 8, seed: int = 0,
                     device: str = "cpu") -> tuple[dict[str, float], dict[str, nn.Module]]:
-    """Train the ConvNet in FP32 on the digits, derive each lowp variant, return (test accuracy % by scheme,
-    the models). QAT fine-tunes from the FP32 weights at a tenth of the learning rate."""
+    """Train the ConvNet in FP32 on the digits, derive each lowp variant (convert_all), return (test accuracy %
+    by scheme, the models)."""
     tx, ty, vx, vy = (t.to(device) for t in load_digits_28(seed=seed))
     torch.manual_seed(seed)
     fp32 = ConvNet().to(device)
     train(fp32, tx, ty, epochs=epochs, seed=seed)
-    models = {"fp32": fp32, "int8 dynamic": registry.quantize_dynamic(fp32)}
-
-    prepared = registry.prepare(fp32, registry.QuantConfig(static=True))
-    registry.calibrate(prepared, (tx[i:i + 64] for i in range(0, 64 * calibration_batches, 64)), progress=False)
-    models["int8 static"] = registry.convert(prepared)
-
-    qat = registry.prepare_qat(fp32)
-    train(qat, tx, ty, epochs=qat_epochs, lr=1e-4, seed=seed + 1)
-    models["int8 qat"] = registry.convert(qat)
-    models["fp16"] = registry.to_fp16(fp32)
+    models = convert_all(fp32, tx, ty, qat_epochs=qat_epochs, calibration_batches=calibration_batches, seed=seed)
     return {name: accuracy(m, vx, vy) for name, m in models.items()}, models

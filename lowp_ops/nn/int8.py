@@ -210,8 +210,8 @@ class Int8Conv2d(_Int8Module):
         destination[prefix + "weight"] = destination[prefix + "weight"].contiguous()
 
     def _quantize_input(self, x: torch.Tensor):
-        if x.dtype == torch.int8:
-            return x, self.input_scale
+        if x.dtype == torch.int8:  # ops between int8 layers (relu, dropout) may hand it back in NCHW order
+            return x.contiguous(memory_format=torch.channels_last), self.input_scale
         scale = self.input_scale
         if scale is None:  # dynamic per tensor: one absmax pass, then the fused quantize + layout change
             lo, hi = quant.reduce_minmax(x, _DYNAMIC_INPUT_SPEC)

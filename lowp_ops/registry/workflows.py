@@ -157,6 +157,8 @@ def _swap(model, scheme, configs, report, context: Callable[[str], dict]) -> Non
 def _plan(model, scheme, config, filter, overrides, caller) -> tuple[dict[str, QuantConfig], SwapReport]:
     report = SwapReport()
     configs = plan(model, scheme, config, filter_fn=filter, overrides=overrides, report=report)
+    if not configs and report.skipped and all(r in ("filtered out", "skipped by config") for r in report.skipped.values()):
+        raise ValueError(f"{caller}: every convertible layer was filtered out or skipped: {report.skipped}")
     if not configs:
         kinds = sorted({type(m).__name__ for m in model.modules()} - {type(model).__name__})
         raise ValueError(f"{caller}: the model has no layer lowp can convert under '{scheme}' (supported: "
