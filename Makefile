@@ -20,6 +20,10 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
 
+# pytest-benchmark microbenchmarks of the Python-side overhead (dispatch, launch path, module forward at batch 1)
+bench: $(VENV)/.installed
+	$(PY) -m pytest -q bench/test_overhead.py --benchmark-only --benchmark-columns=min,median,mean,rounds
+
 # Kernel inspector: registers / spills / wgmma for every GEMM config, compiled for sm_90 (no GPU needed).
 inspect: $(VENV)/.installed
 	$(PY) tools/inspect_kernels.py

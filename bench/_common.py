@@ -1,10 +1,8 @@
-"""What every benchmark script shares: the machine line, timing, and writing results."""
+"""What the harness and the benchmark scripts share: the machine line and timing."""
 
 from __future__ import annotations
 
 import datetime
-import json
-import pathlib
 import platform
 import subprocess
 
@@ -54,12 +52,3 @@ def copy_bandwidth_tbps(device) -> float:
     src = torch.randn(256 * 2**20, device=device)
     dst = torch.empty_like(src)
     return 2 * src.numel() * 4 / bench_ms(lambda: dst.copy_(src)) / 1e9
-
-
-def save(out_dir: str, name: str, info: dict, payload: dict, report: str) -> None:
-    out = pathlib.Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = f"{name}-{info['card'].replace(' ', '_')}-{info['date']}"
-    (out / f"{stem}.json").write_text(json.dumps({"machine": info, **payload}, indent=1))
-    (out / f"{stem}.md").write_text(report)
-    print(f"wrote {out / stem}.json and .md")

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # What a GPU session runs, in stages that each fit one device call (10 minutes); results land under $OUT:
 #   bash bench/gpu_session.sh check    # install, GPU tests (kernel tests run on CUDA tensors), kernel inspector
-#   bash bench/gpu_session.sh bench    # bench/int8.py, bench/fp16.py, bench/conv.py (autotuning included)
-#   bash bench/gpu_session.sh models   # mixed-precision training and the ConvNet schemes through the kernels
+#   bash bench/gpu_session.sh bench    # python -m bench --preset int8 / fp16 / conv (autotuning included)
+#   bash bench/gpu_session.sh models   # model-level benchmarks, mixed-precision training, the ConvNet schemes
 # Copy $OUT's results into bench/results/ and commit them.
 set -uo pipefail
 OUT=${OUT:-/tmp/lowp-out}
@@ -15,10 +15,12 @@ case "${1:-check}" in
     python3 -m pytest -q -x -p no:cacheprovider 2>&1 | tail -25 | tee "$OUT/tests.txt"
     python3 tools/inspect_kernels.py --json "$OUT/inspect.json" > "$OUT/inspect.txt" 2>&1; echo "inspect rc=$?" ;;
   bench)
-    python3 bench/int8.py --out "$OUT" 2>&1 | tail -30
-    python3 bench/fp16.py --out "$OUT" 2>&1 | tail -20
-    python3 bench/conv.py --out "$OUT" 2>&1 | tail -20 ;;
+    for preset in int8 fp16 conv; do
+      python3 -m bench --preset "$preset" --no-progress --out "$OUT" 2>&1 | tail -30
+    done ;;
   models)
+    python3 -m bench.models --out "$OUT" 2>&1 | tail -30
+    python3 -m pytest -q bench/test_overhead.py --benchmark-only 2>&1 | tail -12
     python3 tools/train_mixed_precision.py --out "$OUT" 2>&1 | tail -12
     python3 tools/evaluate_convnet.py --out "$OUT" 2>&1 | tail -16 ;;
 esac

@@ -8,7 +8,6 @@ import pathlib
 import subprocess
 import sys
 
-import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -37,10 +36,43 @@ def test_gemm_tiles_use_wgmma_without_spilling(tmp_path):
         assert r["wgmma"] and r["stack"] == 0 and r["sass_gmma"] == [gmma], r
 
 
-@pytest.mark.parametrize("script", ["int8.py", "fp16.py", "conv.py"])
-def test_bench_smoke_run_checks_every_case(script):
-    # bench/*.py --smoke computes and checks each benchmark case on tiny shapes (no timing on CPU)
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / script), "--smoke"], capture_output=True,
-                          text=True, cwd=ROOT)
+def test_bench_smoke_run_checks_every_case():
+    # python -m bench --smoke builds every (op, shape set, provider) case on tiny shapes and checks it against
+    # FP32 — what a GPU run does before timing — with nothing timed
+    proc = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--no-progress"], capture_output=True, text=True,
+                          cwd=ROOT)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "all cases computed and checked" in proc.stdout
+    assert "0 wrong, nothing timed" in proc.stdout and "## int8_conv" in proc.stdout
+
+
+def test_model_bench_smoke_run():
+    proc = subprocess.run([sys.executable, "-m", "bench.models", "--smoke"], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "model variants built and checked" in proc.stdout and "| MLP block | 8 | lowp int8 static |" in proc.stdout
+
+
+def test_bench_report_from_timed_rows(tmp_path):
+    # the GPU-only half of the harness (speedups, % of peak, markdown, CSV, JSON, plots) on made-up timings
+    sys.path.insert(0, str(ROOT))
+    from bench import harness
+
+    info = {"card": "NVIDIA H100 80GB HBM3", "date": "2026-01-01", "torch": "x", "triton": "y", "lowp": "z",
+            "ceilings": {"bandwidth": 3.0, "int8": 900.0, "fp16": 650.0}}
+    rows = []
+    for m in (1, 16, 2048):
+        for provider, ms in (("lowp", 1.0), ("torch_fp16", 1.5), ("torch_fp32", 8.0)):
+            flops = 2 * m * 11008 * 4096
+            rows.append({"op": "int8_linear", "shape": [m, 11008, 4096], "provider": provider, "status": "ok",
+                         "check": "40 dB", "ms": ms, "tflops": flops / ms / 1e9, "tbps": 0.1,
+                         "pct_of_peak": 100 * flops / ms / 1e9 / 900})
+    rows.append({"op": "int8_linear", "shape": [1, 11008, 4096], "provider": "torchao", "status": "skipped",
+                 "note": "torchao not installed"})
+    harness.speedups(rows)
+    assert rows[0]["speedup_vs"] == {"torch_fp16": 1.5, "torch_fp32": 8.0}
+    report = harness.markdown(info, rows)
+    assert "| 2048, 11008, 4096 |" in report and "1.50x" in report and "torchao (torchao not installed)" in report
+    paths = harness.save(info, rows, report, str(tmp_path), "test")
+    names = {p.name for p in paths}
+    assert {"test-NVIDIA_H100_80GB_HBM3-2026-01-01.csv", "test-NVIDIA_H100_80GB_HBM3-2026-01-01-speedup.png",
+            "test-NVIDIA_H100_80GB_HBM3-2026-01-01-roofline.png"} <= names
+    assert all(p.exists() and p.stat().st_size > 0 for p in paths)

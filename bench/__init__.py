@@ -1,0 +1,7 @@
+"""lowp's benchmark harness (not installed): cases (op x shape set) x providers (lowp, cuBLAS / cuDNN through torch,
+cuBLAS through CuPy, torchao, unfused eager), each checked against FP32 before it is timed.
+
+    python -m bench --ops int8_linear --shapes llm --providers all --out bench/results
+    python -m bench --preset int8          # issue 2's set;  --preset fp16 / conv: issues 3 and 4
+    python -m bench --smoke                # CPU: every case built and checked on tiny shapes, nothing timed
+"""
