@@ -19,6 +19,7 @@ import triton
 import triton.language as tl
 
 from .epilogue import quantize_values
+from .gemm import _direct
 
 # Elements one program holds per block: 4096 fp16/bf16 values keep ~32 registers per thread at 4 warps.
 # Not yet tuned on a GPU.
@@ -68,10 +69,6 @@ def _quantize_kernel(
             xk = tl.load(x_rows + (k0 + cols) * stride_xk, mask=mask, other=0.0).to(tl.float32)
             q = quantize_values(xk * inv_scale, zero_point, QMIN, QMAX)
             tl.store(q_rows + (k0 + cols) * stride_qk, q.to(tl.int8), mask=mask)
-
-
-def _direct(kernel):
-    return kernel
 
 
 def quantize_rows(x, *, scale=None, zero_point=None, min_scale=None, block_k=None, wrap=_direct):

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import os
 import pathlib
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
@@ -21,25 +19,10 @@ import lowp_ops
 from lowp_ops import quant
 from lowp_ops.examples import ConvNet, accuracy, load_digits_28, train
 from lowp_ops.examples.evaluation import convert_all
+from lowp_ops.registry.policy import time_ms
 
 CACHE = pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache")) / "lowp"
 REPORT = pathlib.Path("demo-report")
-
-
-def time_ms(fn, reps: int = 20) -> float:
-    """Median milliseconds: CUDA events (triton.testing.do_bench) on a GPU, a host clock on the CPU."""
-    with torch.no_grad():
-        if torch.cuda.is_available():
-            import triton.testing
-
-            return triton.testing.do_bench(fn, return_mode="median")
-        fn()
-        samples = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            fn()
-            samples.append((time.perf_counter() - t0) * 1e3)
-        return statistics.median(samples)
 
 
 def trained_convnet(device: str, tx, ty) -> ConvNet:

@@ -38,18 +38,21 @@ class LayerStat:
     fp16_ms: float | None = None
 
 
-def _time_ms(fn) -> float:
-    if torch.cuda.is_available():
-        import triton.testing
+def time_ms(fn, reps: int = 5) -> float:
+    """Median milliseconds of fn() without autograd: CUDA events (triton.testing.do_bench) on a GPU, a host
+    clock on the CPU."""
+    with torch.no_grad():
+        if torch.cuda.is_available():
+            import triton.testing
 
-        return triton.testing.do_bench(fn, return_mode="median")
-    fn()
-    samples = []
-    for _ in range(5):
-        t0 = time.perf_counter()
+            return triton.testing.do_bench(fn, return_mode="median")
         fn()
-        samples.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(samples)
+        samples = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            samples.append((time.perf_counter() - t0) * 1e3)
+        return statistics.median(samples)
 
 
 def layer_report(model: nn.Module, batch: torch.Tensor, *, time_layers: bool | None = None) -> list[LayerStat]:
@@ -76,10 +79,10 @@ def layer_report(model: nn.Module, batch: torch.Tensor, *, time_layers: bool | N
             stat = LayerStat(fqn, type(layer).__name__, w_err.sqnr_db, w_err.predicted_sqnr_db, x_err.sqnr_db,
                              x_err.predicted_sqnr_db, quant.sqnr_db(reference, int8(x)))
             if time_layers:
-                stat.int8_ms = _time_ms(lambda: int8(x.half()))
+                stat.int8_ms = time_ms(lambda: int8(x.half()))
                 fp16 = Fp16Linear.from_linear(layer) if isinstance(layer, nn.Linear) else layer.half()
                 x16 = x.half()
-                stat.fp16_ms = _time_ms(lambda: fp16(x16))
+                stat.fp16_ms = time_ms(lambda: fp16(x16))
                 if not isinstance(layer, nn.Linear):
                     layer.float()
             stats.append(stat)
