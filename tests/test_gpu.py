@@ -1,0 +1,60 @@
+"""On a CUDA machine: the ops, modules and workflows on CUDA tensors (the Triton kernels) against the CPU path (the
+reference) on the same data, and torch.compile generating code around the kernels. Skipped without CUDA."""
+
+import pytest
+import torch
+from torch import nn
+
+import lowp_ops
+from lowp_ops import quant
+from lowp_ops.examples import ConvNet, accuracy, load_digits_28, train
+from lowp_ops.nn import Int8Conv2d
+
+pytestmark = pytest.mark.gpu
+
+
+def _close_int8(gpu: torch.Tensor, cpu: torch.Tensor) -> None:
+    """int8 outputs: FMA contraction in the GPU epilogue may move a rounding tie by one code, rarely."""
+    diff = (gpu.cpu().int() - cpu.int()).abs()
+    assert diff.max() <= 1 and (diff > 0).float().mean() < 1e-3
+
+
+def test_conv_module_cuda_matches_cpu():
+    conv = nn.Conv2d(16, 32, 3, padding=1)
+    x = torch.randn(4, 16, 13, 13)
+    m = Int8Conv2d.from_float(conv, activation="relu", input_scale=x.abs().max() / 127, output_scale=0.05)
+    out_cpu = m(x)
+    m_gpu = Int8Conv2d.from_float(conv.cuda(), activation="relu", input_scale=x.abs().max() / 127, output_scale=0.05)
+    _close_int8(m_gpu(x.cuda()), out_cpu)
+    q = torch.ops.lowp.quantize_channels_last(x, torch.tensor([0.02]))
+    assert torch.equal(torch.ops.lowp.quantize_channels_last(x.cuda(), torch.tensor([0.02], device="cuda")).cpu(), q)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_fp16_mm_layouts_cuda(dtype):
+    a = torch.randn(300, 200, device="cuda", dtype=dtype)
+    b = torch.randn(200, 100, device="cuda", dtype=dtype)
+    for x, y in ((a, b), (a, b.T.contiguous().T), (a.T.contiguous().T, b)):
+        ref = x.float() @ y.float()
+        out = torch.ops.lowp.fp16_mm(x, y, out_dtype=torch.float32)
+        assert ((out - ref).norm() / ref.norm()).item() < 1e-3
+
+
+def test_workflows_on_cuda_keep_accuracy_and_compile():
+    tx, ty, vx, vy = (t.cuda() for t in load_digits_28())
+    torch.manual_seed(0)
+    model = ConvNet().cuda()
+    train(model, tx, ty, epochs=2)
+    base = accuracy(model, vx, vy)
+    dynamic = lowp_ops.quantize_dynamic(model)
+    prepared = lowp_ops.prepare(model, lowp_ops.QuantConfig(static=True))
+    lowp_ops.calibrate(prepared, [tx[:256]], progress=False)
+    static = lowp_ops.convert(prepared)
+    for q in (dynamic, static):
+        assert abs(accuracy(q, vx, vy) - base) <= 1.0
+    compiled = torch.compile(static, fullgraph=True)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(vx[:64]), static(vx[:64]), rtol=1e-3, atol=1e-3)
+    h = lowp_ops.to_fp16(model)
+    assert abs(accuracy(h, vx, vy) - base) <= 0.5
+    assert quant.sqnr_db(model(vx[:64]), h(vx[:64]).float()) > 30
