@@ -76,3 +76,14 @@ def test_bench_report_from_timed_rows(tmp_path):
     assert {"test-NVIDIA_H100_80GB_HBM3-2026-01-01.csv", "test-NVIDIA_H100_80GB_HBM3-2026-01-01-speedup.png",
             "test-NVIDIA_H100_80GB_HBM3-2026-01-01-roofline.png"} <= names
     assert all(p.exists() and p.stat().st_size > 0 for p in paths)
+
+
+def test_make_demo_job_runs(tmp_path):
+    # the `make demo` job end to end on a small setting: training, conversion, accuracy, timing, report, plot
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "demo.py"), "--epochs", "1", "--batch", "16",
+                           "--quick", "--cache", str(tmp_path / "cache"), "--report", str(tmp_path / "report")],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "| int8 static |" in report and "| fp16 |" in report and "through int8_linear" in report
+    assert (tmp_path / "report" / "schemes.png").exists() and list((tmp_path / "cache").glob("*.pt"))
