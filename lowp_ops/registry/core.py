@@ -76,6 +76,10 @@ def config_for(fqn: str, config: QuantConfig, overrides: dict[str, QuantConfig] 
     return config
 
 
+# parameterized layers handled with their neighbours (folded into a conv) rather than replaced: not "unsupported"
+_FOLDED = (nn.BatchNorm2d,)
+
+
 def plan(model: nn.Module, scheme: str, config: QuantConfig, *, filter_fn: Callable[[str, nn.Module], bool] | None,
          overrides: dict[str, QuantConfig] | None, report: SwapReport) -> dict[str, QuantConfig]:
     """fqn -> config of every module the scheme will replace; the rest goes into report.skipped."""
@@ -86,7 +90,7 @@ def plan(model: nn.Module, scheme: str, config: QuantConfig, *, filter_fn: Calla
         cfg = config_for(fqn, config, overrides)
         if factory_for(module, scheme) is None:
             if not list(module.children()) and any(True for _ in module.parameters(recurse=False)) \
-                    and not isinstance(module, tuple(_IGNORED)):
+                    and not isinstance(module, _FOLDED):
                 report.skipped[fqn] = f"no lowp replacement for {type(module).__name__} ({scheme})"
             continue
         if _matches(fqn, cfg.skip):
@@ -96,10 +100,6 @@ def plan(model: nn.Module, scheme: str, config: QuantConfig, *, filter_fn: Calla
         else:
             chosen[fqn] = cfg
     return chosen
-
-
-# parameterized layers that are handled with their neighbours (folded) rather than replaced
-_IGNORED = [nn.BatchNorm2d]
 
 
 def replace(model: nn.Module, fqn: str, new: nn.Module) -> None:
