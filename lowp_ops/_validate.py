@@ -89,8 +89,23 @@ def check_scale_values(op: str, name: str, t: torch.Tensor | None) -> None:
         fail(op, f"argument '{name}' must hold finite, positive scales, got {values[:4].tolist()}"
                  f"{' ...' if values.numel() > 4 else ''}")
     if version is not None:
-        def forget(ref, key=key):
-            if _finite_seen.get(key, (None,))[0] is ref:
-                del _finite_seen[key]
+        trust_scales(t)
 
-        _finite_seen[key] = (weakref.ref(t, forget), version)
+
+def trust_scales(t: torch.Tensor) -> torch.Tensor:
+    """Record a scale lowp computed itself (finite and >= MIN_SCALE by construction) as checked, so passing it on
+    to the next op costs no device sync. Returns t."""
+    if torch.compiler.is_compiling() or _data_unreadable(t):
+        return t
+    try:
+        version = t._version
+    except RuntimeError:
+        return t
+    key = id(t)
+
+    def forget(ref, key=key):
+        if _finite_seen.get(key, (None,))[0] is ref:
+            del _finite_seen[key]
+
+    _finite_seen[key] = (weakref.ref(t, forget), version)
+    return t

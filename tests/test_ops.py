@@ -216,3 +216,14 @@ def test_gpu_ops_match_reference(M):
     compiled = torch.compile(lambda t: lowp.int8_linear(t, w, ws, wb), fullgraph=True)
     torch.testing.assert_close(compiled(x), y, rtol=2e-3, atol=1e-3)
     assert quant.sqnr_db(F.linear(x.float(), w.float() * ws[:, None], wb), y) > 30
+
+
+def test_scales_lowp_computes_are_not_rechecked():
+    # quantize_per_token's scales are finite by construction: handing them to int8_mm costs no device sync
+    from lowp_ops import _validate
+
+    q, s = lowp.quantize_per_token(torch.randn(4, 45))
+    assert _validate._finite_seen[id(s)][0]() is s
+    s[0] = float("inf")  # ... until they change
+    with pytest.raises(ValueError, match="'a_scale' must hold finite, positive scales"):
+        lowp.int8_mm(q, int8(37, 45), s, torch.rand(37) + 0.1)

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .. import quant
-from .._validate import ACTIVATIONS
+from .._validate import ACTIVATIONS, trust_scales
 
 WEIGHT_SPEC = quant.per_channel(axis=0)  # symmetric int8 [-127, 127], one scale per output channel
 _DYNAMIC_INPUT_SPEC = quant.per_tensor()  # symmetric per-tensor (conv inputs); Linear inputs go per token
@@ -213,9 +213,9 @@ class Int8Conv2d(_Int8Module):
         if x.dtype == torch.int8:  # ops between int8 layers (relu, dropout) may hand it back in NCHW order
             return x.contiguous(memory_format=torch.channels_last), self.input_scale
         scale = self.input_scale
-        if scale is None:  # dynamic per tensor: one absmax pass, then the fused quantize + layout change
-            lo, hi = quant.reduce_minmax(x, _DYNAMIC_INPUT_SPEC)
-            scale = quant.choose_qparams(lo, hi, _DYNAMIC_INPUT_SPEC)[0].reshape(1)
+        if scale is None:  # dynamic per tensor: one absmax pass (no float32 copy), then quantize + layout change
+            amax = x.detach().abs().amax().float()
+            scale = trust_scales(quant.choose_qparams(-amax, amax, _DYNAMIC_INPUT_SPEC)[0].reshape(1))
         return torch.ops.lowp.quantize_channels_last(x, scale, self.input_zero_point), scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

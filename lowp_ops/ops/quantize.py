@@ -9,7 +9,7 @@ from torch import Tensor
 from torch.library import triton_op
 
 from .. import kernels, reference
-from .._validate import FLOAT_DTYPES
+from .._validate import FLOAT_DTYPES, trust_scales
 from ..quant import MIN_SCALE
 from ._common import check_matrix_input, check_static_qparams, dispatch, flat, rows
 
@@ -34,7 +34,7 @@ def quantize_per_token(x: Tensor) -> tuple[Tensor, Tensor]:
     M, K = rows(x)
     q, scale = dispatch("quantize_per_token", kernels.quantize_rows, reference.quantize_rows, x.reshape(M, K),
                     min_scale=MIN_SCALE)
-    return q.reshape(x.shape), scale.reshape(x.shape[:-1])
+    return q.reshape(x.shape), trust_scales(scale.reshape(x.shape[:-1]))
 
 
 @quantize_per_token.register_fake
