@@ -51,3 +51,13 @@ def reference_path():
         yield
     finally:
         _common.interpret_kernels_on_cpu = saved
+
+
+def assert_requant_equal(out: torch.Tensor, ref: torch.Tensor) -> None:
+    """Requantized int8 output vs the reference: bit-exact on CPU (no FMA contraction); on a GPU an FMA-contracted
+    epilogue can land on the other side of a rounding tie, so at most 1 LSB on under 0.1 % of the elements."""
+    if not out.is_cuda:
+        assert_bitwise_equal(out, ref)
+        return
+    diff = (out.cpu().int() - ref.cpu().int()).abs()
+    assert diff.max() <= 1 and (diff > 0).float().mean() < 1e-3, (int(diff.max()), (diff > 0).float().mean().item())
