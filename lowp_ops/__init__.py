@@ -1,7 +1,8 @@
 """lowp: hand-written Triton kernels for low-precision deep learning in PyTorch.
 
-Layers, bottom to top: lowp_ops.kernels (Triton) -> lowp_ops.ops (torch.ops.lowp.*, with lowp_ops.reference as
-the CPU path and test oracle) -> lowp_ops.nn (modules) -> lowp_ops.registry (which module becomes which, and the
+Layers, bottom to top: lowp_ops.kernels (Triton, CUDA tensors) and lowp_ops.cpu (oneDNN / torch int8, CPU
+tensors), peers -> lowp_ops.ops (torch.ops.lowp.*, which picks one by device; lowp_ops.reference is the oracle
+both are tested against, selectable with use_cpu_backend) -> lowp_ops.nn (modules) -> lowp_ops.registry (which module becomes which, and the
 workflows: quantize_dynamic, prepare / calibrate / convert, prepare_qat, to_fp16). lowp_ops.quant holds the
 quantization math.
 
@@ -18,8 +19,9 @@ from .registry import (QuantConfig, calibrate, convert, prepare, prepare_qat, qu
                        to_fp16)
 from .ops import (fp16_linear, fp16_mm, fp16_mm_accumulate_, int8_conv2d, int8_linear, int8_mm,
                   quantize_channels_last, quantize_per_tensor, quantize_per_token)
+from .ops.backends import cpu_backend, use_cpu_backend
 
 __version__ = "0.1.0"
-__all__ = ["QuantConfig", "calibrate", "convert", "fp16_linear", "fp16_mm", "fp16_mm_accumulate_", "int8_conv2d",
+__all__ = ["QuantConfig", "calibrate", "convert", "cpu_backend", "fp16_linear", "fp16_mm", "fp16_mm_accumulate_", "int8_conv2d",
            "int8_linear", "int8_mm", "nn", "prepare", "prepare_qat", "quant", "quantize_channels_last",
-           "quantize_dynamic", "quantize_per_tensor", "quantize_per_token", "register", "to_fp16"]
+           "quantize_dynamic", "quantize_per_tensor", "quantize_per_token", "register", "to_fp16", "use_cpu_backend"]

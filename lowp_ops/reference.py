@@ -1,7 +1,7 @@
-"""Pure-torch references: the CPU implementation of every torch.ops.lowp op and the oracle the kernels are
-tested against. Each function takes the same (already validated, 2-D) arguments as its kernel launcher in
-lowp_ops.kernels and follows the kernel's arithmetic step for step, so integer outputs match bit for bit.
-They run on any device.
+"""Pure-torch references: the oracle every fast path (the Triton kernels, the native CPU backend lowp_ops.cpu) is
+tested against, and the CPU path when selected (lowp_ops.use_cpu_backend("reference")) or when no native one
+exists. Each function takes the same (already validated, 2-D) arguments as its kernel launcher in lowp_ops.kernels
+and follows the kernel's arithmetic step for step, so integer outputs match bit for bit. They run on any device.
 """
 
 from __future__ import annotations
@@ -114,6 +114,13 @@ def int8_conv2d(x: torch.Tensor, w: torch.Tensor, *, stride=(1, 1), padding=(0, 
         xz = xz - a_zero_point.double().reshape(())
     acc = F.conv2d(xz, w.double(), stride=tuple(stride), padding=tuple(padding), dilation=tuple(dilation),
                    groups=groups).to(torch.int32)
+    return conv_epilogue(acc, a_scale=a_scale, activation=activation, out_dtype=out_dtype, **epilogue)
+
+
+def conv_epilogue(acc: torch.Tensor, *, a_scale=None, activation="none", out_dtype=torch.int32,
+                  **epilogue) -> torch.Tensor:
+    """acc (N, K, OH, OW), the zero point already subtracted -> the GEMM epilogue on the (pixels, channels) matrix,
+    a per-image a_scale repeated over each image's pixels; (N, K, OH, OW) channels_last."""
     n, k, oh, ow = acc.shape
     if a_scale is not None and a_scale.numel() != 1:
         a_scale = a_scale.reshape(-1).repeat_interleave(oh * ow)

@@ -54,8 +54,8 @@ def _seed():
 def kernels_on_cpu():
     """Route CPU tensors through the interpreted Triton kernels instead of the reference (no-op on GPU runs,
     where tests use CUDA tensors)."""
-    from lowp_ops.ops import _common
-
-    _common.interpret_kernels_on_cpu = not HAS_CUDA
-    yield
-    _common.interpret_kernels_on_cpu = False
+    if HAS_CUDA:
+        yield
+        return
+    with lowp_ops.use_cpu_backend("triton"):
+        yield

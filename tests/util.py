@@ -43,14 +43,11 @@ def assert_float_gemm_close(out: torch.Tensor, ref64: torch.Tensor, a: torch.Ten
 
 @contextlib.contextmanager
 def reference_path():
-    """Inside a test using the kernels_on_cpu fixture: run the ops' reference path for a while (the oracle)."""
-    from lowp_ops.ops import _common
+    """Run the ops' reference path for a while (the oracle), whichever CPU backend the test selected."""
+    import lowp_ops
 
-    saved, _common.interpret_kernels_on_cpu = _common.interpret_kernels_on_cpu, False
-    try:
+    with lowp_ops.use_cpu_backend("reference"):
         yield
-    finally:
-        _common.interpret_kernels_on_cpu = saved
 
 
 def assert_requant_equal(out: torch.Tensor, ref: torch.Tensor) -> None:

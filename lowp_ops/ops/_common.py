@@ -1,4 +1,4 @@
-"""What every torch.ops.lowp registration shares: device dispatch and argument reshaping."""
+"""What every torch.ops.lowp registration shares: argument checks and reshaping (dispatch: backends.py)."""
 
 from __future__ import annotations
 
@@ -6,28 +6,11 @@ import math
 from typing import Optional
 
 from torch import Tensor
-from torch.library import wrap_triton
 
 import torch
 
 from .._validate import (FLOAT_DTYPES, check_activation, check_k_contiguous, check_numel, check_scale_values,
                          check_tensor, fail)
-
-
-# Tests flip this under TRITON_INTERPRET=1 so that CPU tensors go through the (interpreted) Triton kernels instead
-# of the reference: the ops' whole path (reshapes, epilogue flags, autograd) is then checked against the reference
-# on a machine without a GPU. It must stay False for fake tensors (opcheck, torch.compile): kernels need data.
-interpret_kernels_on_cpu = False
-
-
-def dispatch(op: str, launcher, ref, *args, **kwargs):
-    """CUDA -> the Triton launcher (through wrap_triton), CPU -> the reference (see interpret_kernels_on_cpu)."""
-    device = args[0].device
-    if device.type == "cuda":
-        return launcher(*args, wrap=wrap_triton, **kwargs)
-    if device.type == "cpu":
-        return (launcher if interpret_kernels_on_cpu else ref)(*args, **kwargs)
-    fail(op, f"tensors on {device} are not supported: use cuda (Triton kernels) or cpu (reference)")
 
 
 def flat(t: Optional[Tensor]) -> Optional[Tensor]:

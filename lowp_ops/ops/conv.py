@@ -9,10 +9,10 @@ import torch
 from torch import Tensor
 from torch.library import triton_op
 
-from .. import kernels, reference
 from .._validate import FLOAT_DTYPES, check_numel, check_tensor, fail
 from ..kernels.conv import conv_output_size
-from ._common import check_epilogue, check_int8_output, check_static_qparams, dispatch, flat
+from .backends import dispatch
+from ._common import check_epilogue, check_int8_output, check_static_qparams, flat
 
 _CHANNELS_LAST_HINT = "call .contiguous(memory_format=torch.channels_last) first"
 
@@ -89,8 +89,8 @@ def int8_conv2d(x: Tensor, weight: Tensor, stride: Sequence[int], padding: Seque
                                    x_zero_point, weight_sum, activation, out_dtype, out_scale, out_zero_point)
     if x_zero_point is not None and weight_sum is None:
         weight_sum = weight.sum(dim=(1, 2, 3), dtype=torch.int32)
-    return dispatch("int8_conv2d", kernels.int8_conv2d, reference.int8_conv2d, x, weight, stride=list(stride),
-                    padding=list(padding), dilation=list(dilation), groups=groups, a_scale=flat(x_scale),
+    return dispatch("int8_conv2d", "int8_conv2d", x, weight, stride=list(stride), padding=list(padding),
+                    dilation=list(dilation), groups=groups, a_scale=flat(x_scale),
                     b_scale=flat(weight_scale), bias=flat(bias), a_zero_point=flat(x_zero_point),
                     b_sum=flat(weight_sum), activation=activation, out_dtype=out_dtype, out_scale=flat(out_scale),
                     out_zero_point=flat(out_zero_point))
@@ -122,8 +122,8 @@ def quantize_channels_last(x: Tensor, scale: Tensor, zero_point: Optional[Tensor
     clamp(round_half_even(x * (1 / scale)) + zero_point, -128, 127).
     """
     _check_quantize_channels_last(x, scale, zero_point)
-    return dispatch("quantize_channels_last", kernels.quantize_channels_last, reference.quantize_channels_last, x,
-                    scale=flat(scale), zero_point=flat(zero_point))
+    return dispatch("quantize_channels_last", "quantize_channels_last", x, scale=flat(scale),
+                    zero_point=flat(zero_point))
 
 
 @quantize_channels_last.register_fake

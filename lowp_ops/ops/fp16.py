@@ -15,9 +15,9 @@ import torch
 from torch import Tensor
 from torch.library import triton_op
 
-from .. import kernels, reference
 from .._validate import FLOAT_DTYPES, check_activation, check_numel, check_tensor, fail
-from ._common import dispatch, rows
+from .backends import dispatch
+from ._common import rows
 
 _TENSOR_CORE_DTYPES = (torch.float16, torch.bfloat16)
 _CPU_ONLY_DTYPES = (torch.float32, torch.float64)  # reference path only: gradient checks, float baselines
@@ -73,7 +73,7 @@ def fp16_mm(a: Tensor, b: Tensor, bias: Optional[Tensor] = None, activation: str
     torch.Size([3, 4])
     """
     out_dtype = _check_fp16_mm(a, b, bias, activation, out_dtype)
-    return dispatch("fp16_mm", kernels.gemm, reference.gemm, a, b, bias=bias, activation=activation,
+    return dispatch("fp16_mm", "gemm", a, b, bias=bias, activation=activation,
                     out_dtype=out_dtype)
 
 
@@ -99,7 +99,7 @@ def fp16_mm_accumulate_(c: Tensor, a: Tensor, b: Tensor) -> None:
     """c += a · b in place, c float32 (M, N): accumulates weight gradients (micro-batches) in float32 without
     a float16 round trip. a: (M, K), b: (K, N) float16 / bfloat16, any strides."""
     _check_fp16_mm_accumulate(c, a, b)
-    dispatch("fp16_mm_accumulate_", kernels.gemm, reference.gemm, a, b, accumulate_into=c)
+    dispatch("fp16_mm_accumulate_", "gemm", a, b, accumulate_into=c)
 
 
 @fp16_mm_accumulate_.register_fake
@@ -138,7 +138,7 @@ def fp16_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, activa
     """
     out_dtype = _check_fp16_linear(x, weight, bias, activation, out_dtype)
     M, K = rows(x)
-    out = dispatch("fp16_linear", kernels.gemm, reference.gemm, x.reshape(M, K), weight.T, bias=bias,
+    out = dispatch("fp16_linear", "gemm", x.reshape(M, K), weight.T, bias=bias,
                    activation=activation, out_dtype=out_dtype)
     return out.reshape(*x.shape[:-1], weight.shape[0])
 

@@ -8,10 +8,10 @@ import torch
 from torch import Tensor
 from torch.library import triton_op
 
-from .. import kernels, reference
 from .._validate import FLOAT_DTYPES, MAX_K, check_k_contiguous, check_numel, check_tensor, fail
 from ..quant import MIN_SCALE
-from ._common import check_epilogue, check_int8_output, check_matrix_input, dispatch, flat, rows
+from .backends import dispatch
+from ._common import check_epilogue, check_int8_output, check_matrix_input, flat, rows
 
 def _check_operands(op: str, names: tuple[str, str], a: Tensor, b: Tensor, a_dtypes) -> tuple[int, int, int]:
     """a (..., K) of a_dtypes and b (N, K) int8, both K-contiguous, on one device -> (M, K, N)."""
@@ -73,10 +73,9 @@ def int8_mm(a: Tensor, b: Tensor, a_scale: Optional[Tensor] = None, b_scale: Opt
     M, K = rows(a)
     if a_zero_point is not None and b_sum is None:
         b_sum = b.sum(dim=1, dtype=torch.int32)
-    out = dispatch("int8_mm", kernels.int8_gemm, reference.int8_gemm, a.reshape(M, K), b,
-               a_scale=flat(a_scale), b_scale=flat(b_scale), bias=flat(bias),
-               a_zero_point=flat(a_zero_point), b_sum=flat(b_sum), activation=activation, out_dtype=out_dtype,
-               out_scale=flat(out_scale), out_zero_point=flat(out_zero_point))
+    out = dispatch("int8_mm", "int8_gemm", a.reshape(M, K), b, a_scale=flat(a_scale), b_scale=flat(b_scale),
+                   bias=flat(bias), a_zero_point=flat(a_zero_point), b_sum=flat(b_sum), activation=activation,
+                   out_dtype=out_dtype, out_scale=flat(out_scale), out_zero_point=flat(out_zero_point))
     return out.reshape(*a.shape[:-1], b.shape[0])
 
 
@@ -140,17 +139,14 @@ def int8_linear(x: Tensor, weight: Tensor, weight_scale: Tensor, bias: Optional[
     M, K = rows(x)
     x2 = x.reshape(M, K)
     if x_scale is None:
-        q, a_scale = dispatch("int8_linear", kernels.quantize_rows, reference.quantize_rows, x2,
-                          min_scale=MIN_SCALE)
+        q, a_scale = dispatch("int8_linear", "quantize_rows", x2, min_scale=MIN_SCALE)
     else:
-        q, a_scale = dispatch("int8_linear", kernels.quantize_rows, reference.quantize_rows, x2,
-                          scale=flat(x_scale), zero_point=flat(x_zero_point))
+        q, a_scale = dispatch("int8_linear", "quantize_rows", x2, scale=flat(x_scale), zero_point=flat(x_zero_point))
     if x_zero_point is not None and weight_sum is None:
         weight_sum = weight.sum(dim=1, dtype=torch.int32)
-    out = dispatch("int8_linear", kernels.int8_gemm, reference.int8_gemm, q, weight,
-               a_scale=a_scale, b_scale=flat(weight_scale), bias=flat(bias), a_zero_point=flat(x_zero_point),
-               b_sum=flat(weight_sum), activation=activation, out_dtype=out_dtype, out_scale=flat(out_scale),
-               out_zero_point=flat(out_zero_point))
+    out = dispatch("int8_linear", "int8_gemm", q, weight, a_scale=a_scale, b_scale=flat(weight_scale),
+                   bias=flat(bias), a_zero_point=flat(x_zero_point), b_sum=flat(weight_sum), activation=activation,
+                   out_dtype=out_dtype, out_scale=flat(out_scale), out_zero_point=flat(out_zero_point))
     return out.reshape(*x.shape[:-1], weight.shape[0])
 
 

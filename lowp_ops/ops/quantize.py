@@ -8,10 +8,10 @@ import torch
 from torch import Tensor
 from torch.library import triton_op
 
-from .. import kernels, reference
 from .._validate import FLOAT_DTYPES, trust_scales
 from ..quant import MIN_SCALE
-from ._common import check_matrix_input, check_static_qparams, dispatch, flat, rows
+from .backends import dispatch
+from ._common import check_matrix_input, check_static_qparams, flat, rows
 
 
 def _check_quantize_per_token(x: Tensor) -> None:
@@ -32,8 +32,7 @@ def quantize_per_token(x: Tensor) -> tuple[Tensor, Tensor]:
     """
     _check_quantize_per_token(x)
     M, K = rows(x)
-    q, scale = dispatch("quantize_per_token", kernels.quantize_rows, reference.quantize_rows, x.reshape(M, K),
-                    min_scale=MIN_SCALE)
+    q, scale = dispatch("quantize_per_token", "quantize_rows", x.reshape(M, K), min_scale=MIN_SCALE)
     return q.reshape(x.shape), trust_scales(scale.reshape(x.shape[:-1]))
 
 
@@ -58,8 +57,8 @@ def quantize_per_tensor(x: Tensor, scale: Tensor, zero_point: Optional[Tensor] =
     """
     _check_quantize_per_tensor(x, scale, zero_point)
     M, K = rows(x)
-    q, _ = dispatch("quantize_per_tensor", kernels.quantize_rows, reference.quantize_rows, x.reshape(M, K),
-                scale=flat(scale), zero_point=flat(zero_point))
+    q, _ = dispatch("quantize_per_tensor", "quantize_rows", x.reshape(M, K), scale=flat(scale),
+                    zero_point=flat(zero_point))
     return q.reshape(x.shape)
 
 

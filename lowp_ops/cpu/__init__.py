@@ -1,0 +1,19 @@
+"""The native CPU backend (imported as lowp_ops.cpu): int8 arithmetic on the CPU's int8 dot-product instructions
+through the libraries torch ships, peer of the Triton kernels (lowp_ops.kernels) under the ops layer.
+
+Same launcher names and signatures as lowp_ops.kernels (less `wrap`), arguments already validated by lowp_ops.ops:
+    quantize_rows(x, ...)            per-token / static quantization: torch reductions + in-place elementwise ops
+    quantize_channels_last(x, ...)   float NCHW -> int8 NHWC, the layout change folded into the int8 cast
+    int8_gemm(a, b, ...)             oneDNN int8 matmul (qlinear) or torch._int_mm for the exact accumulator, then
+                                     lowp_ops.reference's epilogue: bit-exact with the reference on every output
+    int8_conv2d(x, w, ...)           oneDNN int8 convolution (qconv2d) with the epilogue fused where oneDNN can
+                                     express it (requant may differ from the reference by 1 LSB; tested)
+The fp16 ops have no native CPU path here: they run lowp_ops.reference (float32 arithmetic) on CPU tensors.
+Where the CPU lacks int8 dot products (no VNNI) every op falls back to the reference, with one warning.
+"""
+
+from .conv import int8_conv2d
+from .gemm import int8_gemm
+from .quantize import quantize_channels_last, quantize_rows
+
+__all__ = ["int8_conv2d", "int8_gemm", "quantize_channels_last", "quantize_rows"]
