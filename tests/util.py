@@ -58,3 +58,31 @@ def assert_requant_equal(out: torch.Tensor, ref: torch.Tensor) -> None:
         return
     diff = (out.cpu().int() - ref.cpu().int()).abs()
     assert diff.max() <= 1 and (diff > 0).float().mean() < 1e-3, (int(diff.max()), (diff > 0).float().mean().item())
+
+
+def assert_onednn_close(out: torch.Tensor, ref: torch.Tensor) -> None:
+    """oneDNN's fused conv epilogue vs the reference: its own order of float32 operations, so float outputs within 4
+    float32 ulp of the largest output (three roundings each way) and requantized int8 within 1 LSB on at most 0.1 %
+    of the elements (values at a rounding tie). Measured bit-exact so far (lowp_ops/cpu/conv.py)."""
+    assert out.dtype == ref.dtype and out.is_contiguous(memory_format=torch.channels_last)
+    if out.dtype == torch.int8:
+        diff = (out.int() - ref.int()).abs()
+        assert diff.max() <= 1 and (diff > 0).float().mean() <= 1e-3, (int(diff.max()), int((diff > 0).sum()))
+    else:
+        ulp = torch.finfo(torch.float32).eps * ref.float().abs().amax()
+        tol = 4 * ulp + torch.finfo(out.dtype).eps * ref.float().abs()  # and one rounding to a narrower dtype
+        assert ((out.float() - ref.float()).abs() <= tol).all()
+
+
+# (N, C, H, W, K, R, S, stride, padding, dilation, groups)
+CONV_GEOMETRIES = {
+    "3x3 pad1 13x13": (2, 5, 13, 13, 7, 3, 3, (1, 1), (1, 1), (1, 1), 1),
+    "1x1 7x7": (1, 37, 7, 7, 13, 1, 1, (1, 1), (0, 0), (1, 1), 1),
+    "1x1 1x1 image": (3, 16, 1, 1, 24, 1, 1, (1, 1), (0, 0), (1, 1), 1),
+    "3x2 strided dilated": (1, 16, 13, 11, 24, 3, 2, (2, 1), (1, 0), (1, 2), 1),
+    "grouped": (2, 12, 7, 7, 18, 3, 3, (1, 1), (1, 1), (1, 1), 3),
+    "depthwise": (2, 8, 7, 13, 8, 3, 3, (1, 1), (1, 1), (1, 1), 8),
+    "depthwise x2 strided": (1, 6, 13, 7, 12, 3, 3, (2, 2), (1, 1), (1, 1), 6),
+    "5x5 pad2 stride2": (1, 4, 13, 13, 9, 5, 5, (2, 2), (2, 2), (1, 1), 1),
+    "kernel = input 7x7": (2, 3, 7, 7, 5, 7, 7, (1, 1), (0, 0), (1, 1), 1),
+}

@@ -9,7 +9,8 @@ Same launcher names and signatures as lowp_ops.kernels (less `wrap`), arguments 
     int8_conv2d(x, w, ...)           oneDNN int8 convolution (qconv2d) with the epilogue fused where oneDNN can
                                      express it (requant may differ from the reference by 1 LSB; tested)
 The fp16 ops have no native CPU path here: they run lowp_ops.reference (float32 arithmetic) on CPU tensors.
-Where the CPU lacks int8 dot products (no VNNI) every op falls back to the reference, with one warning.
+Where the CPU lacks int8 dot products (no VNNI) the GEMM and the convolution fall back to the reference, with one
+warning; the quantize ops need no special instructions.
 """
 
 from .conv import int8_conv2d

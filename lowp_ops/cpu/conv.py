@@ -17,7 +17,8 @@ from __future__ import annotations
 import torch
 
 from .. import reference
-from .support import as_uint8, exact_integers, fall_back, missing, packed, traced
+from . import support
+from .support import as_uint8, exact_integers, fall_back, packed, traced
 
 # lowp activation -> oneDNN post-op (name, scalars); gelu is not a qconv2d post-op in torch 2.13.
 _POST_OPS = {"none": ("none", []), "relu": ("relu", []), "relu6": ("hardtanh", [0.0, 6.0])}
@@ -38,9 +39,9 @@ def int8_conv2d(x: torch.Tensor, w: torch.Tensor, *, stride=(1, 1), padding=(0, 
     epilogue = dict(a_scale=a_scale, b_scale=b_scale, bias=bias, activation=activation, out_dtype=out_dtype,
                     out_scale=out_scale, out_zero_point=out_zero_point)
     geometry = (list(stride), list(padding), list(dilation), groups)
-    if missing() or traced(x, w) or x.numel() == 0 or w.numel() == 0:
-        if missing():
-            fall_back("int8_conv2d", missing())
+    if support.missing() or traced(x, w) or x.numel() == 0 or w.numel() == 0:
+        if support.missing():
+            fall_back("int8_conv2d", support.missing())
         return reference.int8_conv2d(x, w, stride=stride, padding=padding, dilation=dilation, groups=groups,
                                      a_zero_point=a_zero_point, b_sum=b_sum, **epilogue)
     K = w.shape[0]

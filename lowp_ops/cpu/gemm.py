@@ -13,11 +13,12 @@ from __future__ import annotations
 import torch
 
 from .. import reference
-from .support import as_uint8, exact_integers, fall_back, missing, packed, traced
+from . import support
+from .support import as_uint8, exact_integers, fall_back, packed, traced
 
 
 def _dense(t: torch.Tensor) -> torch.Tensor:
-    # torch._int_mm on CPU returns wrong results for operands with zero strides (pytorch issue 194682)
+    # torch._int_mm (pytorch issue 194682) and onednn.qlinear_prepack return wrong results for zero-stride operands
     return t.contiguous() if any(s == 0 and n > 1 for n, s in zip(t.shape, t.stride())) else t
 
 
@@ -31,7 +32,7 @@ def int_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def _qlinear_acc(a: torch.Tensor, b: torch.Tensor, zero_point: int):
     """Σ_k (a[m, k] − zero_point) · b[n, k] as float32 from oneDNN, or None when a value is too large to be exact."""
     N = b.shape[0]
-    weight, ones, zeros = packed(b, ("qlinear",), lambda: (torch.ops.onednn.qlinear_prepack(b, None),
+    weight, ones, zeros = packed(b, ("qlinear",), lambda: (torch.ops.onednn.qlinear_prepack(_dense(b), None),
                                                            torch.ones(N), torch.zeros(N, dtype=torch.int64)))
     acc = torch.ops.onednn.qlinear_pointwise(as_uint8(a), 1.0, zero_point + 128, weight, ones, zeros, None, 1.0, 0,
                                              torch.float32, "none", [], "")
@@ -41,8 +42,8 @@ def _qlinear_acc(a: torch.Tensor, b: torch.Tensor, zero_point: int):
 def int8_gemm(a: torch.Tensor, b: torch.Tensor, *, out_dtype=torch.int32, activation="none", a_zero_point=None,
               b_sum=None, **epilogue) -> torch.Tensor:
     """a int8 (M, K), b int8 (N, K) -> epilogue(a · bᵀ) (M, N); keyword arguments as kernels.int8_gemm."""
-    if missing():
-        fall_back("int8_gemm", missing())
+    if support.missing():
+        fall_back("int8_gemm", support.missing())
         return reference.int8_gemm(a, b, out_dtype=out_dtype, activation=activation, a_zero_point=a_zero_point,
                                    b_sum=b_sum, **epilogue)
     epilogue["activation_name"] = activation

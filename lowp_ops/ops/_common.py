@@ -38,7 +38,8 @@ def check_epilogue(op: str, x: Tensor, M: int, N: int, *, a_scale, b_scale, bias
     check_activation(op, activation)
     if a_scale is not None:
         check_tensor(op, names["a_scale"], a_scale, dtypes=(torch.float32,), device=dev, device_of="a")
-        check_numel(op, names["a_scale"], a_scale, (1, M), f"one scale per {names.get('row', 'row')} (M={M}) or one for all")
+        check_numel(op, names["a_scale"], a_scale, (1, M),
+                    f"one scale per {names.get('row', 'row')} (M={M}) or one for all")
     check_tensor(op, names["b_scale"], b_scale, dtypes=(torch.float32,), device=dev, device_of=names["a"])
     check_numel(op, names["b_scale"], b_scale, (1, N), f"one scale per output column (N={N}) or one for all")
     if bias is not None:

@@ -7,23 +7,12 @@ import torch
 
 from lowp_ops import reference
 from lowp_ops.kernels import int8_conv2d, quantize_channels_last
+from util import CONV_GEOMETRIES as GEOMETRIES
 from util import assert_bitwise_equal, assert_requant_equal
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 CL = torch.channels_last
 
-# (N, C, H, W, K, R, S, stride, padding, dilation, groups)
-GEOMETRIES = {
-    "3x3 pad1 13x13": (2, 5, 13, 13, 7, 3, 3, (1, 1), (1, 1), (1, 1), 1),
-    "1x1 7x7": (1, 37, 7, 7, 13, 1, 1, (1, 1), (0, 0), (1, 1), 1),
-    "1x1 1x1 image": (3, 16, 1, 1, 24, 1, 1, (1, 1), (0, 0), (1, 1), 1),
-    "3x2 strided dilated": (1, 16, 13, 11, 24, 3, 2, (2, 1), (1, 0), (1, 2), 1),
-    "grouped": (2, 12, 7, 7, 18, 3, 3, (1, 1), (1, 1), (1, 1), 3),
-    "depthwise": (2, 8, 7, 13, 8, 3, 3, (1, 1), (1, 1), (1, 1), 8),
-    "depthwise x2 strided": (1, 6, 13, 7, 12, 3, 3, (2, 2), (1, 1), (1, 1), 6),
-    "5x5 pad2 stride2": (1, 4, 13, 13, 9, 5, 5, (2, 2), (2, 2), (1, 1), 1),
-    "kernel = input 7x7": (2, 3, 7, 7, 5, 7, 7, (1, 1), (0, 0), (1, 1), 1),
-}
 CONFIGS = {"default": None,
            "32x32x16": dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=16, GROUP_M=2, num_warps=4, num_stages=2)}
 

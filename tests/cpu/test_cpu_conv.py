@@ -1,0 +1,83 @@
+"""lowp_ops/cpu/conv.py (oneDNN qconv2d) against lowp_ops.reference, on the kernels' conv geometries.
+
+Tolerances: int32 outputs bit-exact. Epilogues oneDNN cannot express (a scale per image, gelu) run the
+reference's float32 operations on oneDNN's exact accumulator: bit-exact. Fused epilogues run inside oneDNN in its
+own order of float32 operations; float outputs are held to 4 float32 ulp of the largest output (the reference's
+three roundings against oneDNN's), and requantized int8 to 1 LSB on at most 0.1 % of the elements, where a value
+sits at a rounding tie (measured: bit-exact on 2.7 M outputs of the seed ConvNet's conv2 shape, CI machine).
+"""
+
+import pytest
+import torch
+
+from lowp_ops import cpu, reference
+from lowp_ops.cpu import support
+from util import CONV_GEOMETRIES, assert_bitwise_equal, assert_onednn_close
+
+pytestmark = pytest.mark.skipif(support.missing() is not None, reason=f"no native CPU path: {support.missing()}")
+CL = torch.channels_last
+
+
+def _case(name, *, per_image=False, zero_point=True):
+    N, C, H, W, K, R, S, stride, padding, dilation, groups = CONV_GEOMETRIES[name]
+    x = torch.randint(-128, 128, (N, C, H, W), dtype=torch.int8).contiguous(memory_format=CL)
+    w = torch.randint(-127, 128, (K, C // groups, R, S), dtype=torch.int8).contiguous(memory_format=CL)
+    kw = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    epilogue = dict(a_scale=torch.rand(N if per_image else 1) * 0.05 + 0.01, b_scale=torch.rand(K) * 0.01 + 1e-3,
+                    bias=torch.randn(K))
+    if zero_point:  # padding must read the zero point (a real 0), not the integer 0
+        epilogue.update(a_zero_point=torch.tensor([-13], dtype=torch.int32), b_sum=w.sum(dim=(1, 2, 3),
+                                                                                            dtype=torch.int32))
+    return x, w, kw, epilogue
+
+
+@pytest.mark.parametrize("name", CONV_GEOMETRIES)
+def test_int32_output_bit_exact(name):
+    x, w, kw, _ = _case(name)
+    out = cpu.int8_conv2d(x, w, **kw)
+    assert out.is_contiguous(memory_format=CL)
+    assert_bitwise_equal(out, reference.int8_conv2d(x, w, **kw))
+
+
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.float16, torch.bfloat16, torch.int8])
+@pytest.mark.parametrize("activation", ["none", "relu", "relu6"])
+@pytest.mark.parametrize("name", CONV_GEOMETRIES)
+def test_fused_epilogue(name, activation, out_dtype):
+    x, w, kw, epilogue = _case(name)
+    kw.update(epilogue, activation=activation, out_dtype=out_dtype)
+    if out_dtype == torch.int8:
+        y = reference.int8_conv2d(x, w, **dict(kw, out_dtype=torch.float32))
+        kw.update(out_scale=(y.abs().amax() / 90).reshape(1), out_zero_point=torch.tensor([7], dtype=torch.int32))
+    assert_onednn_close(cpu.int8_conv2d(x, w, **kw), reference.int8_conv2d(x, w, **kw))
+
+
+@pytest.mark.parametrize("per_image, activation", [(True, "relu"), (False, "gelu"), (True, "gelu")])
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16, torch.int8])
+@pytest.mark.parametrize("name", ["3x3 pad1 13x13", "depthwise x2 strided", "3x2 strided dilated", "grouped"])
+def test_unfused_epilogue_bit_exact(name, out_dtype, per_image, activation):
+    x, w, kw, epilogue = _case(name, per_image=per_image)
+    kw.update(epilogue, activation=activation, out_dtype=out_dtype)
+    if out_dtype == torch.int8:
+        kw.update(out_scale=torch.tensor([0.05]), out_zero_point=torch.tensor([-3], dtype=torch.int32))
+    out = cpu.int8_conv2d(x, w, **kw)
+    assert out.is_contiguous(memory_format=CL)
+    assert_bitwise_equal(out, reference.int8_conv2d(x, w, **kw))
+
+
+def test_accumulator_beyond_float32_falls_back_with_one_warning():
+    # 128 · 128 · (C·R·S = 1152) > 2^24: oneDNN's float32 output cannot hold the raw int32 accumulator exactly
+    x = torch.full((1, 128, 5, 5), -128, dtype=torch.int8).contiguous(memory_format=CL)
+    w = torch.full((4, 128, 3, 3), -128, dtype=torch.int8).contiguous(memory_format=CL)
+    kw = dict(stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1)
+    with pytest.warns(RuntimeWarning, match="int8_conv2d: no native CPU path .*2\\^24"):
+        out = cpu.int8_conv2d(x, w, **kw)
+    assert (out == 128 * 128 * 1152).all()
+
+
+def test_prepacked_weight_follows_in_place_writes():
+    x, w, kw, _ = _case("3x3 pad1 13x13")
+    cpu.int8_conv2d(x, w, **kw)
+    w.mul_(-1)
+    assert_bitwise_equal(cpu.int8_conv2d(x, w, **kw), reference.int8_conv2d(x, w, **kw))
+    kw["padding"] = (0, 0)  # new geometry, same weight: packed again
+    assert_bitwise_equal(cpu.int8_conv2d(x, w, **kw), reference.int8_conv2d(x, w, **kw))

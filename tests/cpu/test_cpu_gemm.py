@@ -1,0 +1,75 @@
+"""lowp_ops/cpu/gemm.py (oneDNN qlinear or torch._int_mm accumulator + the reference's epilogue) against
+lowp_ops.reference: every output bit-exact (the same integer accumulator, then the same float32 torch operations)."""
+
+import pytest
+import torch
+
+from lowp_ops import cpu, reference
+from lowp_ops.cpu import gemm as cpu_gemm
+from lowp_ops.cpu import support
+from util import assert_bitwise_equal, int8
+
+pytestmark = pytest.mark.skipif(support.missing() is not None, reason=f"no native CPU path: {support.missing()}")
+
+# M = 1, 13, 67; K = 1 (torch._int_mm's garbage case) and 2; K, N not multiples of 16
+MNK = [(1, 1, 5), (13, 2, 7), (1, 45, 37), (13, 100, 45), (67, 33, 67), (67, 1, 19)]
+
+
+def _epilogue(M, N, *, zero_point, per_row):
+    kw = dict(a_scale=torch.rand(M if per_row else 1) * 0.02 + 1e-3, b_scale=torch.rand(N) * 0.02 + 1e-3,
+              bias=torch.randn(N))
+    if zero_point:
+        kw["a_zero_point"] = torch.randint(-128, 128, (M if per_row else 1,), dtype=torch.int32)
+    return kw
+
+
+@pytest.mark.parametrize("M, K, N", MNK, ids=str)
+def test_int32_output_bit_exact(M, K, N):
+    a, b = int8(M, K), int8(N, K)
+    assert_bitwise_equal(cpu.int8_gemm(a, b), reference.int8_gemm(a, b))
+
+
+@pytest.mark.parametrize("zero_point, per_row", [(False, True), (True, False), (True, True)],
+                         ids=["per-token", "static zp", "zp per row"])
+@pytest.mark.parametrize("activation", ["none", "relu", "gelu"])
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.float16, torch.bfloat16, torch.int8])
+@pytest.mark.parametrize("M, K, N", MNK, ids=str)
+def test_epilogue_outputs_bit_exact(M, K, N, out_dtype, activation, zero_point, per_row):
+    a, b = int8(M, K), int8(N, K)
+    kw = dict(_epilogue(M, N, zero_point=zero_point, per_row=per_row), activation=activation, out_dtype=out_dtype)
+    if zero_point:
+        kw["b_sum"] = b.sum(dim=1, dtype=torch.int32)
+    if out_dtype == torch.int8:
+        y = reference.int8_gemm(a, b, **dict(kw, out_dtype=torch.float32))
+        kw.update(out_scale=(y.abs().amax() / 100).reshape(1), out_zero_point=torch.tensor([-9], dtype=torch.int32))
+    assert_bitwise_equal(cpu.int8_gemm(a, b, **kw), reference.int8_gemm(a, b, **kw))
+
+
+def test_large_accumulators_take_the_exact_int_mm_route(monkeypatch):
+    # (-128) · (-128) · 1100 = 18,022,400 > 2^24: oneDNN's float32 accumulator cannot hold it exactly, so the
+    # qlinear result is rejected and torch._int_mm recomputes it
+    a = torch.full((3, 1100), -128, dtype=torch.int8)
+    b = torch.full((5, 1100), -128, dtype=torch.int8)
+    calls = []
+    monkeypatch.setattr(cpu_gemm, "int_mm", lambda *args: calls.append(1) or reference.int8_gemm(*args))
+    out = cpu.int8_gemm(a, b)
+    assert calls and (out == 128 * 128 * 1100).all()
+    calls.clear()
+    cpu.int8_gemm(a[:, :1000], b[:, :1000])  # 16,384,000 < 2^24: oneDNN's answer stands
+    assert not calls
+
+
+def test_zero_strides_and_strided_rows():
+    # torch._int_mm returns wrong results for zero-stride operands (pytorch issue 194682)
+    b = int8(1, 40).expand(9, 40)
+    a = int8(13, 60)[:, 10:50]  # row stride 60
+    assert_bitwise_equal(cpu_gemm.int_mm(a, b), reference.int8_gemm(a, b))
+    assert_bitwise_equal(cpu.int8_gemm(a, b), reference.int8_gemm(a, b))
+
+
+def test_prepacked_weight_follows_in_place_writes():
+    a, b = int8(13, 45), int8(7, 45, low=-127)
+    first = cpu.int8_gemm(a, b)
+    b.mul_(-1)  # same tensor, new values (-127..127 negates in int8): the cached prepacked copy must not be reused
+    assert_bitwise_equal(cpu.int8_gemm(a, b), reference.int8_gemm(a, b))
+    assert_bitwise_equal(cpu.int8_gemm(a, b), -first)

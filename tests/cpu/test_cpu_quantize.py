@@ -1,0 +1,41 @@
+"""lowp_ops/cpu/quantize.py against lowp_ops.reference: bit-exact (the same float32 operations, vectorized)."""
+
+import pytest
+import torch
+
+from lowp_ops import cpu, quant, reference
+from util import assert_bitwise_equal
+
+SHAPES = [(1, 1), (1, 37), (13, 2), (13, 100), (67, 45)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("M, K", SHAPES, ids=str)
+def test_per_token_bit_exact(M, K, dtype):
+    x = (torch.randn(M, K) * torch.rand(M, 1) * 10).to(dtype)
+    x[0] = 0.0  # an all-zero row: scale MIN_SCALE, q = 0
+    q, scale = cpu.quantize_rows(x, min_scale=quant.MIN_SCALE)
+    q_ref, scale_ref = reference.quantize_rows(x)
+    assert_bitwise_equal(scale, scale_ref)
+    assert_bitwise_equal(q, q_ref)
+
+
+@pytest.mark.parametrize("zero_point", [None, -128, 5, 127])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+@pytest.mark.parametrize("M, K", SHAPES, ids=str)
+def test_static_bit_exact_ties_and_saturation(M, K, dtype, zero_point):
+    scale = torch.tensor([0.25])
+    x = torch.randint(-1200, 1200, (M, K)).to(dtype) / 8  # multiples of 1/8: many exact .5 ties after / 0.25
+    zp = None if zero_point is None else torch.tensor([zero_point], dtype=torch.int32)
+    q, _ = cpu.quantize_rows(x, scale=scale, zero_point=zp)
+    assert_bitwise_equal(q, reference.quantize_rows(x, scale=scale, zero_point=zp)[0])
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("shape", [(2, 5, 7, 9), (1, 70, 3, 3), (3, 1, 13, 1)])
+def test_channels_last_bit_exact(shape, layout):
+    x = (torch.randn(shape) * 4).contiguous(memory_format=layout)
+    scale, zp = torch.tensor([0.0371]), torch.tensor([-5], dtype=torch.int32)
+    q = cpu.quantize_channels_last(x, scale=scale, zero_point=zp)
+    assert q.is_contiguous(memory_format=torch.channels_last)
+    assert_bitwise_equal(q, reference.quantize_channels_last(x, scale=scale, zero_point=zp))

@@ -1,0 +1,123 @@
+"""lowp_ops/ops/backends.py: CPU tensors run the native backend by default, the reference when asked, and every op
+agrees with the reference through torch.ops.lowp on awkward shapes (M = 1, 13, 67; K = 1, 2; K, N not multiples
+of 16). Tolerances as tests/cpu: bit-exact, but for oneDNN's fused conv epilogue (4 float32 ulp, 1 LSB int8)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import lowp_ops
+from lowp_ops import cpu, quant
+from lowp_ops.cpu import support
+from util import assert_bitwise_equal, assert_onednn_close, int8, reference_path
+
+CL = torch.channels_last
+native = pytest.mark.skipif(support.missing() is not None, reason=f"no native CPU path: {support.missing()}")
+
+
+def _import_with(backend: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"} | {"LOWP_CPU_BACKEND": backend}
+    return subprocess.run([sys.executable, "-c", "import lowp_ops; print(lowp_ops.cpu_backend())"], env=env,
+                          capture_output=True, text=True)
+
+
+def test_environment_variable_picks_the_backend_at_import():
+    proc = _import_with("reference")
+    assert proc.returncode == 0 and proc.stdout.strip() == "reference", proc.stderr
+    proc = _import_with("fast")
+    assert proc.returncode != 0 and "CPU backend must be one of native, reference, triton, got 'fast'" in proc.stderr
+
+
+def test_context_manager_restores_the_backend_even_on_error():
+    assert lowp_ops.cpu_backend() == "native"
+    with pytest.raises(KeyError), lowp_ops.use_cpu_backend("reference"):
+        assert lowp_ops.cpu_backend() == "reference"
+        raise KeyError
+    assert lowp_ops.cpu_backend() == "native"
+    with pytest.raises(ValueError, match="got 'onednn'"), lowp_ops.use_cpu_backend("onednn"):
+        pass
+
+
+def test_triton_backend_needs_the_interpreter(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ValueError, match="TRITON_INTERPRET=1"), lowp_ops.use_cpu_backend("triton"):
+        pass
+
+
+@native
+def test_ops_run_the_native_backend(monkeypatch):
+    seen = []
+    for name in ("int8_gemm", "quantize_rows"):
+        fn = getattr(cpu, name)
+        monkeypatch.setattr(cpu, name, lambda *a, _fn=fn, _name=name, **k: seen.append(_name) or _fn(*a, **k))
+    lowp_ops.int8_linear(torch.randn(3, 8), int8(4, 8), torch.rand(4))
+    assert seen == ["quantize_rows", "int8_gemm"]
+    seen.clear()
+    with lowp_ops.use_cpu_backend("reference"):
+        lowp_ops.int8_linear(torch.randn(3, 8), int8(4, 8), torch.rand(4))
+    assert seen == []
+
+
+def test_without_int8_dot_products_every_op_falls_back_once_with_a_reason(monkeypatch):
+    monkeypatch.setattr(support, "missing", lambda: "this CPU has no int8 dot-product instructions (test)")
+    monkeypatch.setattr(support, "_warned", set())
+    a, b = int8(13, 45), int8(7, 45)
+    with pytest.warns(RuntimeWarning, match=r"lowp int8_gemm: no native CPU path \(this CPU has no int8 dot"):
+        out = lowp_ops.int8_mm(a, b)
+    with reference_path():
+        assert_bitwise_equal(out, lowp_ops.int8_mm(a, b))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lowp_ops.int8_mm(a, b)  # said once, not on every call
+
+
+def _ops_cases():
+    for M in (1, 13, 67):
+        for K in (1, 2, 45):
+            yield pytest.param(M, K, 33, id=f"M{M}-K{K}-N33")
+
+
+@native
+@pytest.mark.parametrize("M, K, N", _ops_cases())
+def test_linear_ops_match_the_reference(M, K, N):
+    x = torch.randn(2, M, K) * 3
+    w = quant.quantize_tensor(torch.randn(N, K), quant.per_channel(axis=0))
+    bias, act_scale, zp = torch.randn(N), torch.tensor([0.02]), torch.tensor([3], dtype=torch.int32)
+    out_kw = dict(out_dtype=torch.int8, out_scale=torch.tensor([0.1]), out_zero_point=torch.tensor([-2],
+                                                                                             dtype=torch.int32))
+    calls = [
+        lambda: lowp_ops.quantize_per_token(x),
+        lambda: lowp_ops.quantize_per_tensor(x, act_scale, zp),
+        lambda: lowp_ops.int8_mm(int8(M, K), w.qdata),
+        lambda: lowp_ops.int8_linear(x, w.qdata, w.scale, bias, activation="gelu"),
+        lambda: lowp_ops.int8_linear(x.half(), w.qdata, w.scale, bias.half()),
+        lambda: lowp_ops.int8_linear(x, w.qdata, w.scale, bias, act_scale, zp, activation="relu", **out_kw),
+    ]
+    for call in calls:
+        torch.manual_seed(1)
+        out = call()
+        torch.manual_seed(1)
+        with reference_path():
+            ref = call()
+        for o, r in zip(out if isinstance(out, tuple) else (out,), ref if isinstance(ref, tuple) else (ref,)):
+            assert_bitwise_equal(o, r)
+
+
+@native
+@pytest.mark.parametrize("groups, zero_point", [(1, 0), (3, -7), (12, 5)], ids=["dense", "grouped zp", "depthwise zp"])
+def test_conv_ops_match_the_reference(groups, zero_point):
+    x = torch.randn(2, 12, 13, 11) * 2
+    w = torch.randint(-127, 128, (24, 12 // groups, 3, 3), dtype=torch.int8).contiguous(memory_format=CL)
+    scale, zp = torch.tensor([0.03]), torch.tensor([zero_point], dtype=torch.int32)
+    args = ((2, 1), (1, 1), (1, 2), groups, scale, torch.rand(24) * 0.01, torch.randn(24), zp)
+    q = lowp_ops.quantize_channels_last(x, scale, zp)
+    y = lowp_ops.int8_conv2d(q, w, *args, activation="relu")
+    with reference_path():
+        assert_bitwise_equal(q, lowp_ops.quantize_channels_last(x, scale, zp))
+        ref = lowp_ops.int8_conv2d(q, w, *args, activation="relu")
+    assert_onednn_close(y, ref)
