@@ -213,8 +213,8 @@ class Int8Conv2d(_Int8Module):
         if x.dtype == torch.int8:  # ops between int8 layers (relu, dropout) may hand it back in NCHW order
             return x.contiguous(memory_format=torch.channels_last), self.input_scale
         scale = self.input_scale
-        if scale is None:  # dynamic per tensor: one absmax pass (no float32 copy), then quantize + layout change
-            amax = x.detach().abs().amax().float()
+        if scale is None:  # dynamic per tensor: absmax from a min and a max reduction (no |x| copy), then
+            amax = torch.maximum(-x.detach().amin(), x.detach().amax()).float()  # quantize + layout change
             scale = trust_scales(quant.choose_qparams(-amax, amax, _DYNAMIC_INPUT_SPEC)[0].reshape(1))
         return torch.ops.lowp.quantize_channels_last(x, scale, self.input_zero_point), scale
 
