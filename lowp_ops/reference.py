@@ -12,6 +12,9 @@ import torch.nn.functional as F
 from . import quant
 from .quant import Granularity, QuantSpec
 
+__all__ = ["activation", "conv_epilogue", "gemm", "gemm_epilogue", "int8_conv2d", "int8_gemm", "quantize_channels_last",
+           "quantize_rows"]
+
 # The activation specs the kernels implement.
 INT8_PER_TOKEN = QuantSpec(bits=8, symmetric=True, granularity=Granularity.PER_TOKEN)  # dynamic, [-127, 127]
 INT8_AFFINE = QuantSpec(bits=8, symmetric=False)  # static per-tensor and requantized outputs, [-128, 127]

@@ -45,8 +45,10 @@ def int8_conv2d(x: torch.Tensor, w: torch.Tensor, *, stride=(1, 1), padding=(0, 
         return reference.int8_conv2d(x, w, stride=stride, padding=padding, dilation=dilation, groups=groups,
                                      a_zero_point=a_zero_point, b_sum=b_sum, **epilogue)
     K = w.shape[0]
-    weight, ones, zeros = packed(w, ("qconv", *map(tuple, geometry[:3]), groups), lambda: (
-        torch.ops.onednn.qconv_prepack(w, torch.ones(K), 1.0, 0, *geometry, None), torch.ones(K),
+    # packed for this input shape: oneDNN then picks the weight layout for it (seed ConvNet conv2 at batch 1:
+    # 0.057 ms vs 0.078 ms packed without a shape; batch 256: 8.7 vs 9.3 ms; CI machine, 2026-11-25)
+    weight, ones, zeros = packed(w, ("qconv", *map(tuple, geometry[:3]), groups, tuple(x.shape)), lambda: (
+        torch.ops.onednn.qconv_prepack(w, torch.ones(K), 1.0, 0, *geometry, list(x.shape)), torch.ones(K),
         torch.zeros(K, dtype=torch.int64)))
     xu = as_uint8(x)
     zp = 0 if a_zero_point is None else int(a_zero_point.item())

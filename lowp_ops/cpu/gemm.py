@@ -2,10 +2,15 @@
 lowp_ops.reference's epilogue — the same torch ops in the same order, so every output (float, int8 requant, int32)
 is bit-exact with the reference.
 
-Which accumulator, measured on the CI machine (AMD EPYC, avx512_vnni, 2 threads, torch 2.13, 2026-11-25), K = N =
-4096, ms: M=1 qlinear 0.25 / _int_mm 0.25 (FP32 F.linear 4.0); M=32 1.5 / 4.4 (12.2); M=256 10.2 / 14.6 (59).
-qlinear takes one zero point per tensor and returns float32, exact only below 2^24: it runs with unit scales and
-is kept only when its output proves exact; otherwise, and while an op is traced (torch.compile, export), _int_mm.
+Which accumulator, ms on the CI machine (AMD EPYC, avx512_vnni, 2 threads, torch 2.13, 2026-11-25),
+torch._int_mm / onednn.qlinear (u8 input shift included):
+    K = N = 4096:       M=1 0.20 / 0.22, M=2 3.0 / 0.22, M=32 4.2 / 1.6, M=256 14.6 / 10.2   (FP32 M=256: 59)
+    K=9216, N=128:      M=1 0.015 / 0.056, M=32 0.22 / 0.22, M=256 0.82 / 1.0
+    K=768, N=768/3072:  M=8 0.036 / 0.083, M=1024 1.8 / 1.6 and 6.0 / 6.4; K=3072, N=768, M=1024: 6.6 / 5.7
+qlinear pays a ~40 us fixed cost and wins big only on large weights; _int_mm has a fast M = 1 path. So: qlinear
+for M >= 2 and N·K >= 2^21, else _int_mm. qlinear takes one zero point per tensor and returns float32, exact only
+below 2^24: it runs with unit scales and is kept only when its output proves exact; otherwise, and while an op is
+traced (torch.compile, export), _int_mm.
 """
 
 from __future__ import annotations
@@ -15,6 +20,9 @@ import torch
 from .. import reference
 from . import support
 from .support import as_uint8, exact_integers, fall_back, packed, traced
+
+
+_QLINEAR_MIN_WEIGHT = 2**21  # N·K from which oneDNN's qlinear beats torch._int_mm (module docstring)
 
 
 def _dense(t: torch.Tensor) -> torch.Tensor:
@@ -47,8 +55,9 @@ def int8_gemm(a: torch.Tensor, b: torch.Tensor, *, out_dtype=torch.int32, activa
         return reference.int8_gemm(a, b, out_dtype=out_dtype, activation=activation, a_zero_point=a_zero_point,
                                    b_sum=b_sum, **epilogue)
     epilogue["activation_name"] = activation
+    (M, K), N = a.shape, b.shape[0]
     per_tensor_zp = a_zero_point is None or a_zero_point.numel() == 1
-    if per_tensor_zp and a.numel() and b.numel() and not traced(a, b):
+    if per_tensor_zp and M >= 2 and N * K >= _QLINEAR_MIN_WEIGHT and not traced(a, b):
         zp = 0 if a_zero_point is None else int(a_zero_point.item())
         acc = _qlinear_acc(a, b, zp)
         if acc is not None:  # the zero point is already subtracted

@@ -68,7 +68,7 @@ def dispatch(op: str, launcher: str, *args, **kwargs):
         return getattr(kernels, launcher)(*args, wrap=wrap_triton, **kwargs)
     if device.type == "cpu":
         backend = _CPU_BACKENDS[_cpu_backend]
-        if launcher not in getattr(backend, "__all__", dir(backend)):  # lowp_ops.cpu.gemm is a module, not a GEMM
+        if launcher not in backend.__all__:  # the native backend has no fp16 GEMM (lowp_ops.cpu.gemm is a module)
             backend = reference
         return getattr(backend, launcher)(*args, **kwargs)
     fail(op, f"tensors on {device} are not supported: use cuda (Triton kernels) or cpu")

@@ -49,7 +49,7 @@ def test_large_accumulators_take_the_exact_int_mm_route(monkeypatch):
     # (-128) · (-128) · 1100 = 18,022,400 > 2^24: oneDNN's float32 accumulator cannot hold it exactly, so the
     # qlinear result is rejected and torch._int_mm recomputes it
     a = torch.full((3, 1100), -128, dtype=torch.int8)
-    b = torch.full((5, 1100), -128, dtype=torch.int8)
+    b = torch.full((2100, 1100), -128, dtype=torch.int8)  # N·K above the qlinear threshold
     calls = []
     monkeypatch.setattr(cpu_gemm, "int_mm", lambda *args: calls.append(1) or reference.int8_gemm(*args))
     out = cpu.int8_gemm(a, b)
@@ -57,6 +57,23 @@ def test_large_accumulators_take_the_exact_int_mm_route(monkeypatch):
     calls.clear()
     cpu.int8_gemm(a[:, :1000], b[:, :1000])  # 16,384,000 < 2^24: oneDNN's answer stands
     assert not calls
+
+
+@pytest.mark.parametrize("zero_point, per_row", [(False, True), (True, False)], ids=["per-token", "static zp"])
+@pytest.mark.parametrize("out_dtype", [torch.int32, torch.float32, torch.bfloat16, torch.int8])
+@pytest.mark.parametrize("M", [2, 13, 67])
+def test_onednn_route_bit_exact(M, out_dtype, zero_point, per_row, monkeypatch):
+    # weights large enough (N·K >= 2^21) for oneDNN's qlinear; _int_mm must not be needed
+    K, N = 1100, 1907
+    monkeypatch.setattr(cpu_gemm, "int_mm", lambda *args: pytest.fail("took the _int_mm route"))
+    a, b = int8(M, K), int8(N, K, low=-127)
+    kw = {} if out_dtype == torch.int32 else dict(_epilogue(M, N, zero_point=zero_point, per_row=per_row),
+                                                  activation="relu", out_dtype=out_dtype)
+    if "a_zero_point" in kw:
+        kw["b_sum"] = b.sum(dim=1, dtype=torch.int32)
+    if out_dtype == torch.int8:
+        kw.update(out_scale=torch.tensor([0.5]), out_zero_point=torch.tensor([-9], dtype=torch.int32))
+    assert_bitwise_equal(cpu.int8_gemm(a, b, **kw), reference.int8_gemm(a, b, **kw))
 
 
 def test_zero_strides_and_strided_rows():
