@@ -60,8 +60,9 @@ _PACKS_PER_WEIGHT = 4  # e.g. a conv layer's packs for the batch sizes a model i
 def packed(weight: torch.Tensor, key: tuple, pack: Callable[[], object]):
     """pack() for this weight and key, cached on the weight tensor (a module's buffer lives as long as the module;
     the last few keys are kept) and made again once the weight is written in place (its version counter moves) or
-    its storage replaced."""
-    stamp = (weight._version, weight.data_ptr())
+    its storage replaced. Inference tensors (made under torch.inference_mode) keep no version counter: their
+    in-place writes go unseen, so write a new tensor instead."""
+    stamp = (0 if weight.is_inference() else weight._version, weight.data_ptr())
     entry = _packs.get(weight)
     if entry is None or entry[0] != stamp:
         entry = _packs[weight] = (stamp, {})

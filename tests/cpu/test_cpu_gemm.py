@@ -90,3 +90,10 @@ def test_prepacked_weight_follows_in_place_writes():
     b.mul_(-1)  # same tensor, new values (-127..127 negates in int8): the cached prepacked copy must not be reused
     assert_bitwise_equal(cpu.int8_gemm(a, b), reference.int8_gemm(a, b))
     assert_bitwise_equal(cpu.int8_gemm(a, b), -first)
+
+
+def test_inference_mode_tensors():
+    # tensors made under torch.inference_mode have no version counter for the prepacked-weight cache to read
+    with torch.inference_mode():
+        a, b = int8(13, 1100), int8(1907, 1100)
+        assert_bitwise_equal(cpu.int8_gemm(a, b), reference.int8_gemm(a, b))
