@@ -82,8 +82,26 @@ def test_make_demo_job_runs(tmp_path):
     # the `make demo` job end to end on a small setting: training, conversion, accuracy, timing, report, plot
     proc = subprocess.run([sys.executable, str(ROOT / "tools" / "demo.py"), "--epochs", "1", "--batch", "16",
                            "--quick", "--cache", str(tmp_path / "cache"), "--report", str(tmp_path / "report")],
-                          capture_output=True, text=True, cwd=tmp_path)
+                          check=False, capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = (tmp_path / "report" / "report.md").read_text()
-    assert "| int8 static |" in report and "| fp16 |" in report and "through int8_linear" in report
+    assert "| int8 static |" in report and "| fp16" in report and "through int8_linear" in report
     assert (tmp_path / "report" / "schemes.png").exists() and list((tmp_path / "cache").glob("*.pt"))
+    # speedups are against FP32, which is its own 1.00x baseline
+    assert "| fp32 |" in report and "1.00x / 1.00x |" in report and "x the speed of FP32 F.linear" in report
+    # the report names the backend the subprocess ran (it inherits this environment), and says when the timings are
+    # the slow reference (or the interpreter) rather than lowp's speed
+    import torch
+
+    from lowp_ops.cpu import support
+
+    if torch.cuda.is_available():
+        backend = "Backend: lowp's Triton kernels on "
+    elif os.environ.get("LOWP_CPU_BACKEND", "native") == "native" and support.missing() is None:
+        backend = "Backend: CPU: lowp's native int8 backend (oneDNN int8 conv/matmul, torch._int_mm) on "
+    else:
+        backend = "not lowp's speed"
+    assert backend in report and "NOT kernel timings" not in report, report
+    # FP16 has no native CPU path: its row is marked emulated, with the reason under the table
+    if not torch.cuda.is_available():
+        assert "| fp16 (emulated on CPU, see note) |" in report and "its CPU time is not a speed claim" in report
