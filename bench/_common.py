@@ -1,29 +1,72 @@
-"""What the harness and the benchmark scripts share: the machine line and timing."""
+"""What the harness and the benchmark scripts share: the machine line and timing (CUDA events on the GPU,
+time.perf_counter on the CPU)."""
 
 from __future__ import annotations
 
 import datetime
+import os
 import platform
+import statistics
 import subprocess
+import time
 
 import torch
 
 import lowp_ops
 
+# CPU features that decide which int8 / bf16 kernels oneDNN and torch can pick: VNNI is the int8 dot product
+# (VPDPBUSD), AMX the tile units; without any of them lowp's native CPU backend falls back to its reference.
+CPU_FLAGS = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8",
+             "amx_bf16")
 
-def machine() -> dict:
-    """Card, clocks, driver and versions: the line that heads every report."""
-    import triton
 
-    info = {"date": datetime.date.today().isoformat(), "torch": torch.__version__, "triton": triton.__version__,
+def cpu_info() -> dict:
+    """The CPU line of a report: model name and the CPU_FLAGS it has (from /proc/cpuinfo), cores, torch threads."""
+    name, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    name = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                if flags and name:
+                    break
+    except OSError:  # not Linux: the model name from platform, flags unknown
+        pass
+    return {"cpu": name, "cpu_flags": [f for f in CPU_FLAGS if f in flags], "cores": os.cpu_count(),
+            "threads": torch.get_num_threads()}
+
+
+def machine(device: str | None = None) -> dict:
+    """Card (or CPU), clocks, driver and versions: the line that heads every report. device="cpu" stamps a CPU
+    run (model, flags, cores, threads, transformers version); the default describes the GPU, or says that a run
+    without one is a smoke run."""
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:  # the CPU benchmarks do not need Triton
+        triton_version = "-"
+    info = {"date": datetime.date.today().isoformat(), "torch": torch.__version__, "triton": triton_version,
             "lowp": lowp_ops.__version__, "python": platform.python_version()}
-    if torch.cuda.is_available():
+    if device == "cpu":
+        info.update(cpu_info(), device="cpu", lowp_cpu_backend=lowp_ops.cpu_backend())
+        info["card"] = info["cpu"]
+        try:
+            import transformers
+
+            info["transformers"] = transformers.__version__
+        except Exception:  # noqa: BLE001 - missing, or broken beside this torch: the BERT rows will say which
+            info["transformers"] = "not installed"
+    elif torch.cuda.is_available():
         p = torch.cuda.get_device_properties(0)
         info.update(card=p.name, sms=p.multi_processor_count, capability=f"{p.major}.{p.minor}")
         try:
             q = "driver_version,clocks.sm,clocks.max.sm,clocks.mem,power.limit"
             info["nvidia_smi"] = subprocess.run(["nvidia-smi", f"--query-gpu={q}", "--format=csv,noheader"],
-                                                capture_output=True, text=True, timeout=20).stdout.strip()
+                                                capture_output=True, text=True, timeout=20, check=False).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             info["nvidia_smi"] = "unavailable"
     else:
@@ -32,10 +75,17 @@ def machine() -> dict:
 
 
 def header(info: dict, title: str) -> list[str]:
+    if info.get("device") == "cpu":
+        return [f"# {title} — {info['cpu']}, {info['date']}", "",
+                (f"CPU flags: {', '.join(info['cpu_flags']) or 'none of ' + ', '.join(CPU_FLAGS)}; "
+                 f"{info['cores']} cores, torch threads {info['threads']}. torch {info['torch']}, lowp {info['lowp']} "
+                 f"(CPU backend {info['lowp_cpu_backend']}), transformers {info['transformers']}, python "
+                 f"{info['python']}. Timing: wall clock (time.perf_counter), median of the repeats after warm-up "
+                 f"calls, all rows in one process."), ""]
     return [f"# {title} — {info['card']}, {info['date']}", "",
-            f"torch {info['torch']}, triton {info['triton']}, lowp {info['lowp']}; "
-            f"nvidia-smi: {info.get('nvidia_smi', '-')}. Timing: triton.testing.do_bench median (CUDA events, "
-            f"L2 cleared before each repetition), inputs random and non-zero, each case checked before timing.", ""]
+            (f"torch {info['torch']}, triton {info['triton']}, lowp {info['lowp']}; "
+             f"nvidia-smi: {info.get('nvidia_smi', '-')}. Timing: triton.testing.do_bench median (CUDA events, "
+             f"L2 cleared before each repetition), inputs random and non-zero, each case checked before timing."), ""]
 
 
 def bench_ms(fn, graph: bool = False) -> float:
@@ -45,6 +95,36 @@ def bench_ms(fn, graph: bool = False) -> float:
     if graph:
         return triton.testing.do_bench_cudagraph(fn, return_mode="median")
     return triton.testing.do_bench(fn, return_mode="median")
+
+
+def cpu_times(fn, repeats: int = 10, warmup: int = 2, budget_s: float | None = None) -> list[float]:
+    """Milliseconds of each of `repeats` timed calls of fn() (time.perf_counter), after `warmup` untimed ones.
+    budget_s caps the timed calls at about that many seconds in all (at least one), estimated from the last
+    warm-up call (or from one extra timed call when warmup=0): slow rows get fewer repeats."""
+    est = None
+    for _ in range(warmup):
+        t0 = time.perf_counter()
+        fn()
+        est = time.perf_counter() - t0
+    times = []
+    if budget_s is not None:
+        if est is None:
+            t0 = time.perf_counter()
+            fn()
+            est = time.perf_counter() - t0
+            times.append(est * 1e3)
+        repeats = max(1, min(repeats, int(budget_s / max(est, 1e-9))))
+    while len(times) < repeats:
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def cpu_ms(fn, repeats: int = 10, warmup: int = 2, budget_s: float | None = None) -> float:
+    """Median milliseconds of fn() on the CPU (see cpu_times). No synchronization is needed: CPU ops return when
+    their result is ready."""
+    return statistics.median(cpu_times(fn, repeats, warmup, budget_s))
 
 
 def copy_bandwidth_tbps(device) -> float:

@@ -1,0 +1,442 @@
+"""CPU benchmarks: FP32 eager and torch.compile, torch.ao INT8 and lowp INT8 (native backend, and the reference
+backend where it finishes in reasonable time) on three workloads, all timed in one process so the ratios compare
+like with like on the same machine state.
+
+    python -m bench --device cpu --out bench/results   # real run: writes <out>/cpu-<date>.json and .md
+    python -m bench --device cpu --smoke               # tiny shapes: every row built, checked, timed once; no files
+    python -m bench --device cpu --repeats 5           # at most 5 timed calls per row (default 20, fewer if slow)
+
+Workloads (shapes of the real run; --smoke shrinks them):
+    seed ConvNet       lowp_ops.examples.ConvNet trained 4 epochs on the digits, x: (B, 1, 28, 28) float32, B 1 / 256
+    Linear 4096x4096   one nn.Linear, x: (M, 4096) float32, M 1 / 32 / 256, and the raw torch.ops.lowp.int8_linear
+    BERT-base encoder  transformers.BertModel(BertConfig()) with random weights, input ids (8, 128), mask all ones
+                       (skipped, with the reason printed, when transformers cannot be imported)
+
+Providers: "lowp dynamic" is lowp_ops.quantize_dynamic (Linear per token, Conv2d per tensor), "lowp static" is
+lowp_ops.prepare(QuantConfig(static=True)) / calibrate / convert; "torch.ao dynamic" is
+torch.ao.quantization.quantize_dynamic on nn.Linear; "torch.ao static x86" is torch.ao eager static quantization
+(fbgemm / oneDNN) of AoReadyConvNet.
+
+Each row: median ms, speedup over the FP32 eager row of the same workload and batch (F.linear for the Linear),
+output SQNR in dB against FP32 (quantized outputs land at ~20-50 dB; garbage would be near 0), and for the ConvNet
+top-1 accuracy on the 359 held-out digits. The markdown ends with the milestones, pass / fail from the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import pathlib
+import statistics
+import sys
+import time
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.ao.quantization import DeQuantStub, QuantStub
+
+import lowp_ops
+from lowp_ops import quant
+from lowp_ops.examples import ConvNet, accuracy, load_digits_28, train
+from lowp_ops.nn import Int8Linear
+
+from ._common import header, machine
+
+# A quantized row under this SQNR is reported as broken: int8 weights and activations gave 27-57 dB on these
+# workloads (bench/results/cpu-2026-11-25.md, AMD EPYC CI machine); a wrong scale or layout gives ~0 dB or less.
+MIN_SQNR_DB = 10.0
+
+# (what, formatted with the row's workload and batch; workload key; batch: "min" / "max" of the workload's batches;
+#  provider; at least this x FP32 eager; provider it should also beat, or None) — the CPU-backend issue's targets.
+MILESTONES = (
+    ("{workload} static INT8 at batch {batch}: >= 4x FP32 eager", "convnet", "max", "lowp static", 4.0,
+     "torch.ao static x86"),
+    ("{workload} static INT8 at batch {batch}: >= 1.5x FP32 eager", "convnet", "min", "lowp static", 1.5, None),
+    ("{workload} dynamic INT8 at batch {batch}: >= 2x FP32 eager", "convnet", "max", "lowp dynamic", 2.0, None),
+    ("int8_linear, {workload}, M={batch}: >= 3x FP32 F.linear", "linear", "max", "lowp int8_linear op", 3.0, None),
+    ("int8_linear, {workload}, M={batch}: >= 1.0x FP32 F.linear", "linear", "min", "lowp int8_linear op", 1.0,
+     None),
+    ("{workload} quantize_dynamic at {batch}: >= 2x FP32 eager", "bert", "max", "lowp dynamic", 2.0,
+     "torch.ao dynamic"),
+)
+
+
+@contextlib.contextmanager
+def _quiet_ao():
+    """torch.ao.quantization still works in torch 2.13 but warns on every call (deprecated, reduce_range,
+    quantized tensor creation); the report says which rows are torch.ao, so the warnings add nothing."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.ao\.")
+        yield
+
+
+class AoReadyConvNet(ConvNet):
+    """The seed ConvNet as torch.ao eager static quantization needs it: the same layers and weights (load the
+    FP32 state_dict), ReLUs as modules so conv1 + relu and fc1 + relu can be fused, and Quant / DeQuant stubs
+    around the int8 region. x: (B, 1, 28, 28) float32 -> log-probabilities (B, 10) float32, as ConvNet."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.quant, self.dequant = QuantStub(), DeQuantStub()
+        self.relu1, self.relu2 = nn.ReLU(), nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu1(self.conv1(self.quant(x)))
+        x = self.dropout1(F.max_pool2d(self.conv2(x), 2))  # max-pool and eval dropout run on quantized tensors
+        x = self.dropout2(self.relu2(self.fc1(torch.flatten(x, 1))))
+        return F.log_softmax(self.dequant(self.fc2(x)).float(), dim=1)
+
+
+def ao_static_convnet(fp32: ConvNet, calib: list[torch.Tensor]) -> nn.Module:
+    """torch.ao eager static INT8 (x86 backend: fbgemm + oneDNN) of a trained ConvNet, calibrated on `calib`."""
+    torch.backends.quantized.engine = "x86"
+    model = AoReadyConvNet()
+    model.load_state_dict(fp32.state_dict())
+    model.eval()
+    with _quiet_ao(), torch.no_grad():
+        model = torch.ao.quantization.fuse_modules(model, [["conv1", "relu1"], ["fc1", "relu2"]])
+        model.qconfig = torch.ao.quantization.get_default_qconfig("x86")
+        prepared = torch.ao.quantization.prepare(model)
+        for x in calib:
+            prepared(x)
+        return torch.ao.quantization.convert(prepared)
+
+
+def ao_dynamic(model: nn.Module) -> nn.Module:
+    """torch.ao dynamic INT8 of every nn.Linear (a copy; other layers stay FP32)."""
+    with _quiet_ao():
+        return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+
+
+def lowp_static(model: nn.Module, calib: list[torch.Tensor]) -> nn.Module:
+    prepared = lowp_ops.prepare(model, lowp_ops.QuantConfig(static=True))
+    lowp_ops.calibrate(prepared, calib, progress=False)
+    return lowp_ops.convert(prepared)
+
+
+_CALLS_PER_TURN = 3  # timed calls a row makes in its turn, after one untimed call that warms its caches again
+
+
+class Bench:
+    """Collects rows. The rows of one workload and batch are timed together, round-robin (a few calls of each row
+    in turn, repeated), so a drift in the machine's state — another process, the allocator returning memory to the OS
+    (FP32 eager on the ConvNet at batch 256 measured 56 to 99 ms across runs on the CI machine, 2026-11-25) — falls
+    on every row alike and the ratios hold. smoke: one timed call per row; otherwise at most `repeats` calls a row,
+    fewer for a row whose calls add up to more than budget_s seconds."""
+
+    def __init__(self, smoke: bool, repeats: int, budget_s: float = 8.0) -> None:
+        self.smoke, self.repeats, self.budget_s = smoke, repeats, budget_s
+        self.rows: list[dict] = []
+        self.notes: list[str] = []
+        self._pending: list[tuple[dict, object, object]] = []  # (row, fn, acc) checked and warm, not yet timed
+
+    def row(self, key: str, workload: str, batch, provider: str, fn, ref: torch.Tensor | None, *,
+            backend: str = "native", warmup: int = 2, acc=None) -> None:
+        """Check fn()'s output against ref (None: this is the baseline) and warm fn up under the lowp CPU backend
+        `backend`; it is timed with the other rows of its workload and batch (flush). The checked call is the first
+        warm-up; warmup more follow (the first calls of a lowp model pack weights for oneDNN and of torch.compile
+        compile). acc() -> accuracy %, evaluated after timing. An exception becomes the row's error (a
+        torch.compile failure is a result, not a crash)."""
+        if self._pending and (self._pending[0][0]["key"], self._pending[0][0]["batch"]) != (key, batch):
+            self.flush()
+        row = {"key": key, "workload": workload, "batch": batch, "provider": provider, "baseline": ref is None,
+               "backend": backend, "times": [], "wall_s": 0.0}
+        t0 = time.perf_counter()
+        try:
+            with torch.no_grad(), lowp_ops.use_cpu_backend(backend):
+                out = fn()
+                if ref is not None:
+                    row["sqnr_db"] = quant.sqnr_db(ref, out.float())
+                for _ in range(0 if self.smoke else warmup):
+                    fn()
+            self._pending.append((row, fn, acc))
+        except Exception as e:  # noqa: BLE001 - recorded in the report, the other rows still run
+            self._fail(row, e)
+        row["wall_s"] += time.perf_counter() - t0
+        self.rows.append(row)
+
+    @staticmethod
+    def _fail(row: dict, e: Exception) -> None:
+        row["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
+
+    def flush(self) -> None:
+        """Time the pending rows round-robin, then report them."""
+        live = list(self._pending)
+        turns = 1 if self.smoke else -(-self.repeats // _CALLS_PER_TURN)
+        for _ in range(turns):
+            for entry in list(live):
+                row, fn, _ = entry
+                try:
+                    with torch.no_grad(), lowp_ops.use_cpu_backend(row["backend"]):
+                        if not self.smoke:
+                            fn()  # the other rows' turns evicted this one's data from the caches
+                        for _ in range(1 if self.smoke else _CALLS_PER_TURN):
+                            t0 = time.perf_counter()
+                            fn()
+                            dt = time.perf_counter() - t0
+                            row["times"].append(dt * 1e3)
+                            row["wall_s"] += dt
+                except Exception as e:  # noqa: BLE001
+                    self._fail(row, e)
+                    live.remove(entry)
+                    continue
+                if not self.smoke and len(row["times"]) >= 3 and row["wall_s"] > self.budget_s:
+                    live.remove(entry)  # a slow row (the reference): enough samples
+        for row, _, acc in self._pending:
+            if "error" not in row:
+                row.update(ms=statistics.median(row["times"]), repeats=len(row["times"]))
+                if acc is not None:
+                    with torch.no_grad(), lowp_ops.use_cpu_backend(row["backend"]):
+                        row["accuracy"] = acc()
+            shown = f"{row['ms']:.3f} ms x{row['repeats']}" if "ms" in row else row["error"]
+            sq = f", {row['sqnr_db']:.1f} dB" if "sqnr_db" in row else ""
+            print(f"  {row['workload']} | {row['batch']} | {row['provider']}: {shown}{sq} ({row['wall_s']:.1f} s)",
+                  flush=True)
+        self._pending = []
+
+    def speedups(self) -> None:
+        for r in self.rows:
+            base = next((b for b in self.rows if b["baseline"] and (b["key"], b["batch"]) == (r["key"], r["batch"])),
+                        None)
+            if base is not None and "ms" in base and "ms" in r:
+                r["speedup"] = base["ms"] / r["ms"]
+
+    def broken(self) -> list[dict]:
+        """Rows that failed or returned garbage. torch.compile is excused: whether inductor works depends on the
+        machine's C++ toolchain, not on lowp."""
+        return [r for r in self.rows if ("error" in r and "compile" not in r["provider"])
+                or r.get("sqnr_db", math.inf) < MIN_SQNR_DB]
+
+
+def bench_convnet(b: Bench) -> None:
+    """The seed ConvNet, trained on the digits; rows at the smallest and largest batch, accuracy on the test set."""
+    tx, ty, vx, vy = load_digits_28()
+    torch.manual_seed(0)
+    fp32 = ConvNet()
+    # 4 epochs: ~97-98 % test accuracy, enough that an accuracy drop from quantization is visible
+    train(fp32, tx, ty, epochs=1 if b.smoke else 4, max_steps=4 if b.smoke else None)
+    fp32.eval()
+    calib = [tx[i:i + 64] for i in range(0, 64 * (1 if b.smoke else 8), 64)]
+    with torch.no_grad():
+        models = {"fp32 eager": fp32,
+                  # dynamic=False: one static graph per batch size, as a deployment would compile it (a second
+                  # batch size would otherwise recompile with a symbolic batch)
+                  "fp32 compile": torch.compile(fp32, dynamic=False),
+                  "torch.ao dynamic": ao_dynamic(fp32),
+                  "torch.ao static x86": ao_static_convnet(fp32, calib),
+                  "lowp dynamic": lowp_ops.quantize_dynamic(fp32),
+                  "lowp static": lowp_static(fp32, calib)}
+    runs = [(name, model, "native") for name, model in models.items()]
+    runs += [(f"{name} (reference)", models[name], "reference") for name in ("lowp dynamic", "lowp static")]
+    accs: dict[str, float] = {}
+
+    def acc_of(name, model):
+        def acc():
+            if name not in accs:
+                accs[name] = accuracy(model, vx, vy)
+            return accs[name]
+        return acc
+
+    for batch in (1, 4) if b.smoke else (1, 256):
+        x = vx[:batch]
+        with torch.no_grad():
+            ref = fp32(x)
+        for name, model, backend in runs:
+            b.row("convnet", "seed ConvNet", batch, name, lambda m=model, x=x: m(x),
+                  None if name == "fp32 eager" else ref, backend=backend, warmup=0 if backend == "reference" else 2,
+                  acc=acc_of(name, model))
+    gap = accs.get("fp32 eager", 0) - accs.get("torch.ao static x86", 0)
+    if not b.smoke and abs(gap) > 1.0:
+        b.notes.append(f"torch.ao static x86 ConvNet accuracy is {gap:+.2f} points off FP32: check AoReadyConvNet")
+
+
+def bench_linear(b: Bench) -> None:
+    """One K x K Linear at M 1 / 32 / 256: FP32 F.linear, torch.compile, torch.ao dynamic, lowp Int8Linear (per
+    token dynamic) on both backends, and the raw op with the weight quantized beforehand."""
+    k = 64 if b.smoke else 4096
+    torch.manual_seed(0)
+    lin = nn.Linear(k, k).eval()
+    weight, bias = lin.weight.detach(), lin.bias.detach()
+    qw = quant.quantize_tensor(weight, quant.per_channel(axis=0))
+    qdata, qscale = qw.qdata, qw.scale.reshape(-1)
+    compiled = torch.compile(lin, dynamic=False)
+    ao = ao_dynamic(nn.Sequential(lin))
+    int8 = Int8Linear.from_float(lin)
+    name = f"Linear {k}x{k}"
+    for m in (1, 32, 256):
+        x = torch.randn(m, k)
+        ref = F.linear(x, weight, bias)
+        b.row("linear", name, m, "fp32 F.linear", lambda x=x: F.linear(x, weight, bias), None)
+        b.row("linear", name, m, "fp32 compile", lambda x=x: compiled(x), ref)
+        b.row("linear", name, m, "torch.ao dynamic", lambda x=x: ao(x), ref)
+        b.row("linear", name, m, "lowp Int8Linear", lambda x=x: int8(x), ref)
+        b.row("linear", name, m, "lowp int8_linear op", lambda x=x: torch.ops.lowp.int8_linear(x, qdata, qscale, bias),
+              ref)
+        b.row("linear", name, m, "lowp Int8Linear (reference)", lambda x=x: int8(x), ref, backend="reference", warmup=0)
+
+
+def bench_bert(b: Bench) -> None:
+    """BERT-base (random weights, no download) on input ids (8, 128): FP32, torch.ao dynamic, lowp dynamic (native
+    and reference); the output compared is last_hidden_state (8, 128, 768) float32."""
+    try:
+        from transformers import BertConfig, BertModel
+    except Exception as e:  # noqa: BLE001 - an optional dependency (the bench extra), missing or broken
+        reason = f"BERT skipped: transformers unavailable ({type(e).__name__}: {e})"
+        print(reason)
+        b.notes.append(reason)
+        return
+    if b.smoke:
+        config = BertConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=2, intermediate_size=256)
+        batch, seq = 2, 16
+    else:
+        config = BertConfig()  # BERT-base: 12 layers, hidden 768, 12 heads, FFN 3072
+        batch, seq = 8, 128
+    torch.manual_seed(0)
+    fp32 = BertModel(config).eval()
+    ids = torch.randint(0, config.vocab_size, (batch, seq))
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        models = {"fp32 eager": fp32, "torch.ao dynamic": ao_dynamic(fp32),
+                  "lowp dynamic": lowp_ops.quantize_dynamic(fp32)}
+        ref = fp32(input_ids=ids, attention_mask=mask).last_hidden_state
+    name = "BERT-base" if not b.smoke else f"BERT {config.num_hidden_layers}L-{config.hidden_size}"
+    label = f"{batch}x{seq}"
+    for provider, model in models.items():
+        # 3 warm-up calls for lowp: its first two forward passes took 8.5 and 7.3 s against 2.4 s after (weights
+        # packed for oneDNN on the first; CI machine with another job running, 2026-11-25)
+        b.row("bert", name, label, provider, lambda m=model: m(input_ids=ids, attention_mask=mask).last_hidden_state,
+              None if provider == "fp32 eager" else ref, warmup=2 if provider.startswith("lowp") else 1)
+    # the reference backend (float64 GEMMs): ~2 s a forward pass on the CI machine, so the time budget leaves it
+    # about 3 timed calls and the checked call is its only warm-up
+    b.row("bert", name, label, "lowp dynamic (reference)",
+          lambda: models["lowp dynamic"](input_ids=ids, attention_mask=mask).last_hidden_state, ref,
+          backend="reference", warmup=0)
+
+
+def _pick(rows: list[dict], key: str, which: str, provider: str) -> dict | None:
+    batches = [r["batch"] for r in rows if r["key"] == key and r["baseline"]]
+    if not batches:
+        return None
+    order = sorted(batches, key=lambda v: int(str(v).split("x")[0]))
+    batch = order[0] if which == "min" else order[-1]
+    return next((r for r in rows if (r["key"], r["batch"], r["provider"]) == (key, batch, provider)), None)
+
+
+def milestones(rows: list[dict]) -> list[dict]:
+    """Each milestone: its row's speedup, pass / fail, and the comparison with the provider it should beat."""
+    out = []
+    for what, key, which, provider, minimum, rival in MILESTONES:
+        r = _pick(rows, key, which, provider)
+        if r is None:
+            out.append({"milestone": what.format(workload=key, batch=which), "status": "n/a",
+                        "detail": "no measurement (workload skipped)"})
+            continue
+        m = {"milestone": what.format(workload=r["workload"], batch=r["batch"]), "minimum": minimum}
+        if "speedup" not in r:
+            m.update(status="n/a", detail=r.get("error", "not timed"))
+        else:
+            m.update(status="PASS" if r["speedup"] >= minimum else "FAIL", speedup=r["speedup"])
+            m["detail"] = f"measured {r['speedup']:.2f}x"
+            o = _pick(rows, key, which, rival) if rival else None
+            if o is not None and "speedup" in o:
+                m["target"] = "met" if r["speedup"] >= o["speedup"] else "missed"
+                m["detail"] += f"; target >= {rival} ({o['speedup']:.2f}x): {m['target']}"
+        out.append(m)
+    return out
+
+
+def markdown(info: dict, rows: list[dict], marks: list[dict], notes: list[str], smoke: bool) -> str:
+    lines = header(info, "lowp CPU benchmarks" + (" (smoke: tiny shapes, one call per row)" if smoke else ""))
+    busy = info["load_before"][0] > 0.3  # this run not started yet: anything above ~0 is another process
+    lines += [f"1-minute load average just before the run: {info['load_before'][0]} ("
+              + (f"something else was using these {info['cores']} cores: expect slower, noisier rows)" if busy
+                 else "the machine was idle)"),
+              f"Allocator: {info['allocator']} (freed memory stays in the process, so large-batch rows time "
+              "arithmetic, not page faults; --system-allocator to time without)", ""]
+    lines += ["| workload | batch/M | provider | ms | speedup vs FP32 eager | SQNR dB | accuracy % |",
+              "|---|---:|---|---:|---:|---:|---:|"]
+    for r in rows:
+        ms = f"{r['ms']:.3f}" if "ms" in r else "error"
+        sp = f"{r['speedup']:.2f}x" if "speedup" in r else "-"
+        sq = "-" if r["baseline"] or "sqnr_db" not in r else f"{r['sqnr_db']:.1f}"
+        acc = f"{r['accuracy']:.2f}" if "accuracy" in r else "-"
+        lines.append(f"| {r['workload']} | {r['batch']} | {r['provider']} | {ms} | {sp} | {sq} | {acc} |")
+    lines += ["", ("Rows marked (reference) run the same lowp model on the float64 reference backend "
+                   "(lowp_ops.use_cpu_backend(\"reference\")). Timed repeats per row are in the JSON."), "",
+              "## Milestones" + (" (smoke shapes: not meaningful)" if smoke else ""), ""]
+    lines += [f"- {m['status']}: {m['milestone']} — {m['detail']}" for m in marks]
+    errors = [f"- {r['workload']} | {r['batch']} | {r['provider']}: {r['error']}" for r in rows if "error" in r]
+    if errors or notes:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in notes] + errors
+    return "\n".join(lines) + "\n"
+
+
+WORKLOADS = {"convnet": bench_convnet, "linear": bench_linear, "bert": bench_bert}
+
+
+# glibc hands buffers above its mmap threshold (at most 32 MiB) back to the OS on free, so every call of a large-batch
+# ConvNet page-faults its activations in again: on the CI machine (2026-11-25) that was 25k faults and 40-57 ms of
+# system time per FP32 batch-256 call, FP32 eager swinging 56-99 ms from run to run with the heap's history. Keeping
+# freed memory in the process measures the arithmetic instead, the same for every provider (a serving process would
+# do the same, or use jemalloc / tcmalloc).
+PINNED_ALLOCATOR = "glibc.malloc.mmap_threshold=2147483647:glibc.malloc.trim_threshold=4294967295"
+
+
+def _pin_allocator(argv: list[str]) -> None:
+    """Re-run this benchmark in a fresh interpreter with PINNED_ALLOCATOR (glibc reads it only at start)."""
+    if os.environ.get("GLIBC_TUNABLES") == PINNED_ALLOCATOR:
+        return
+    env = dict(os.environ, GLIBC_TUNABLES=PINNED_ALLOCATOR)
+    os.execve(sys.executable, [sys.executable, "-m", "bench", "--device", "cpu", *argv], env)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench --device cpu", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="bench/results", help="folder for cpu-<date>.json and .md")
+    parser.add_argument("--smoke", action="store_true", help="tiny shapes, one timed call per row, nothing saved")
+    parser.add_argument("--repeats", type=int, default=20,
+                        help="most timed calls per row (rows slower than ~8 s in all get fewer)")
+    parser.add_argument("--system-allocator", action="store_true",
+                        help="time with glibc's default allocator settings (page faults included; noisy)")
+    args = parser.parse_args(argv)
+    if not args.system_allocator and not args.smoke:
+        _pin_allocator(sys.argv[1:] if argv is None else argv)
+    start = time.perf_counter()
+    info = machine("cpu")
+    info["allocator"] = ("glibc default" if args.system_allocator
+                         else f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES')}")
+    # other processes on these cores skew every row; the load average just before the run says whether any were
+    # busy (afterwards it mostly counts this run)
+    info["load_before"] = [round(v, 2) for v in os.getloadavg()]
+    b = Bench(smoke=args.smoke, repeats=args.repeats)
+    for key, run in WORKLOADS.items():
+        print(f"== {key}", flush=True)
+        run(b)
+        b.flush()
+    b.speedups()
+    marks = milestones(b.rows)
+    report = markdown(info, b.rows, marks, b.notes, args.smoke)
+    print(report)
+    broken = b.broken()
+    info["wall_s"] = round(time.perf_counter() - start, 1)
+    print(f"cpu bench: {len(b.rows)} rows in {info['wall_s']} s, {len(broken)} broken"
+          + (" (smoke: nothing saved)" if args.smoke else ""))
+    if not args.smoke:
+        out = pathlib.Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        stem = out / f"cpu-{info['date']}"
+        stem.with_suffix(".json").write_text(json.dumps({"machine": info, "rows": b.rows, "milestones": marks,
+                                                         "notes": b.notes}, indent=1, default=str))
+        stem.with_suffix(".md").write_text(report)
+        print(f"wrote {stem}.json and {stem}.md")
+    return 1 if broken else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
