@@ -6,9 +6,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
-import statistics
 import subprocess
-import time
 
 import torch
 
@@ -80,8 +78,8 @@ def header(info: dict, title: str) -> list[str]:
                 (f"CPU flags: {', '.join(info['cpu_flags']) or 'none of ' + ', '.join(CPU_FLAGS)}; "
                  f"{info['cores']} cores, torch threads {info['threads']}. torch {info['torch']}, lowp {info['lowp']} "
                  f"(CPU backend {info['lowp_cpu_backend']}), transformers {info['transformers']}, python "
-                 f"{info['python']}. Timing: wall clock (time.perf_counter), median of the repeats after warm-up "
-                 f"calls, all rows in one process."), ""]
+                 f"{info['python']}. Timing: wall clock (time.perf_counter), median of each row's calls after warm-up; "
+                 f"the rows of a workload and batch take turns (bench/cpu.py), all in one process."), ""]
     return [f"# {title} — {info['card']}, {info['date']}", "",
             (f"torch {info['torch']}, triton {info['triton']}, lowp {info['lowp']}; "
              f"nvidia-smi: {info.get('nvidia_smi', '-')}. Timing: triton.testing.do_bench median (CUDA events, "
@@ -95,36 +93,6 @@ def bench_ms(fn, graph: bool = False) -> float:
     if graph:
         return triton.testing.do_bench_cudagraph(fn, return_mode="median")
     return triton.testing.do_bench(fn, return_mode="median")
-
-
-def cpu_times(fn, repeats: int = 10, warmup: int = 2, budget_s: float | None = None) -> list[float]:
-    """Milliseconds of each of `repeats` timed calls of fn() (time.perf_counter), after `warmup` untimed ones.
-    budget_s caps the timed calls at about that many seconds in all (at least one), estimated from the last
-    warm-up call (or from one extra timed call when warmup=0): slow rows get fewer repeats."""
-    est = None
-    for _ in range(warmup):
-        t0 = time.perf_counter()
-        fn()
-        est = time.perf_counter() - t0
-    times = []
-    if budget_s is not None:
-        if est is None:
-            t0 = time.perf_counter()
-            fn()
-            est = time.perf_counter() - t0
-            times.append(est * 1e3)
-        repeats = max(1, min(repeats, int(budget_s / max(est, 1e-9))))
-    while len(times) < repeats:
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return times
-
-
-def cpu_ms(fn, repeats: int = 10, warmup: int = 2, budget_s: float | None = None) -> float:
-    """Median milliseconds of fn() on the CPU (see cpu_times). No synchronization is needed: CPU ops return when
-    their result is ready."""
-    return statistics.median(cpu_times(fn, repeats, warmup, budget_s))
 
 
 def copy_bandwidth_tbps(device) -> float:
