@@ -5,6 +5,7 @@ of 16). Tolerances as tests/cpu: bit-exact, but for oneDNN's fused conv epilogue
 import os
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -61,29 +62,29 @@ def test_ops_run_the_native_backend(monkeypatch):
     assert seen == []
 
 
-def test_without_int8_dot_products_every_op_falls_back_once_with_a_reason(monkeypatch):
+def test_without_int8_dot_products_gemm_and_conv_fall_back_once_with_a_reason(monkeypatch):
     monkeypatch.setattr(support, "missing", lambda: "this CPU has no int8 dot-product instructions (test)")
     monkeypatch.setattr(support, "_warned", set())
     a, b = int8(13, 45), int8(7, 45)
-    with pytest.warns(RuntimeWarning, match=r"lowp int8_gemm: no native CPU path \(this CPU has no int8 dot"):
-        out = lowp_ops.int8_mm(a, b)
-    with reference_path():
-        assert_bitwise_equal(out, lowp_ops.int8_mm(a, b))
-    import warnings
+    x = int8(2, 5, 9, 9).contiguous(memory_format=CL)
+    w = int8(4, 5, 3, 3, low=-127).contiguous(memory_format=CL)
+    calls = {"int8_gemm": lambda: lowp_ops.int8_mm(a, b),
+             "int8_conv2d": lambda: lowp_ops.int8_conv2d(x, w, (1, 1), (1, 1), (1, 1), 1)}
+    for name, call in calls.items():
+        with pytest.warns(RuntimeWarning, match=rf"lowp {name}: no native CPU path \(this CPU has no int8 dot"):
+            out = call()
+        with reference_path():
+            assert_bitwise_equal(out, call())
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            call()  # said once, not on every call
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        lowp_ops.int8_mm(a, b)  # said once, not on every call
 
-
-def _ops_cases():
-    for M in (1, 13, 67):
-        for K in (1, 2, 45):
-            yield pytest.param(M, K, 33, id=f"M{M}-K{K}-N33")
+OPS_CASES = [pytest.param(M, K, 33, id=f"M{M}-K{K}-N33") for M in (1, 13, 67) for K in (1, 2, 45)]
 
 
 @native
-@pytest.mark.parametrize("M, K, N", _ops_cases())
+@pytest.mark.parametrize("M, K, N", OPS_CASES)
 def test_linear_ops_match_the_reference(M, K, N):
     x = torch.randn(2, M, K) * 3
     w = quant.quantize_tensor(torch.randn(N, K), quant.per_channel(axis=0))
