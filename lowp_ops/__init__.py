@@ -2,9 +2,9 @@
 
 Layers, bottom to top: lowp_ops.kernels (Triton, CUDA tensors) and lowp_ops.cpu (oneDNN / torch int8, CPU
 tensors), peers -> lowp_ops.ops (torch.ops.lowp.*, which picks one by device; lowp_ops.reference is the oracle
-both are tested against, selectable with use_cpu_backend) -> lowp_ops.nn (modules) -> lowp_ops.registry (which module becomes which, and the
-workflows: quantize_dynamic, prepare / calibrate / convert, prepare_qat, to_fp16). lowp_ops.quant holds the
-quantization math.
+both are tested against, selectable with use_cpu_backend) -> lowp_ops.nn (modules) -> lowp_ops.registry (which
+module becomes which, and the workflows: quantize_dynamic, prepare / calibrate / convert, prepare_qat, to_fp16).
+lowp_ops.quant holds the quantization math.
 
 >>> import torch, lowp_ops
 >>> w = torch.randn(32, 64)
@@ -22,6 +22,6 @@ from .ops import (fp16_linear, fp16_mm, fp16_mm_accumulate_, int8_conv2d, int8_l
 from .ops.backends import cpu_backend, use_cpu_backend
 
 __version__ = "0.1.0"
-__all__ = ["QuantConfig", "calibrate", "convert", "cpu_backend", "fp16_linear", "fp16_mm", "fp16_mm_accumulate_", "int8_conv2d",
-           "int8_linear", "int8_mm", "nn", "prepare", "prepare_qat", "quant", "quantize_channels_last",
+__all__ = ["QuantConfig", "calibrate", "convert", "cpu_backend", "fp16_linear", "fp16_mm", "fp16_mm_accumulate_",
+           "int8_conv2d", "int8_linear", "int8_mm", "nn", "prepare", "prepare_qat", "quant", "quantize_channels_last",
            "quantize_dynamic", "quantize_per_tensor", "quantize_per_token", "register", "to_fp16", "use_cpu_backend"]

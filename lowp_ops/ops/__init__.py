@@ -3,7 +3,8 @@
 Every op is a `triton_op`, so torch.compile traces into the Triton kernels it launches (through wrap_triton).
 CUDA tensors run the Triton kernels; CPU tensors run the native CPU backend lowp_ops.cpu (or the reference,
 lowp_ops.reference, when selected: backends.py); other devices are refused. Each op has a fake implementation
-(shape and dtype only, after the same validation). The int8 ops are inference ops on integer data, without autograd; fp16_linear has autograd.
+(shape and dtype only, after the same validation). The int8 ops are inference ops on integer data, without
+autograd; fp16_linear has autograd.
 
     quantize_per_token(x)                         float (..., K) -> int8 (..., K), float32 scales (...)
     quantize_per_tensor(x, scale, zero_point)     float (...)    -> int8 (...)

@@ -5,6 +5,7 @@ CPU tensors -> the CPU backend chosen here:
                  the reference); on a CPU without int8 dot products it falls back to the reference, with a warning
     "reference"  lowp_ops.reference: exact and slow, the oracle (tests, debugging)
     "triton"     the Triton kernels under the interpreter (TRITON_INTERPRET=1 before lowp_ops is imported): tests
+                 of the kernels through the ops' whole path; it cannot trace (opcheck, torch.compile: no data)
 
 The three are peer modules with the same launcher names and signatures. Choose with the environment variable
 LOWP_CPU_BACKEND (read at import) or, for a block of code, `with lowp_ops.use_cpu_backend("reference"): ...`.

@@ -73,8 +73,7 @@ def fp16_mm(a: Tensor, b: Tensor, bias: Optional[Tensor] = None, activation: str
     torch.Size([3, 4])
     """
     out_dtype = _check_fp16_mm(a, b, bias, activation, out_dtype)
-    return dispatch("fp16_mm", "gemm", a, b, bias=bias, activation=activation,
-                    out_dtype=out_dtype)
+    return dispatch("fp16_mm", "gemm", a, b, bias=bias, activation=activation, out_dtype=out_dtype)
 
 
 @fp16_mm.register_fake
