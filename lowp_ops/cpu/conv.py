@@ -42,6 +42,9 @@ def int8_conv2d(x: torch.Tensor, w: torch.Tensor, *, stride=(1, 1), padding=(0, 
     if support.missing() or traced(x, w) or x.numel() == 0 or w.numel() == 0:
         if support.missing():
             fall_back("int8_conv2d", support.missing())
+        elif traced(x, w):
+            fall_back("int8_conv2d", "traced by torch.compile / export: onednn.qconv_prepack has no fake kernel in "
+                                     "torch 2.13, so the graph holds the reference convolution")
         return reference.int8_conv2d(x, w, stride=stride, padding=padding, dilation=dilation, groups=groups,
                                      a_zero_point=a_zero_point, b_sum=b_sum, **epilogue)
     K = w.shape[0]

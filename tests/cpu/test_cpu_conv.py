@@ -81,3 +81,18 @@ def test_prepacked_weight_follows_in_place_writes():
     assert_bitwise_equal(cpu.int8_conv2d(x, w, **kw), reference.int8_conv2d(x, w, **kw))
     kw["padding"] = (0, 0)  # new geometry, same weight: packed again
     assert_bitwise_equal(cpu.int8_conv2d(x, w, **kw), reference.int8_conv2d(x, w, **kw))
+
+
+def test_traced_conv_says_it_holds_the_reference(monkeypatch):
+    # aot_eager traces the op's body with fake tensors, as torch.compile and export do
+    monkeypatch.setattr(support, "_warned", set())
+    x, w, kw, epilogue = _case("3x3 pad1 13x13")
+    geometry = (kw["stride"], kw["padding"], kw["dilation"], kw["groups"])
+    args = (x, w, *geometry, epilogue["a_scale"], epilogue["b_scale"], epilogue["bias"], epilogue["a_zero_point"])
+
+    def conv(*args):
+        return torch.ops.lowp.int8_conv2d(*args, activation="relu")
+
+    with pytest.warns(RuntimeWarning, match="int8_conv2d: no native CPU path \\(traced by torch.compile / export"):
+        out = torch.compile(conv, backend="aot_eager", fullgraph=True)(*args)
+    assert_bitwise_equal(out, reference.int8_conv2d(x, w, **kw, **epilogue, activation="relu", out_dtype=out.dtype))
