@@ -58,7 +58,8 @@ def int8_conv2d(x: torch.Tensor, w: torch.Tensor, *, stride=(1, 1), padding=(0, 
     if out_dtype != torch.int32 and a_scale.numel() == 1 and activation in _POST_OPS:
         requant = out_dtype == torch.int8
         out_zp = int(out_zero_point.item()) if requant and out_zero_point is not None else 0
-        y = _qconv(xu, a_scale.item(), zp, weight, b_scale.expand(K).contiguous(), zeros,
+        w_scale = b_scale if b_scale.numel() == K else b_scale.expand(K).contiguous()  # oneDNN wants one per channel
+        y = _qconv(xu, a_scale.item(), zp, weight, w_scale, zeros,
                    None if bias is None else bias.float(), geometry, out_scale.item() if requant else 1.0, out_zp,
                    torch.int8 if requant else torch.float32, activation)
         return y.to(out_dtype)

@@ -96,3 +96,12 @@ def test_traced_conv_says_it_holds_the_reference(monkeypatch):
     with pytest.warns(RuntimeWarning, match="int8_conv2d: no native CPU path \\(traced by torch.compile / export"):
         out = torch.compile(conv, backend="aot_eager", fullgraph=True)(*args)
     assert_bitwise_equal(out, reference.int8_conv2d(x, w, **kw, **epilogue, activation="relu", out_dtype=out.dtype))
+
+
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.int8])
+def test_fused_epilogue_with_a_per_tensor_weight_scale(out_dtype):
+    x, w, kw, epilogue = _case("grouped")
+    kw.update(epilogue, b_scale=torch.tensor([4e-3]), activation="relu", out_dtype=out_dtype)
+    if out_dtype == torch.int8:
+        kw.update(out_scale=torch.tensor([0.05]), out_zero_point=torch.tensor([-3], dtype=torch.int32))
+    assert_onednn_close(cpu.int8_conv2d(x, w, **kw), reference.int8_conv2d(x, w, **kw))
