@@ -27,20 +27,34 @@ def round_half_even(x):
 def quantize_values(v, zero_point, QMIN: tl.constexpr, QMAX: tl.constexpr):
     """v = x * (1/scale), float32 -> clamp(round(v) + zero_point, QMIN, QMAX) as float32 (exact integers).
 
-    Clamping v to [QMIN - zp, QMAX - zp] before rounding is the same as clamping after (integer bounds, monotone
-    rounding) and keeps |v| in the range where round_half_even is exact.
+    Non-finite v (lowp's non-finite rule): NaN encodes as the zero point (the code of 0.0: int8 has no NaN code),
+    +inf as QMAX and -inf as QMIN. Clamping v to [QMIN - zp, QMAX - zp] before rounding is the same as clamping
+    after (integer bounds, monotone rounding) and keeps |v| in the range where round_half_even is exact. Selects,
+    not tl.minimum / tl.maximum: those drop a NaN operand (propagate_nan defaults to NONE), and which one they
+    return is a lowering detail, not something to build the semantics on.
     """
-    v = tl.minimum(tl.maximum(v, QMIN - zero_point), QMAX - zero_point)
+    v = tl.where(v == v, v, 0.0)  # noqa: PLR0124 (NaN, the only value unequal to itself, -> 0)
+    lo = QMIN - zero_point
+    hi = QMAX - zero_point
+    v = tl.where(v < lo, lo, v)
+    v = tl.where(v > hi, hi, v)
     return round_half_even(v) + zero_point
 
 
 @triton.jit
 def apply_activation(y, ACTIVATION: tl.constexpr):
-    """ACTIVATION: "none" | "relu" | "relu6" | "gelu" (erf form, as torch.nn.functional.gelu)."""
+    """ACTIVATION: "none" | "relu" | "relu6" | "gelu" (erf form, as torch.nn.functional.gelu).
+
+    NaN and ±inf propagate as in torch: relu(NaN) = relu6(NaN) = NaN (selects, since tl.maximum drops a NaN
+    operand), relu6(+inf) = 6; gelu(+inf) = +inf, gelu(-inf) = -inf · 0 = NaN, as the formula gives in IEEE
+    arithmetic and F.gelu in float64 (torch's vectorized float32 CPU kernel returns NaN for +inf; the reference
+    corrects it).
+    """
     if ACTIVATION == "relu":
-        y = tl.maximum(y, 0.0)
+        y = tl.where(y < 0.0, 0.0, y)
     elif ACTIVATION == "relu6":
-        y = tl.minimum(tl.maximum(y, 0.0), 6.0)
+        y = tl.where(y < 0.0, 0.0, y)
+        y = tl.where(y > 6.0, 6.0, y)
     elif ACTIVATION == "gelu":
         y = 0.5 * y * (1.0 + tl.math.erf(y * 0.7071067811865476))
     return y

@@ -8,7 +8,9 @@ Dynamic (symmetric absmax, one scale per row — "per token"; rows only):
     scale[m] = max(max_k |x[m, k]| / QMAX, min_scale),  q = clamp(round_half_even(x · (1/scale)), -QMAX, QMAX)
 Static (given per-tensor scale and zero point):
     q = clamp(round_half_even(x · (1/scale)) + zero_point, QMIN, QMAX)
-Both match lowp_ops.quant bit for bit (same divisions, IEEE-rounded through div_rn).
+Both match lowp_ops.quant bit for bit (same divisions, IEEE-rounded through div_rn). Non-finite input (lowp's
+rule): a dynamic row holding NaN or ±inf gets scale NaN and all-zero codes; static quantization encodes NaN as the
+zero point, +inf as QMAX, -inf as QMIN (epilogue.quantize_values). An empty row (K = 0) gets scale min_scale.
 
 Memory-bound: each program owns BLOCK_M rows; when a row fits one block (K ≤ BLOCK_K) it is read once and
 kept in registers, otherwise the absmax pass and the quantize pass each stream it (the second read mostly hits L2).
@@ -43,14 +45,23 @@ def _quantize_kernel(
     if SINGLE_PASS:
         x = tl.load(x_rows + cols * stride_xk, mask=row_mask & (cols < K), other=0.0).to(tl.float32)
     if DYNAMIC:
+        # poison: Σ_k x·0 is 0 for a finite row and NaN for a row holding NaN or ±inf (0·inf = NaN); added to the
+        # scale it makes that NaN. tl.max cannot tell: it drops NaN operands (max.f32 on the GPU, the interpreter
+        # too), and its NaN behaviour is not something to build on.
         if SINGLE_PASS:
             amax = tl.max(tl.abs(x), axis=1)
+            poison = tl.sum(x * 0.0, axis=1)
         else:
             amax = tl.zeros((BLOCK_M,), dtype=tl.float32)
+            poison = tl.zeros((BLOCK_M,), dtype=tl.float32)
             for k0 in range(0, K, BLOCK_K):
                 xk = tl.load(x_rows + (k0 + cols) * stride_xk, mask=row_mask & (k0 + cols < K), other=0.0)
-                amax = tl.maximum(amax, tl.max(tl.abs(xk.to(tl.float32)), axis=1))
-        scale = tl.maximum(tl.math.div_rn(amax, QMAX * 1.0), min_scale)
+                xk = xk.to(tl.float32)
+                block_amax = tl.max(tl.abs(xk), axis=1)
+                amax = tl.where(block_amax > amax, block_amax, amax)
+                poison += tl.sum(xk * 0.0, axis=1)
+        scale = tl.math.div_rn(amax, QMAX * 1.0)
+        scale = tl.where(scale < min_scale, min_scale, scale) + poison  # + 0 is exact: finite rows keep their scale
         tl.store(scale_ptr + batch * M + rows, scale, mask=rows < M)
         inv_scale = tl.math.div_rn(1.0, scale)[:, None]
         zero_point = 0.0

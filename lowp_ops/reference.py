@@ -6,6 +6,8 @@ and follows the kernel's arithmetic step for step, so integer outputs match bit 
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -23,7 +25,11 @@ INT8_AFFINE = QuantSpec(bits=8, symmetric=False)  # static per-tensor and requan
 def quantize_rows(x: torch.Tensor, *, scale: torch.Tensor | None = None, zero_point: torch.Tensor | None = None,
                   min_scale: float = quant.MIN_SCALE) -> tuple[torch.Tensor, torch.Tensor]:
     """x (M, K) float -> (q int8 (M, K), scale float32). Dynamic per-row when scale is None (scale (M,), never
-    below min_scale), else static per-tensor with scale (1,) and zero_point (1,) or None. See kernels/quantize.py."""
+    below min_scale), else static per-tensor with scale (1,) and zero_point (1,) or None. See kernels/quantize.py.
+
+    Non-finite x: a dynamic row holding NaN or ±inf gets scale NaN and q = 0 (choose_qparams poisons the scale as
+    the kernel's Σ x·0 does); static codes are the zero point for NaN, 127 for +inf, -128 for -inf. K = 0: scale
+    min_scale (the range of no values is widened to contain 0, like every range)."""
     if scale is None:
         scale, zp = quant.choose_qparams(*quant.reduce_minmax(x, INT8_PER_TOKEN), INT8_PER_TOKEN, min_scale=min_scale)
         return quant.quantize(x, scale, zp, INT8_PER_TOKEN), scale
@@ -32,12 +38,16 @@ def quantize_rows(x: torch.Tensor, *, scale: torch.Tensor | None = None, zero_po
 
 
 def activation(y: torch.Tensor, name: str) -> torch.Tensor:
+    """NaN and ±inf propagate as torch's ops give them: relu(NaN) = relu6(NaN) = NaN, relu6(+inf) = 6,
+    gelu(-inf) = NaN, gelu(+inf) = +inf."""
     if name == "relu":
         return torch.relu(y)
     if name == "relu6":
         return torch.clamp(y, 0.0, 6.0)
     if name == "gelu":
-        return F.gelu(y)
+        # F.gelu's vectorized float32 CPU kernel returns NaN for +inf (torch 2.13), where its scalar tail, CUDA,
+        # float64 and the kernels' formula 0.5·y·(1 + erf(y/√2)) give +inf
+        return F.gelu(y).masked_fill_(y == math.inf, math.inf)
     return y
 
 
@@ -68,7 +78,8 @@ def gemm_epilogue(acc: torch.Tensor, *, a_scale=None, b_scale=None, bias=None, a
         y = y.add_(bias.to(y.dtype))
     y = activation(y, activation_name)
     if out_dtype == torch.int8:  # INT8_AFFINE's quantize (lowp_ops.quant.affine), per tensor, written out
-        y = torch.round(y * (1.0 / out_scale.reshape(())))
+        y = torch.mul(y, 1.0 / out_scale.reshape(())).nan_to_num_(nan=0.0, posinf=math.inf, neginf=-math.inf)
+        y = y.round_()  # NaN -> the zero point, ±inf -> 127 / -128 (clamped below), as the kernels
         if out_zero_point is not None:
             y = y.add_(out_zero_point.reshape(()))
         return y.clamp_(INT8_AFFINE.qmin, INT8_AFFINE.qmax).to(torch.int8)
@@ -116,12 +127,25 @@ def int8_conv2d(x: torch.Tensor, w: torch.Tensor, *, stride=(1, 1), padding=(0, 
     zero padding — the kernel pads with the zero point and subtracts za·Σw, the same integers. Then the GEMM
     epilogue on the (pixels, channels) matrix, a per-image a_scale repeated over each image's pixels.
     """
-    xz = x.double()
-    if a_zero_point is not None:
-        xz = xz - a_zero_point.double().reshape(())
-    acc = F.conv2d(xz, w.double(), stride=tuple(stride), padding=tuple(padding), dilation=tuple(dilation),
-                   groups=groups).to(torch.int32)
+    if x.shape[1] == 0 or w.shape[0] == 0:
+        # an empty sum is 0: F.conv2d raises for zero output channels and, for zero input channels, returns zero
+        # output channels (torch 2.13); the kernel returns epilogue(0)
+        oh, ow = (_conv_output_size(x.shape[d + 2], w.shape[d + 2], stride[d], padding[d], dilation[d])
+                  for d in (0, 1))
+        acc = torch.empty((x.shape[0], w.shape[0], oh, ow), dtype=torch.int32, device=x.device,
+                          memory_format=torch.channels_last).zero_()
+    else:
+        xz = x.double()
+        if a_zero_point is not None:
+            xz = xz - a_zero_point.double().reshape(())
+        acc = F.conv2d(xz, w.double(), stride=tuple(stride), padding=tuple(padding), dilation=tuple(dilation),
+                       groups=groups).to(torch.int32)
     return conv_epilogue(acc, a_scale=a_scale, activation=activation, out_dtype=out_dtype, **epilogue)
+
+
+def _conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
+    """As kernels.conv.conv_output_size (the reference imports no Triton)."""
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
 def conv_epilogue(acc: torch.Tensor, *, a_scale=None, activation="none", out_dtype=torch.int32,
@@ -131,6 +155,7 @@ def conv_epilogue(acc: torch.Tensor, *, a_scale=None, activation="none", out_dty
     n, k, oh, ow = acc.shape
     if a_scale is not None and a_scale.numel() != 1:
         a_scale = a_scale.reshape(-1).repeat_interleave(oh * ow)
-    y = gemm_epilogue(acc.permute(0, 2, 3, 1).reshape(-1, k), a_scale=a_scale, activation_name=activation,
+    y = gemm_epilogue(acc.permute(0, 2, 3, 1).reshape(n * oh * ow, k), a_scale=a_scale, activation_name=activation,
                       out_dtype=out_dtype, **epilogue)
-    return y.reshape(n, oh, ow, k).permute(0, 3, 1, 2)
+    # already channels_last (no copy) unless a dim is 0, when the reshapes leave strides channels_last rejects
+    return y.reshape(n, oh, ow, k).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)

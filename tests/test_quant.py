@@ -188,3 +188,67 @@ def test_sqnr_edges():
     x = torch.randn(10)
     assert quant.sqnr_db(x, x) == math.inf
     assert quant.sqnr_db(x, x + 0.1 * x) == pytest.approx(20.0, abs=1e-4)  # x + 0.1x rounds in float32
+
+
+# ------------------------------------------------------------------------ non-finite values, empty groups
+
+NAN, INF = math.nan, math.inf
+
+
+def test_non_finite_values_quantize_to_the_zero_point_or_saturate():
+    # lowp's rule, the kernels' too: NaN -> the zero point (the code of 0.0), +inf -> qmax, -inf -> qmin
+    x = torch.tensor([[NAN, INF, -INF, 0.5], [0.5, NAN, INF, -INF]])
+    spec = QuantSpec(bits=8, symmetric=False)
+    q = quant.quantize(x, torch.tensor(0.1), torch.tensor(3, dtype=torch.int32), spec)
+    assert q.tolist() == [[3, 127, -128, 8], [8, 3, 127, -128]]
+    per_row = QuantSpec(bits=8, symmetric=False, granularity=Granularity.PER_CHANNEL, axis=0)
+    q = quant.quantize(x, torch.tensor([0.1, 0.25]), torch.tensor([3, -7], dtype=torch.int32), per_row)
+    assert q.tolist() == [[3, 127, -128, 8], [-5, -7, 127, -128]]
+    unsigned = QuantSpec(bits=4, symmetric=False, signed=False)
+    assert quant.quantize(x[0], torch.tensor(0.1), torch.tensor(2), unsigned).tolist() == [2, 15, 0, 7]
+
+
+@pytest.mark.parametrize("spec", [QuantSpec(bits=8), QuantSpec(bits=8, symmetric=False),
+                                  QuantSpec(bits=4, symmetric=False, signed=False)])
+def test_non_finite_ranges_give_a_nan_scale(spec):
+    lo = torch.tensor([NAN, -INF, 0.0, -1.0, -1.0])
+    hi = torch.tensor([1.0, 1.0, INF, NAN, 3.0])
+    scale, zero_point = quant.choose_qparams(lo, hi, spec)
+    assert scale.isnan().tolist() == [True, True, True, True, False]
+    assert zero_point[:4].tolist() == [min(max(0, spec.qmin), spec.qmax)] * 4  # defined, in range
+    finite_scale, finite_zp = quant.choose_qparams(lo[4:], hi[4:], spec)  # the finite range is untouched
+    assert_bitwise_equal(scale[4:], finite_scale)
+    assert_bitwise_equal(zero_point[4:], finite_zp)
+
+
+def test_per_token_rows_with_non_finite_values():
+    x = torch.randn(4, 16)
+    x[1, 3], x[2, 0] = NAN, -INF
+    qt = quant.quantize_tensor(x, quant.per_token())
+    assert qt.scale.isnan().tolist() == [False, True, True, False] and not qt.qdata[1:3].any()
+    assert qt.dequantize()[1:3].isnan().all() and torch.isfinite(qt.dequantize()[[0, 3]]).all()
+    rest = quant.quantize_tensor(x[[0, 3]], quant.per_token())
+    assert_bitwise_equal(qt.qdata[[0, 3]], rest.qdata)
+    assert_bitwise_equal(qt.scale[[0, 3]], rest.scale)
+
+
+def test_empty_groups_get_the_min_scale():
+    # an empty range is widened to contain 0 like every range (torch.amin would raise on it)
+    qt = quant.quantize_tensor(torch.empty(3, 0), quant.per_token())
+    assert qt.qdata.shape == (3, 0) and qt.scale.tolist() == [quant.MIN_SCALE] * 3
+    lo, hi = quant.reduce_minmax(torch.empty(0, 5), quant.per_tensor())
+    assert lo.shape == () and lo.item() == 0.0 and hi.item() == 0.0
+    lo, hi = quant.reduce_minmax(torch.empty(2, 0, 5), quant.per_channel(axis=0))
+    assert lo.tolist() == [0.0, 0.0] and hi.tolist() == [0.0, 0.0]
+
+
+def test_fake_quantize_of_non_finite_values():
+    # forward: dequantize(quantize(x)) as the int8 path computes it (NaN -> 0, ±inf saturate); backward: zero
+    # outside the range, NaN included (torch.fake_quantize_*'s gradient)
+    spec = QuantSpec(bits=8, symmetric=False)
+    x = torch.tensor([NAN, INF, -INF, 0.5], requires_grad=True)
+    scale, zp = torch.tensor(0.1), torch.tensor(3, dtype=torch.int32)
+    y = quant.fake_quantize(x, scale, zp, spec)
+    assert_bitwise_equal(y.detach(), (torch.tensor([3.0, 127.0, -128.0, 8.0]) - 3) * scale)
+    y.sum().backward()
+    assert x.grad.tolist() == [0.0, 0.0, 0.0, 1.0]

@@ -1,11 +1,11 @@
 """int8_conv2d on the CPU: oneDNN's int8 convolution (torch.ops.onednn.qconv2d_pointwise) on the prepacked weight.
 
-The epilogue runs inside oneDNN when it can express it — one scale per tensor for x, per-channel weight scales, bias,
-none / relu / relu6, float32 or requantized int8 output — so the output is written once. oneDNN orders the float
-operations its own way: float outputs agree with the reference to float32 rounding, int8 outputs within 1 LSB where
-a value sits at a rounding tie (tests/cpu/test_conv.py holds both bounds). Otherwise (a scale per image, gelu,
-the raw int32 output) oneDNN returns the exact accumulator (unit scales, float32, checked below 2^24) and
-lowp_ops.reference's epilogue finishes it, bit-exact with the reference.
+The epilogue runs inside oneDNN when it can express it — one scale per tensor for x, per-channel weight scales, a
+finite bias, none / relu / relu6, float32 or requantized int8 output — so the output is written once. oneDNN orders
+the float operations its own way: float outputs agree with the reference to float32 rounding, int8 outputs within
+1 LSB where a value sits at a rounding tie (tests/cpu/test_conv.py holds both bounds). Otherwise (a scale per image,
+gelu, a NaN or ±inf in the bias or x's scale, the raw int32 output) oneDNN returns the exact accumulator (unit
+scales, float32, checked below 2^24) and lowp_ops.reference's epilogue finishes it, bit-exact with the reference.
 
 Seed ConvNet conv2 (32 -> 64 channels, 3x3, 26x26 input, batch 256) on the CI machine (AMD EPYC, avx512_vnni,
 2 threads, torch 2.13, 2026-11-25): FP32 channels_last 47 ms; fused int8 output + relu 8.6 ms; float32 output
@@ -13,6 +13,8 @@ Seed ConvNet conv2 (32 -> 64 channels, 3x3, 26x26 input, batch 256) on the CI ma
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -29,6 +31,16 @@ def _qconv(xu, x_scale, zero_point, weight, w_scale, w_zero_point, bias, geometr
     attr, scalars = _POST_OPS[activation]
     return torch.ops.onednn.qconv2d_pointwise(xu, x_scale, zero_point + 128, weight, w_scale, w_zero_point, bias,
                                               *geometry, out_scale, out_zero_point, out_dtype, attr, scalars, None)
+
+
+def _finite(a_scale: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Whether x's one scale and the bias (K values) are finite. oneDNN's relu and hardtanh post-ops turn NaN into 0
+    and its int8 output turns NaN into -128, where lowp propagates NaN and encodes it as the output zero point (a
+    NaN-poisoned bias is how a dynamic layer marks a non-finite input): such calls take the exact accumulator and
+    the reference's epilogue. A sum is finite when its terms are (an overflowing sum of finite terms only costs the
+    fused path): ~2 us, where torch.isfinite(...).all() on both costs ~30 (2-core dev machine, torch 2.13), a
+    large share of a batch-1 conv."""
+    return math.isfinite(a_scale.item()) and (bias is None or math.isfinite(bias.sum(dtype=torch.float32).item()))
 
 
 def int8_conv2d(x: torch.Tensor, w: torch.Tensor, *, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1,
@@ -55,7 +67,7 @@ def int8_conv2d(x: torch.Tensor, w: torch.Tensor, *, stride=(1, 1), padding=(0, 
         torch.zeros(K, dtype=torch.int64)))
     xu = as_uint8(x)
     zp = 0 if a_zero_point is None else int(a_zero_point.item())
-    if out_dtype != torch.int32 and a_scale.numel() == 1 and activation in _POST_OPS:
+    if out_dtype != torch.int32 and a_scale.numel() == 1 and activation in _POST_OPS and _finite(a_scale, bias):
         requant = out_dtype == torch.int8
         out_zp = int(out_zero_point.item()) if requant and out_zero_point is not None else 0
         w_scale = b_scale if b_scale.numel() == K else b_scale.expand(K).contiguous()  # oneDNN wants one per channel

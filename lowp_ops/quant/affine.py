@@ -1,10 +1,13 @@
 """quantize / dequantize / fake_quantize under a QuantSpec (pure torch, any device).
 
 Rounding is round-half-to-even (torch.round); see qparams.py for the formulas and parameter shapes.
+Non-finite values (lowp's rule, the kernels' too): x · (1/scale) = NaN encodes as the zero point, +inf as qmax,
+-inf as qmin; so a NaN scale (choose_qparams of a range holding NaN or ±inf) encodes everything as the zero point.
 """
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -13,14 +16,19 @@ from .qparams import as_groups, choose_qparams, expand_param, reduce_minmax
 from .spec import QuantSpec
 
 
+def _codes(v: torch.Tensor, zp: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+    """v = x · (1/scale), float32 -> clamp(round_half_even(v) + zp, qmin, qmax) as float32 (exact integers); NaN v
+    gives zp, ±inf qmax / qmin (the kernels' epilogue.quantize_values)."""
+    v = v.nan_to_num(nan=0.0, posinf=math.inf, neginf=-math.inf)
+    return torch.clamp(torch.round(v) + zp, spec.qmin, spec.qmax)
+
+
 def _quantize_float(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
                     spec: QuantSpec) -> torch.Tensor:
     """The quantized values as float32 (exact small integers), same shape as x."""
     xg = as_groups(x, spec).float()
     inv_scale = 1.0 / expand_param(scale.float(), xg, spec)
-    zp = expand_param(zero_point, xg, spec)
-    q = torch.clamp(torch.round(xg * inv_scale) + zp, spec.qmin, spec.qmax)
-    return q.reshape(x.shape)
+    return _codes(xg * inv_scale, expand_param(zero_point, xg, spec), spec).reshape(x.shape)
 
 
 def quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
@@ -42,17 +50,17 @@ def dequantize(q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, s
 
 
 class _FakeQuantizeSTE(torch.autograd.Function):
-    """Forward: dequantize(quantize(x)). Backward: straight-through inside the representable range, zero
-    outside it (the gradient torch.fake_quantize_* uses)."""
+    """Forward: dequantize(quantize(x)), so NaN gives 0, as the int8 path it simulates. Backward: straight-through
+    inside the representable range, zero outside it and at NaN (the gradient torch.fake_quantize_* uses)."""
 
     @staticmethod
     def forward(ctx, x, scale, zero_point, spec):
         xg = as_groups(x, spec).float()
         inv_scale = 1.0 / expand_param(scale.float(), xg, spec)
         zp = expand_param(zero_point, xg, spec)
-        unclamped = torch.round(xg * inv_scale) + zp
-        q = torch.clamp(unclamped, spec.qmin, spec.qmax)
-        ctx.save_for_backward((unclamped == q).reshape(x.shape))
+        v = xg * inv_scale
+        q = _codes(v, zp, spec)
+        ctx.save_for_backward((torch.round(v) + zp == q).reshape(x.shape))  # False at NaN: no gradient there
         out = (q - zp) * expand_param(scale.float(), xg, spec)
         return out.reshape(x.shape).to(x.dtype)
 

@@ -48,18 +48,28 @@ def expand_param(p: torch.Tensor, x: torch.Tensor, spec: QuantSpec) -> torch.Ten
     return p.unsqueeze(-1)  # per_token (..., 1) or per_group (..., K//g, 1)
 
 
+def _minmax(x: torch.Tensor, dims) -> tuple[torch.Tensor, torch.Tensor]:
+    """amin / amax over dims (None: all). A group of no elements (K = 0, a zero-size channel) gets 0 and 0: the
+    range choose_qparams widens every range to (it always contains 0), where torch.amin would raise."""
+    if x.numel() == 0:
+        shape = [n for d, n in enumerate(x.shape) if dims is not None and d not in dims]
+        zeros = x.new_zeros(shape)
+        return zeros, zeros.clone()
+    return (x.amin(), x.amax()) if dims is None else (x.amin(dim=dims), x.amax(dim=dims))
+
+
 def reduce_minmax(x: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, torch.Tensor]:
-    """Min and max of x over the elements that share a scale, in reduced form, float32."""
+    """Min and max of x over the elements that share a scale, in reduced form, float32. A NaN makes both NaN
+    (torch.amin / amax propagate it); an empty group gives (0, 0)."""
     g = spec.granularity
     x = x.detach().float()
     if g is Granularity.PER_TENSOR:
-        return x.amin(), x.amax()
+        return _minmax(x, None)
     if g is Granularity.PER_CHANNEL:
         axis = spec.axis % x.ndim
-        dims = [d for d in range(x.ndim) if d != axis]
-        return x.amin(dim=dims), x.amax(dim=dims)
+        return _minmax(x, [d for d in range(x.ndim) if d != axis])
     x = as_groups(x, spec)
-    return x.amin(dim=-1), x.amax(dim=-1)
+    return _minmax(x, [x.ndim - 1])
 
 
 def choose_qparams(min_val: torch.Tensor, max_val: torch.Tensor, spec: QuantSpec,
@@ -70,15 +80,21 @@ def choose_qparams(min_val: torch.Tensor, max_val: torch.Tensor, spec: QuantSpec
     Affine:    scale = (max - min) / (qmax - qmin), zero_point = qmin - round(min / scale) — the seed article's
                q = round((x - min) / (max - min) * (2^n - 1)) with the offset kept as an integer.
     Symmetric: scale = max(|min|, |max|) / qmax, zero_point = 0 (unsigned symmetric: max / qmax).
-    Degenerate ranges (all equal, all zero) give scale >= min_scale: never 0, NaN or inf.
+    Degenerate finite ranges (all equal, all zero) give scale >= min_scale: never 0, NaN or inf.
+    A range holding NaN or ±inf gives scale NaN (lowp's non-finite rule, as the per-token kernel: quantizing with
+    it gives the zero point everywhere, dequantizing NaN) and, affine, zero_point 0 clamped into [qmin, qmax].
     """
     lo = torch.clamp(min_val.float(), max=0.0)
     hi = torch.clamp(max_val.float(), min=0.0)
+    # 0 for a finite range, NaN otherwise (0·inf, 0·NaN); lo <= 0 <= hi, so lo + hi cannot overflow. Adding ±0 to
+    # a positive scale leaves it bit-identical.
+    poison = (lo + hi) * 0.0
     if spec.symmetric:
         amax = torch.maximum(-lo, hi) if spec.signed else hi
-        scale = torch.clamp(amax / spec.qmax, min=min_scale)
+        scale = torch.clamp(amax / spec.qmax, min=min_scale) + poison
         zero_point = torch.zeros_like(scale, dtype=torch.int32)
     else:
-        scale = torch.clamp((hi - lo) / float(spec.qmax - spec.qmin), min=min_scale)
-        zero_point = torch.clamp(spec.qmin - torch.round(lo / scale), spec.qmin, spec.qmax).to(torch.int32)
+        scale = torch.clamp((hi - lo) / float(spec.qmax - spec.qmin), min=min_scale) + poison
+        zero_point = spec.qmin - torch.round(lo / scale)
+        zero_point = torch.clamp(zero_point.nan_to_num(nan=0.0), spec.qmin, spec.qmax).to(torch.int32)
     return scale, zero_point

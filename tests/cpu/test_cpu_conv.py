@@ -7,6 +7,8 @@ three roundings against oneDNN's), and requantized int8 to 1 LSB on at most 0.1 
 sits at a rounding tie (measured: bit-exact on 2.7 M outputs of the seed ConvNet's conv2 shape, CI machine).
 """
 
+import math
+
 import pytest
 import torch
 
@@ -105,3 +107,21 @@ def test_fused_epilogue_with_a_per_tensor_weight_scale(out_dtype):
     if out_dtype == torch.int8:
         kw.update(out_scale=torch.tensor([0.05]), out_zero_point=torch.tensor([-3], dtype=torch.int32))
     assert_onednn_close(cpu.int8_conv2d(x, w, **kw), reference.int8_conv2d(x, w, **kw))
+
+
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.int8])
+@pytest.mark.parametrize("activation", ["none", "relu", "relu6"])
+def test_non_finite_bias_bypasses_the_fused_epilogue(activation, out_dtype):
+    # oneDNN's relu / hardtanh post-ops turn NaN into 0 and its int8 output turns NaN into -128, where lowp keeps NaN
+    # and encodes it as the output zero point: such calls take the reference epilogue, bit-exact
+    x, w, kw, epilogue = _case("grouped", zero_point=False)
+    epilogue["bias"][[0, 5]] = math.nan
+    epilogue["bias"][[3, 4]] = torch.tensor([math.inf, -math.inf])
+    kw.update(epilogue, activation=activation, out_dtype=out_dtype)
+    if out_dtype == torch.int8:
+        kw.update(out_scale=torch.tensor([0.05]), out_zero_point=torch.tensor([-3], dtype=torch.int32))
+    out = cpu.int8_conv2d(x, w, **kw)
+    assert out.is_contiguous(memory_format=CL)
+    torch.testing.assert_close(out, reference.int8_conv2d(x, w, **kw), rtol=0, atol=0, equal_nan=True)
+    nan_channels = out[:, [0, 5]]
+    assert (nan_channels == -3).all() if out_dtype == torch.int8 else nan_channels.isnan().all()

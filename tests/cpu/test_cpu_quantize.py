@@ -1,5 +1,7 @@
 """lowp_ops/cpu/quantize.py against lowp_ops.reference: bit-exact (the same float32 operations, vectorized)."""
 
+import math
+
 import pytest
 import torch
 
@@ -39,3 +41,23 @@ def test_channels_last_bit_exact(shape, layout):
     q = cpu.quantize_channels_last(x, scale=scale, zero_point=zp)
     assert q.is_contiguous(memory_format=torch.channels_last)
     assert_bitwise_equal(q, reference.quantize_channels_last(x, scale=scale, zero_point=zp))
+
+
+def test_non_finite_and_empty_rows():
+    # per token: a row holding NaN or ±inf gets scale NaN and codes 0 (amin / amax alone would give inf for ±inf);
+    # static: NaN -> the zero point, ±inf saturate; K = 0: scale MIN_SCALE (amin raises on an empty row)
+    x = torch.randn(5, 9)
+    x[1, 2], x[2, 0], x[3, 8] = math.nan, math.inf, -math.inf
+    q, scale = cpu.quantize_rows(x, min_scale=quant.MIN_SCALE)
+    assert scale.isnan().tolist() == [False, True, True, True, False] and not q[1:4].any()
+    q_ref, scale_ref = reference.quantize_rows(x)
+    assert_bitwise_equal(q, q_ref)
+    torch.testing.assert_close(scale, scale_ref, rtol=0, atol=0, equal_nan=True)
+    scale_t, zp = torch.tensor([0.1]), torch.tensor([-3], dtype=torch.int32)
+    q, _ = cpu.quantize_rows(x, scale=scale_t, zero_point=zp)
+    assert (q[1, 2], q[2, 0], q[3, 8]) == (-3, 127, -128)
+    assert_bitwise_equal(q, reference.quantize_rows(x, scale=scale_t, zero_point=zp)[0])
+    q, scale = cpu.quantize_rows(torch.empty(3, 0), min_scale=quant.MIN_SCALE)
+    assert q.shape == (3, 0)
+    assert_bitwise_equal(scale, reference.quantize_rows(torch.empty(3, 0))[1])
+    assert (scale == quant.MIN_SCALE).all()

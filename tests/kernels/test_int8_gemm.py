@@ -8,6 +8,8 @@ the interpreter truncates float32 -> bfloat16 where the GPU (and torch) round to
 bfloat16 ulp (relative 2^-7) off.
 """
 
+import math
+
 import pytest
 import torch
 
@@ -105,3 +107,20 @@ def test_requant_without_output_zero_point_and_empty_shapes():
     kw = dict(a_scale=a_scale, b_scale=b_scale, out_dtype=torch.int8, out_scale=torch.tensor([0.05], device=DEVICE))
     assert_bitwise_equal(int8_gemm(a, b, **kw), reference.int8_gemm(a, b, **kw))
     assert int8_gemm(int8(0, 45).to(DEVICE), b).shape == (0, 37)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the interpreter's -inf · 0
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("activation", ["none", "relu", "relu6", "gelu"])
+def test_activations_propagate_non_finite_values(activation, out_dtype):
+    # a NaN / ±inf bias decides its column whatever the accumulator: torch's own ops in float64 are the oracle
+    # (F.gelu: gelu(+inf) = +inf, gelu(-inf) = NaN); tl.maximum would have dropped the NaN
+    a, b, a_scale, b_scale, _ = _case(3, 4, 16)
+    bias = torch.tensor([math.nan, math.inf, -math.inf, 0.5], device=DEVICE)
+    out = int8_gemm(a, b, a_scale=a_scale, b_scale=b_scale, bias=bias, activation=activation, out_dtype=out_dtype)
+    special = bias[:3].double().cpu()
+    torch_act = {"none": lambda v: v, "relu": torch.relu, "relu6": lambda v: torch.clamp(v, 0.0, 6.0),
+                 "gelu": torch.nn.functional.gelu}[activation]
+    expected = torch_act(special).to(out_dtype).expand(3, 3)
+    torch.testing.assert_close(out[:, :3].cpu(), expected, rtol=0, atol=0, equal_nan=True)
+    assert torch.isfinite(out[:, 3]).all()

@@ -1,5 +1,7 @@
 """kernels/quantize.py on the Triton interpreter (CPU) or the GPU, against lowp_ops.reference: bit-exact."""
 
+import math
+
 import pytest
 import torch
 
@@ -63,3 +65,33 @@ def test_static_per_tensor_bit_exact(M, K, zero_point):
 def test_empty_input():
     q, scale = quantize_rows(torch.empty(0, 8, device=DEVICE))
     assert q.shape == (0, 8) and scale.shape == (0,)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the interpreter's inf · 0
+@pytest.mark.parametrize("block_k", [None, 16], ids=["one pass", "two passes"])
+def test_non_finite_rows_get_a_nan_scale(block_k):
+    # tl.max drops NaN (interpreter and GPU): the kernel's Σ x·0 term must still poison the row's scale, in
+    # whichever K block the value sits
+    x = torch.randn(5, 40, device=DEVICE)
+    x[1, 3], x[2, 39], x[3, 20] = math.nan, math.inf, -math.inf
+    q, scale = quantize_rows(x, block_k=block_k, min_scale=quant.MIN_SCALE)
+    assert scale.isnan().tolist() == [False, True, True, True, False] and not q[1:4].any()
+    q_ref, scale_ref = reference.quantize_rows(x)
+    assert_bitwise_equal(q, q_ref)
+    torch.testing.assert_close(scale, scale_ref, rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+def test_static_non_finite_codes():
+    x = torch.tensor([[math.nan, math.inf, -math.inf, 1.0, 1e30, -1e30]], device=DEVICE)
+    scale, zp = torch.tensor([0.1], device=DEVICE), torch.tensor([5], dtype=torch.int32, device=DEVICE)
+    q, _ = quantize_rows(x, scale=scale, zero_point=zp)
+    assert q.tolist() == [[5, 127, -128, 15, 127, -128]]  # NaN -> the zero point, ±inf saturate
+    assert_bitwise_equal(q, reference.quantize_rows(x, scale=scale, zero_point=zp)[0])
+
+
+def test_empty_rows_get_the_min_scale():
+    q, scale = quantize_rows(torch.empty(3, 0, device=DEVICE), min_scale=quant.MIN_SCALE)
+    assert q.shape == (3, 0)
+    assert_bitwise_equal(scale, reference.quantize_rows(torch.empty(3, 0, device=DEVICE))[1])
+    assert (scale == quant.MIN_SCALE).all()
