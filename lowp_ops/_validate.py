@@ -1,18 +1,36 @@
 """Input validation for torch.ops.lowp: every message names the op, the argument, what was expected and what came.
 
-TypeError for a wrong dtype, ValueError for everything else (shape, device, layout, values).
+TypeError for a wrong dtype, ValueError for everything else (shape, device, layout, values, sizes).
+
+Value checks (scales finite and normal, int8 zero points in [-128, 127]) read the data, so they cannot run where
+there is none: under torch.compile (tracing), on fake or meta tensors (opcheck, export) and during CUDA graph
+capture they are skipped, and a compiled graph does not repeat them. On eager CPU tensors they run on every call,
+so no edit goes unseen (~0.7 us per one-element tensor, ~2.7 us per (1024,) vector: one aminmax and two host reads;
+this machine, 2 cores, torch 2.13). On eager CUDA tensors a read is a device sync, so a tensor that passed is
+remembered until its version counter, data pointer or storage changes (in-place ops, `.data = ...`, `set_`); an
+in-place edit through `.data` (`scale.data[0] = nan`) bumps none of them and is not seen on CUDA.
 """
 
 from __future__ import annotations
 
 import weakref
+from typing import NamedTuple
 
 import torch
 
+from .quant.qparams import MIN_SCALE
+
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 ACTIVATIONS = ("none", "relu", "relu6", "gelu")
-# Largest K whose int32 accumulator cannot overflow: |Σ_k a·b| <= 128·128·K < 2^31.
-MAX_K = 2**17
+INT32_MAX = 2**31 - 1
+# Largest reduction length K whose int32 accumulator cannot overflow. Symmetric int8: |a·b| <= (-128)·(-128) = 2^14,
+# so K <= (2^31 - 1) // 2^14 = 131071 (K = 2^17 with all -128 operands sums to 2^31). With a zero point za in
+# [-128, 127] the kernels compute Σ (a - za)·b as acc - za·Σ b in int32 and |a - za| <= 255, so
+# K <= (2^31 - 1) // (255·128) = 65793; the raw acc and za·Σ b (each <= 2^14·K) fit on their own below that too.
+MAX_K = INT32_MAX // (128 * 128)
+MAX_K_ZERO_POINT = INT32_MAX // (255 * 128)
+INT8_RANGE = (-128, 127)  # every int8 zero point (input, weight-side correction, output) is an int8 code
+_FLOAT32_MAX = torch.finfo(torch.float32).max
 
 
 def _names(dtypes) -> str:
@@ -43,10 +61,20 @@ def check_k_contiguous(op: str, name: str, t: torch.Tensor) -> None:
                  f"{tuple(t.stride())}; call .contiguous() first")
 
 
-def check_numel(op: str, name: str, t: torch.Tensor, allowed: tuple[int, ...], what: str) -> None:
-    """A per-row / per-column / per-tensor parameter: at most 1-D (or the rows' own shape) with numel in allowed."""
-    if t.numel() not in allowed:
+def check_shape(op: str, name: str, t: torch.Tensor, shapes, what: str, *, one: bool = True) -> None:
+    """A per-row / per-column / per-tensor parameter: exactly one of `shapes` or (one=True) a single element of
+    any shape. Shapes, not element counts: a (2, 2) scale is no per-column vector for N = 4."""
+    if not ((one and t.numel() == 1) or tuple(t.shape) in [tuple(s) for s in shapes]):
         fail(op, f"argument '{name}' must hold {what}, got shape {tuple(t.shape)}")
+
+
+def check_reduction_length(op: str, what: str, K: int, zero_point: str | None) -> None:
+    """K: the int32 accumulator's reduction length; zero_point: the name of the zero-point argument given, if any
+    (it lowers the bound from MAX_K to MAX_K_ZERO_POINT)."""
+    bound = MAX_K if zero_point is None else MAX_K_ZERO_POINT
+    if K > bound:
+        with_zp = "" if zero_point is None else f" with '{zero_point}' (|q - zero_point| <= 255)"
+        fail(op, f"{what} = {K} can overflow the int32 accumulator{with_zp}: at most {bound} is supported")
 
 
 def check_activation(op: str, activation: str) -> None:
@@ -54,58 +82,99 @@ def check_activation(op: str, activation: str) -> None:
         fail(op, f"argument 'activation' must be one of {', '.join(map(repr, ACTIVATIONS))}, got {activation!r}")
 
 
+# ------------------------------------------------------------------------------------------------ value checks
+
 def _data_unreadable(t: torch.Tensor) -> bool:
-    """True when t has no readable data now (tracing, fake/meta tensors, CUDA graph capture)."""
-    from torch._subclasses.fake_tensor import is_fake
-
-    if is_fake(t) or t.device.type == "meta":
+    """True when t has no readable data now (tracing, fake/meta tensors, CUDA graph capture). Written for the
+    per-call CPU path: attribute tests (~0.06 us each) before anything that builds objects (t.device, is_fake)."""
+    if torch.compiler.is_compiling():
         return True
+    if type(t) is not torch.Tensor and type(t) is not torch.nn.Parameter:  # subclasses only: is_fake costs ~1.4 us
+        from torch._subclasses.fake_tensor import is_fake
+
+        if is_fake(t):
+            return True
+    if t.is_cpu:
+        return False
     # no host sync is allowed while a CUDA graph is being captured
-    return t.device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+    return t.is_meta or (t.is_cuda and torch.cuda.is_current_stream_capturing())
 
 
-# id(tensor) -> (weakref, version) of scale tensors already seen finite: the check costs a device sync, so a
-# module's fixed scales pay it once (and again only after an in-place change), not on every call.
-_finite_seen: dict[int, tuple[weakref.ref, int]] = {}
+class _Stamp(NamedTuple):
+    """What identifies a tensor's data: in-place ops bump the version, `.data = ...` / `set_` change the pointer
+    and the storage. Inference tensors have no version counter (None)."""
+    ref: weakref.ref
+    version: int | None
+    data_ptr: int
+    storage: weakref.ref
+
+
+def _version(t: torch.Tensor) -> int | None:
+    try:
+        return t._version
+    except RuntimeError:  # inference tensors carry no version counter
+        return None
+
+
+def _matches(stamp: _Stamp | None, t: torch.Tensor) -> bool:
+    return (stamp is not None and stamp.ref() is t and stamp.version == _version(t)
+            and stamp.data_ptr == t.data_ptr() and stamp.storage() is t.untyped_storage())
+
+
+def _remember(table: dict, key, t: torch.Tensor) -> None:
+    def forget(ref, key=key):
+        if table.get(key, (None,))[0] is ref:
+            del table[key]
+
+    table[key] = _Stamp(weakref.ref(t, forget), _version(t), t.data_ptr(), weakref.ref(t.untyped_storage()))
+
+
+# id(t) -> stamp of a scale lowp computed itself (trust_scales): never checked while its data is unchanged
+_trusted: dict[int, _Stamp] = {}
+# (id(t), what) -> stamp of a CUDA tensor that passed a value check: a module's fixed scales pay the device sync
+# once, not on every call. CPU tensors are checked on every call instead (cheap), so `.data` edits are seen there.
+_passed_on_cuda: dict[tuple[int, str], _Stamp] = {}
+
+
+def _check_range(op: str, name: str, t: torch.Tensor | None, lo, hi, what: str) -> None:
+    """Every value of t in [lo, hi] (NaN fails), or fail naming up to 4 offenders. Skipped where no data can be
+    read (module docstring) and for tensors lowp marked with trust_scales."""
+    if t is None or _data_unreadable(t) or t.numel() == 0 or (_trusted and _matches(_trusted.get(id(t)), t)):
+        return
+    cached = not t.is_cpu and _version(t) is not None  # CUDA; inference tensors have no version: checked each time
+    if cached and _matches(_passed_on_cuda.get((id(t), what)), t):
+        return
+    if t.numel() == 1:
+        ok = lo <= t.item() <= hi
+    else:  # one reduction, two host reads; NaN propagates through aminmax and fails the comparison
+        vmin, vmax = torch.aminmax(t.detach() if t.requires_grad else t)
+        ok = lo <= vmin.item() and vmax.item() <= hi
+    if not ok:
+        flat = t.detach().flatten()
+        values = flat[~((flat >= lo) & (flat <= hi))]
+        fail(op, f"argument '{name}' must hold {what}, got {values[:4].tolist()}{' ...' if values.numel() > 4 else ''}")
+    if cached:
+        _remember(_passed_on_cuda, (id(t), what), t)
 
 
 def check_scale_values(op: str, name: str, t: torch.Tensor | None) -> None:
-    """Scales must be finite and positive. Skipped while tracing (there is no data to read)."""
-    if t is None or torch.compiler.is_compiling():
-        return
-    try:
-        version = t._version
-    except RuntimeError:  # inference tensors carry no version counter: check every time
-        version = None
-    key = id(t)
-    seen = _finite_seen.get(key)
-    if version is not None and seen is not None and seen[0]() is t and seen[1] == version:
-        return  # the steady state of a module's fixed scales: no device sync
-    if _data_unreadable(t):
-        return
-    bad = ~(torch.isfinite(t) & (t > 0))
-    if bool(bad.any()):
-        values = t.detach().flatten()[bad.flatten()]
-        fail(op, f"argument '{name}' must hold finite, positive scales, got {values[:4].tolist()}"
-                 f"{' ...' if values.numel() > 4 else ''}")
-    if version is not None:
-        trust_scales(t)
+    """Scales must be finite, normal float32 (>= 2^-126 = quant.MIN_SCALE): the kernels multiply by 1/scale, which
+    overflows to inf below 2^-128 (0 · inf = NaN: the kernel and the reference then disagree), and GPUs may flush
+    subnormals to zero."""
+    _check_range(op, name, t, MIN_SCALE, _FLOAT32_MAX, "finite, normal float32 scales (>= 2^-126)")
+
+
+def check_zero_point_values(op: str, name: str, t: torch.Tensor | None) -> None:
+    """int8 zero points lie in [-128, 127]: the kernels pad with the zero point as an int8 code and the int32
+    accumulator bounds (MAX_K_ZERO_POINT) assume |q - zero_point| <= 255."""
+    _check_range(op, name, t, *INT8_RANGE, f"int8 zero points in [{INT8_RANGE[0]}, {INT8_RANGE[1]}]")
 
 
 def trust_scales(t: torch.Tensor) -> torch.Tensor:
-    """Record a scale lowp computed itself (finite and >= MIN_SCALE by construction) as checked, so passing it on
-    to the next op costs no device sync. Returns t."""
-    if torch.compiler.is_compiling() or _data_unreadable(t):
-        return t
-    try:
-        version = t._version
-    except RuntimeError:
-        return t
-    key = id(t)
-
-    def forget(ref, key=key):
-        if _finite_seen.get(key, (None,))[0] is ref:
-            del _finite_seen[key]
-
-    _finite_seen[key] = (weakref.ref(t, forget), version)
+    """Record a scale lowp computed itself (finite and normal by construction: a dynamic Int8Conv2d fed non-finite
+    input keeps a finite scale and poisons its bias instead, README "Non-finite input and overflow") as exempt from
+    the value check, so passing it to the next op costs no host read or device sync, until its data changes (version, data
+    pointer or storage; an inference tensor has no version, so only the latter two). Returns t."""
+    if not _data_unreadable(t):
+        _remember(_trusted, id(t), t)
     return t

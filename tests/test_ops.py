@@ -139,22 +139,22 @@ def _mm_args():
     (dict(b=int8(45, 37).T), ValueError, r"argument 'b' must be contiguous along its last dim"),
     (dict(a=int8(45, 13).T), ValueError, r"argument 'a' must be contiguous along its last dim"),
     (dict(b=int8(37, 45).to("meta")), ValueError, r"argument 'b' is on meta but 'a' is on cpu"),
-    (dict(a_scale=torch.rand(12)), ValueError, r"'a_scale' must hold one scale per row \(M=13\) or one for all, got shape \(12,\)"),
-    (dict(b_scale=torch.rand(36)), ValueError, r"'b_scale' must hold one scale per output column \(N=37\)"),
+    (dict(a_scale=torch.rand(12)), ValueError, r"'a_scale' must hold one scale per row \(M=13: .* got shape \(12,\)"),
+    (dict(b_scale=torch.rand(36)), ValueError, r"'b_scale' must hold one scale per output column \(N=37"),
     (dict(b_scale=torch.rand(37).double()), TypeError, r"'b_scale' must have dtype float32, got float64"),
-    (dict(a_scale=torch.tensor([float("nan")])), ValueError, r"'a_scale' must hold finite, positive scales, got \[nan\]"),
-    (dict(b_scale=torch.full((37,), float("inf"))), ValueError, r"'b_scale' must hold finite, positive scales, got \[inf, inf, inf, inf\] \.\.\."),
-    (dict(b_scale=-torch.ones(1)), ValueError, r"'b_scale' must hold finite, positive scales, got \[-1.0\]"),
+    (dict(a_scale=torch.tensor([float("nan")])), ValueError, r"'a_scale' must hold finite, normal .* got \[nan\]"),
+    (dict(b_scale=torch.full((37,), float("inf"))), ValueError, r"'b_scale' must .* got \[inf, inf, inf, inf\] \.\.\."),
+    (dict(b_scale=-torch.ones(1)), ValueError, r"'b_scale' must hold finite, normal .* got \[-1.0\]"),
     (dict(a_scale=None), ValueError, r"argument 'a_scale' is required for out_dtype float32"),
     (dict(activation="swish"), ValueError, r"'activation' must be one of 'none', 'relu', 'relu6', 'gelu', got 'swish'"),
     (dict(out_dtype=torch.int32), ValueError, r"out_dtype int32 returns the raw accumulator, so a_scale, b_scale cannot apply"),
     (dict(out_dtype=torch.int8), ValueError, r"out_dtype int8 requantizes the output and needs 'out_scale'"),
     (dict(out_dtype=torch.int16), TypeError, r"argument 'out_dtype' must be int32, int8, float16, bfloat16 or float32"),
-    (dict(bias=torch.randn(36)), ValueError, r"argument 'bias' must hold one value per output column \(N=37\)"),
+    (dict(bias=torch.randn(36)), ValueError, r"argument 'bias' must hold one value per output column \(N=37"),
     (dict(a_zero_point=torch.tensor([1.0])), TypeError, r"argument 'a_zero_point' must have dtype int32, got float32"),
     (dict(b_sum=torch.zeros(37, dtype=torch.int32)), ValueError, r"'b_sum' only serves the zero-point correction"),
     (dict(out_scale=torch.tensor([1.0])), ValueError, r"'out_scale' / 'out_zero_point' only apply to out_dtype int8"),
-    (dict(a=int8(13, 2**17 + 1), b=int8(37, 2**17 + 1)), ValueError, r"K = 131073 can overflow the int32 accumulator"),
+    (dict(a=int8(13, 2**17 + 1), b=int8(37, 2**17 + 1)), ValueError, r"K = 131073 can overflow .*: at most 131071"),
 ], ids=lambda v: v.__name__ if isinstance(v, type) else "")
 def test_int8_mm_rejects_bad_input(change, exc, match):
     kwargs = {**_mm_args(), **change}
@@ -184,17 +184,17 @@ def test_quantize_ops_reject_bad_input():
         lowp.quantize_per_token(int8(3, 4))
     with pytest.raises(ValueError, match=r"lowp.quantize_per_token: argument 'x' must have at least 1 dim"):
         lowp.quantize_per_token(torch.tensor(1.0))
-    with pytest.raises(ValueError, match=r"lowp.quantize_per_tensor: argument 'scale' must hold finite, positive"):
+    with pytest.raises(ValueError, match=r"lowp.quantize_per_tensor: argument 'scale' must hold finite, normal"):
         lowp.quantize_per_tensor(torch.randn(3, 4), torch.tensor([0.0]))
     with pytest.raises(ValueError, match=r"argument 'scale' must hold one element"):
         lowp.quantize_per_tensor(torch.randn(3, 4), torch.rand(3))
 
 
-def test_scale_check_is_cached_until_the_scale_changes():
+def test_scale_check_runs_again_after_an_in_place_change():
     args = _mm_args()
     lowp.int8_mm(**args)
-    args["b_scale"][0] = float("nan")  # in-place change bumps the version: checked again
-    with pytest.raises(ValueError, match="finite, positive"):
+    args["b_scale"][0] = float("nan")
+    with pytest.raises(ValueError, match="'b_scale' must hold finite, normal"):
         lowp.int8_mm(**args)
 
 
@@ -216,14 +216,3 @@ def test_gpu_ops_match_reference(M):
     compiled = torch.compile(lambda t: lowp.int8_linear(t, w, ws, wb), fullgraph=True)
     torch.testing.assert_close(compiled(x), y, rtol=2e-3, atol=1e-3)
     assert quant.sqnr_db(F.linear(x.float(), w.float() * ws[:, None], wb), y) > 30
-
-
-def test_scales_lowp_computes_are_not_rechecked():
-    # quantize_per_token's scales are finite by construction: handing them to int8_mm costs no device sync
-    from lowp_ops import _validate
-
-    q, s = lowp.quantize_per_token(torch.randn(4, 45))
-    assert _validate._finite_seen[id(s)][0]() is s
-    s[0] = float("inf")  # ... until they change
-    with pytest.raises(ValueError, match="'a_scale' must hold finite, positive scales"):
-        lowp.int8_mm(q, int8(37, 45), s, torch.rand(37) + 0.1)

@@ -9,12 +9,18 @@ import torch
 from torch import Tensor
 from torch.library import triton_op
 
-from .._validate import FLOAT_DTYPES, check_numel, check_tensor, fail
+from .._validate import FLOAT_DTYPES, INT32_MAX, check_reduction_length, check_shape, check_tensor, fail
 from ..kernels.conv import conv_output_size
-from .backends import dispatch
 from ._common import check_epilogue, check_int8_output, check_static_qparams, flat
+from .backends import dispatch
 
 _CHANNELS_LAST_HINT = "call .contiguous(memory_format=torch.channels_last) first"
+# kernels/conv.py computes input coordinates ih = oh·stride − pad + r·dilation in int32: they and their partial sums
+# lie in [−pad, H + 2·pad), so the padded extent H + 2·pad must fit int32.
+_MAX_PADDED_EXTENT = INT32_MAX
+# ... and output pixel indices offs_m = pid_m·BLOCK_M + arange(BLOCK_M) in int32, which run up to one tile past
+# N·OH·OW; Triton caps a block at 2^20 elements (TRITON_MAX_TENSOR_NUMEL), so no tile overruns by more.
+_MAX_OUTPUT_PIXELS = 2**31 - 2**20
 
 
 def _check_pair(op: str, name: str, value) -> tuple[int, int]:
@@ -46,10 +52,19 @@ def _check_int8_conv2d(x, weight, stride, padding, dilation, groups, x_scale, we
     if C_g * groups != C:
         fail(op, f"argument 'weight' must be (K, C / groups, R, S) = ({K}, {C // groups}, R, S), got shape "
                  f"{tuple(weight.shape)}")
+    if max(H + 2 * ph, W + 2 * pw) > _MAX_PADDED_EXTENT:
+        fail(op, f"argument 'padding' {list(padding)} pads the {H}x{W} input to {H + 2 * ph}x{W + 2 * pw}, over "
+                 f"2^31 - 1 along a side: the kernels compute input coordinates in int32")
     OH, OW = conv_output_size(H, R, sh, ph, dh), conv_output_size(W, S, sw, pw, dw)
     if OH < 1 or OW < 1:
         fail(op, f"the {R}x{S} kernel (dilation {list(dilation)}) does not fit the padded {H}x{W} input: "
                  f"output would be {OH}x{OW}")
+    if N * OH * OW > _MAX_OUTPUT_PIXELS:  # checked before anything is allocated (padding=10**6 asked for 1.7 PB)
+        fail(op, f"arguments 'stride' {list(stride)}, 'padding' {list(padding)}, 'dilation' {list(dilation)} give "
+                 f"N·OH·OW = {N}·{OH}·{OW} = {N * OH * OW} output pixels for x of shape {tuple(x.shape)}; at most "
+                 f"2^31 - 2^20 = {_MAX_OUTPUT_PIXELS}: the kernels index output pixels in int32")
+    check_reduction_length(op, "the reduction length C/groups·R·S", C_g * R * S,
+                           None if x_zero_point is None else "x_zero_point")
     out_dtype = check_int8_output(op, out_dtype, {"x_scale": x_scale, "weight_scale": weight_scale},
                                   {"bias": bias, "x_zero_point": x_zero_point, "weight_sum": weight_sum,
                                    "out_scale": out_scale, "out_zero_point": out_zero_point}, activation)
@@ -57,7 +72,7 @@ def _check_int8_conv2d(x, weight, stride, padding, dilation, groups, x_scale, we
         return out_dtype
     if x_zero_point is not None:
         check_tensor(op, "x_zero_point", x_zero_point, dtypes=(torch.int32,), device=x.device, device_of="x")
-        check_numel(op, "x_zero_point", x_zero_point, (1,), "one element (per-tensor zero point: padding reads it)")
+        check_shape(op, "x_zero_point", x_zero_point, (), "one element (per-tensor zero point: padding reads it)")
     check_epilogue(op, x, N, K, a_scale=x_scale, b_scale=weight_scale, bias=bias, a_zero_point=x_zero_point,
                    b_sum=weight_sum, activation=activation, out_dtype=out_dtype, out_scale=out_scale,
                    out_zero_point=out_zero_point,
@@ -77,13 +92,18 @@ def int8_conv2d(x: Tensor, weight: Tensor, stride: Sequence[int], padding: Seque
 
     x: (N, C, H, W) int8 and weight: (K, C / groups, R, S) int8 (symmetric, per output channel), both
     channels_last. stride / padding / dilation: 2 ints each; groups divides C and K (groups = C: depthwise).
-    out_dtype int32 (the default without scales): the raw accumulator. Otherwise x_scale (float32, one, or one
-    per image) and weight_scale (float32, (K,) or one) are required and
+    out_dtype int32 (the default without scales): the raw accumulator. Otherwise x_scale (float32, (N,) = one
+    per image, or one element) and weight_scale (float32, (K,) or one element) are required and
         y = ((acc − x_zero_point · Σ weight[k]) · x_scale) · weight_scale[k] + bias[k], then activation
     ("none" | "relu" | "relu6" | "gelu"), returned as float16 / bfloat16 / float32 (default float32) or, with
-    out_dtype int8, requantized with out_scale / out_zero_point — the next INT8 conv reads it directly.
-    x_zero_point: int32, one element (padding reads it, i.e. pads with real zeros); weight_sum: int32 (K,),
-    computed when omitted. Returns (N, K, OH, OW), channels_last.
+    out_dtype int8, requantized with out_scale (float32) / out_zero_point (int32), one element each — the next
+    INT8 conv reads it directly. x_zero_point: int32, one element (padding reads it, i.e. pads with real zeros);
+    weight_sum: int32 (K,), computed when omitted; bias: (K,) float. Returns (N, K, OH, OW), channels_last.
+    Bounds: scales finite and normal (>= 2^-126), zero points in [-128, 127]; reduction length C/groups·R·S
+    <= 131071, <= 65793 with x_zero_point (int32 accumulator, see int8_mm); H + 2·padding and W + 2·padding
+    <= 2^31 - 1 and N·OH·OW <= 2^31 - 2^20 (int32 indices in the kernel), refused before anything is allocated.
+    Values are checked on eager calls only (not under torch.compile or on fake tensors).
+    NaN / inf: README section "Non-finite input and overflow".
     """
     out_dtype = _check_int8_conv2d(x, weight, stride, padding, dilation, groups, x_scale, weight_scale, bias,
                                    x_zero_point, weight_sum, activation, out_dtype, out_scale, out_zero_point)
@@ -118,8 +138,10 @@ def quantize_channels_last(x: Tensor, scale: Tensor, zero_point: Optional[Tensor
     """Static affine int8 quantization fused with the layout change convolutions want.
 
     x: (N, C, H, W) float16 / bfloat16 / float32, any memory format (NCHW is read coalesced); scale: float32, one
-    element; zero_point: int32, one element (None: 0). Returns (N, C, H, W) int8, channels_last,
-    clamp(round_half_even(x * (1 / scale)) + zero_point, -128, 127).
+    element, finite and normal (>= 2^-126); zero_point: int32, one element in [-128, 127] (None: 0). Returns
+    (N, C, H, W) int8, channels_last, clamp(round_half_even(x * (1 / scale)) + zero_point, -128, 127).
+    Values are checked on eager calls only (not under torch.compile or on fake tensors).
+    NaN / inf in x: README section "Non-finite input and overflow".
     """
     _check_quantize_channels_last(x, scale, zero_point)
     return dispatch("quantize_channels_last", "quantize_channels_last", x, scale=flat(scale),

@@ -15,9 +15,9 @@ import torch
 from torch import Tensor
 from torch.library import triton_op
 
-from .._validate import FLOAT_DTYPES, check_activation, check_numel, check_tensor, fail
-from .backends import dispatch
+from .._validate import FLOAT_DTYPES, check_activation, check_shape, check_tensor, fail
 from ._common import rows
+from .backends import dispatch
 
 _TENSOR_CORE_DTYPES = (torch.float16, torch.bfloat16)
 _CPU_ONLY_DTYPES = (torch.float32, torch.float64)  # reference path only: gradient checks, float baselines
@@ -41,7 +41,7 @@ def _check_bias(op: str, bias: Optional[Tensor], a: Tensor, N: int) -> None:
     if bias is not None:
         check_tensor(op, "bias", bias, dtypes=FLOAT_DTYPES + (torch.float64,), ndim=1, device=a.device,
                      device_of="a" if op == "fp16_mm" else "x")
-        check_numel(op, "bias", bias, (N,), f"one value per output column (N={N})")
+        check_shape(op, "bias", bias, [(N,)], f"one value per output column (N={N})", one=False)
 
 
 # ---------------------------------------------------------------------------------------------- fp16_mm

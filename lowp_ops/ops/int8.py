@@ -8,13 +8,16 @@ import torch
 from torch import Tensor
 from torch.library import triton_op
 
-from .._validate import FLOAT_DTYPES, MAX_K, check_k_contiguous, check_numel, check_tensor, fail
+from .._validate import FLOAT_DTYPES, check_k_contiguous, check_reduction_length, check_shape, check_tensor, fail
 from ..quant import MIN_SCALE
-from .backends import dispatch
 from ._common import check_epilogue, check_int8_output, check_matrix_input, flat, rows
+from .backends import dispatch
 
-def _check_operands(op: str, names: tuple[str, str], a: Tensor, b: Tensor, a_dtypes) -> tuple[int, int, int]:
-    """a (..., K) of a_dtypes and b (N, K) int8, both K-contiguous, on one device -> (M, K, N)."""
+
+def _check_operands(op: str, names: tuple[str, str], a: Tensor, b: Tensor, a_dtypes,
+                    zero_point: str | None) -> tuple[int, int, int]:
+    """a (..., K) of a_dtypes and b (N, K) int8, both K-contiguous, on one device, K within the int32
+    accumulator's bound (lower when the zero-point argument named `zero_point` is given) -> (M, K, N)."""
     check_matrix_input(op, names[0], a, a_dtypes)
     check_tensor(op, names[1], b, dtypes=(torch.int8,), ndim=2, device=a.device, device_of=names[0])
     M, K = rows(a)
@@ -22,8 +25,7 @@ def _check_operands(op: str, names: tuple[str, str], a: Tensor, b: Tensor, a_dty
         fail(op, f"argument '{names[1]}' must be (N, K) with K = {names[0]}.shape[-1] = {K}, got shape "
                  f"{tuple(b.shape)}")
     check_k_contiguous(op, names[1], b)
-    if K > MAX_K:
-        fail(op, f"K = {K} can overflow the int32 accumulator; at most {MAX_K} is supported")
+    check_reduction_length(op, "K", K, zero_point)
     return M, K, b.shape[0]
 
 
@@ -35,15 +37,15 @@ def _check_int8_mm(a, b, a_scale, b_scale, bias, a_zero_point, b_sum, activation
                    out_zero_point) -> torch.dtype:
     """Validate; returns the output dtype (None resolved)."""
     op = "int8_mm"
-    M, K, N = _check_operands(op, ("a", "b"), a, b, (torch.int8,))
+    M, _, N = _check_operands(op, ("a", "b"), a, b, (torch.int8,), None if a_zero_point is None else "a_zero_point")
     out_dtype = check_int8_output(op, out_dtype, {"a_scale": a_scale, "b_scale": b_scale},
                                   {"bias": bias, "a_zero_point": a_zero_point, "b_sum": b_sum, "out_scale": out_scale,
                                    "out_zero_point": out_zero_point}, activation)
     if out_dtype == torch.int32:
         return out_dtype
     check_epilogue(op, a, M, N, a_scale=a_scale, b_scale=b_scale, bias=bias, a_zero_point=a_zero_point,
-                    b_sum=b_sum, activation=activation, out_dtype=out_dtype, out_scale=out_scale,
-                    out_zero_point=out_zero_point, names=_MM_NAMES)
+                   b_sum=b_sum, activation=activation, out_dtype=out_dtype, out_scale=out_scale,
+                   out_zero_point=out_zero_point, names=_MM_NAMES, row_shapes=((M,), tuple(a.shape[:-1])))
     return out_dtype
 
 
@@ -56,13 +58,17 @@ def int8_mm(a: Tensor, b: Tensor, a_scale: Optional[Tensor] = None, b_scale: Opt
 
     a: (..., K) int8, contiguous along K. b: (N, K) int8, contiguous along K (nn.Linear's weight layout).
     out_dtype int32 (the default without scales): the raw int32 accumulator, nothing else may be given.
-    Otherwise a_scale (float32, (M,) = one per row of a, or one element) and b_scale (float32, (N,) or one)
-    are required and
+    Otherwise a_scale (float32: one per row of a, shaped (M,) or a.shape[:-1] as quantize_per_token returns it,
+    or one element) and b_scale (float32, (N,) or one element) are required and
         y = ((acc − a_zero_point · b_sum) · a_scale) · b_scale + bias,  then activation
     ("none" | "relu" | "relu6" | "gelu"), returned as float16 / bfloat16 / float32 (default float32), or, with
     out_dtype int8, requantized: clamp(round(y / out_scale) + out_zero_point, -128, 127) so int8 layers chain.
-    a_zero_point: int32, (M,) or one (affine activations); b_sum: int32 (N,) = b.sum(1), computed when omitted.
-    Returns (..., N). Any M (1..16 included), any N, K <= 131072.
+    a_zero_point: int32, shaped like a_scale (affine activations); b_sum: int32 (N,) = b.sum(1), computed when
+    omitted; bias: (N,) float; out_scale float32 / out_zero_point int32: one element each.
+    Bounds: scales finite and normal (>= 2^-126), zero points in [-128, 127]; K <= 131071 (int32 accumulator:
+    131071·128·128 < 2^31), K <= 65793 with a_zero_point (65793·255·128 < 2^31). Values are checked on eager
+    calls only (not under torch.compile or on fake tensors; see lowp_ops/_validate.py).
+    NaN / inf: README section "Non-finite input and overflow". Returns (..., N). Any M (1..16 included), any N.
 
     >>> a = torch.randint(-128, 128, (3, 5), dtype=torch.int8); b = torch.randint(-128, 128, (4, 5), dtype=torch.int8)
     >>> torch.equal(torch.ops.lowp.int8_mm(a, b), a.int() @ b.int().T)
@@ -96,19 +102,22 @@ _LINEAR_NAMES = {"a": "x", "b": "weight", "a_scale": "x_scale", "b_scale": "weig
 def _check_int8_linear(x, weight, weight_scale, bias, x_scale, x_zero_point, weight_sum, activation, out_dtype,
                        out_scale, out_zero_point) -> torch.dtype:
     op = "int8_linear"
-    M, K, N = _check_operands(op, ("x", "weight"), x, weight, FLOAT_DTYPES)
+    M, _, N = _check_operands(op, ("x", "weight"), x, weight, FLOAT_DTYPES,
+                              None if x_zero_point is None else "x_zero_point")
     out_dtype = x.dtype if out_dtype is None else out_dtype
     if out_dtype not in (torch.int8,) + FLOAT_DTYPES:
         fail(op, f"argument 'out_dtype' must be int8, float16, bfloat16 or float32, got {out_dtype}", TypeError)
     if x_scale is not None:
-        check_numel(op, "x_scale", x_scale, (1,), "one element (static per-tensor activation scale)")
+        check_tensor(op, "x_scale", x_scale, dtypes=(torch.float32,), device=x.device, device_of="x")
+        check_shape(op, "x_scale", x_scale, (), "one element (static per-tensor activation scale)")
     elif x_zero_point is not None:
         fail(op, "argument 'x_zero_point' needs 'x_scale' (static quantization); dynamic quantization is symmetric")
-    check_epilogue(op, x, M, N, a_scale=x_scale, b_scale=weight_scale, bias=bias, a_zero_point=x_zero_point,
-                    b_sum=weight_sum, activation=activation, out_dtype=out_dtype, out_scale=out_scale,
-                    out_zero_point=out_zero_point, names=_LINEAR_NAMES)
     if x_zero_point is not None:
-        check_numel(op, "x_zero_point", x_zero_point, (1,), "one element (static per-tensor zero point)")
+        check_tensor(op, "x_zero_point", x_zero_point, dtypes=(torch.int32,), device=x.device, device_of="x")
+        check_shape(op, "x_zero_point", x_zero_point, (), "one element (static per-tensor zero point)")
+    check_epilogue(op, x, M, N, a_scale=x_scale, b_scale=weight_scale, bias=bias, a_zero_point=x_zero_point,
+                   b_sum=weight_sum, activation=activation, out_dtype=out_dtype, out_scale=out_scale,
+                   out_zero_point=out_zero_point, names=_LINEAR_NAMES)
     return out_dtype
 
 
@@ -121,10 +130,15 @@ def int8_linear(x: Tensor, weight: Tensor, weight_scale: Tensor, bias: Optional[
     """W8A8 linear: quantize x to int8, multiply by the int8 weight, dequantize, bias, activation — two kernels.
 
     x: (..., K) float16 / bfloat16 / float32, contiguous along K. weight: (N, K) int8 (per-output-channel
-    symmetric, e.g. lowp_ops.quant.quantize_tensor(w, per_channel(axis=0))); weight_scale: float32 (N,) or one.
+    symmetric, e.g. lowp_ops.quant.quantize_tensor(w, per_channel(axis=0))); weight_scale: float32 (N,) or one
+    element; bias: (N,) float.
     Activation quantization: dynamic per token when x_scale is None, else static per tensor with x_scale
-    (float32, one) and x_zero_point (int32, one; weight_sum = weight.sum(1) int32 (N,) is computed when omitted).
-    Returns y: (..., N) in out_dtype (default x.dtype), or int8 requantized with out_scale / out_zero_point.
+    (float32, one element) and x_zero_point (int32, one element; weight_sum = weight.sum(1) int32 (N,) is computed
+    when omitted). Returns y: (..., N) in out_dtype (default x.dtype), or int8 requantized with out_scale (float32,
+    one element) / out_zero_point (int32, one element).
+    Bounds: scales finite and normal (>= 2^-126), zero points in [-128, 127]; K <= 131071, K <= 65793 with
+    x_zero_point (int32 accumulator, see int8_mm). Values are checked on eager calls only (not under
+    torch.compile or on fake tensors). NaN / inf in x: README section "Non-finite input and overflow".
 
     >>> from lowp_ops import quant
     >>> lin = torch.nn.Linear(64, 32)

@@ -8,10 +8,10 @@ import torch
 from torch import Tensor
 from torch.library import triton_op
 
-from .._validate import FLOAT_DTYPES, trust_scales
+from .._validate import FLOAT_DTYPES
 from ..quant import MIN_SCALE
-from .backends import dispatch
 from ._common import check_matrix_input, check_static_qparams, flat, rows
+from .backends import dispatch
 
 
 def _check_quantize_per_token(x: Tensor) -> None:
@@ -24,7 +24,10 @@ def quantize_per_token(x: Tensor) -> tuple[Tensor, Tensor]:
 
     x: (..., K) float16 / bfloat16 / float32, contiguous along K.
     Returns q: (..., K) int8 in [-127, 127] and scale: (...) float32, with x ≈ q * scale[..., None] and
-    scale = max(max_k |x| / 127, MIN_SCALE).
+    scale = max(max_k |x| / 127, MIN_SCALE). A row holding NaN or inf gets scale NaN and zero codes (README
+    section "Non-finite input and overflow"), so the scales are not exempt from int8_mm's value check: a NaN scale
+    is refused there, and on CUDA that check costs int8_mm one device sync per fresh scale tensor
+    (int8_linear quantizes and multiplies without it).
 
     >>> q, s = torch.ops.lowp.quantize_per_token(torch.tensor([[0.5, -1.0, 0.25]]))
     >>> q.tolist(), s.tolist()
@@ -33,7 +36,8 @@ def quantize_per_token(x: Tensor) -> tuple[Tensor, Tensor]:
     _check_quantize_per_token(x)
     M, K = rows(x)
     q, scale = dispatch("quantize_per_token", "quantize_rows", x.reshape(M, K), min_scale=MIN_SCALE)
-    return q.reshape(x.shape), trust_scales(scale.reshape(x.shape[:-1]))
+    # not trust_scales(): a row with non-finite input has scale NaN, so these are checked where they are used
+    return q.reshape(x.shape), scale.reshape(x.shape[:-1])
 
 
 @quantize_per_token.register_fake
@@ -51,9 +55,11 @@ def _check_quantize_per_tensor(x: Tensor, scale: Tensor, zero_point: Optional[Te
 def quantize_per_tensor(x: Tensor, scale: Tensor, zero_point: Optional[Tensor] = None) -> Tensor:
     """Static affine int8 quantization with a given per-tensor scale and zero point (from calibration).
 
-    x: (..., K) float16 / bfloat16 / float32, contiguous along K; scale: float32, one element; zero_point: int32,
-    one element (None: 0). Returns (..., K) int8 = clamp(round_half_even(x * (1 / scale)) + zero_point, -128, 127),
-    bit-identical to torch.fake_quantize_per_tensor_affine's integer grid.
+    x: (..., K) float16 / bfloat16 / float32, contiguous along K; scale: float32, one element, finite and normal
+    (>= 2^-126); zero_point: int32, one element in [-128, 127] (None: 0). Returns (..., K) int8 =
+    clamp(round_half_even(x * (1 / scale)) + zero_point, -128, 127), bit-identical to
+    torch.fake_quantize_per_tensor_affine's integer grid. Values are checked on eager calls only (not under
+    torch.compile or on fake tensors). NaN / inf in x: README section "Non-finite input and overflow".
     """
     _check_quantize_per_tensor(x, scale, zero_point)
     M, K = rows(x)
