@@ -37,7 +37,7 @@ class Fp16Linear(nn.Module):
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, *, compute_dtype: torch.dtype = torch.float16,
-                    activation: str = "none") -> "Fp16Linear":
+                    activation: str = "none") -> Fp16Linear:
         """A copy of `linear` (its weights as float32 masters) that computes in compute_dtype."""
         layer = cls(linear.in_features, linear.out_features, linear.bias is not None, compute_dtype=compute_dtype,
                     activation=activation, device=linear.weight.device)

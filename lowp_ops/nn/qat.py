@@ -54,7 +54,7 @@ class QATLinear(nn.Linear, _FakeQuant):
 
     @classmethod
     def from_float(cls, linear: nn.Linear, weight_spec: quant.QuantSpec, activation_spec: quant.QuantSpec,
-                   activation: str = "none") -> "QATLinear":
+                   activation: str = "none") -> QATLinear:
         layer = cls(linear.in_features, linear.out_features, linear.bias is not None, device=linear.weight.device)
         layer.load_state_dict(linear.state_dict())
         layer._init_qat(weight_spec, activation_spec, activation)
@@ -72,7 +72,7 @@ class QATConv2d(nn.Conv2d, _FakeQuant):
 
     @classmethod
     def from_float(cls, conv: nn.Conv2d, weight_spec: quant.QuantSpec, activation_spec: quant.QuantSpec,
-                   activation: str = "none") -> "QATConv2d":
+                   activation: str = "none") -> QATConv2d:
         layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
                     conv.groups, conv.bias is not None, conv.padding_mode, device=conv.weight.device)
         layer.load_state_dict(conv.state_dict())
