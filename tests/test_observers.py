@@ -2,11 +2,10 @@
 
 import pytest
 import torch
+from util import assert_bitwise_equal
 
 from lowp_ops import quant
-from lowp_ops.quant import (OBSERVERS, HistogramObserver, MinMaxObserver, MovingAverageMinMaxObserver,
-                            PercentileObserver)
-from util import assert_bitwise_equal
+from lowp_ops.quant import OBSERVERS, HistogramObserver, MinMaxObserver, MovingAverageMinMaxObserver, PercentileObserver
 
 
 def calibrate(obs, batches):
@@ -247,8 +246,6 @@ def test_bad_arguments_and_inconsistent_batches_are_rejected():
         obs(torch.randn(4, 9))
     with pytest.raises(ValueError, match="axis 1 is out of range"):
         obs(torch.randn(8))
-    with pytest.raises(ValueError, match="non-finite"):
-        HistogramObserver(quant.per_tensor())(torch.tensor([1.0, float("inf")]))
 
 
 @pytest.mark.parametrize("spec_id", ["int8_sym", "int4_affine", "uint8_sym"])
@@ -264,6 +261,44 @@ def test_constant_data_gives_a_valid_scale(name, spec_id):
     got = calibrate(OBSERVERS[name](spec), const)
     assert_bitwise_equal(got[0], expected[0])
     assert_bitwise_equal(got[1], expected[1])
+
+
+NONFINITE = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf")}
+
+
+@pytest.mark.parametrize("value", list(NONFINITE))
+@pytest.mark.parametrize("name", list(OBSERVERS))
+def test_nonfinite_batches_are_counted_never_scales(name, value):
+    # lowp's rule: NaN / inf never become a scale. The batch is counted and left out, with a warning; the range and
+    # the qparams are those of the finite batches, bit for bit; convert refuses the layer (test_registry_convert).
+    spec = quant.per_tensor(8, symmetric=False)
+    good = [torch.randn(64) * 2, torch.randn(64) + 1]
+    bad = torch.randn(64)
+    bad[5] = NONFINITE[value]
+    obs, clean = OBSERVERS[name](spec), OBSERVERS[name](spec)
+    with pytest.warns(UserWarning, match=f"{type(obs).__name__}: a batch holding NaN or inf was left out"):
+        qparams = calibrate(obs, [good[0], bad, good[1]])
+    expected = calibrate(clean, good)
+    assert int(obs.nonfinite_batches) == 1 and int(clean.nonfinite_batches) == 0
+    assert_bitwise_equal(qparams[0], expected[0])
+    assert_bitwise_equal(qparams[1], expected[1])
+    assert torch.isfinite(qparams[0]).all()
+    # the count is state: it survives state_dict, and a checkpoint from before it existed loads as "none seen"
+    fresh = OBSERVERS[name](spec)
+    fresh.load_state_dict(obs.state_dict())
+    assert int(fresh.nonfinite_batches) == 1
+    legacy = {k: v for k, v in clean.state_dict().items() if k != "nonfinite_batches"}
+    fresh.load_state_dict(legacy)
+    assert int(fresh.nonfinite_batches) == 0 and fresh.has_data
+
+
+def test_only_nonfinite_batches_is_no_data():
+    obs = MinMaxObserver(quant.per_channel(0))
+    with pytest.warns(UserWarning, match="left out"):
+        obs(torch.tensor([[1.0, float("nan")], [2.0, 3.0]]))
+    assert not obs.has_data
+    with pytest.raises(ValueError, match=r"MinMaxObserver: calculate_qparams saw only batches holding NaN or inf \(1\)"):
+        obs.calculate_qparams()
 
 
 ROUND_TRIP = [

@@ -11,6 +11,10 @@ handling as quantize_tensor (see qparams.py):
 per_token and per_group parameters depend on each tensor's own rows, so they are computed at run time, never
 calibrated: observers reject those specs.
 
+A batch holding NaN or ±inf is counted (buffer nonfinite_batches), left out of the range and warned about; it
+never becomes a scale. calculate_qparams still answers from the finite batches (a QAT layer keeps training through
+an overflowed step), but lowp_ops.convert refuses a layer whose observer counted any such batch.
+
 >>> import torch
 >>> from lowp_ops import quant
 >>> obs = quant.MinMaxObserver(quant.per_tensor(8))
@@ -23,6 +27,8 @@ calibrated: observers reject those specs.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor
 
@@ -33,10 +39,11 @@ from .spec import Granularity, QuantSpec
 class Observer(torch.nn.Module):
     """Base class: records the running min / max of what it sees (buffers min_val, max_val, float32).
 
-    Before the first non-empty batch min_val / max_val have shape (0,); the first batch gives them the reduced
-    shape (() per tensor, (C,) per channel). State lives in buffers, so .to(device) moves it and state_dict
-    carries it. Subclasses define _observe (update the buffers from one float32 batch) and may override
-    _clip_range (the range handed to choose_qparams).
+    Before the first non-empty finite batch min_val / max_val have shape (0,); the first one gives them the reduced
+    shape (() per tensor, (C,) per channel). nonfinite_batches () int64 counts the batches left out for holding NaN
+    or ±inf. State lives in buffers, so .to(device) moves it and state_dict carries it. Subclasses define _observe
+    (update the buffers from one finite float32 batch) and may override _clip_range (the range handed to
+    choose_qparams).
     """
 
     supported = (Granularity.PER_TENSOR, Granularity.PER_CHANNEL)
@@ -53,26 +60,38 @@ class Observer(torch.nn.Module):
         self.spec = spec
         self.register_buffer("min_val", torch.empty(0))
         self.register_buffer("max_val", torch.empty(0))
+        self.register_buffer("nonfinite_batches", torch.zeros((), dtype=torch.int64))
 
     def forward(self, x: Tensor) -> Tensor:
-        """Record statistics of x (any shape, any float dtype; read as float32, without grad); return x itself."""
+        """Record statistics of x (any shape, any float dtype; read as float32, without grad); return x itself.
+        A batch holding NaN or ±inf is only counted (see the module docstring)."""
         if x.numel() > 0:
             with torch.no_grad():
-                self._observe(x.detach().float())
+                data = x.detach()
+                # one host sync per batch: whether to record the batch is a Python decision
+                if not bool(torch.isfinite(data).all()):
+                    self.nonfinite_batches += 1
+                    warnings.warn(f"{type(self).__name__}: a batch holding NaN or inf was left out of the observed "
+                                  f"range; lowp_ops.convert refuses a layer whose observer saw one", stacklevel=2)
+                else:
+                    self._observe(data.float())
         return x
 
     @property
     def has_data(self) -> bool:
-        """False until forward saw at least one non-empty tensor."""
+        """False until forward saw at least one non-empty batch of finite values."""
         return self.min_val.numel() > 0
 
     @torch.no_grad()
     def calculate_qparams(self) -> tuple[Tensor, Tensor]:
         """(scale float32, zero_point int32) in reduced shape (() per tensor, (C,) per channel), from
-        choose_qparams: degenerate data (all zeros, a constant) still gives a finite scale >= MIN_SCALE."""
+        choose_qparams over the finite batches: degenerate data (all zeros, a constant) still gives a finite scale
+        >= MIN_SCALE."""
         if not self.has_data:
-            raise ValueError(f"{type(self).__name__}: calculate_qparams saw no data; run calibration batches "
-                             f"through the observer first")
+            bad = int(self.nonfinite_batches)
+            seen = f"only batches holding NaN or inf ({bad})" if bad else "no data"
+            raise ValueError(f"{type(self).__name__}: calculate_qparams saw {seen}; run calibration batches of "
+                             f"finite values through the observer first")
         return choose_qparams(*self._clip_range(), self.spec)
 
     def extra_repr(self) -> str:
@@ -107,6 +126,8 @@ class Observer(torch.nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # A fresh observer's min_val / max_val have shape (0,), a calibrated one's () or (C,): adopt the saved
         # shape when it is one this spec can have, and let torch report any other mismatch.
+        if prefix + "nonfinite_batches" not in state_dict:  # saved before the count existed: nothing counted
+            state_dict[prefix + "nonfinite_batches"] = torch.zeros((), dtype=torch.int64)
         for name in ("min_val", "max_val"):
             saved = state_dict.get(prefix + name)
             if saved is None or saved.shape == self._buffers[name].shape:
@@ -195,10 +216,7 @@ class HistogramObserver(Observer):
         lo, hi = self._batch_minmax(x)
         if self.has_data:
             lo, hi = torch.minimum(lo, self.min_val.float()), torch.maximum(hi, self.max_val.float())
-        new_lo, new_hi = torch.stack([lo, hi]).tolist()
-        if not (abs(new_lo) < float("inf") and abs(new_hi) < float("inf")):
-            raise ValueError(f"{type(self).__name__}: cannot histogram non-finite values (range "
-                             f"[{new_lo}, {new_hi}])")
+        new_lo, new_hi = torch.stack([lo, hi]).tolist()  # finite: forward keeps non-finite batches out
         hist = self.histogram.float()
         if self.has_data:
             old_lo, old_hi = torch.stack([self.min_val, self.max_val]).tolist()

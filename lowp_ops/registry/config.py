@@ -52,5 +52,5 @@ class QuantConfig:
             raise ValueError(f"QuantConfig: observer must be one of {_OBSERVER_NAMES}, got {self.observer!r}")
         if self.out_dtype not in (None, torch.float16, torch.bfloat16, torch.float32):
             raise ValueError(f"QuantConfig: out_dtype must be None, float16, bfloat16 or float32, got {self.out_dtype}")
-        if isinstance(self.skip, str):
-            raise ValueError(f"QuantConfig: skip must be a tuple of names, got the string {self.skip!r}")
+        if isinstance(self.skip, str) or not all(isinstance(p, str) for p in self.skip):
+            raise TypeError(f"QuantConfig: skip must be a tuple of names or fnmatch patterns, got {self.skip!r}")

@@ -57,36 +57,41 @@ def time_ms(fn, reps: int = 5) -> float:
 
 def layer_report(model: nn.Module, batch: torch.Tensor, *, time_layers: bool | None = None) -> list[LayerStat]:
     """Run `batch` through `model` once (eval, no grad), capture each Linear / Conv2d input, and measure.
-    time_layers: time INT8 vs FP16 per layer (default: only when CUDA is available)."""
+    time_layers: time INT8 vs FP16 per layer (default: only when CUDA is available); both run on the same float16
+    copy of the layer's input, made before either clock starts, so neither pays a cast the other does not.
+    The model is left as it was: its training flags are restored and every measurement runs on copies."""
     time_layers = torch.cuda.is_available() if time_layers is None else time_layers
     inputs: dict[str, torch.Tensor] = {}
     hooks = [m.register_forward_pre_hook(lambda m, args, fqn=fqn: inputs.__setitem__(fqn, args[0].detach()))
              for fqn, m in model.named_modules() if type(m) in _INT8]
-    model.eval()
+    modes = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(batch)
+    finally:
+        for h in hooks:
+            h.remove()
+        for m, training in modes.items():
+            m.training = training
     with torch.no_grad():
-        model(batch)
-    for h in hooks:
-        h.remove()
-    stats = []
-    with torch.no_grad():
-        for fqn, x in inputs.items():
-            layer = model.get_submodule(fqn)
-            w_err = quant.quantization_error(layer.weight, quant.per_channel(axis=0))
-            x_spec = quant.per_token() if isinstance(layer, nn.Linear) else quant.per_tensor()
-            x_err = quant.quantization_error(x, x_spec)
-            int8 = _INT8[type(layer)].from_float(layer)
-            reference = layer(x)
-            stat = LayerStat(fqn, type(layer).__name__, w_err.sqnr_db, w_err.predicted_sqnr_db, x_err.sqnr_db,
-                             x_err.predicted_sqnr_db, quant.sqnr_db(reference, int8(x)))
-            if time_layers:
-                stat.int8_ms = time_ms(lambda: int8(x.half()))
-                fp16 = Fp16Linear.from_linear(layer) if isinstance(layer, nn.Linear) else layer.half()
-                x16 = x.half()
-                stat.fp16_ms = time_ms(lambda: fp16(x16))
-                if not isinstance(layer, nn.Linear):
-                    layer.float()
-            stats.append(stat)
-    return stats
+        return [_layer_stat(fqn, model.get_submodule(fqn), x, time_layers) for fqn, x in inputs.items()]
+
+
+def _layer_stat(fqn: str, layer: nn.Module, x: torch.Tensor, time_layers: bool) -> LayerStat:
+    w_err = quant.quantization_error(layer.weight, quant.per_channel(axis=0))
+    x_spec = quant.per_token() if isinstance(layer, nn.Linear) else quant.per_tensor()
+    x_err = quant.quantization_error(x, x_spec)
+    int8 = _INT8[type(layer)].from_float(layer)
+    stat = LayerStat(fqn, type(layer).__name__, w_err.sqnr_db, w_err.predicted_sqnr_db, x_err.sqnr_db,
+                     x_err.predicted_sqnr_db, quant.sqnr_db(layer(x), int8(x)))
+    if time_layers:
+        x16 = x.half()
+        # copies: Fp16Linear.from_linear copies the weights, and a conv (no FP16 module) is deep-copied before .half()
+        fp16 = Fp16Linear.from_linear(layer) if isinstance(layer, nn.Linear) else copy.deepcopy(layer).half()
+        stat.int8_ms = time_ms(lambda: int8(x16))
+        stat.fp16_ms = time_ms(lambda: fp16(x16))
+    return stat
 
 
 @dataclass
@@ -96,7 +101,7 @@ class Policy:
     keep_fp16: dict[str, str]  # fqn -> reason
 
     @classmethod
-    def from_report(cls, stats: list[LayerStat], min_sqnr_db: float = 30.0) -> "Policy":
+    def from_report(cls, stats: list[LayerStat], min_sqnr_db: float = 30.0) -> Policy:
         keep = {}
         for s in stats:
             if s.output_sqnr_db < min_sqnr_db:
@@ -121,8 +126,9 @@ def apply_policy(model: nn.Module, policy: Policy) -> nn.Module:
 
 
 def format_report(stats: list[LayerStat], policy: Policy | None = None) -> str:
-    lines = ["| layer | type | weight SQNR (model) | input SQNR (model) | INT8 output SQNR | INT8 ms | FP16 ms | "
-             "policy |", "|---|---|---:|---:|---:|---:|---:|---|"]
+    header = ("| layer | type | weight SQNR (model) | input SQNR (model) | INT8 output SQNR | INT8 ms | FP16 ms | "
+              "policy |")
+    lines = [header, "|---|---|---:|---:|---:|---:|---:|---|"]
     for s in stats:
         ms = (f"{s.int8_ms:.3f} | {s.fp16_ms:.3f}" if s.int8_ms is not None else "- | -")
         decision = "INT8" if policy is None or s.fqn not in policy.keep_fp16 else f"FP16: {policy.keep_fp16[s.fqn]}"

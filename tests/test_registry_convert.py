@@ -1,0 +1,101 @@
+"""lowp_ops.convert: what it checks of calibration (non-finite and degenerate ranges) and what the converted model
+does under .train() (Dropout between int8 layers)."""
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from util import assert_bitwise_equal
+
+import lowp_ops
+from lowp_ops import QuantConfig, quant
+
+
+def _mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 4)).eval()
+
+
+def _prepared(batches, **kw):
+    prepared = lowp_ops.prepare(_mlp(), QuantConfig(static=True, **kw))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the observers' own warning about NaN batches (test_observers)
+        lowp_ops.calibrate(prepared, batches, progress=False)
+    return prepared
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")], ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize("observer", ["minmax", "mse"])
+def test_convert_refuses_nonfinite_calibration_naming_the_layer(value, observer):
+    bad = torch.randn(16, 8)
+    bad[3, 1] = value
+    prepared = _prepared([torch.randn(16, 8), bad, bad.clone(), torch.randn(16, 8)], observer=observer)
+    # layer 0's output on those batches is non-finite too, so layer 3 saw them as well: both are named
+    with pytest.raises(ValueError, match=r"convert: NaN or inf reached the input of layer '0' in 2 observed inputs, "
+                                         r"'3' in 2 observed inputs; a scale cannot be made of them"):
+        lowp_ops.convert(prepared)
+    # what the message offers: accept the finite batches' range, and the layers convert with finite scales
+    for layer in (prepared[0], prepared[3]):
+        layer.input_observer.nonfinite_batches.zero_()
+    q = lowp_ops.convert(prepared)
+    assert torch.isfinite(q[0].input_scale).all() and torch.isfinite(q(torch.randn(4, 8))).all()
+
+
+def test_convert_refuses_a_layer_that_saw_only_nonfinite_inputs():
+    bad = torch.full((16, 8), float("nan"))
+    with pytest.raises(ValueError, match=r"convert: NaN or inf reached the input of layer '0' in 1 observed input, "
+                                         r"'3' in 1 observed input;"):
+        lowp_ops.convert(_prepared([bad]))
+
+
+@pytest.mark.parametrize("constant", [0.0, 1.5])
+def test_convert_warns_about_a_single_valued_calibration_range(constant):
+    prepared = _prepared([torch.full((16, 8), constant)] * 2)
+    with pytest.warns(UserWarning, match=rf"convert: layer '0' saw a single input value in calibration \(range "
+                                         rf"\[{constant:g}, {constant:g}\]\)") as record:
+        lowp_ops.convert(prepared)
+    assert record[0].filename == __file__  # pointed at the call of convert
+    # only layer 0 saw one value (layer 3 sees relu(W x + b), which varies across output features)
+    assert [str(w.message).split("'")[1] for w in record if "single input value" in str(w.message)] == ["0"]
+
+
+def test_convert_is_quiet_on_ordinary_calibration():
+    prepared = _prepared([torch.randn(16, 8) for _ in range(2)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lowp_ops.convert(prepared)
+
+
+def test_train_mode_does_not_break_int8_dropout_edges():
+    q = lowp_ops.convert(_prepared([torch.randn(16, 8) for _ in range(2)]))
+    assert q[0].output_scale is not None and type(q[2]) is nn.Identity  # int8 passes where the Dropout was
+    assert any(n.startswith("2 -> Identity: int8 codes pass it") for n in q.lowp_report.notes)
+    x = torch.randn(32, 8)
+    expected = q(x)
+    q.train()
+    assert_bitwise_equal(q(x), expected)  # was: "result type Float can't be cast to the desired output type Char"
+
+
+class FunctionalDropout(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(8, 16), nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.b(F.dropout(torch.relu(self.a(x)), 0.5, training=self.training))
+
+
+def test_functional_dropout_ends_the_int8_hand_off():
+    torch.manual_seed(0)
+    model = FunctionalDropout().eval()
+    prepared = lowp_ops.prepare(model)
+    lowp_ops.calibrate(prepared, [torch.randn(16, 8) for _ in range(2)], progress=False)
+    q = lowp_ops.convert(prepared)
+    # F.dropout reads self.training at run time, so convert cannot pin it: a float edge, which dropout can scale
+    assert q.a.output_scale is None
+    q.train()
+    y = q(torch.randn(32, 8))
+    assert y.dtype == torch.float32 and torch.isfinite(y).all()
+    assert quant.sqnr_db(model(torch.ones(4, 8)), q.eval()(torch.ones(4, 8))) > 30

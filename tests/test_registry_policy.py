@@ -1,0 +1,84 @@
+"""lowp_ops.registry.policy: layer_report measures on copies (the user's model comes back exactly as it was) and
+times INT8 and FP16 on the same input."""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from lowp_ops.registry import policy
+
+
+class ConvNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.drop = nn.Dropout(0.5)
+        self.fc = nn.Linear(8 * 6 * 6, 10)
+
+    def forward(self, x):
+        return self.fc(self.drop(torch.flatten(F.relu(self.conv(x)), 1)))
+
+
+def _snapshot(model):
+    return ({k: v.clone() for k, v in model.state_dict().items()},
+            [(name, type(m), m.training) for name, m in model.named_modules()])
+
+
+def _assert_unchanged(model, snapshot):
+    state, modules = snapshot
+    now = model.state_dict()
+    assert now.keys() == state.keys()
+    for k, v in state.items():  # bit for bit, dtype included: a .half().float() round trip changes the weights
+        assert now[k].dtype == v.dtype and torch.equal(now[k], v), k
+    assert [(name, type(m), m.training) for name, m in model.named_modules()] == modules
+
+
+def test_layer_report_and_policy_leave_the_model_as_it_was():
+    torch.manual_seed(0)
+    model = ConvNet()
+    model.train()
+    model.fc.eval()  # mixed flags come back as they were, not all set to model.training
+    snapshot = _snapshot(model)
+    stats = policy.layer_report(model, torch.randn(4, 3, 8, 8), time_layers=True)
+    assert [s.fqn for s in stats] == ["conv", "fc"] and all(s.int8_ms > 0 and s.fp16_ms > 0 for s in stats)
+    _assert_unchanged(model, snapshot)
+    mixed = policy.apply_policy(model, policy.Policy.from_report(stats, min_sqnr_db=100))
+    assert type(mixed.fc) is not nn.Linear
+    _assert_unchanged(model, snapshot)
+
+
+class _Casts(TorchFunctionMode):
+    """Records the shape of every float32 tensor cast to float16 while it is active."""
+
+    def __init__(self):
+        super().__init__()
+        self.sources = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        src = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        if src is not None and src.dtype == torch.float32 and (
+                name == "half" or (name == "to" and torch.float16 in (*args[1:], *kwargs.values()))):
+            self.sources.append(tuple(src.shape))
+        return func(*args, **kwargs)
+
+
+def test_int8_and_fp16_are_timed_on_the_same_float16_input(monkeypatch):
+    # neither timed call may pay for casting the float32 input: both get the float16 copy made outside the clock
+    # (what the modules cast inside, such as a float32 accumulator to float16 output, is theirs to pay)
+    sources = []
+
+    def fake_time_ms(fn, reps=5):
+        with _Casts() as mode:
+            fn()
+        sources.append(mode.sources)
+        return 1.0
+
+    monkeypatch.setattr(policy, "time_ms", fake_time_ms)
+    torch.manual_seed(0)
+    x = torch.randn(4, 16)
+    policy.layer_report(nn.Sequential(nn.Linear(16, 8)), x, time_layers=True)
+    assert len(sources) == 2  # INT8, then FP16
+    assert all(tuple(x.shape) not in casts for casts in sources), sources
