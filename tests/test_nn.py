@@ -409,3 +409,16 @@ def test_conv_takes_an_empty_batch(kwargs):
     m = Int8Conv2d(torch.randn(4, 3, 3, 3), torch.randn(4), padding=1, **kwargs)
     y = m(torch.randn(0, 3, 5, 5))
     assert y.shape == (0, 4, 5, 5) and y.dtype == (torch.int8 if kwargs else torch.float32)
+
+
+def test_tied_int8_weights_stay_one_tensor_through_a_device_move():
+    """nn.Module moves each module's buffers on its own; tied INT8 weights must not come out as two copies."""
+    a = nn.Linear(8, 8)
+    model = nn.Sequential(a, nn.ReLU(), nn.Linear(8, 8))
+    model[2].weight = a.weight
+    q = lowp_ops.quantize_dynamic(model)
+    assert q[0].weight is q[2].weight
+    moved = q.to("meta")  # a real move (new tensors) without a GPU
+    assert moved[0].weight.device.type == "meta"
+    assert moved[0].weight is moved[2].weight and moved[0].weight_scale is moved[2].weight_scale
+    assert moved[0].bias is not moved[2].bias  # untied buffers stay separate

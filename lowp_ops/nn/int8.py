@@ -9,6 +9,7 @@ Each holds plain tensors: `weight` int8, `weight_scale` float32, `bias` float32,
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 from torch import nn
@@ -71,6 +72,26 @@ def _zero_point_arg(owner: str, arg: str, value, device) -> torch.Tensor | None:
     if not float(v).is_integer() or not -128 <= v <= 127:
         raise ValueError(f"{owner}: argument '{arg}' must be an integer in [-128, 127] (an int8 code), got {v!r}")
     return torch.tensor([int(v)], dtype=torch.int32, device=device)
+
+
+# One .to() / .cuda() call -> {id(source buffer): (source, result)}, keyed by the function nn.Module._apply hands
+# down to every submodule (alive for that one call). nn.Module moves each module's buffers on its own, so two INT8
+# layers sharing one weight (tied weights, lowp_ops.registry.core.share_tied) would come out with two copies;
+# through this table the second layer gets the first one's result and the weights stay one tensor.
+_MOVED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _tied(key, fn):
+    """fn, applied at most once per source tensor during the _apply call identified by key."""
+    memo = _MOVED.setdefault(key, {})
+
+    def apply(t: torch.Tensor) -> torch.Tensor:
+        hit = memo.get(id(t))
+        if hit is None or hit[0] is not t:
+            hit = memo[id(t)] = (t, fn(t))
+        return hit[1]
+
+    return apply
 
 
 class _Int8Module(nn.Module):
@@ -137,12 +158,12 @@ class _Int8Module(nn.Module):
         p16, p32 = fn(torch.zeros((), dtype=torch.float16, device=device)), fn(torch.zeros((), device=device))
         cast = p32.dtype if p32.dtype != torch.float32 else p16.dtype if p16.dtype != torch.float16 else None
         if cast is None:
-            return super()._apply(fn, recurse)
+            return super()._apply(_tied(fn, fn), recurse)
         if cast not in _CAST_DTYPES:
             raise TypeError(f"{type(self).__name__}: cannot cast to {cast}: a cast sets the float output dtype, "
                             f"which must be float16, bfloat16, float32 or float64")
         self.out_dtype = self.built_out_dtype if cast == torch.float32 else cast
-        return super()._apply(lambda t: t.to(p32.device), recurse)
+        return super()._apply(_tied(fn, lambda t: t.to(p32.device)), recurse)
 
     def _check_checkpoint(self, state_dict, prefix: str, name: str) -> None:
         """Every buffer of a checkpoint with the dtype this layer stores, and values the kernels can use."""
