@@ -173,8 +173,8 @@ def check_zero_point_values(op: str, name: str, t: torch.Tensor | None) -> None:
 def trust_scales(t: torch.Tensor) -> torch.Tensor:
     """Record a scale lowp computed itself (finite and normal by construction: a dynamic Int8Conv2d fed non-finite
     input keeps a finite scale and poisons its bias instead, README "Non-finite input and overflow") as exempt from
-    the value check, so passing it to the next op costs no host read or device sync, until its data changes (version, data
-    pointer or storage; an inference tensor has no version, so only the latter two). Returns t."""
+    the value check, so passing it to the next op costs no host read or device sync, until its data changes
+    (version, data pointer or storage; an inference tensor has no version, so only the latter two). Returns t."""
     if not _data_unreadable(t):
         _remember(_trusted, id(t), t)
     return t

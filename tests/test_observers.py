@@ -297,7 +297,8 @@ def test_only_nonfinite_batches_is_no_data():
     with pytest.warns(UserWarning, match="left out"):
         obs(torch.tensor([[1.0, float("nan")], [2.0, 3.0]]))
     assert not obs.has_data
-    with pytest.raises(ValueError, match=r"MinMaxObserver: calculate_qparams saw only batches holding NaN or inf \(1\)"):
+    with pytest.raises(ValueError, match=r"MinMaxObserver: calculate_qparams saw only batches holding NaN or inf "
+                                         r"\(1\)"):
         obs.calculate_qparams()
 
 

@@ -168,7 +168,8 @@ def test_names_of_one_module_must_agree_on_skip_and_config():
     assert q.lowp_report.skipped == {"0": "skipped by config (as 2, one of its names)"}
     q = lowp_ops.quantize_dynamic(model, filter=lambda fqn, m: fqn != "2")
     assert q.lowp_report.skipped == {"0": "filtered out (as 2, one of its names)"} and q[2] is q[0]
-    with pytest.raises(ValueError, match="quantize_dynamic: the module at 0, 2 is one module, converted once, but the overrides give"):
+    with pytest.raises(ValueError, match="quantize_dynamic: the module at 0, 2 is one module, converted once, but the "
+                                         "overrides give"):
         lowp_ops.quantize_dynamic(model, overrides={"2": QuantConfig(out_dtype=torch.float16)})
 
 

@@ -45,8 +45,8 @@ def test_bench_smoke_run_checks_every_case():
 
 
 def test_model_bench_smoke_run():
-    proc = subprocess.run([sys.executable, "-m", "bench.models", "--smoke"], check=False, capture_output=True, text=True,
-                          cwd=ROOT)
+    proc = subprocess.run([sys.executable, "-m", "bench.models", "--smoke"], check=False, capture_output=True,
+                          text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "model variants built and checked" in proc.stdout and "| MLP block | 8 | lowp int8 static |" in proc.stdout
 

@@ -33,7 +33,8 @@ def quantize_rows(x: torch.Tensor, *, scale=None, zero_point=None, min_scale=Non
         spec = reference.INT8_PER_TOKEN
         M, K = x.shape
         if K == 0:  # torch.amin raises on an empty row; its range is widened to contain 0, like every range
-            return torch.empty((M, 0), dtype=torch.int8, device=x.device), torch.full((M,), min_scale, dtype=torch.float32, device=x.device)
+            scale = torch.full((M,), min_scale, dtype=torch.float32, device=x.device)
+            return torch.empty((M, 0), dtype=torch.int8, device=x.device), scale
         lo, hi = x.amin(dim=1).float().clamp_(max=0.0), x.amax(dim=1).float().clamp_(min=0.0)
         poison = (lo + hi).mul_(0.0)  # NaN for a row holding NaN or ±inf, else 0 (quant.choose_qparams)
         scale = (torch.maximum(lo.neg_(), hi) / spec.qmax).clamp_(min=min_scale).add_(poison)

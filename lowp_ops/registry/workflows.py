@@ -272,7 +272,8 @@ def _describe(batch) -> str:
     name = type(batch).__name__
     article = "an" if name[0].lower() in "aeiou" else "a"
     if isinstance(batch, (list, tuple)):
-        return f"an empty {name}" if not batch else f"{article} {name} of [{', '.join(type(b).__name__ for b in batch[:4])}]"
+        kinds = ", ".join(type(b).__name__ for b in batch[:4])
+        return f"an empty {name}" if not batch else f"{article} {name} of [{kinds}]"
     return f"{article} {name}"
 
 
@@ -366,9 +367,9 @@ def _check_observed(model: nn.Module, layers) -> None:
     bad = {fqn: n for fqn, n in bad.items() if n}
     if bad:
         which = ", ".join(f"'{fqn}' in {n} observed input{'s' if n > 1 else ''}" for fqn, n in bad.items())
-        raise ValueError(f"convert: NaN or inf reached the input of layer {which}; a scale cannot be made of them. Find "
-                         f"where they come from (the data, or an earlier layer overflowing), or, to use the range of "
-                         f"the finite batches only, zero <layer>.input_observer.nonfinite_batches")
+        raise ValueError(f"convert: NaN or inf reached the input of layer {which}; a scale cannot be made of them. "
+                         f"Find where they come from (the data, or an earlier layer overflowing), or, to use the range "
+                         f"of the finite batches only, zero <layer>.input_observer.nonfinite_batches")
     for fqn in layers:
         if not model.get_submodule(fqn).input_observer.has_data:
             raise ValueError(f"convert: layer '{fqn}' saw no calibration data; run lowp_ops.calibrate(model, data) "
