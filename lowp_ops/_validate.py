@@ -30,7 +30,7 @@ INT32_MAX = 2**31 - 1
 MAX_K = INT32_MAX // (128 * 128)
 MAX_K_ZERO_POINT = INT32_MAX // (255 * 128)
 INT8_RANGE = (-128, 127)  # every int8 zero point (input, weight-side correction, output) is an int8 code
-_FLOAT32_MAX = torch.finfo(torch.float32).max
+SCALE_RANGE = (MIN_SCALE, torch.finfo(torch.float32).max)  # finite, normal float32 (check_scale_values)
 
 
 def _names(dtypes) -> str:
@@ -136,6 +136,12 @@ _trusted: dict[int, _Stamp] = {}
 _passed_on_cuda: dict[tuple[int, str], _Stamp] = {}
 
 
+def outside(t: torch.Tensor, lo, hi) -> torch.Tensor:
+    """The values of t outside [lo, hi], NaN included, flattened (for messages; the modules' checks use it too)."""
+    flat = t.detach().flatten()
+    return flat[~((flat >= lo) & (flat <= hi))]
+
+
 def _check_range(op: str, name: str, t: torch.Tensor | None, lo, hi, what: str) -> None:
     """Every value of t in [lo, hi] (NaN fails), or fail naming up to 4 offenders. Skipped where no data can be
     read (module docstring) and for tensors lowp marked with trust_scales."""
@@ -150,8 +156,7 @@ def _check_range(op: str, name: str, t: torch.Tensor | None, lo, hi, what: str) 
         vmin, vmax = torch.aminmax(t.detach() if t.requires_grad else t)
         ok = lo <= vmin.item() and vmax.item() <= hi
     if not ok:
-        flat = t.detach().flatten()
-        values = flat[~((flat >= lo) & (flat <= hi))]
+        values = outside(t, lo, hi)
         fail(op, f"argument '{name}' must hold {what}, got {values[:4].tolist()}{' ...' if values.numel() > 4 else ''}")
     if cached:
         _remember(_passed_on_cuda, (id(t), what), t)
@@ -161,7 +166,7 @@ def check_scale_values(op: str, name: str, t: torch.Tensor | None) -> None:
     """Scales must be finite, normal float32 (>= 2^-126 = quant.MIN_SCALE): the kernels multiply by 1/scale, which
     overflows to inf below 2^-128 (0 · inf = NaN: the kernel and the reference then disagree), and GPUs may flush
     subnormals to zero."""
-    _check_range(op, name, t, MIN_SCALE, _FLOAT32_MAX, "finite, normal float32 scales (>= 2^-126)")
+    _check_range(op, name, t, *SCALE_RANGE, "finite, normal float32 scales (>= 2^-126)")
 
 
 def check_zero_point_values(op: str, name: str, t: torch.Tensor | None) -> None:

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from . import quant
+from .kernels.conv import conv_output_size
 from .quant import Granularity, QuantSpec
 
 __all__ = ["activation", "conv_epilogue", "gemm", "gemm_epilogue", "int8_conv2d", "int8_gemm", "quantize_channels_last",
@@ -130,7 +131,7 @@ def int8_conv2d(x: torch.Tensor, w: torch.Tensor, *, stride=(1, 1), padding=(0, 
     if x.shape[1] == 0 or w.shape[0] == 0:
         # an empty sum is 0: F.conv2d raises for zero output channels and, for zero input channels, returns zero
         # output channels (torch 2.13); the kernel returns epilogue(0)
-        oh, ow = (_conv_output_size(x.shape[d + 2], w.shape[d + 2], stride[d], padding[d], dilation[d])
+        oh, ow = (conv_output_size(x.shape[d + 2], w.shape[d + 2], stride[d], padding[d], dilation[d])
                   for d in (0, 1))
         acc = torch.empty((x.shape[0], w.shape[0], oh, ow), dtype=torch.int32, device=x.device,
                           memory_format=torch.channels_last).zero_()
@@ -141,11 +142,6 @@ def int8_conv2d(x: torch.Tensor, w: torch.Tensor, *, stride=(1, 1), padding=(0, 
         acc = F.conv2d(xz, w.double(), stride=tuple(stride), padding=tuple(padding), dilation=tuple(dilation),
                        groups=groups).to(torch.int32)
     return conv_epilogue(acc, a_scale=a_scale, activation=activation, out_dtype=out_dtype, **epilogue)
-
-
-def _conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
-    """As kernels.conv.conv_output_size (the reference imports no Triton)."""
-    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
 def conv_epilogue(acc: torch.Tensor, *, a_scale=None, activation="none", out_dtype=torch.int32,

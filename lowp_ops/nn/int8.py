@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn.modules.utils import _pair
 
 from .. import quant
-from .._validate import ACTIVATIONS, trust_scales
+from .._validate import ACTIVATIONS, INT8_RANGE, SCALE_RANGE, outside, trust_scales
 
 WEIGHT_SPEC = quant.per_channel(axis=0)  # symmetric int8 [-127, 127], one scale per output channel
 _DYNAMIC_INPUT_SPEC = quant.per_tensor()  # symmetric per-tensor (conv inputs); Linear inputs go per token
@@ -32,12 +32,6 @@ _CHECKPOINT_DTYPES = {
 _SCALES, _ZERO_POINTS = ("weight_scale", "input_scale", "output_scale"), ("input_zero_point", "output_zero_point")
 
 
-def _bad_scales(t: torch.Tensor) -> torch.Tensor:
-    """The entries of a float32 scale tensor that are not finite normal positive (>= quant.MIN_SCALE = 2^-126):
-    NaN, inf, zero, negative or subnormal — each would make a wrong answer (or 1 / scale overflow) in the kernels."""
-    return t[~(torch.isfinite(t) & (t >= quant.MIN_SCALE))]
-
-
 def _scale_arg(owner: str, arg: str, value, device) -> torch.Tensor | None:
     """A per-tensor scale given to a constructor (number or one-element tensor) -> float32 (1,)."""
     if value is None:
@@ -48,7 +42,7 @@ def _scale_arg(owner: str, arg: str, value, device) -> torch.Tensor | None:
     if t.numel() != 1:
         raise ValueError(f"{owner}: argument '{arg}' must be one value (a per-tensor scale), got shape "
                          f"{tuple(t.shape)}")
-    if _bad_scales(t).numel():
+    if outside(t, *SCALE_RANGE).numel():
         given = value.item() if isinstance(value, torch.Tensor) else value
         as_f32 = f" ({t.item()!r} in float32)" if repr(t.item()) != repr(float(given)) else ""
         raise ValueError(f"{owner}: argument '{arg}' must be a finite positive normal float32 scale (>= 2^-126), "
@@ -178,16 +172,13 @@ class _Int8Module(nn.Module):
                         f"{type(self).__name__}.from_float), not load_state_dict")
             raise ValueError(f"{name}: checkpoint '{prefix + key}' has dtype {str(theirs.dtype).removeprefix('torch.')}"
                              f" but this layer stores {words}; {hint}")
-        for key in _SCALES:
-            theirs = state_dict.get(prefix + key)
-            if isinstance(theirs, torch.Tensor) and _bad_scales(theirs).numel():
-                raise ValueError(f"{name}: checkpoint '{prefix + key}' must hold finite positive normal float32 "
-                                 f"scales (>= 2^-126), got {_bad_scales(theirs)[:4].tolist()}")
-        for key in _ZERO_POINTS:
-            theirs = state_dict.get(prefix + key)
-            if isinstance(theirs, torch.Tensor) and ((theirs < -128) | (theirs > 127)).any():
-                raise ValueError(f"{name}: checkpoint '{prefix + key}' must hold int8 codes in [-128, 127], got "
-                                 f"{theirs.flatten()[:4].tolist()}")
+        for keys, valid, what in ((_SCALES, SCALE_RANGE, "finite positive normal float32 scales (>= 2^-126)"),
+                                  (_ZERO_POINTS, INT8_RANGE, "int8 codes in [-128, 127]")):
+            for key in keys:
+                theirs = state_dict.get(prefix + key)
+                bad = outside(theirs, *valid) if isinstance(theirs, torch.Tensor) else ()
+                if len(bad):
+                    raise ValueError(f"{name}: checkpoint '{prefix + key}' must hold {what}, got {bad[:4].tolist()}")
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
