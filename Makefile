@@ -17,7 +17,9 @@ $(VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed
 	$(PY) tools/demo.py
 
+# ruff (lint + import order, config in pyproject.toml) first: a lint error fails the build like a test
 test: $(VENV)/.installed
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
 # pytest-benchmark microbenchmarks of the Python-side overhead (dispatch, launch path, module forward at batch 1)

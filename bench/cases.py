@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -13,9 +13,11 @@ SHAPES = {
     "square": [(4096, 4096, 4096), (8192, 8192, 8192)],
     "llm": [(m, 11008, 4096) for m in (1, 16, 128, 2048, 8192)] + [(128, 4096, 4096), (16, 4096, 4096)],
     "convnet_fc": [(b, 128, 9216) for b in (1, 256)] + [(b, 10, 128) for b in (1, 256)],
-    "resnet50": [(32, 64, 56, 56, 64, 3, 1, 1, 1), (32, 256, 56, 56, 64, 1, 1, 0, 1), (32, 128, 28, 28, 128, 3, 1, 1, 1),
-                 (32, 256, 14, 14, 256, 3, 1, 1, 1), (32, 512, 7, 7, 512, 3, 1, 1, 1)],
-    "convnet_conv": [(256, 1, 28, 28, 32, 3, 1, 0, 1), (256, 32, 26, 26, 64, 3, 1, 0, 1), (1, 32, 26, 26, 64, 3, 1, 0, 1)],
+    "resnet50": [(32, 64, 56, 56, 64, 3, 1, 1, 1), (32, 256, 56, 56, 64, 1, 1, 0, 1),
+                 (32, 128, 28, 28, 128, 3, 1, 1, 1), (32, 256, 14, 14, 256, 3, 1, 1, 1),
+                 (32, 512, 7, 7, 512, 3, 1, 1, 1)],
+    "convnet_conv": [(256, 1, 28, 28, 32, 3, 1, 0, 1), (256, 32, 26, 26, 64, 3, 1, 0, 1),
+                     (1, 32, 26, 26, 64, 3, 1, 0, 1)],
     "depthwise": [(32, 256, 28, 28, 256, 3, 1, 1, 256)],
 }
 
@@ -23,7 +25,7 @@ SHAPES = {
 def smoke_shape(shape: tuple) -> tuple:
     """A tiny version of a shape with the same structure (odd sizes on purpose)."""
     if len(shape) == 3:
-        return tuple(min(s, d) for s, d in zip(shape, (13, 37, 45)))
+        return tuple(min(s, d) for s, d in zip(shape, (13, 37, 45), strict=False))
     b, c, h, w, k, r, stride, pad, groups = shape
     g = min(groups, 4)
     return (1, min(c, 4 * g) if groups > 1 else min(c, 6), min(h, 9), min(w, 9), min(k, 4 * g) if groups > 1
@@ -81,7 +83,8 @@ def _fp16_mm(shape, device):
     M, N, K = shape
     x, w, _ = _gemm_data(shape, device)
     a, b = x.half(), w.T.contiguous().half()  # (M, K) @ (K, N), both row-major: cuBLAS's `a @ b`
-    return Problem("fp16_mm", shape, {"a": a, "b": b}, a.float() @ b.float(), 2 * M * N * K, 2 * (M * K + K * N + M * N))
+    return Problem("fp16_mm", shape, {"a": a, "b": b}, a.float() @ b.float(), 2 * M * N * K,
+                   2 * (M * K + K * N + M * N))
 
 
 def _fp16_linear_train(shape, device):
@@ -101,7 +104,8 @@ def _conv(shape, device):
     ref = F.conv2d(x, w, b, stride, pad, 1, groups)
     OH, OW = ref.shape[2:]
     return Problem("int8_conv", shape, {"x": x, "w": w, "b": b, "geometry": (stride, pad, groups)}, ref,
-                   2 * B * K * OH * OW * (C // groups) * R * R, B * C * H * W + K * C // groups * R * R + 2 * ref.numel())
+                   2 * B * K * OH * OW * (C // groups) * R * R,
+                   B * C * H * W + K * C // groups * R * R + 2 * ref.numel())
 
 
 def _quantize(shape, device):

@@ -106,7 +106,7 @@ def markdown(info: dict, rows: list[dict]) -> str:
         for shape in dict.fromkeys(tuple(r["shape"]) for r in op_rows):
             cells = {r["provider"]: r for r in op_rows if tuple(r["shape"]) == shape}
 
-            def rate(r):
+            def rate(r, op=op):
                 if r is None or r["status"] != "ok":
                     return "-"
                 if "ms" not in r:

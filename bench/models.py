@@ -93,7 +93,7 @@ def main(argv=None) -> None:
                         tx, ty = test
                         row["accuracy"] = accuracy(m, tx.half() if vname == "fp16" else tx, ty)
                     if not smoke:
-                        row["ms"] = bench_ms(lambda: m(xin))
+                        row["ms"] = bench_ms(lambda m=m, xin=xin: m(xin))
                     rows.append(row)
     lines = header(info, "lowp model-level benchmarks")
     lines += ["| model | batch | variant | ms | speedup vs FP32 | output SQNR dB | accuracy % |",

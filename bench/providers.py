@@ -4,8 +4,8 @@ weight quantization, layout changes, compilation — happens before, untimed) or
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F

@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 
 from .epilogue import gemm_epilogue, grouped_tile
-from .gemm import INTERPRETER_CONFIG, _direct, _OUTPUT_KIND
+from .gemm import _OUTPUT_KIND, INTERPRETER_CONFIG, _direct
 from .tuning import gemm_configs, m_bucket, make_gemm_pruner
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_stages, num_warps). Not yet tuned on a GPU: ResNet-50 layers have 64-512

@@ -15,11 +15,19 @@ lowp_ops.quant holds the quantization math.
 """
 
 from . import nn, quant
-from .registry import (QuantConfig, calibrate, convert, prepare, prepare_qat, quantize_dynamic, register,
-                       to_fp16)
-from .ops import (fp16_linear, fp16_mm, fp16_mm_accumulate_, int8_conv2d, int8_linear, int8_mm,
-                  quantize_channels_last, quantize_per_tensor, quantize_per_token)
+from .ops import (
+                       fp16_linear,
+                       fp16_mm,
+                       fp16_mm_accumulate_,
+                       int8_conv2d,
+                       int8_linear,
+                       int8_mm,
+                       quantize_channels_last,
+                       quantize_per_tensor,
+                       quantize_per_token,
+)
 from .ops.backends import cpu_backend, use_cpu_backend
+from .registry import QuantConfig, calibrate, convert, prepare, prepare_qat, quantize_dynamic, register, to_fp16
 
 __version__ = "0.1.0"
 __all__ = ["QuantConfig", "calibrate", "convert", "cpu_backend", "fp16_linear", "fp16_mm", "fp16_mm_accumulate_",

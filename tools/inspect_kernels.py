@@ -124,8 +124,7 @@ def _compile(fn, spec: dict, aligned, num_warps: int, num_stages: int, arch: int
 
 
 def _gemm_spec(config: dict, variant: dict) -> dict:
-    spec = {n: "i32" for n in ("M", "N", "K", "m_bucket", "stride_am", "stride_ak", "stride_bk", "stride_bn",
-                               "stride_cm", "stride_cn")}
+    spec = dict.fromkeys(("M", "N", "K", "m_bucket", "stride_am", "stride_ak", "stride_bk", "stride_bn", "stride_cm", "stride_cn"), "i32")
     spec.update(_GEMM_FLAGS)
     spec.update({k: v for k, v in config.items() if k not in ("num_warps", "num_stages")})
     spec.update(variant)
@@ -140,7 +139,7 @@ def _compile_gemm(config: dict, variant: dict, arch: int):
 
 
 def _compile_conv(config: dict, variant: dict, arch: int):
-    spec = {"a_ptr": "*i8", "w_ptr": "*i8", **{n: "i32" for n in _CONV_INTS}, **_CONV_FLAGS}
+    spec = {"a_ptr": "*i8", "w_ptr": "*i8", **dict.fromkeys(_CONV_INTS, "i32"), **_CONV_FLAGS}
     spec.update({k: v for k, v in config.items() if k not in ("num_warps", "num_stages")})
     spec.update(variant)
     aligned = ("a_ptr", "w_ptr", "c_ptr", "K", "N", "stride_an", "stride_ah", "stride_aw", "stride_wk",
@@ -216,7 +215,7 @@ def compile_check(arch: int = 90) -> list[dict]:
     jobs += [("conv2d", name, lambda v=v: _compile_conv(_SMALL, v, arch))
              for name, v in {**_CONV_VARIANTS, **_CONV_EXTRA}.items()]
     strides = ("stride_xb", "stride_xm", "stride_xk", "stride_qb", "stride_qm", "stride_qk")
-    quant_ints = {n: "i32" for n in ("M", "K") + strides}
+    quant_ints = dict.fromkeys(("M", "K") + strides, "i32")
     jobs += [("quantize", name, lambda v=v: _compile(
         _quantize_kernel, {"q_ptr": "*i8", **quant_ints, **v}, ("x_ptr", "q_ptr", "K") + strides, 8, 1, arch))
         for name, v in _QUANTIZE_VARIANTS.items()]

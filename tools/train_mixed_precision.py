@@ -30,7 +30,8 @@ def main() -> None:
     parser.add_argument("--out", default="bench/results")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    where = torch.cuda.get_device_name() if device.type == "cuda" else "cpu (lowp reference path, fp16 rounding emulated)"
+    where = (torch.cuda.get_device_name() if device.type == "cuda"
+             else "cpu (lowp reference path, fp16 rounding emulated)")
 
     tx, ty, vx, vy = (t.to(device) for t in load_digits_28(seed=args.seed))
     torch.manual_seed(args.seed)

@@ -21,13 +21,12 @@ from .. import reference
 from . import support
 from .support import as_uint8, exact_integers, fall_back, packed, traced
 
-
 _QLINEAR_MIN_WEIGHT = 2**21  # N·K from which oneDNN's qlinear beats torch._int_mm (module docstring)
 
 
 def _dense(t: torch.Tensor) -> torch.Tensor:
     # torch._int_mm (pytorch issue 194682) and onednn.qlinear_prepack return wrong results for zero-stride operands
-    return t.contiguous() if any(s == 0 and n > 1 for n, s in zip(t.shape, t.stride())) else t
+    return t.contiguous() if any(s == 0 and n > 1 for n, s in zip(t.shape, t.stride(), strict=True)) else t
 
 
 def int_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import platform
 import warnings
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 from torch._subclasses.fake_tensor import FakeTensor
@@ -18,7 +18,7 @@ _INT8_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 
 
 @functools.cache
-def missing() -> Optional[str]:
+def missing() -> str | None:
     """Why the native int8 paths cannot run on this machine, or None when they can."""
     if not torch.backends.mkldnn.is_available() or not hasattr(torch.ops.onednn, "qconv2d_pointwise"):
         return "this torch build lacks oneDNN's int8 primitives"

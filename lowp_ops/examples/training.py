@@ -79,7 +79,7 @@ def underflow_count(fp32_model: nn.Module, mp_model: nn.Module, x: torch.Tensor,
     F.nll_loss(fp32_model(x), y).backward()
     (F.nll_loss(mp_model(x), y) * loss_scale).backward()
     zeroed = nonzero = 0
-    for p32, pmp in zip(fp32_model.parameters(), mp_model.parameters()):
+    for p32, pmp in zip(fp32_model.parameters(), mp_model.parameters(), strict=True):
         live = p32.grad != 0
         nonzero += int(live.sum())
         zeroed += int((live & (pmp.grad == 0)).sum())

@@ -303,7 +303,7 @@ def _conv_padding(padding, kernel_size, dilation, padding_mode: str = "zeros") -
         return 0, 0
     if padding != "same":
         raise ValueError(f"Int8Conv2d: padding must be an int, a pair, 'valid' or 'same', got {padding!r}")
-    total = [d * (k - 1) for d, k in zip(dilation, kernel_size)]
+    total = [d * (k - 1) for d, k in zip(dilation, kernel_size, strict=True)]
     if any(t % 2 for t in total):
         raise ValueError(f"Int8Conv2d: padding='same' with kernel {tuple(kernel_size)} and dilation "
                          f"{tuple(dilation)} needs asymmetric padding, which is not supported")

@@ -3,7 +3,7 @@ dequantize / requantize epilogue, and the float NCHW -> int8 NHWC input quantiza
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -83,11 +83,11 @@ def _check_int8_conv2d(x, weight, stride, padding, dilation, groups, x_scale, we
 
 @triton_op("lowp::int8_conv2d", mutates_args={})
 def int8_conv2d(x: Tensor, weight: Tensor, stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int],
-                groups: int, x_scale: Optional[Tensor] = None, weight_scale: Optional[Tensor] = None,
-                bias: Optional[Tensor] = None, x_zero_point: Optional[Tensor] = None,
-                weight_sum: Optional[Tensor] = None, activation: str = "none",
-                out_dtype: Optional[torch.dtype] = None, out_scale: Optional[Tensor] = None,
-                out_zero_point: Optional[Tensor] = None) -> Tensor:
+                groups: int, x_scale: Tensor | None = None, weight_scale: Tensor | None = None,
+                bias: Tensor | None = None, x_zero_point: Tensor | None = None,
+                weight_sum: Tensor | None = None, activation: str = "none",
+                out_dtype: torch.dtype | None = None, out_scale: Tensor | None = None,
+                out_zero_point: Tensor | None = None) -> Tensor:
     """INT8 2-D convolution (implicit GEMM, int32 accumulation) with the fused epilogue of int8_mm.
 
     x: (N, C, H, W) int8 and weight: (K, C / groups, R, S) int8 (symmetric, per output channel), both
@@ -134,7 +134,7 @@ def _check_quantize_channels_last(x, scale, zero_point) -> None:
 
 
 @triton_op("lowp::quantize_channels_last", mutates_args={})
-def quantize_channels_last(x: Tensor, scale: Tensor, zero_point: Optional[Tensor] = None) -> Tensor:
+def quantize_channels_last(x: Tensor, scale: Tensor, zero_point: Tensor | None = None) -> Tensor:
     """Static affine int8 quantization fused with the layout change convolutions want.
 
     x: (N, C, H, W) float16 / bfloat16 / float32, any memory format (NCHW is read coalesced); scale: float32, one

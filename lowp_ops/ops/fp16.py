@@ -9,7 +9,6 @@ A·B, A·Bᵀ and Aᵀ·B are the same call with transposed views, and the same 
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 from torch import Tensor
@@ -37,7 +36,7 @@ def _check_out_dtype(op: str, out_dtype, a: Tensor) -> torch.dtype:
     return out_dtype
 
 
-def _check_bias(op: str, bias: Optional[Tensor], a: Tensor, N: int) -> None:
+def _check_bias(op: str, bias: Tensor | None, a: Tensor, N: int) -> None:
     if bias is not None:
         check_tensor(op, "bias", bias, dtypes=FLOAT_DTYPES + (torch.float64,), ndim=1, device=a.device,
                      device_of="a" if op == "fp16_mm" else "x")
@@ -60,8 +59,8 @@ def _check_fp16_mm(a, b, bias, activation, out_dtype) -> torch.dtype:
 
 
 @triton_op("lowp::fp16_mm", mutates_args={})
-def fp16_mm(a: Tensor, b: Tensor, bias: Optional[Tensor] = None, activation: str = "none",
-            out_dtype: Optional[torch.dtype] = None) -> Tensor:
+def fp16_mm(a: Tensor, b: Tensor, bias: Tensor | None = None, activation: str = "none",
+            out_dtype: torch.dtype | None = None) -> Tensor:
     """out = activation(a · b + bias) on Tensor Cores, float32 accumulation.
 
     a: (M, K), b: (K, N), float16 or bfloat16 (both the same), any strides (pass a.T / b.T views for the
@@ -121,8 +120,8 @@ def _check_fp16_linear(x, weight, bias, activation, out_dtype) -> torch.dtype:
 
 
 @triton_op("lowp::fp16_linear", mutates_args={})
-def fp16_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, activation: str = "none",
-                out_dtype: Optional[torch.dtype] = None) -> Tensor:
+def fp16_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, activation: str = "none",
+                out_dtype: torch.dtype | None = None) -> Tensor:
     """y = activation(x · weightᵀ + bias) on Tensor Cores, differentiable (dX and dW through the same kernel).
 
     x: (..., K) and weight: (N, K), float16 or bfloat16 (both the same), any strides; bias: (N,) float (keep it

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import Tensor
 from torch.library import triton_op
@@ -50,10 +48,10 @@ def _check_int8_mm(a, b, a_scale, b_scale, bias, a_zero_point, b_sum, activation
 
 
 @triton_op("lowp::int8_mm", mutates_args={})
-def int8_mm(a: Tensor, b: Tensor, a_scale: Optional[Tensor] = None, b_scale: Optional[Tensor] = None,
-            bias: Optional[Tensor] = None, a_zero_point: Optional[Tensor] = None, b_sum: Optional[Tensor] = None,
-            activation: str = "none", out_dtype: Optional[torch.dtype] = None, out_scale: Optional[Tensor] = None,
-            out_zero_point: Optional[Tensor] = None) -> Tensor:
+def int8_mm(a: Tensor, b: Tensor, a_scale: Tensor | None = None, b_scale: Tensor | None = None,
+            bias: Tensor | None = None, a_zero_point: Tensor | None = None, b_sum: Tensor | None = None,
+            activation: str = "none", out_dtype: torch.dtype | None = None, out_scale: Tensor | None = None,
+            out_zero_point: Tensor | None = None) -> Tensor:
     """INT8 matmul with a fused epilogue: out = epilogue(a · bᵀ).
 
     a: (..., K) int8, contiguous along K. b: (N, K) int8, contiguous along K (nn.Linear's weight layout).
@@ -122,11 +120,11 @@ def _check_int8_linear(x, weight, weight_scale, bias, x_scale, x_zero_point, wei
 
 
 @triton_op("lowp::int8_linear", mutates_args={})
-def int8_linear(x: Tensor, weight: Tensor, weight_scale: Tensor, bias: Optional[Tensor] = None,
-                x_scale: Optional[Tensor] = None, x_zero_point: Optional[Tensor] = None,
-                weight_sum: Optional[Tensor] = None, activation: str = "none",
-                out_dtype: Optional[torch.dtype] = None, out_scale: Optional[Tensor] = None,
-                out_zero_point: Optional[Tensor] = None) -> Tensor:
+def int8_linear(x: Tensor, weight: Tensor, weight_scale: Tensor, bias: Tensor | None = None,
+                x_scale: Tensor | None = None, x_zero_point: Tensor | None = None,
+                weight_sum: Tensor | None = None, activation: str = "none",
+                out_dtype: torch.dtype | None = None, out_scale: Tensor | None = None,
+                out_zero_point: Tensor | None = None) -> Tensor:
     """W8A8 linear: quantize x to int8, multiply by the int8 weight, dequantize, bias, activation — two kernels.
 
     x: (..., K) float16 / bfloat16 / float32, contiguous along K. weight: (N, K) int8 (per-output-channel

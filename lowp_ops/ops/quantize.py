@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import Tensor
 from torch.library import triton_op
@@ -46,13 +44,13 @@ def _(x):
     return x.new_empty(x.shape, dtype=torch.int8), x.new_empty(x.shape[:-1], dtype=torch.float32)
 
 
-def _check_quantize_per_tensor(x: Tensor, scale: Tensor, zero_point: Optional[Tensor]) -> None:
+def _check_quantize_per_tensor(x: Tensor, scale: Tensor, zero_point: Tensor | None) -> None:
     check_matrix_input("quantize_per_tensor", "x", x, FLOAT_DTYPES)
     check_static_qparams("quantize_per_tensor", x, scale, zero_point)
 
 
 @triton_op("lowp::quantize_per_tensor", mutates_args={})
-def quantize_per_tensor(x: Tensor, scale: Tensor, zero_point: Optional[Tensor] = None) -> Tensor:
+def quantize_per_tensor(x: Tensor, scale: Tensor, zero_point: Tensor | None = None) -> Tensor:
     """Static affine int8 quantization with a given per-tensor scale and zero point (from calibration).
 
     x: (..., K) float16 / bfloat16 / float32, contiguous along K; scale: float32, one element, finite and normal

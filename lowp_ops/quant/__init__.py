@@ -10,8 +10,14 @@ True
 
 from .affine import QuantizedTensor, dequantize, fake_quantize, quantize, quantize_tensor
 from .error import QuantError, quantization_error, sqnr_db, uniform_noise_variance
-from .observers import (OBSERVERS, HistogramObserver, MinMaxObserver, MovingAverageMinMaxObserver, Observer,
-                        PercentileObserver)
+from .observers import (
+                        OBSERVERS,
+                        HistogramObserver,
+                        MinMaxObserver,
+                        MovingAverageMinMaxObserver,
+                        Observer,
+                        PercentileObserver,
+)
 from .qparams import MIN_SCALE, choose_qparams, reduce_minmax
 from .spec import Granularity, QuantSpec, per_channel, per_group, per_tensor, per_token
 

@@ -135,7 +135,8 @@ def _mm_args():
 
 @pytest.mark.parametrize("change, exc, match", [
     (dict(a=torch.randn(13, 45)), TypeError, r"lowp.int8_mm: argument 'a' must have dtype int8, got float32"),
-    (dict(b=int8(37, 44)), ValueError, r"argument 'b' must be \(N, K\) with K = a.shape\[-1\] = 45, got shape \(37, 44\)"),
+    (dict(b=int8(37, 44)), ValueError,
+     r"argument 'b' must be \(N, K\) with K = a.shape\[-1\] = 45, got shape \(37, 44\)"),
     (dict(b=int8(45, 37).T), ValueError, r"argument 'b' must be contiguous along its last dim"),
     (dict(a=int8(45, 13).T), ValueError, r"argument 'a' must be contiguous along its last dim"),
     (dict(b=int8(37, 45).to("meta")), ValueError, r"argument 'b' is on meta but 'a' is on cpu"),
@@ -147,7 +148,8 @@ def _mm_args():
     (dict(b_scale=-torch.ones(1)), ValueError, r"'b_scale' must hold finite, normal .* got \[-1.0\]"),
     (dict(a_scale=None), ValueError, r"argument 'a_scale' is required for out_dtype float32"),
     (dict(activation="swish"), ValueError, r"'activation' must be one of 'none', 'relu', 'relu6', 'gelu', got 'swish'"),
-    (dict(out_dtype=torch.int32), ValueError, r"out_dtype int32 returns the raw accumulator, so a_scale, b_scale cannot apply"),
+    (dict(out_dtype=torch.int32), ValueError,
+     r"out_dtype int32 returns the raw accumulator, so a_scale, b_scale cannot apply"),
     (dict(out_dtype=torch.int8), ValueError, r"out_dtype int8 requantizes the output and needs 'out_scale'"),
     (dict(out_dtype=torch.int16), TypeError, r"argument 'out_dtype' must be int32, int8, float16, bfloat16 or float32"),
     (dict(bias=torch.randn(36)), ValueError, r"argument 'bias' must hold one value per output column \(N=37"),
@@ -163,13 +165,15 @@ def test_int8_mm_rejects_bad_input(change, exc, match):
 
 
 @pytest.mark.parametrize("change, exc, match", [
-    (dict(x=int8(13, 45)), TypeError, r"lowp.int8_linear: argument 'x' must have dtype float16 or bfloat16 or float32, got int8"),
+    (dict(x=int8(13, 45)), TypeError,
+     r"lowp.int8_linear: argument 'x' must have dtype float16 or bfloat16 or float32, got int8"),
     (dict(weight=torch.randn(37, 45)), TypeError, r"argument 'weight' must have dtype int8"),
     (dict(weight=int8(37, 46)), ValueError, r"argument 'weight' must be \(N, K\) with K = x.shape\[-1\] = 45"),
     (dict(weight_scale=torch.rand(5)), ValueError, r"argument 'weight_scale' must hold one scale per output column"),
     (dict(x_scale=torch.rand(13)), ValueError, r"argument 'x_scale' must hold one element \(static per-tensor"),
     (dict(x_zero_point=torch.tensor([0], dtype=torch.int32)), ValueError, r"'x_zero_point' needs 'x_scale'"),
-    (dict(out_dtype=torch.int32), TypeError, r"'out_dtype' must be int8, float16, bfloat16 or float32, got torch.int32"),
+    (dict(out_dtype=torch.int32), TypeError,
+     r"'out_dtype' must be int8, float16, bfloat16 or float32, got torch.int32"),
     (dict(x=torch.randn(45, 13).T), ValueError, r"argument 'x' must be contiguous along its last dim"),
 ])
 def test_int8_linear_rejects_bad_input(change, exc, match):

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-from util import assert_bitwise_equal
 
 from lowp_ops import quant
 from lowp_ops.quant import OBSERVERS, HistogramObserver, MinMaxObserver, MovingAverageMinMaxObserver, PercentileObserver
+from util import assert_bitwise_equal
 
 
 def calibrate(obs, batches):

@@ -105,7 +105,8 @@ def test_linear_ops_match_the_reference(M, K, N):
         torch.manual_seed(1)
         with reference_path():
             ref = call()
-        for o, r in zip(out if isinstance(out, tuple) else (out,), ref if isinstance(ref, tuple) else (ref,)):
+        outs, refs = (t if isinstance(t, tuple) else (t,) for t in (out, ref))
+        for o, r in zip(outs, refs, strict=True):
             assert_bitwise_equal(o, r)
 
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from util import assert_bitwise_equal
 
 import lowp_ops
 from lowp_ops import QuantConfig, quant
+from util import assert_bitwise_equal
 
 
 def _mlp():

@@ -4,11 +4,11 @@ decided per call site (graph.py), one replacement in every slot a module fills, 
 import pytest
 import torch
 from torch import nn
-from util import assert_bitwise_equal
 
 import lowp_ops
 from lowp_ops import QuantConfig, quant
 from lowp_ops.nn import Int8Linear, QATLinear
+from util import assert_bitwise_equal
 
 
 def _static(model, data, **kw):

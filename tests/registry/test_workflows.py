@@ -5,12 +5,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from util import assert_bitwise_equal
 
 import lowp_ops
 from lowp_ops import QuantConfig, quant
 from lowp_ops.nn import Fp16Linear, Int8Conv2d, Int8Linear, QATConv2d, QATLinear
 from lowp_ops.registry import core
+from util import assert_bitwise_equal
 
 
 class SmallNet(nn.Module):

@@ -11,12 +11,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
-from util import assert_bitwise_equal
 
 import lowp_ops
 from lowp_ops import QuantConfig, quant
 from lowp_ops.nn import Fp16Linear, Int8Conv2d, Int8Linear, QATConv2d, QATLinear
 from lowp_ops.nn.int8 import _Int8Module
+from util import assert_bitwise_equal
 
 NAN, INF = float("nan"), float("inf")
 
@@ -111,7 +111,7 @@ def test_whole_model_save_load_pickle_and_deepcopy(name, how):
     again = _COPIES[how](model)
     assert again is not model and type(again) is type(model)
     assert_bitwise_equal(again(x), expected)
-    layers = [(m, n) for m, n in zip(model.modules(), again.modules()) if isinstance(m, _Int8Module)]
+    layers = [(m, n) for m, n in zip(model.modules(), again.modules(), strict=True) if isinstance(m, _Int8Module)]
     assert bool(layers) == (name not in ("Fp16Linear", "QATLinear", "QATConv2d"))
     for old, new in layers:  # the derived Σ weight (not in the state_dict) comes back too
         assert (old.weight_sum is None) == (new.weight_sum is None) == (old.input_zero_point is None)

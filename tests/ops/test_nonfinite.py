@@ -17,10 +17,10 @@ import math
 
 import pytest
 import torch
-from util import assert_bitwise_equal, assert_requant_equal, int8, reference_path
 
 import lowp_ops
 from lowp_ops import quant
+from util import assert_bitwise_equal, assert_requant_equal, int8, reference_path
 
 HAS_CUDA = torch.cuda.is_available()
 NAN, INF = math.nan, math.inf
@@ -204,7 +204,7 @@ def _special_bias(n=6):
 def _check_special_columns(y, activation, out):
     """y (..., 6) with its channels last: the columns of a NaN / +inf / -inf bias hold EPILOGUE_OF / REQUANT_OF."""
     expected = REQUANT_OF[activation] if out == "int8" else EPILOGUE_OF[activation]
-    for col, value in zip(SPECIAL_COLS, expected):
+    for col, value in zip(SPECIAL_COLS, expected, strict=True):
         got = y[..., col].cpu()
         ok = got.isnan().all() if math.isnan(value) else torch.equal(got, torch.full_like(got, value))
         assert ok, (col, value, got.unique())

@@ -11,7 +11,6 @@ from lowp_ops import quant
 from lowp_ops.quant import Granularity, QuantSpec
 from util import assert_bitwise_equal
 
-
 # ------------------------------------------------------------------------------------------------- specs
 
 @pytest.mark.parametrize("spec, qmin, qmax, dtype", [

@@ -9,10 +9,10 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-from util import assert_bitwise_equal, int8
 
 import lowp_ops
 from lowp_ops import _validate
+from util import assert_bitwise_equal, int8
 
 lowp = torch.ops.lowp
 CL = torch.channels_last
