@@ -249,3 +249,35 @@ def find_int8_edges(graph: fx.Graph, modules: dict[str, nn.Module],
             continue
         edges[producer] = Int8Edge(consumer, any(end[1] for end in ends), set().union(*(end[2] for end in ends)))
     return edges, notes
+
+
+# (args, kwargs) of one model(*args, **kwargs) call: what torch.export needs to see a model's graph
+Example = tuple[tuple, dict]
+
+
+@dataclass
+class Analysis:
+    """What analyse found. source: which graph was read ("torch.export", "torch.fx" or "nn.Sequential");
+    fusions / fused_modules as in Fusions; edges: producer -> Int8Edge (always empty for "nn.Sequential")."""
+
+    source: str
+    fusions: list[Fusion] = field(default_factory=list)
+    fused_modules: list[str] = field(default_factory=list)
+    edges: dict[str, Int8Edge] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def analyse(model: nn.Module, layers: set[str], *, example: Example | None = None,
+            leaves: tuple[type, ...] = ()) -> Analysis:
+    """The fusions and int8 edges of `layers` (fqns of the modules to convert). Provisional body (fx, then
+    nn.Sequential order); the torch.export-based version replaces it."""
+    graph = trace(model, leaves)
+    if graph is None:
+        found = sequential_fusions(model, layers)
+        return Analysis("nn.Sequential", found.fusions, found.fused_modules, {},
+                        ["the model could not be traced by torch.fx: BatchNorm / ReLU fused only inside "
+                         "nn.Sequential, and no int8 hand-off between layers", *found.notes])
+    modules = dict(model.named_modules())
+    found = find_fusions(graph, modules, layers)
+    edges, notes = find_int8_edges(graph, modules, layers)
+    return Analysis("torch.fx", found.fusions, found.fused_modules, edges, found.notes + notes)
