@@ -35,7 +35,7 @@ def _pick(value: str, choices, what: str) -> list[str]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description="lowp benchmarks vs cuBLAS / cuDNN / peers")
-    parser.add_argument("--preset", choices=list(PRESETS), help="an issue's benchmark set (overrides the next three)")
+    parser.add_argument("--preset", choices=list(PRESETS), help="a named benchmark set (overrides the next three)")
     parser.add_argument("--ops", default="all", help=f"comma list of {', '.join(OPS)}, or all")
     parser.add_argument("--shapes", default="all", help=f"comma list of {', '.join(SHAPES)}, or all")
     parser.add_argument("--providers", default="all", help=f"comma list of {', '.join(PROVIDERS)}, or all")

@@ -3,9 +3,10 @@
     python -m bench.models --out bench/results     # on a CUDA machine
     python -m bench.models --smoke                 # CPU: builds and checks every variant, times nothing
 
-Models: the seed ConvNet (trained on scikit-learn's digits: accuracy too), torchvision ResNet-50 (random weights,
-no download; skipped when torchvision is missing) and a transformer MLP block (4096 -> 11008 -> 4096, GELU).
-Reported per variant: latency, speedup over FP32 (the seed article claims INT8 is 2-4x faster than FP32) and
+Models: the seed ConvNet (lowp_ops.examples.convnet, the small ConvNet of the article lowp grew from; trained on
+scikit-learn's digits: accuracy too), torchvision ResNet-50 (random weights, no download; skipped when torchvision
+is missing) and a transformer MLP block (4096 -> 11008 -> 4096, GELU).
+Reported per variant: latency, speedup over FP32 (that article claims INT8 is 2-4x faster than FP32) and
 output SQNR against FP32.
 """
 
