@@ -1,16 +1,20 @@
 """INT8 conv2d as an implicit GEMM (no im2col buffer), with the GEMM's fused epilogue (kernels/epilogue.py).
 
+Names follow the conv convention throughout (G groups):
     x:   (N, C, H, W) int8, channels_last (NHWC in memory)
     w:   (K, C/G, R, S) int8, channels_last (KRSC in memory: each output channel's taps are C-contiguous)
     out: (N, K, OH, OW) channels_last — int32, float16 / bfloat16 / float32 (dequantized) or int8 (requantized)
 
-GEMM view, per group g (program_id(1)): rows = output pixels (N·OH·OW), columns = the group's output channels,
-reduction over (r, s, c) — one pipelined loop over every (tap, channel block), so a 3x3 layer with 64 channels
-still streams 9 K-steps. Both operand tiles are channel-contiguous, the layout int8 wgmma wants (as the GEMM's
-K-contiguous operands). Padded taps read the activation zero point, so (a − za) is 0 there and the epilogue's
-correction acc − za·Σ w stays exact. Depthwise layers (one input channel per group) take a constexpr variant:
-channels across all groups on the column axis and an elementwise multiply-accumulate, since a dot product over
-one channel would leave the tensor cores 16-32x idle.
+GEMM view, per group g (program_id(1)), in the kernel's argument names:
+    rows       M = N·OH·OW output pixels
+    columns    COLS = K_G = K/G output channels of the group (depthwise: all K, as one group)
+    reduction  over (r, s, c): R·S taps x C_G = C/G input channels; BLOCK_K tiles C_G, and EVEN_K says it divides it
+One pipelined loop runs over every (tap, channel block), so a 3x3 layer with 64 channels still streams 9 reduction
+steps. Both operand tiles are channel-contiguous: contiguous along the reduction, the layout int8 wgmma wants.
+Padded taps read the activation zero point, so (a − za) is 0 there and the epilogue's correction acc − za·Σ w stays
+exact. Depthwise layers (one input channel per group) take a constexpr variant: channels across all groups on the
+column axis and an elementwise multiply-accumulate, since a dot product over one channel would leave the tensor
+cores 16-32x idle.
 """
 
 import torch
@@ -18,11 +22,12 @@ import triton
 import triton.language as tl
 
 from .epilogue import gemm_epilogue, grouped_tile
-from .gemm import _OUTPUT_KIND, INTERPRETER_CONFIG, _direct
+from .launch import TiledKernel, direct, output_kind
 from .tuning import gemm_configs, m_bucket, make_gemm_pruner
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_stages, num_warps). Not yet tuned on a GPU: ResNet-50 layers have 64-512
-# output channels and 64-512 input channels per tap; depthwise rows (BLOCK_K unused) close the table.
+# output channels and 64-512 input channels per tap. Depthwise rows (BLOCK_K unused) close the table: with
+# C_G = 1 the pruner keeps only tiles with BLOCK_K <= 32.
 _CONV_TABLE = [
     (128, 128, 64, 4, 8),
     (128, 64, 64, 4, 4),
@@ -39,8 +44,8 @@ _CONV_TABLE = [
 def _conv2d_kernel(
     a_ptr, w_ptr, c_ptr,
     a_scale_ptr, b_scale_ptr, bias_ptr, a_zp_ptr, b_sum_ptr, out_scale_ptr, out_zp_ptr,
-    M, N, K, m_bucket,  # GEMM view: pixels, output channels per group (all of them if depthwise), channels per group
-    H, W, OH, OW, R, S, K_PER_G,  # K_PER_G: output channels per group (the depthwise channel multiplier)
+    M, COLS, C_G, m_bucket,  # the GEMM view (module docstring); m_bucket only keys the autotuner
+    H, W, OH, OW, R, S, K_G,  # K_G = K/G: output channels per group (depthwise: the channel multiplier)
     stride_an, stride_ah, stride_aw, stride_wk, stride_wr, stride_ws, stride_cm,
     conv_sh, conv_sw, pad_h, pad_w, dil_h, dil_w,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
@@ -48,22 +53,22 @@ def _conv2d_kernel(
     OUTPUT: tl.constexpr, A_SCALE_PER_ROW: tl.constexpr, B_SCALE_PER_COL: tl.constexpr, ACTIVATION: tl.constexpr,
 ):
     g = tl.program_id(1)
-    pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    pid_m, pid_n = grouped_tile(tl.program_id(0), M, COLS, BLOCK_M, BLOCK_N, GROUP_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_k = tl.arange(0, BLOCK_K)
+    offs_c = tl.arange(0, BLOCK_K)  # input channels within a block
     pix = offs_m % M  # tail rows re-read the last pixel; the store is masked
     img = pix // (OH * OW)
     oh = (pix % (OH * OW)) // OW
     ow = pix % OW
-    cols = g * N + offs_n % N  # global output channel (clamped for loads)
-    a_img = a_ptr + img.to(tl.int64) * stride_an + g * K  # the group's first input channel
+    cols = g * COLS + offs_n % COLS  # global output channel (clamped for loads)
+    a_img = a_ptr + img.to(tl.int64) * stride_an + g * C_G  # the group's first input channel
     pad = 0
     if a_zp_ptr is not None:
         pad = tl.load(a_zp_ptr).to(tl.int8)
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
-    n_chunks = tl.cdiv(K, BLOCK_K)
+    n_chunks = tl.cdiv(C_G, BLOCK_K)
     for t in range(0, R * S * n_chunks):
         tap = t // n_chunks
         c0 = (t % n_chunks) * BLOCK_K
@@ -74,86 +79,81 @@ def _conv2d_kernel(
         inside = (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
         a_pix = a_img + ih.to(tl.int64) * stride_ah + iw.to(tl.int64) * stride_aw
         w_tap = w_ptr + r * stride_wr + s * stride_ws
-        if DEPTHWISE:  # input channel of output channel k is k // K_PER_G; one tap, no channel reduction
-            a = tl.load(a_pix[:, None] + (cols // K_PER_G)[None, :], mask=inside[:, None], other=pad)
+        if DEPTHWISE:  # input channel of output channel k is k // K_G; one tap, no channel reduction
+            a = tl.load(a_pix[:, None] + (cols // K_G)[None, :], mask=inside[:, None], other=pad)
             b = tl.load(w_tap + cols * stride_wk)
             acc += a.to(tl.int32) * b.to(tl.int32)[None, :]
         else:
-            a_ptrs = a_pix[:, None] + (c0 + offs_k)[None, :]
-            b_ptrs = w_tap + cols[None, :].to(tl.int64) * stride_wk + (c0 + offs_k)[:, None]
+            a_ptrs = a_pix[:, None] + (c0 + offs_c)[None, :]
+            b_ptrs = w_tap + cols[None, :].to(tl.int64) * stride_wk + (c0 + offs_c)[:, None]
             if EVEN_K:
                 a = tl.load(a_ptrs, mask=inside[:, None], other=pad)
                 b = tl.load(b_ptrs)
             else:
-                k_ok = c0 + offs_k < K
-                a = tl.load(a_ptrs, mask=inside[:, None] & k_ok[None, :], other=pad)
-                b = tl.load(b_ptrs, mask=k_ok[:, None], other=0)
+                c_ok = c0 + offs_c < C_G
+                a = tl.load(a_ptrs, mask=inside[:, None] & c_ok[None, :], other=pad)
+                b = tl.load(b_ptrs, mask=c_ok[:, None], other=0)
             acc = tl.dot(a, b, acc, out_dtype=tl.int32)
 
-    # columns are global output channels; N_bound = (g + 1)·N keeps the mask inside this group
-    cols_out = g * N + offs_n
-    y = gemm_epilogue(acc, offs_m, cols_out, M, g * N + N, img,
+    # columns are global output channels; the bound (g + 1)·COLS keeps the epilogue's masks inside this group
+    cols_out = g * COLS + offs_n
+    y = gemm_epilogue(acc, offs_m, cols_out, M, g * COLS + COLS, img,
                       a_scale_ptr, b_scale_ptr, bias_ptr, a_zp_ptr, b_sum_ptr, out_scale_ptr, out_zp_ptr,
                       OUTPUT, A_SCALE_PER_ROW, B_SCALE_PER_COL, False, ACTIVATION)
     c_ptrs = c_ptr + offs_m.to(tl.int64)[:, None] * stride_cm + cols_out[None, :]
-    tl.store(c_ptrs, y.to(c_ptr.dtype.element_ty), mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
+    tl.store(c_ptrs, y.to(c_ptr.dtype.element_ty), mask=(offs_m[:, None] < M) & (offs_n[None, :] < COLS))
 
 
-def _even_k(args) -> bool:
-    return args["K"] % args["BLOCK_K"] == 0
-
-
-_conv2d_tuned = triton.autotune(
-    configs=gemm_configs(_CONV_TABLE),
-    key=["m_bucket", "N", "K", "R", "S", "DEPTHWISE"],
-    prune_configs_by={"early_config_prune": make_gemm_pruner(register_heavy=lambda a: a["OUTPUT"] == "int8")},
-)(triton.heuristics({"EVEN_K": _even_k})(_conv2d_kernel))
+_CONV = TiledKernel(_conv2d_kernel, reduction="C_G")
+_conv2d_tuned = _CONV.autotuned(
+    gemm_configs(_CONV_TABLE),
+    key=["m_bucket", "COLS", "C_G", "R", "S", "DEPTHWISE"],  # plus the dtype of every tensor argument
+    prune=make_gemm_pruner(m_bucket_arg="m_bucket", n_arg="COLS", k_arg="C_G", operand_arg="a_ptr",
+                           register_heavy=lambda args: args["OUTPUT"] == "int8"),  # the requant epilogue
+)
 
 
 def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
+    """Output height (or width) of a convolution along one side: torch.nn.Conv2d's formula."""
     return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
 def int8_conv2d(x, w, *, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1, a_scale=None, b_scale=None,
                 bias=None, a_zero_point=None, b_sum=None, activation="none", out_dtype=torch.int32,
-                out_scale=None, out_zero_point=None, config=None, wrap=_direct):
+                out_scale=None, out_zero_point=None, config=None, wrap=direct):
     """Launch the INT8 conv; arguments are assumed validated (lowp_ops.ops does that). Returns out.
 
     x: (N, C, H, W) int8 channels_last; w: (K, C/groups, R, S) int8 channels_last.
     a_scale: float32 (1,) or (N,) (one per image); b_scale: float32 (K,) or (1,); bias (K,) float;
     a_zero_point: int32 (1,) with b_sum int32 (K,) = Σ_{c,r,s} w[k]; out_scale / out_zero_point (1,) for int8
     output; activation "none" | "relu" | "relu6" | "gelu". out: (N, K, OH, OW) out_dtype, channels_last.
+    config and wrap as for kernels.gemm.
     """
-    Nb, C, H, W = x.shape
-    K_out, C_g, R, S = w.shape
+    N, C, H, W = x.shape
+    K, C_G, R, S = w.shape
     OH = conv_output_size(H, R, stride[0], padding[0], dilation[0])
     OW = conv_output_size(W, S, stride[1], padding[1], dilation[1])
-    out = torch.empty((Nb, K_out, OH, OW), dtype=out_dtype, device=x.device, memory_format=torch.channels_last)
-    M = Nb * OH * OW
+    out = torch.empty((N, K, OH, OW), dtype=out_dtype, device=x.device, memory_format=torch.channels_last)
+    M = N * OH * OW
     if out.numel() == 0:
         return out
-    depthwise = C_g == 1 and groups > 1
-    k_per_g = K_out // groups
-    n_cols, n_groups = (K_out, 1) if depthwise else (k_per_g, groups)
+    depthwise = C_G == 1 and groups > 1
+    K_G = K // groups
+    cols, n_groups = (K, 1) if depthwise else (K_G, groups)
     args = dict(
         a_ptr=x, w_ptr=w, c_ptr=out, a_scale_ptr=a_scale, b_scale_ptr=b_scale, bias_ptr=bias,
         a_zp_ptr=a_zero_point, b_sum_ptr=b_sum, out_scale_ptr=out_scale, out_zp_ptr=out_zero_point,
-        M=M, N=n_cols, K=C_g, m_bucket=m_bucket(M), H=H, W=W, OH=OH, OW=OW, R=R, S=S, K_PER_G=k_per_g,
+        M=M, COLS=cols, C_G=C_G, m_bucket=m_bucket(M), H=H, W=W, OH=OH, OW=OW, R=R, S=S, K_G=K_G,
         stride_an=x.stride(0), stride_ah=x.stride(2), stride_aw=x.stride(3),
-        stride_wk=w.stride(0), stride_wr=w.stride(2), stride_ws=w.stride(3), stride_cm=K_out,
+        stride_wk=w.stride(0), stride_wr=w.stride(2), stride_ws=w.stride(3), stride_cm=K,
         conv_sh=stride[0], conv_sw=stride[1], pad_h=padding[0], pad_w=padding[1], dil_h=dilation[0],
-        dil_w=dilation[1], DEPTHWISE=depthwise, OUTPUT=_OUTPUT_KIND[out_dtype],
+        dil_w=dilation[1], DEPTHWISE=depthwise, OUTPUT=output_kind(out_dtype),
         A_SCALE_PER_ROW=a_scale is not None and a_scale.numel() != 1,
         B_SCALE_PER_COL=b_scale is not None and b_scale.numel() != 1, ACTIVATION=activation,
     )
 
     def grid(meta):
-        return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(n_cols, meta["BLOCK_N"]), n_groups)
+        return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(cols, meta["BLOCK_N"]), n_groups)
 
-    if config is None and x.device.type == "cpu":
-        config = INTERPRETER_CONFIG
-    if config is None:
-        wrap(_conv2d_tuned)[grid](**args)
-    else:
-        wrap(_conv2d_kernel)[grid](**args, **config, EVEN_K=_even_k({"K": C_g, **config}))
+    _CONV.launch(_conv2d_tuned, grid, args, device=x.device, config=config, wrap=wrap)
     return out

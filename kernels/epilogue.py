@@ -1,7 +1,8 @@
 """Pieces shared by every lowp kernel family: rounding, quantization of float values, activations, the grouped
 tile order, and the fused GEMM epilogue (accumulator -> dequantize, zero-point correction, bias, activation, output or
-requantize). The GEMM kernel (int8 and fp16/bf16 operands) uses it today; the INT8 conv (implicit GEMM: rows =
-output pixels, columns = output channels) is meant to call the same function.
+requantize). Both tiled kernels call gemm_epilogue: the GEMM (int8 and fp16/bf16 operands) and the INT8 conv
+(implicit GEMM: rows = output pixels, columns = output channels, per-image scales indexed by a_rows). The quantize
+kernel uses quantize_values.
 
 Arithmetic follows lowp_ops/quant/qparams.py exactly (q = clamp(round_half_even(x * (1/scale)) + zp)), so the
 pure-torch references reproduce the kernels bit for bit wherever the compiler does not contract a multiply and an

@@ -9,8 +9,9 @@
     c: (M, N) — int32 (raw), float16 / bfloat16 / float32, or int8 (requantized); with ACCUMULATE, c (float32)
        holds the running sum and c += epilogue(A · B) (weight-gradient accumulation).
 
-int8 operands must both be K-contiguous: on sm_90 that is what lowers to `wgmma.mma_async ... .s32.s8.s8`; a
-(K, N) row-major int8 B ran ~10x slower on H100 (ANCHORS.md). The epilogue lives in kernels/epilogue.py.
+int8 operands must both be K-contiguous: on sm_90 that is what lowers to `wgmma.mma_async ... .s32.s8.s8`; with
+a (K, N) row-major int8 B, plain Triton INT8 ran 107 instead of 997 TOPS at 4096³ on an H100 80GB
+(bench/BASELINES.md, GEMM throughput). The epilogue lives in kernels/epilogue.py, the launch in kernels/launch.py.
 """
 
 import torch
@@ -18,16 +19,21 @@ import triton
 import triton.language as tl
 
 from .epilogue import gemm_epilogue, grouped_tile
+from .launch import INTERPRETER_CONFIG, TiledKernel, direct, output_kind
 from .tuning import gemm_configs, m_bucket, make_gemm_pruner
+
+__all__ = ["INTERPRETER_CONFIG", "gemm", "int8_gemm"]  # INTERPRETER_CONFIG lives in kernels/launch.py
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_stages, num_warps); each table feeds its own autotuner over the same kernel.
 _INT8_TABLE = [
-    (128, 256, 128, 3, 8),  # large shapes: won on H100 at 4096³–8192³ (ANCHORS.md, ~1,040 TOPS plain)
-    (256, 128, 128, 3, 8),  # large shapes, tall
+    # large shapes: the two INT8 tiles that won on an H100 80GB (bench/BASELINES.md, "Tiles and layouts"), where
+    # plain Triton INT8 reached 997 TOPS at 4096³ and 1,043 at 8192³
+    (128, 256, 128, 3, 8),
+    (256, 128, 128, 3, 8),  # tall
     (128, 128, 128, 4, 8),
     (128, 128, 64, 4, 4),
     (64, 128, 128, 4, 4),
-    (64, 64, 128, 5, 4),  # M ≈ 128: won on H100 (ANCHORS.md)
+    (64, 64, 128, 5, 4),  # M ≈ 128: won at M = 128 on an H100 80GB (bench/BASELINES.md, "Tiles and layouts")
     (32, 64, 256, 4, 4),  # the rest serve decode (M ≤ 32): weight-bandwidth bound, many N tiles in flight
     (16, 64, 256, 4, 4),
     (16, 32, 256, 5, 4),
@@ -44,10 +50,6 @@ _FP16_TABLE = [
     (16, 64, 128, 4, 4),
     (16, 32, 128, 5, 4),
 ]
-
-# Interpreter (CPU) runs skip autotuning: one modest tile, small enough that odd test shapes exercise the
-# masked tails in M, N and K.
-INTERPRETER_CONFIG = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4, "num_warps": 4, "num_stages": 1}
 
 
 @triton.jit
@@ -97,39 +99,23 @@ def _gemm_kernel(
     tl.store(c_ptrs, y.to(c_ptr.dtype.element_ty), mask=c_mask)
 
 
-def _even_k(args) -> bool:
-    """K needs no mask when the K tiles cover it exactly."""
-    return args["K"] % args["BLOCK_K"] == 0
-
-
 def _register_heavy(args) -> bool:
-    """Variants that spill on 128-accumulator-per-thread tiles (tools/inspect_kernels.py, sm_90, triton 3.9):
-    the requant epilogue (128x256x128, 8 warps: 320 B of stack) and an M-contiguous A, the weight-gradient
-    layout, whose tiles pass through registers (256x128x64, 8 warps: 224 B)."""
+    """Variants that spill on 128-accumulator-per-thread tiles (compiled by tools/inspect_kernels.py for sm_90,
+    triton 3.9): the requant epilogue (128x256x128, 3 stages, 8 warps: 312 B of stack) and an M-contiguous A, the
+    weight-gradient layout, whose tiles pass through registers (256x128x64, 3 stages, 8 warps: 224 B)."""
     return args["OUTPUT"] == "int8" or (args["stride_am"] == 1 and args["stride_ak"] != 1)
 
 
-def _tuned(table):
-    return triton.autotune(
-        configs=gemm_configs(table),
-        key=["m_bucket", "N", "K"],  # plus the dtype of every tensor argument (Triton adds those)
-        prune_configs_by={"early_config_prune": make_gemm_pruner(register_heavy=_register_heavy)},
-    )(triton.heuristics({"EVEN_K": _even_k})(_gemm_kernel))
-
-
-_gemm_int8_tuned = _tuned(_INT8_TABLE)
-_gemm_fp16_tuned = _tuned(_FP16_TABLE)
-
-_OUTPUT_KIND = {torch.int32: "int32", torch.int8: "int8",
-                torch.float16: "float", torch.bfloat16: "float", torch.float32: "float"}
-
-
-def _direct(kernel):
-    return kernel
+_GEMM = TiledKernel(_gemm_kernel, reduction="K")
+_KEY = ["m_bucket", "N", "K"]  # plus the dtype of every tensor argument (Triton adds those)
+_PRUNE = make_gemm_pruner(m_bucket_arg="m_bucket", n_arg="N", k_arg="K", operand_arg="a_ptr",
+                          register_heavy=_register_heavy)
+_gemm_int8_tuned = _GEMM.autotuned(gemm_configs(_INT8_TABLE), key=_KEY, prune=_PRUNE)
+_gemm_fp16_tuned = _GEMM.autotuned(gemm_configs(_FP16_TABLE), key=_KEY, prune=_PRUNE)
 
 
 def gemm(a, b, *, a_scale=None, b_scale=None, bias=None, a_zero_point=None, b_sum=None, activation="none",
-         out_dtype=None, out_scale=None, out_zero_point=None, accumulate_into=None, config=None, wrap=_direct):
+         out_dtype=None, out_scale=None, out_zero_point=None, accumulate_into=None, config=None, wrap=direct):
     """Launch the GEMM; arguments are assumed validated (lowp_ops.ops does that). Returns c (M, N).
 
     a: (M, K), b: (K, N), both int8 (each K-contiguous) or both float16 / bfloat16, any strides.
@@ -152,7 +138,7 @@ def gemm(a, b, *, a_scale=None, b_scale=None, bias=None, a_zero_point=None, b_su
         a_zp_ptr=a_zero_point, b_sum_ptr=b_sum, out_scale_ptr=out_scale, out_zp_ptr=out_zero_point,
         M=M, N=N, K=K, m_bucket=m_bucket(M), stride_am=a.stride(0), stride_ak=a.stride(1),
         stride_bk=b.stride(0), stride_bn=b.stride(1), stride_cm=c.stride(0), stride_cn=c.stride(1),
-        ACCUMULATE=accumulate_into is not None, OUTPUT=_OUTPUT_KIND[c.dtype],
+        ACCUMULATE=accumulate_into is not None, OUTPUT=output_kind(c.dtype),
         # One scale / zero point for everything is the per-tensor variant (also when M or N is 1).
         A_SCALE_PER_ROW=a_scale is not None and a_scale.numel() != 1,
         B_SCALE_PER_COL=b_scale is not None and b_scale.numel() != 1,
@@ -163,13 +149,8 @@ def gemm(a, b, *, a_scale=None, b_scale=None, bias=None, a_zero_point=None, b_su
     def grid(meta):
         return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
 
-    if config is None and a.device.type == "cpu":
-        config = INTERPRETER_CONFIG
-    if config is None:
-        tuned = _gemm_int8_tuned if a.dtype == torch.int8 else _gemm_fp16_tuned
-        wrap(tuned)[grid](**args)
-    else:  # the bare @triton.jit kernel: wrap_triton accepts jit and autotune objects, not heuristics
-        wrap(_gemm_kernel)[grid](**args, **config, EVEN_K=_even_k({"K": K, **config}))
+    tuned = _gemm_int8_tuned if a.dtype == torch.int8 else _gemm_fp16_tuned
+    _GEMM.launch(tuned, grid, args, device=a.device, config=config, wrap=wrap)
     return c
 
 

@@ -21,10 +21,10 @@ import triton
 import triton.language as tl
 
 from .epilogue import quantize_values
-from .gemm import _direct
+from .launch import direct
 
-# Elements one program holds per block: 4096 fp16/bf16 values keep ~32 registers per thread at 4 warps.
-# Not yet tuned on a GPU.
+# The most elements one program holds per block. _launch gives blocks over 2048 elements 8 warps and the rest 4, so a
+# thread holds at most 16 values (16 float32 registers). Not yet tuned on a GPU.
 _BLOCK_ELEMS = 4096
 
 
@@ -82,7 +82,7 @@ def _quantize_kernel(
             tl.store(q_rows + (k0 + cols) * stride_qk, q.to(tl.int8), mask=mask)
 
 
-def quantize_rows(x, *, scale=None, zero_point=None, min_scale=None, block_k=None, wrap=_direct):
+def quantize_rows(x, *, scale=None, zero_point=None, min_scale=None, block_k=None, wrap=direct):
     """Quantize a float matrix to int8; arguments are assumed validated (lowp_ops.ops does that).
 
     x: (M, K) float16 / bfloat16 / float32 with x.stride(1) == 1.
@@ -110,13 +110,15 @@ def _launch(x, q, scale, zero_point, min_scale, qmin, qmax, block_m, block_k, dy
     B, M, K = x.shape
     grid = (triton.cdiv(M, block_m), B)
     wrap(_quantize_kernel)[grid](
-        x, q, scale, zero_point, M, K, x.stride(0), x.stride(1), x.stride(2), q.stride(0), q.stride(1), q.stride(2),
-        min_scale, QMIN=qmin, QMAX=qmax, BLOCK_M=block_m, BLOCK_K=block_k, DYNAMIC=dynamic,
-        SINGLE_PASS=K <= block_k, num_warps=4 if block_m * block_k <= 2048 else 8,
+        x_ptr=x, q_ptr=q, scale_ptr=scale, zp_ptr=zero_point, M=M, K=K,
+        stride_xb=x.stride(0), stride_xm=x.stride(1), stride_xk=x.stride(2),
+        stride_qb=q.stride(0), stride_qm=q.stride(1), stride_qk=q.stride(2), min_scale=min_scale,
+        QMIN=qmin, QMAX=qmax, BLOCK_M=block_m, BLOCK_K=block_k, DYNAMIC=dynamic, SINGLE_PASS=K <= block_k,
+        num_warps=4 if block_m * block_k <= 2048 else 8,
     )
 
 
-def quantize_channels_last(x, *, scale, zero_point=None, wrap=_direct):
+def quantize_channels_last(x, *, scale, zero_point=None, wrap=direct):
     """Static per-tensor quantization fused with the NCHW -> NHWC layout change; assumed validated.
 
     x: (N, C, H, W) float16 / bfloat16 / float32, any strides (NCHW-contiguous is the case this is for);

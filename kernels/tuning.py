@@ -1,10 +1,11 @@
-"""Autotuning shared by the GEMM families: one config generator per family feeds this pruner, and tuning is keyed
-on a bucket of M so that serving traffic (a new batch size every call) does not re-tune on every M."""
+"""Autotuning shared by the tiled kernels (the GEMM and the implicit-GEMM conv): a config generator that each family
+feeds its table of tiles, a pruner, and the bucket of M that tuning is keyed on, so that serving traffic (a new batch
+size every call) does not re-tune on every M."""
 
 import triton
 
-# Usable shared memory per block on H100/H200 is ~227 KB (ANCHORS.md); keep headroom for the epilogue's layout
-# conversion scratch and barriers.
+# Usable shared memory per block on sm_90 (H100, H200) is about 227 KB (bench/BASELINES.md, "Shared memory",
+# H100 80GB HBM3); keep headroom for the epilogue's layout conversion scratch and barriers.
 SMEM_BUDGET_BYTES = 200 * 1024
 
 
@@ -20,25 +21,28 @@ def gemm_configs(table, group_m: int = 8) -> list:
             for bm, bn, bk, stages, warps in table]
 
 
-def make_gemm_pruner(register_heavy=lambda named_args: False):
+def make_gemm_pruner(*, m_bucket_arg: str, n_arg: str, k_arg: str, operand_arg: str,
+                     register_heavy=lambda args: False):
     """A Triton early_config_prune: drop tiles that overflow shared memory or do not fit the problem.
 
-    Expects the kernel to take `a_ptr` (whose element size sets the shared-memory cost of a stage), `m_bucket`,
-    `N` and `K` arguments. register_heavy(named_args) says when the
-    kernel needs so many registers besides its accumulator that big accumulators spill; then each thread may
-    hold at most 64 accumulator elements.
+    m_bucket_arg, n_arg, k_arg, operand_arg: the names of the kernel's arguments holding m_bucket(M) for the rows,
+    the number of columns, the reduction length, and an operand tensor whose element size sets the shared-memory
+    cost of a pipeline stage.
+    register_heavy(args) says when the kernel needs so many registers besides its accumulator that big
+    accumulators spill; then each thread may hold at most 64 accumulator elements, otherwise 128.
+    When no config is left, the one with the smallest BLOCK_M x BLOCK_N tile is kept.
     """
 
     def prune(configs, named_args, **kwargs):
         args = {**named_args, **kwargs}  # Triton passes positional arguments in named_args, the rest as kwargs
-        mb, n, k = args["m_bucket"], args["N"], args["K"]
-        operand_bytes = args["a_ptr"].element_size()
+        mb, n, k = args[m_bucket_arg], args[n_arg], args[k_arg]
+        operand_bytes = args[operand_arg].element_size()
         max_acc_per_thread = 64 if register_heavy(args) else 128
 
         def fits(c):
             kw = c.kwargs
             bm, bn, bk = kw["BLOCK_M"], kw["BLOCK_N"], kw["BLOCK_K"]
-            smem = c.num_stages * (bm + bn) * bk * operand_bytes
+            smem = c.num_stages * (bm + bn) * bk * operand_bytes  # both operand tiles, every pipeline stage
             return (smem <= SMEM_BUDGET_BYTES
                     and bm * bn <= max_acc_per_thread * 32 * c.num_warps
                     and bm <= max(16, mb)                       # no tile mostly made of padding rows

@@ -28,8 +28,10 @@ def test_gemm_tiles_use_wgmma_without_spilling(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     # every kernel variant the ops can launch compiles (the interpreter would not catch a compile error)
     assert report["compile_check"] and all(r["ok"] for r in report["compile_check"]), report["compile_check"]
+    assert {r["kernel"] for r in report["compile_check"]} == {"gemm", "conv2d", "quantize"}
     rows = report["rows"]
     assert len(rows) >= 9
+    assert {r["variant"] for r in rows} == {"fp16+bias", "int8+zp", "f16 wgrad", "conv fp16 out"}
     for r in rows:
         gmma = "HGMMA" if r["kernel"] == "fp16_gemm" else "IGMMA"
         assert r["wgmma"] and r["stack"] == 0 and r["sass_gmma"] == [gmma], r

@@ -9,6 +9,10 @@ in the PTX (wgmma / mma.sync) and SASS (IGMMA). Exits 1 when a config with BLOCK
 (it silently left Hopper's tensor-core path), when a config spills, or when a variant fails to compile. The
 compile check matters on CPU-only machines: the Triton interpreter runs kernels the compiler would reject.
 Triton ships ptxas and cuobjdump in its wheel, so all of this runs without a GPU.
+
+Nothing here repeats a kernel's signature. A variant is a call of a launcher (kernels/) on meta tensors, which
+have shapes, dtypes and strides but no memory; the launcher's `wrap` hook records the kernel and its arguments
+instead of launching, and the compile is specialized as Triton's JIT would specialize that launch.
 """
 
 from __future__ import annotations
@@ -21,130 +25,223 @@ import subprocess
 import sys
 import tempfile
 import warnings
+from dataclasses import dataclass
 
+import torch
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from lowp_ops.kernels.conv import _conv2d_kernel, _conv2d_tuned
-from lowp_ops.kernels.gemm import _gemm_fp16_tuned, _gemm_int8_tuned, _gemm_kernel
-from lowp_ops.kernels.quantize import _quantize_kernel
+from lowp_ops.kernels import gemm, int8_conv2d, quantize_channels_last, quantize_rows
+from lowp_ops.quant import MIN_SCALE
 
-_GEMM_POINTERS = ("a_scale_ptr", "b_scale_ptr", "bias_ptr", "a_zp_ptr", "b_sum_ptr", "out_scale_ptr", "out_zp_ptr")
-_GEMM_FLAGS = dict(EVEN_K=True, ACCUMULATE=False, OUTPUT="int32", A_SCALE_PER_ROW=True, B_SCALE_PER_COL=True,
-                   A_ZP_PER_ROW=False, ACTIVATION="none")
-# Layouts by strides; a stride of 1 is a compile-time constant, as Triton's JIT specializes it.
-_LINEAR = dict(stride_ak=1, stride_bk=1, stride_cn=1)  # y = x · Wᵀ: both operands K-contiguous
-_DGRAD = dict(stride_ak=1, stride_bn=1, stride_cn=1)  # dx = dy · W
-_WGRAD = dict(stride_am=1, stride_bn=1, stride_cn=1)  # dW = dyᵀ · x
+I8, I32, F16, BF16, F32 = torch.int8, torch.int32, torch.float16, torch.bfloat16, torch.float32
+CL = torch.channels_last
+
+
+def _t(*shape, dtype=F32, memory_format=torch.contiguous_format):
+    """A meta tensor: the shape, dtype and strides a launcher reads, and no memory."""
+    return torch.empty(shape, dtype=dtype, device="meta", memory_format=memory_format)
+
+
+# Epilogue arguments by the (rows, columns) of the call: GEMM rows and columns, or a convolution's images and
+# output channels (its a_scale is per image).
+def _per_row(dtype=F32):
+    return lambda rows, cols: _t(rows, dtype=dtype)
+
+
+def _per_col(dtype=F32):
+    return lambda rows, cols: _t(cols, dtype=dtype)
+
+
+def _one(dtype=F32):
+    return lambda rows, cols: _t(1, dtype=dtype)
+
+
+def _out(dtype=F32):  # an (M, N) output to accumulate into
+    return lambda rows, cols: _t(rows, cols, dtype=dtype)
+
+
+_W8A8 = dict(a_scale=_per_row(), b_scale=_per_col(), bias=_per_col())  # the W8A8 linear's dequantize + bias
+_ZERO_POINT = dict(a_zero_point=_one(I32), b_sum=_per_col(I32))  # asymmetric activations, one zero point
+_REQUANT = dict(out_scale=_one(), out_zero_point=_one(I32))  # int8 output
+
+
+def _build(epilogue: dict, rows: int, cols: int) -> dict:
+    return {name: make(rows, cols) if callable(make) else make for name, make in epilogue.items()}
+
+
+# GEMM layouts, operands (a, b) for an (M, N, K) product. Triton's JIT specializes a stride of 1 at compile time,
+# so each layout compiles its own loads.
+def _linear(m, n, k, dtype):  # y = x · Wᵀ, W stored (N, K): both operands K-contiguous
+    return _t(m, k, dtype=dtype), _t(n, k, dtype=dtype).T
+
+
+def _dgrad(m, n, k, dtype):  # dx = dy · W, W stored (K, N): B N-contiguous
+    return _t(m, k, dtype=dtype), _t(k, n, dtype=dtype)
+
+
+def _wgrad(m, n, k, dtype):  # dW = dyᵀ · x, dy stored (K, M): A M-contiguous
+    return _t(k, m, dtype=dtype).T, _t(k, n, dtype=dtype)
+
+
+def _strided(m, n, k, dtype):  # no unit stride in A or B (every 16th element of a wider buffer)
+    return _t(m, k, 16, dtype=dtype)[:, :, 0], _t(k, n, 16, dtype=dtype)[:, :, 0]
+
+
+def _gemm(layout, dtype, out_dtype, *, k_tail=False, **epilogue):
+    """A gemm() call: `layout` operands of `dtype`; k_tail: K not a multiple of BLOCK_K (the masked loop)."""
+
+    def call(m, n, k, **launch):
+        k = k + 16 if k_tail else k
+        return gemm(*layout(m, n, k, dtype), out_dtype=out_dtype, **_build(epilogue, m, n), **launch)
+
+    return call
+
+
+def _conv(out_dtype, *, depthwise=False, channel_tail=False, **epilogue):
+    """An int8_conv2d() call, sized as a GEMM: pixels (output pixels, rounded to whole images), out_channels and
+    in_channels. 3x3 images, a 3x3 kernel and stride, padding and dilation 2 give 2x2 output pixels per image and
+    no geometry argument equal to 1 (which the JIT would make a constant). depthwise: out_channels / 2 groups of
+    one input channel and two output channels; channel_tail: in_channels not a multiple of BLOCK_K."""
+
+    def call(pixels, out_channels, in_channels, **launch):
+        images = max(2, pixels // 4)  # two at least, so that a per-image a_scale is one
+        in_channels += 16 if channel_tail else 0
+        groups, c, c_g = (out_channels // 2, out_channels // 2, 1) if depthwise else (1, in_channels, in_channels)
+        x = _t(images, c, 3, 3, dtype=I8, memory_format=CL)
+        w = _t(out_channels, c_g, 3, 3, dtype=I8, memory_format=CL)
+        return int8_conv2d(x, w, stride=(2, 2), padding=(2, 2), dilation=(2, 2), groups=groups,
+                           out_dtype=out_dtype, **_build(epilogue, images, out_channels), **launch)
+
+    return call
+
+
+def _quantize(launcher, x, **kwargs):
+    """A quantize launcher's call; it picks its blocks from x's shape (kernels/quantize.py)."""
+    return lambda **launch: launcher(x, **kwargs, **launch)
+
+
+# The problem compiled: M = 100 rows, neither 1 nor a multiple of 16 (a serving batch: the JIT specializes
+# neither), N = K = 4096, a multiple of every BLOCK_N and BLOCK_K. The pruner is asked at M = 1, 16, 128, 8192.
+_M = 100
+_SIZE = (_M, 4096, 4096)
+_PRUNER_MS = (1, 16, 128, 8192)
+_SMALL = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 4, "num_stages": 2}
+
 
 # Epilogue variants of the performance table: raw int32, the W8A8 linear output, requantized int8 with zero points.
 _INT8_GEMM_VARIANTS = {
-    "int32": dict(_LINEAR, a_ptr="*i8", b_ptr="*i8", c_ptr="*i32"),
-    "fp16+bias": dict(_LINEAR, a_ptr="*i8", b_ptr="*i8", c_ptr="*fp16", a_scale_ptr="*fp32", b_scale_ptr="*fp32",
-                      bias_ptr="*fp32", OUTPUT="float"),
-    "int8+zp": dict(_LINEAR, a_ptr="*i8", b_ptr="*i8", c_ptr="*i8", a_scale_ptr="*fp32", b_scale_ptr="*fp32",
-                    bias_ptr="*fp32", a_zp_ptr="*i32", b_sum_ptr="*i32", out_scale_ptr="*fp32", out_zp_ptr="*i32",
-                    OUTPUT="int8"),
+    "int32": _gemm(_linear, I8, I32),
+    "fp16+bias": _gemm(_linear, I8, F16, **_W8A8),
+    "int8+zp": _gemm(_linear, I8, I8, **_W8A8, **_ZERO_POINT, **_REQUANT),
 }
 _FP16_GEMM_VARIANTS = {
-    "f16 fwd": dict(_LINEAR, a_ptr="*fp16", b_ptr="*fp16", c_ptr="*fp16", bias_ptr="*fp32", OUTPUT="float"),
-    "f16 dgrad": dict(_DGRAD, a_ptr="*fp16", b_ptr="*fp16", c_ptr="*fp16", OUTPUT="float"),
-    "f16 wgrad": dict(_WGRAD, a_ptr="*fp16", b_ptr="*fp16", c_ptr="*fp32", OUTPUT="float"),
+    "f16 fwd": _gemm(_linear, F16, F16, bias=_per_col()),
+    "f16 dgrad": _gemm(_dgrad, F16, F16),
+    "f16 wgrad": _gemm(_wgrad, F16, F32),
 }
-_VARIANTS = {**_INT8_GEMM_VARIANTS, **_FP16_GEMM_VARIANTS}
+_CONV_VARIANTS = {
+    "conv fp16 out": _conv(F16, **_W8A8, activation="relu"),
+    "conv int8 out, zp": _conv(I8, a_scale=_one(), b_scale=_per_col(), bias=_per_col(), **_ZERO_POINT, **_REQUANT,
+                               activation="relu6"),
+}
+_VARIANTS = {**_INT8_GEMM_VARIANTS, **_FP16_GEMM_VARIANTS, **_CONV_VARIANTS}
 # The rest of what the ops can launch, for the compile check (a small tile compiles fast).
 _GEMM_EXTRA = {
-    "bf16, per-tensor scales, gelu, K tail": dict(
-        _LINEAR, a_ptr="*i8", b_ptr="*i8", c_ptr="*bf16", a_scale_ptr="*fp32", b_scale_ptr="*fp32", OUTPUT="float", A_SCALE_PER_ROW=False,
-        B_SCALE_PER_COL=False, ACTIVATION="gelu", EVEN_K=False),
-    "fp32, fp16 bias, relu6": dict(_LINEAR, a_ptr="*i8", b_ptr="*i8", c_ptr="*fp32", a_scale_ptr="*fp32", b_scale_ptr="*fp32", bias_ptr="*fp16",
-                                   OUTPUT="float", ACTIVATION="relu6"),
-    "int8, per-row zp, no out zp, relu": dict(
-        _LINEAR, a_ptr="*i8", b_ptr="*i8", c_ptr="*i8", a_scale_ptr="*fp32", b_scale_ptr="*fp32",
-        a_zp_ptr="*i32", b_sum_ptr="*i32", out_scale_ptr="*fp32", OUTPUT="int8", A_ZP_PER_ROW=True,
-        ACTIVATION="relu"),
-    "bf16 fwd, bf16 bias, gelu, K tail": dict(_LINEAR, a_ptr="*bf16", b_ptr="*bf16", c_ptr="*bf16",
-                                              bias_ptr="*bf16", OUTPUT="float", ACTIVATION="gelu", EVEN_K=False),
-    "bf16 wgrad, accumulate into fp32": dict(_WGRAD, a_ptr="*bf16", b_ptr="*bf16", c_ptr="*fp32", OUTPUT="float",
-                                             ACCUMULATE=True),
-    "f16 fwd, general strides, fp32 out": dict(a_ptr="*fp16", b_ptr="*fp16", c_ptr="*fp32", OUTPUT="float"),
-}
-# Convolutions: activations and weights channel-contiguous (compile-time unit channel stride, as specialized).
-_CONV_INTS = ("M", "N", "K", "m_bucket", "H", "W", "OH", "OW", "R", "S", "K_PER_G", "stride_an", "stride_ah",
-              "stride_aw", "stride_wk", "stride_wr", "stride_ws", "stride_cm", "conv_sh", "conv_sw", "pad_h",
-              "pad_w", "dil_h", "dil_w")
-_CONV_VARIANTS = {
-    "conv fp16 out": dict(c_ptr="*fp16", a_scale_ptr="*fp32", b_scale_ptr="*fp32", bias_ptr="*fp32",
-                          OUTPUT="float", ACTIVATION="relu"),
-    "conv int8 out, zp": dict(c_ptr="*i8", a_scale_ptr="*fp32", b_scale_ptr="*fp32", bias_ptr="*fp32",
-                              a_zp_ptr="*i32", b_sum_ptr="*i32", out_scale_ptr="*fp32", out_zp_ptr="*i32",
-                              OUTPUT="int8", ACTIVATION="relu6", A_SCALE_PER_ROW=False),
+    "bf16, per-tensor scales, gelu, K tail": _gemm(_linear, I8, BF16, a_scale=_one(), b_scale=_one(),
+                                                   activation="gelu", k_tail=True),
+    "fp32, fp16 bias, relu6": _gemm(_linear, I8, F32, a_scale=_per_row(), b_scale=_per_col(), bias=_per_col(F16),
+                                    activation="relu6"),
+    "int8, per-row zp, no out zp, relu": _gemm(_linear, I8, I8, a_scale=_per_row(), b_scale=_per_col(),
+                                               a_zero_point=_per_row(I32), b_sum=_per_col(I32), out_scale=_one(),
+                                               activation="relu"),
+    "bf16 fwd, bf16 bias, gelu, K tail": _gemm(_linear, BF16, BF16, bias=_per_col(BF16), activation="gelu",
+                                               k_tail=True),
+    "bf16 wgrad, accumulate into fp32": _gemm(_wgrad, BF16, F32, accumulate_into=_out(F32)),
+    "f16 fwd, general strides, fp32 out": _gemm(_strided, F16, F32),
 }
 _CONV_EXTRA = {
-    "conv depthwise, bf16 out": dict(c_ptr="*bf16", a_scale_ptr="*fp32", b_scale_ptr="*fp32", OUTPUT="float",
-                                     DEPTHWISE=True, BLOCK_K=32),
-    "conv int32, channel tail": dict(c_ptr="*i32", EVEN_K=False),
+    "conv depthwise, bf16 out": _conv(BF16, depthwise=True, a_scale=_per_row(), b_scale=_per_col()),
+    "conv int32, channel tail": _conv(I32, channel_tail=True),
 }
-_CONV_FLAGS = dict(EVEN_K=True, DEPTHWISE=False, OUTPUT="int32", A_SCALE_PER_ROW=True, B_SCALE_PER_COL=True,
-                   ACTIVATION="none")
-_SMALL = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 4, "num_stages": 2}
-_ROWS = dict(stride_xk=1, stride_qk=1)  # quantize_rows: (M, K) rows, K-contiguous in and out
-_NCHW_TO_NHWC = dict(stride_xm=1, stride_qk=1)  # quantize_channels_last: pixels contiguous in, channels out
+# quantize_rows: K <= 4096 is one pass over a row, longer rows take two, rows of 64 go 64 to a block.
+# quantize_channels_last: blocks of 64 pixels x up to 64 channels, more channels loop.
 _QUANTIZE_VARIANTS = {
-    "dynamic fp16, one pass": dict(_ROWS, x_ptr="*fp16", scale_ptr="*fp32", min_scale="fp32", DYNAMIC=True,
-                                   SINGLE_PASS=True, QMIN=-127, QMAX=127, BLOCK_M=1, BLOCK_K=4096),
-    "dynamic bf16, two pass": dict(_ROWS, x_ptr="*bf16", scale_ptr="*fp32", min_scale="fp32", DYNAMIC=True,
-                                   SINGLE_PASS=False, QMIN=-127, QMAX=127, BLOCK_M=1, BLOCK_K=4096),
-    "dynamic fp32, many rows": dict(_ROWS, x_ptr="*fp32", scale_ptr="*fp32", min_scale="fp32", DYNAMIC=True,
-                                    SINGLE_PASS=True, QMIN=-127, QMAX=127, BLOCK_M=64, BLOCK_K=64),
-    "static fp16 with zero point": dict(_ROWS, x_ptr="*fp16", scale_ptr="*fp32", zp_ptr="*i32", DYNAMIC=False,
-                                        SINGLE_PASS=False, QMIN=-128, QMAX=127, BLOCK_M=1, BLOCK_K=4096),
-    "NCHW fp32 -> NHWC int8": dict(_NCHW_TO_NHWC, x_ptr="*fp32", scale_ptr="*fp32", zp_ptr="*i32", DYNAMIC=False,
-                                   SINGLE_PASS=True, QMIN=-128, QMAX=127, BLOCK_M=64, BLOCK_K=64),
-    "NCHW fp16 -> NHWC int8, C loop": dict(_NCHW_TO_NHWC, x_ptr="*fp16", scale_ptr="*fp32", DYNAMIC=False,
-                                           SINGLE_PASS=False, QMIN=-128, QMAX=127, BLOCK_M=64, BLOCK_K=64),
+    "dynamic fp16, one pass": _quantize(quantize_rows, _t(_M, 4096, dtype=F16), min_scale=MIN_SCALE),
+    "dynamic bf16, two pass": _quantize(quantize_rows, _t(_M, 8192, dtype=BF16), min_scale=MIN_SCALE),
+    "dynamic fp32, many rows": _quantize(quantize_rows, _t(_M, 64), min_scale=MIN_SCALE),
+    "static fp16 with zero point": _quantize(quantize_rows, _t(_M, 8192, dtype=F16), scale=_t(1),
+                                             zero_point=_t(1, dtype=I32)),
+    "NCHW fp32 -> NHWC int8": _quantize(quantize_channels_last, _t(2, 64, 8, 8), scale=_t(1),
+                                        zero_point=_t(1, dtype=I32)),
+    "NCHW fp16 -> NHWC int8, C loop": _quantize(quantize_channels_last, _t(2, 128, 8, 8, dtype=F16), scale=_t(1)),
 }
 
 
-def _compile(fn, spec: dict, aligned, num_warps: int, num_stages: int, arch: int):
-    """spec: argument -> Triton type string ("*fp16", "i32") for runtime arguments, or a constexpr value.
-    Arguments of `fn` not in spec are constexpr None (switched-off pointers)."""
-    sig, const = {}, {}
-    for name in fn.arg_names:
-        value = spec.get(name)
-        if isinstance(value, str) and (value.startswith("*") or value in ("i32", "fp32")):
-            sig[name] = value
-        else:
+@dataclass
+class Launch:
+    kernel: object  # the @triton.jit kernel, or the autotuner when the launcher was given no config
+    args: dict  # every argument by name, num_warps / num_stages included when the launcher passes them
+
+
+class _Recorder:
+    """A launcher's `wrap`: wrap(kernel)[grid](**kwargs) records the launch instead of making it (the launchers
+    pass every kernel argument by keyword)."""
+
+    def __init__(self):
+        self.launches = []
+
+    def __call__(self, kernel):
+        self.kernel = kernel
+        return self
+
+    def __getitem__(self, grid):
+        return self._record
+
+    def _record(self, **kwargs):
+        self.launches.append(Launch(self.kernel, kwargs))
+
+
+def capture(call, *args, **kwargs) -> Launch:
+    """Run call(*args, **kwargs, wrap=...), a launcher call; return the one launch it made instead of making it."""
+    recorder = _Recorder()
+    call(*args, **kwargs, wrap=recorder)
+    (launch,) = recorder.launches
+    return launch
+
+
+_POINTER = {I8: "*i8", I32: "*i32", F16: "*fp16", BF16: "*bf16", F32: "*fp32"}
+
+
+def _compile(launch: Launch, arch: int):
+    """Compile a captured launch as Triton's JIT specializes it: a tensor is a pointer ("*i8"), marked divisible by
+    16 when 16-byte aligned; an int is "i32", a compile-time constant when it is 1 and marked divisible when a
+    multiple of 16; a float is "fp32"; tl.constexpr parameters and None are constants. num_warps and num_stages
+    are compile options (Triton's defaults where the launcher passes none)."""
+    fn = launch.kernel
+    missing = [name for name in fn.arg_names if name not in launch.args]
+    if missing:
+        raise TypeError(f"{fn.__name__}: the launch passes no {', '.join(missing)}")
+    sig, const, attrs = {}, {}, {}
+    for i, param in enumerate(fn.params):
+        name, value = param.name, launch.args[param.name]
+        if param.is_constexpr or value is None or (isinstance(value, int) and value == 1):
             sig[name], const[name] = "constexpr", value
-    # what Triton's JIT infers for 16-aligned pointers and sizes (the shapes we benchmark)
-    attrs = {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n in aligned if n in sig and sig[n] != "constexpr"}
+        elif isinstance(value, torch.Tensor):
+            sig[name] = _POINTER[value.dtype]
+            aligned = value.data_ptr() % 16 == 0
+        elif isinstance(value, int):
+            sig[name], aligned = "i32", value % 16 == 0
+        elif isinstance(value, float):
+            sig[name], aligned = "fp32", False
+        else:
+            raise TypeError(f"{fn.__name__}: argument {name}={value!r} has no Triton type here")
+        if sig[name] != "constexpr" and aligned:
+            attrs[(i,)] = [["tt.divisibility", 16]]
+    options = {k: launch.args[k] for k in ("num_warps", "num_stages") if k in launch.args}
     return triton.compile(ASTSource(fn=fn, signature=sig, constexprs=const, attrs=attrs),
-                          target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps, "num_stages": num_stages})
-
-
-def _gemm_spec(config: dict, variant: dict) -> dict:
-    spec = dict.fromkeys(("M", "N", "K", "m_bucket", "stride_am", "stride_ak", "stride_bk", "stride_bn", "stride_cm", "stride_cn"), "i32")
-    spec.update(_GEMM_FLAGS)
-    spec.update({k: v for k, v in config.items() if k not in ("num_warps", "num_stages")})
-    spec.update(variant)
-    return spec
-
-
-def _compile_gemm(config: dict, variant: dict, arch: int):
-    aligned = ("a_ptr", "b_ptr", "c_ptr") + _GEMM_POINTERS + ("N", "K", "stride_am", "stride_ak", "stride_bk",
-                                                             "stride_bn", "stride_cm", "stride_cn")
-    return _compile(_gemm_kernel, _gemm_spec(config, variant), aligned, config["num_warps"],
-                    config["num_stages"], arch)
-
-
-def _compile_conv(config: dict, variant: dict, arch: int):
-    spec = {"a_ptr": "*i8", "w_ptr": "*i8", **dict.fromkeys(_CONV_INTS, "i32"), **_CONV_FLAGS}
-    spec.update({k: v for k, v in config.items() if k not in ("num_warps", "num_stages")})
-    spec.update(variant)
-    aligned = ("a_ptr", "w_ptr", "c_ptr", "K", "N", "stride_an", "stride_ah", "stride_aw", "stride_wk",
-               "stride_wr", "stride_ws", "stride_cm") + _GEMM_POINTERS
-    return _compile(_conv2d_kernel, spec, aligned, config["num_warps"], config["num_stages"], arch)
+                          target=GPUTarget("cuda", arch, 32), options=options)
 
 
 def _resources(cubin: bytes) -> dict:
@@ -159,70 +256,59 @@ def _resources(cubin: bytes) -> dict:
             "local": int(fields.get("LOCAL", -1)), "sass_gmma": sorted(set(re.findall(r"\b([A-Z]GMMA)\b", sass)))}
 
 
+_WGMMA_OPERANDS = {"*i8": ".s8.s8", "*fp16": ".f16.f16", "*bf16": ".bf16.bf16"}
+
+
 def compile_gemm(config: dict, variant: str, arch: int = 90) -> dict:
     """Compile one config (BLOCK_*/GROUP_M/num_warps/num_stages) x variant; return its report row."""
-    conv = variant in _CONV_VARIANTS
-    compiled = (_compile_conv(config, _CONV_VARIANTS[variant], arch) if conv
-                else _compile_gemm(config, _VARIANTS[variant], arch))
+    launch = capture(_VARIANTS[variant], *_SIZE, config=config)
+    compiled = _compile(launch, arch)
     mma = sorted(set(re.findall(r"(wgmma\.mma_async\.\S*|mma\.sync\.\S*)", compiled.asm["ptx"])))
-    int8 = conv or variant in _INT8_GEMM_VARIANTS
-    row = {"kernel": "int8_conv" if conv else "int8_gemm" if int8 else "fp16_gemm", "variant": variant,
+    operand = _POINTER[launch.args["a_ptr"].dtype]
+    kernel = "int8_conv" if variant in _CONV_VARIANTS else "int8_gemm" if operand == "*i8" else "fp16_gemm"
+    row = {"kernel": kernel, "variant": variant,
            "tile": f"{config['BLOCK_M']}x{config['BLOCK_N']}x{config['BLOCK_K']}",
            "stages": config["num_stages"], "warps": config["num_warps"], "shared": compiled.metadata.shared,
            "mma": mma, **_resources(compiled.asm["cubin"])}
-    operands = ".s8.s8" if int8 else (".bf16.bf16" if "bf16" in variant else ".f16.f16")
-    row["wgmma"] = any("wgmma" in m and operands in m for m in mma)
+    row["wgmma"] = any("wgmma" in m and _WGMMA_OPERANDS[operand] in m for m in mma)
     needs_wgmma = arch >= 90 and config["BLOCK_M"] >= 64  # wgmma works on 64-row warpgroup tiles
     row["ok"] = (row["wgmma"] or not needs_wgmma) and bool(mma) and row["stack"] == 0
     return row
 
 
-def _reachable(tuner, output: str, operand_dtype, strides: dict) -> list:
-    """Configs the autotuner's pruner can pick for this epilogue, at decode, M≈128 and large M."""
-    import torch
-
-    a = torch.empty(0, dtype=operand_dtype)
-    kept = set()
-    for mb in (1, 16, 128, 8192):
-        args = {"a_ptr": a, "m_bucket": mb, "N": 4096, "K": 4096, "OUTPUT": output, **strides}
-        kept.update(id(c) for c in tuner.early_config_prune(tuner.configs, args))
+def _reachable(variant: str) -> list:
+    """Configs the variant's autotuner can pick (its pruner's choice) at decode, M≈128 and large M."""
+    kept = {}
+    for m in _PRUNER_MS:
+        launch = capture(_VARIANTS[variant], m, *_SIZE[1:])  # no config: the autotuned launch
+        tuner = launch.kernel
+        kept.update((id(c), c) for c in tuner.early_config_prune(tuner.configs, launch.args))
     return [c for c in tuner.configs if id(c) in kept]
 
 
 def inspect_gemm(arch: int = 90, variants=None, only_large: bool = False) -> list[dict]:
     """Every config the pruner can pick, for each epilogue variant (only_large: BLOCK_M >= 64 only)."""
-    import torch
-
     rows = []
-    for variant in variants or list(_VARIANTS) + list(_CONV_VARIANTS):
-        spec = {**_VARIANTS, **_CONV_VARIANTS}[variant]
-        int8 = variant in _INT8_GEMM_VARIANTS or variant in _CONV_VARIANTS
-        tuner = _conv2d_tuned if variant in _CONV_VARIANTS else _gemm_int8_tuned if int8 else _gemm_fp16_tuned
-        dtype = torch.int8 if int8 else torch.float16
-        strides = {"stride_am": spec.get("stride_am", 4096), "stride_ak": spec.get("stride_ak", 4096)}
-        for cfg in _reachable(tuner, spec.get("OUTPUT", "int32"), dtype, strides):
+    for variant in variants or list(_VARIANTS):
+        for cfg in _reachable(variant):
             if only_large and cfg.kwargs["BLOCK_M"] < 64:
                 continue
             rows.append(compile_gemm(dict(cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages),
-                                          variant, arch))
+                                     variant, arch))
     return rows
 
 
 def compile_check(arch: int = 90) -> list[dict]:
     """Compile every kernel variant the ops can launch (small tiles); one row per variant with ok / error."""
-    jobs = [("gemm", name, lambda v=v: _compile_gemm(_SMALL, v, arch))
-            for name, v in {**_VARIANTS, **_GEMM_EXTRA}.items()]
-    jobs += [("conv2d", name, lambda v=v: _compile_conv(_SMALL, v, arch))
-             for name, v in {**_CONV_VARIANTS, **_CONV_EXTRA}.items()]
-    strides = ("stride_xb", "stride_xm", "stride_xk", "stride_qb", "stride_qm", "stride_qk")
-    quant_ints = dict.fromkeys(("M", "K") + strides, "i32")
-    jobs += [("quantize", name, lambda v=v: _compile(
-        _quantize_kernel, {"q_ptr": "*i8", **quant_ints, **v}, ("x_ptr", "q_ptr", "K") + strides, 8, 1, arch))
-        for name, v in _QUANTIZE_VARIANTS.items()]
+    jobs = [("gemm", name, call, (*_SIZE,), {"config": _SMALL})
+            for name, call in {**_INT8_GEMM_VARIANTS, **_FP16_GEMM_VARIANTS, **_GEMM_EXTRA}.items()]
+    jobs += [("conv2d", name, call, (*_SIZE,), {"config": _SMALL})
+             for name, call in {**_CONV_VARIANTS, **_CONV_EXTRA}.items()]
+    jobs += [("quantize", name, call, (), {}) for name, call in _QUANTIZE_VARIANTS.items()]
     rows = []
-    for kernel, name, job in jobs:
+    for kernel, name, call, args, kwargs in jobs:
         try:
-            job()
+            _compile(capture(call, *args, **kwargs), arch)
             rows.append({"kernel": kernel, "variant": name, "ok": True})
         except Exception as e:  # report every failing variant, not just the first
             rows.append({"kernel": kernel, "variant": name, "ok": False, "error": f"{type(e).__name__}: {e}"})
@@ -233,7 +319,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", type=int, default=90, help="compute capability x10 (90 = Hopper)")
     parser.add_argument("--json", help="also write the rows here")
-    parser.add_argument("--variant", action="append", choices=list(_VARIANTS) + list(_CONV_VARIANTS),
+    parser.add_argument("--variant", action="append", choices=list(_VARIANTS),
                         help="epilogue variant(s) to compile (default: all)")
     parser.add_argument("--large-only", action="store_true", help="only tiles with BLOCK_M >= 64 (wgmma tiles)")
     parser.add_argument("--compile-check", action="store_true",
