@@ -1,7 +1,7 @@
 """pytest-benchmark microbenchmarks of lowp's Python-side overhead (`make bench`): op dispatch, the launch path and
 a module forward at batch 1, beside F.linear. On a GPU each round ends with torch.cuda.synchronize(), so a round
-is the full launch-to-result time; on a CPU the ops run the reference path, so these read as dispatch +
-validation + reference compute."""
+is the full launch-to-result time; on a CPU the ops run the native CPU backend, so these read as dispatch +
+validation + compute."""
 
 import pytest
 import torch
@@ -58,3 +58,12 @@ def test_int8_linear_validation_only(benchmark, case):
 def test_quantize_per_token_dispatch(benchmark):
     x = torch.randn(1, 64, device=DEVICE)
     benchmark(synced(lambda: torch.ops.lowp.quantize_per_token(x)))
+
+
+def test_int8_conv2d_dynamic_module_batch1(benchmark):
+    # conv2 of lowp_ops.examples.ConvNet: the op computes the per-tensor input scale itself (on the host on CPU)
+    conv = torch.nn.Conv2d(32, 64, 3, device=DEVICE)
+    module = lowp_ops.nn.Int8Conv2d.from_float(conv, activation="relu")
+    x = torch.randn(1, 32, 26, 26, device=DEVICE)
+    with torch.no_grad():
+        benchmark(synced(lambda: module(x)))

@@ -6,7 +6,7 @@ Value checks (scales finite and normal, int8 zero points in [-128, 127]) read th
 there is none: under torch.compile (tracing), on fake or meta tensors (opcheck, export) and during CUDA graph
 capture they are skipped, and a compiled graph does not repeat them. On eager CPU tensors they run on every call,
 so no edit goes unseen (~0.7 us per one-element tensor, ~2.7 us per (1024,) vector: one aminmax and two host reads;
-this machine, 2 cores, torch 2.13). On eager CUDA tensors a read is a device sync, so a tensor that passed is
+2-core dev machine, torch 2.13). On eager CUDA tensors a read is a device sync, so a tensor that passed is
 remembered until its version counter, data pointer or storage changes (in-place ops, `.data = ...`, `set_`); an
 in-place edit through `.data` (`scale.data[0] = nan`) bumps none of them and is not seen on CUDA.
 """
@@ -14,9 +14,9 @@ in-place edit through `.data` (`scale.data[0] = nan`) bumps none of them and is 
 from __future__ import annotations
 
 import weakref
-from typing import NamedTuple
 
 import torch
+from torch.utils.weak import WeakIdKeyDictionary
 
 from .quant.qparams import MIN_SCALE
 
@@ -29,43 +29,67 @@ INT32_MAX = 2**31 - 1
 # K <= (2^31 - 1) // (255·128) = 65793; the raw acc and za·Σ b (each <= 2^14·K) fit on their own below that too.
 MAX_K = INT32_MAX // (128 * 128)
 MAX_K_ZERO_POINT = INT32_MAX // (255 * 128)
-INT8_RANGE = (-128, 127)  # every int8 zero point (input, weight-side correction, output) is an int8 code
-SCALE_RANGE = (MIN_SCALE, torch.finfo(torch.float32).max)  # finite, normal float32 (check_scale_values)
-
-
-def _names(dtypes) -> str:
-    return " or ".join(str(d).removeprefix("torch.") for d in dtypes)
+# Every zero point (input, weight-side correction, output) is an int8 code: the kernels pad with it, and
+# MAX_K_ZERO_POINT assumes |q - zero_point| <= 255.
+INT8_RANGE = (-128, 127)
+# Scales are finite, normal float32 (>= 2^-126 = quant.MIN_SCALE): the kernels multiply by 1/scale, which overflows
+# to inf below 2^-128 (0 · inf = NaN: the kernel and the reference then disagree), and GPUs may flush subnormals.
+SCALE_RANGE = (MIN_SCALE, torch.finfo(torch.float32).max)
+_SCALES = (*SCALE_RANGE, "finite, normal float32 scales (>= 2^-126)")
+_ZERO_POINTS = (*INT8_RANGE, "int8 zero points in [-128, 127]")
 
 
 def fail(op: str, message: str, exc=ValueError):
     raise exc(f"lowp.{op}: {message}")
 
 
-def check_tensor(op: str, name: str, t, *, dtypes=None, ndim=None, device=None, device_of: str = "") -> None:
-    """Type, dtype, rank and device of one argument."""
+def dtype_names(dtypes) -> str:
+    """(torch.int8, torch.float16, torch.float32) -> "int8, float16 or float32"."""
+    names = [str(d).removeprefix("torch.") for d in dtypes]
+    return " or ".join(filter(None, (", ".join(names[:-1]), names[-1])))
+
+
+def check_tensor(op: str, name: str, t, dtypes, *, ndim: int | None = None, like=None) -> None:
+    """Type, dtype and rank of argument `name`; like: (name, tensor) of the argument whose device it must share."""
     if not isinstance(t, torch.Tensor):
         fail(op, f"argument '{name}' must be a Tensor, got {type(t).__name__}", TypeError)
-    if dtypes is not None and t.dtype not in dtypes:
-        fail(op, f"argument '{name}' must have dtype {_names(dtypes)}, got {str(t.dtype).removeprefix('torch.')}",
-             TypeError)
-    if ndim is not None and t.ndim not in ((ndim,) if isinstance(ndim, int) else ndim):
+    if t.dtype not in dtypes:
+        fail(op, f"argument '{name}' must have dtype {dtype_names(dtypes)}, got {dtype_names([t.dtype])}", TypeError)
+    if ndim is not None and t.ndim != ndim:
         fail(op, f"argument '{name}' must be {ndim}-D, got shape {tuple(t.shape)}")
-    if device is not None and t.device != device:
-        fail(op, f"argument '{name}' is on {t.device} but '{device_of}' is on {device}: "
-                 f"all tensors must be on one device")
+    if like is not None and t.device != like[1].device:
+        fail(op, f"argument '{name}' is on {t.device} but '{like[0]}' is on {like[1].device}: all tensors must be on "
+                 f"one device")
+
+
+def check_param(op: str, name: str, t, like, dtypes, shapes, what: str, *, one: bool = True) -> None:
+    """An optional parameter (None passes) of `dtypes` on like's device: shaped as one of `shapes` or, with one=True,
+    a single element of any shape. Shapes, not element counts: a (2, 2) scale is no per-column vector for N = 4."""
+    if t is None:
+        return
+    check_tensor(op, name, t, dtypes, like=like)
+    if not ((one and t.numel() == 1) or any(tuple(t.shape) == tuple(s) for s in shapes)):
+        allowed = " or ".join(dict.fromkeys(str(tuple(s)) for s in shapes)) + (", or one element" if one else "")
+        what = f"{what} (shape {allowed})" if shapes else f"one element ({what})"
+        fail(op, f"argument '{name}' must hold {what}, got shape {tuple(t.shape)}")
+
+
+def check_scale(op: str, name: str, t, like, shapes=(), what: str = "a per-tensor scale") -> None:
+    """float32, shaped as check_param says, values finite and normal."""
+    check_param(op, name, t, like, (torch.float32,), shapes, what)
+    _check_values(op, name, t, *_SCALES)
+
+
+def check_zero_point(op: str, name: str, t, like, shapes=(), what: str = "a per-tensor zero point") -> None:
+    """int32, shaped as check_param says, values int8 codes."""
+    check_param(op, name, t, like, (torch.int32,), shapes, what)
+    _check_values(op, name, t, *_ZERO_POINTS)
 
 
 def check_k_contiguous(op: str, name: str, t: torch.Tensor) -> None:
     if t.shape[-1] > 1 and t.stride(-1) != 1:
         fail(op, f"argument '{name}' must be contiguous along its last dim (stride 1), got strides "
                  f"{tuple(t.stride())}; call .contiguous() first")
-
-
-def check_shape(op: str, name: str, t: torch.Tensor, shapes, what: str, *, one: bool = True) -> None:
-    """A per-row / per-column / per-tensor parameter: exactly one of `shapes` or (one=True) a single element of
-    any shape. Shapes, not element counts: a (2, 2) scale is no per-column vector for N = 4."""
-    if not ((one and t.numel() == 1) or tuple(t.shape) in [tuple(s) for s in shapes]):
-        fail(op, f"argument '{name}' must hold {what}, got shape {tuple(t.shape)}")
 
 
 def check_reduction_length(op: str, what: str, K: int, zero_point: str | None) -> None:
@@ -84,9 +108,15 @@ def check_activation(op: str, activation: str) -> None:
 
 # ------------------------------------------------------------------------------------------------ value checks
 
-def _data_unreadable(t: torch.Tensor) -> bool:
-    """True when t has no readable data now (tracing, fake/meta tensors, CUDA graph capture). Written for the
-    per-call CPU path: attribute tests (~0.06 us each) before anything that builds objects (t.device, is_fake)."""
+def outside(t: torch.Tensor, lo, hi) -> torch.Tensor:
+    """The values of t outside [lo, hi], NaN included, flattened (for messages; the modules' checks use it too)."""
+    flat = t.detach().flatten()
+    return flat[~((flat >= lo) & (flat <= hi))]
+
+
+def _unreadable(t: torch.Tensor) -> bool:
+    """True when t has no readable data now (tracing, fake/meta tensors, CUDA graph capture). Attribute tests first
+    (~0.06 us each): this runs on every eager CPU call."""
     if torch.compiler.is_compiling():
         return True
     if type(t) is not torch.Tensor and type(t) is not torch.nn.Parameter:  # subclasses only: is_fake costs ~1.4 us
@@ -94,92 +124,35 @@ def _data_unreadable(t: torch.Tensor) -> bool:
 
         if is_fake(t):
             return True
-    if t.is_cpu:
-        return False
-    # no host sync is allowed while a CUDA graph is being captured
-    return t.is_meta or (t.is_cuda and torch.cuda.is_current_stream_capturing())
+    return t.is_meta or (t.is_cuda and torch.cuda.is_current_stream_capturing())  # no host sync while capturing
 
 
-class _Stamp(NamedTuple):
-    """What identifies a tensor's data: in-place ops bump the version, `.data = ...` / `set_` change the pointer
-    and the storage. Inference tensors have no version counter (None)."""
-    ref: weakref.ref
-    version: int | None
-    data_ptr: int
-    storage: weakref.ref
+def _stamp(t: torch.Tensor) -> tuple:
+    """What identifies t's data: in-place ops bump the version, `.data = ...` / `set_` change the pointer and the
+    storage. Stamps compare equal while all three are unchanged (a weakref equals another while both referents
+    live and are the same object; a dead one equals nothing new)."""
+    return t._version, t.data_ptr(), weakref.ref(t.untyped_storage())
 
 
-def _version(t: torch.Tensor) -> int | None:
-    try:
-        return t._version
-    except RuntimeError:  # inference tensors carry no version counter
-        return None
+# CUDA tensor -> its stamp when it last passed a value check: a module's fixed scales pay the device sync once
+_passed_on_cuda = WeakIdKeyDictionary()
 
 
-def _matches(stamp: _Stamp | None, t: torch.Tensor) -> bool:
-    return (stamp is not None and stamp.ref() is t and stamp.version == _version(t)
-            and stamp.data_ptr == t.data_ptr() and stamp.storage() is t.untyped_storage())
-
-
-def _remember(table: dict, key, t: torch.Tensor) -> None:
-    def forget(ref, key=key):
-        if table.get(key, (None,))[0] is ref:
-            del table[key]
-
-    table[key] = _Stamp(weakref.ref(t, forget), _version(t), t.data_ptr(), weakref.ref(t.untyped_storage()))
-
-
-# id(t) -> stamp of a scale lowp computed itself (trust_scales): never checked while its data is unchanged
-_trusted: dict[int, _Stamp] = {}
-# (id(t), what) -> stamp of a CUDA tensor that passed a value check: a module's fixed scales pay the device sync
-# once, not on every call. CPU tensors are checked on every call instead (cheap), so `.data` edits are seen there.
-_passed_on_cuda: dict[tuple[int, str], _Stamp] = {}
-
-
-def outside(t: torch.Tensor, lo, hi) -> torch.Tensor:
-    """The values of t outside [lo, hi], NaN included, flattened (for messages; the modules' checks use it too)."""
-    flat = t.detach().flatten()
-    return flat[~((flat >= lo) & (flat <= hi))]
-
-
-def _check_range(op: str, name: str, t: torch.Tensor | None, lo, hi, what: str) -> None:
-    """Every value of t in [lo, hi] (NaN fails), or fail naming up to 4 offenders. Skipped where no data can be
-    read (module docstring) and for tensors lowp marked with trust_scales."""
-    if t is None or _data_unreadable(t) or t.numel() == 0 or (_trusted and _matches(_trusted.get(id(t)), t)):
+def _check_values(op: str, name: str, t: torch.Tensor | None, lo, hi, what: str) -> None:
+    """Every value of t in [lo, hi] (NaN fails), or fail naming up to 4 offenders; where and how often: module
+    docstring. Inference tensors keep no version counter, so on CUDA they are checked on every call."""
+    if t is None or t.numel() == 0 or _unreadable(t):
         return
-    cached = not t.is_cpu and _version(t) is not None  # CUDA; inference tensors have no version: checked each time
-    if cached and _matches(_passed_on_cuda.get((id(t), what)), t):
+    remember = t.is_cuda and not t.is_inference()
+    if remember and _passed_on_cuda.get(t) == _stamp(t):
         return
     if t.numel() == 1:
         ok = lo <= t.item() <= hi
     else:  # one reduction, two host reads; NaN propagates through aminmax and fails the comparison
-        vmin, vmax = torch.aminmax(t.detach() if t.requires_grad else t)
+        vmin, vmax = torch.aminmax(t.detach())
         ok = lo <= vmin.item() and vmax.item() <= hi
     if not ok:
-        values = outside(t, lo, hi)
-        fail(op, f"argument '{name}' must hold {what}, got {values[:4].tolist()}{' ...' if values.numel() > 4 else ''}")
-    if cached:
-        _remember(_passed_on_cuda, (id(t), what), t)
-
-
-def check_scale_values(op: str, name: str, t: torch.Tensor | None) -> None:
-    """Scales must be finite, normal float32 (>= 2^-126 = quant.MIN_SCALE): the kernels multiply by 1/scale, which
-    overflows to inf below 2^-128 (0 · inf = NaN: the kernel and the reference then disagree), and GPUs may flush
-    subnormals to zero."""
-    _check_range(op, name, t, *SCALE_RANGE, "finite, normal float32 scales (>= 2^-126)")
-
-
-def check_zero_point_values(op: str, name: str, t: torch.Tensor | None) -> None:
-    """int8 zero points lie in [-128, 127]: the kernels pad with the zero point as an int8 code and the int32
-    accumulator bounds (MAX_K_ZERO_POINT) assume |q - zero_point| <= 255."""
-    _check_range(op, name, t, *INT8_RANGE, f"int8 zero points in [{INT8_RANGE[0]}, {INT8_RANGE[1]}]")
-
-
-def trust_scales(t: torch.Tensor) -> torch.Tensor:
-    """Record a scale lowp computed itself (finite and normal by construction: a dynamic Int8Conv2d fed non-finite
-    input keeps a finite scale and poisons its bias instead, README "Non-finite input and overflow") as exempt from
-    the value check, so passing it to the next op costs no host read or device sync, until its data changes
-    (version, data pointer or storage; an inference tensor has no version, so only the latter two). Returns t."""
-    if not _data_unreadable(t):
-        _remember(_trusted, id(t), t)
-    return t
+        bad = outside(t, lo, hi)
+        fail(op, f"argument '{name}' must hold {what}, got {bad[:4].tolist()}{' ...' if bad.numel() > 4 else ''}")
+    if remember:
+        _passed_on_cuda[t] = _stamp(t)

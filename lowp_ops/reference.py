@@ -15,12 +15,13 @@ from . import quant
 from .kernels.conv import conv_output_size
 from .quant import Granularity, QuantSpec
 
-__all__ = ["activation", "conv_epilogue", "gemm", "gemm_epilogue", "int8_conv2d", "int8_gemm", "quantize_channels_last",
-           "quantize_rows"]
+__all__ = ["activation", "conv_epilogue", "gemm", "gemm_epilogue", "int8_conv2d", "int8_gemm", "per_tensor_qparams",
+           "quantize_channels_last", "quantize_rows"]
 
 # The activation specs the kernels implement.
 INT8_PER_TOKEN = QuantSpec(bits=8, symmetric=True, granularity=Granularity.PER_TOKEN)  # dynamic, [-127, 127]
 INT8_AFFINE = QuantSpec(bits=8, symmetric=False)  # static per-tensor and requantized outputs, [-128, 127]
+INT8_PER_TENSOR = QuantSpec(bits=8, symmetric=True)  # int8_conv2d's dynamic input: one scale per call, [-127, 127]
 
 
 def quantize_rows(x: torch.Tensor, *, scale: torch.Tensor | None = None, zero_point: torch.Tensor | None = None,
@@ -116,6 +117,27 @@ def quantize_channels_last(x: torch.Tensor, *, scale: torch.Tensor,
     """x (N, C, H, W) float -> int8 (N, C, H, W) channels_last, static per-tensor; see kernels/quantize.py."""
     q, _ = quantize_rows(x, scale=scale, zero_point=zero_point)
     return q.contiguous(memory_format=torch.channels_last)
+
+
+def per_tensor_qparams(x: torch.Tensor, *, bias: torch.Tensor | None,
+                       channels: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """int8_conv2d's dynamic input quantization: x (N, C, H, W) float -> (scale float32 (1,), the bias to use).
+
+    scale = max(max |x| / 127, min_scale) (quant.choose_qparams, symmetric per tensor) and bias unchanged, for
+    finite x. One scale serves the whole call, so a NaN or ±inf anywhere in x poisons every output, without another
+    pass over x: the scale stays finite (MIN_SCALE, as if amax were 0) and the bias (`channels` values, made when
+    bias is None) becomes NaN, so every float output is NaN and every requantized one the output zero point (NaN's
+    code). No host read: this is the CUDA and torch.compile path. An empty x has range 0: scale MIN_SCALE.
+    """
+    zero = x.new_zeros((), dtype=torch.float32)
+    lo, hi = torch.aminmax(x.detach()) if x.numel() else (zero, zero)
+    amax = torch.maximum(-lo, hi).float()  # NaN if x holds a NaN (aminmax propagates it), inf if an inf
+    finite = torch.isfinite(amax)
+    # torch.where, not amax · 0: torch.compile folds x · 0 to 0, NaN or not
+    poison = torch.where(finite, zero, math.nan)
+    amax = torch.where(finite, amax, zero)
+    scale = quant.choose_qparams(-amax, amax, INT8_PER_TENSOR)[0].reshape(1)
+    return scale, poison.expand(channels) if bias is None else bias + poison
 
 
 def int8_conv2d(x: torch.Tensor, w: torch.Tensor, *, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1,

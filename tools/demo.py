@@ -1,6 +1,7 @@
-"""The `make demo` job: the seed article's ConvNet, trained on real handwritten digits, converted FP32 -> INT8
-(dynamic and static) and FP16 by lowp, with accuracy and speedup vs FP32 side by side; then one LLM-sized linear
-layer through int8_linear, timed against FP32 F.linear.
+"""The `make demo` job: the small ConvNet of the article lowp grew from (model acceleration and low-precision
+computing, with its formulas and a small ConvNet; lowp_ops.examples.ConvNet), trained on real handwritten digits,
+converted FP32 -> INT8 (dynamic and static) and FP16 by lowp, with accuracy and speedup vs FP32 side by side; then
+one LLM-sized linear layer through int8_linear, timed against FP32 F.linear.
 
 The report names the backend that ran: lowp's Triton kernels on a CUDA machine; on a CPU, lowp's native int8
 backend (oneDNN int8 convolution / matmul and torch._int_mm, lowp_ops.cpu), or the exact but slow pure-torch
@@ -31,7 +32,7 @@ from lowp_ops import quant
 from lowp_ops.cpu import support
 from lowp_ops.examples import ConvNet, accuracy, load_digits_28, train
 from lowp_ops.examples.evaluation import convert_all
-from lowp_ops.registry.policy import time_ms
+from lowp_ops.policy import time_ms
 
 CACHE = pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache")) / "lowp"
 FP16_ON_CPU = ("fp16 on CPU runs emulated: lowp has no native CPU FP16 matmul, so Fp16Linear runs the reference "

@@ -1,4 +1,5 @@
-"""The seed ConvNet on scikit-learn's digits under every lowp scheme, side by side (issue 5's evaluation).
+"""lowp_ops.examples.ConvNet (the small ConvNet of the article lowp grew from, on model acceleration and
+low-precision computing) on scikit-learn's digits under every lowp scheme, side by side.
 
     python tools/evaluate_convnet.py                 # writes bench/results/convnet_schemes-<device>-<date>.{json,md}
 

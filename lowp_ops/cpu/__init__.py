@@ -4,6 +4,8 @@ through the libraries torch ships, peer of the Triton kernels (lowp_ops.kernels)
 Same launcher names and signatures as lowp_ops.kernels (less `wrap`), arguments already validated by lowp_ops.ops:
     quantize_rows(x, ...)            per-token / static quantization: torch reductions + in-place elementwise ops
     quantize_channels_last(x, ...)   float NCHW -> int8 NHWC, the layout change folded into the int8 cast
+    per_tensor_qparams(x, ...)       int8_conv2d's dynamic per-tensor scale, computed on the host (no kernel has it:
+                                     on CUDA the ops run the reference's)
     int8_gemm(a, b, ...)             oneDNN int8 matmul (qlinear) or torch._int_mm for the exact accumulator, then
                                      lowp_ops.reference's epilogue: bit-exact with the reference on every output
     int8_conv2d(x, w, ...)           oneDNN int8 convolution (qconv2d) with the epilogue fused where oneDNN can
@@ -15,6 +17,6 @@ warning; the quantize ops need no special instructions.
 
 from .conv import int8_conv2d
 from .gemm import int8_gemm
-from .quantize import quantize_channels_last, quantize_rows
+from .quantize import per_tensor_qparams, quantize_channels_last, quantize_rows
 
-__all__ = ["int8_conv2d", "int8_gemm", "quantize_channels_last", "quantize_rows"]
+__all__ = ["int8_conv2d", "int8_gemm", "per_tensor_qparams", "quantize_channels_last", "quantize_rows"]

@@ -3,13 +3,13 @@
 The epilogue runs inside oneDNN when it can express it — one scale per tensor for x, per-channel weight scales, a
 finite bias, none / relu / relu6, float32 or requantized int8 output — so the output is written once. oneDNN orders
 the float operations its own way: float outputs agree with the reference to float32 rounding, int8 outputs within
-1 LSB where a value sits at a rounding tie (tests/cpu/test_conv.py holds both bounds). Otherwise (a scale per image,
-gelu, a NaN or ±inf in the bias or x's scale, the raw int32 output) oneDNN returns the exact accumulator (unit
+1 LSB where a value sits at a rounding tie (tests/cpu/test_cpu_conv.py holds both bounds). Otherwise (a scale per
+image, gelu, a NaN or ±inf in the bias or x's scale, the raw int32 output) oneDNN returns the exact accumulator (unit
 scales, float32, checked below 2^24) and lowp_ops.reference's epilogue finishes it, bit-exact with the reference.
 
-Seed ConvNet conv2 (32 -> 64 channels, 3x3, 26x26 input, batch 256) on the CI machine (AMD EPYC, avx512_vnni,
-2 threads, torch 2.13, 2026-11-25): FP32 channels_last 47 ms; fused int8 output + relu 8.6 ms; float32 output
-22 ms (the output write dominates).
+conv2 of lowp_ops.examples.ConvNet (32 -> 64 channels, 3x3, 26x26 input, batch 256) on the CI machine (AMD EPYC,
+avx512_vnni, 2 threads, torch 2.13, 2026-11-25): FP32 channels_last 47 ms; fused int8 output + relu 8.6 ms; float32
+output 22 ms (the output write dominates).
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def int8_conv2d(x: torch.Tensor, w: torch.Tensor, *, stride=(1, 1), padding=(0, 
         return reference.int8_conv2d(x, w, stride=stride, padding=padding, dilation=dilation, groups=groups,
                                      a_zero_point=a_zero_point, b_sum=b_sum, **epilogue)
     K = w.shape[0]
-    # packed for this input shape: oneDNN then picks the weight layout for it (seed ConvNet conv2 at batch 1:
+    # packed for this input shape: oneDNN then picks the weight layout for it (ConvNet conv2 at batch 1:
     # 0.057 ms vs 0.078 ms packed without a shape; batch 256: 8.7 vs 9.3 ms; CI machine, 2026-11-25)
     weight, ones, zeros = packed(w, ("qconv", *map(tuple, geometry[:3]), groups, tuple(x.shape)), lambda: (
         torch.ops.onednn.qconv_prepack(w, torch.ones(K), 1.0, 0, *geometry, list(x.shape)), torch.ones(K),

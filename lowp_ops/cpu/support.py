@@ -13,7 +13,8 @@ from torch._subclasses.fake_tensor import FakeTensor
 from torch.utils.weak import WeakIdKeyDictionary
 
 # Integer-dot-product instructions (VPDPBUSD and AMX tiles). Without them torch._int_mm falls back to naive loops
-# (pytorch issue 136942) and oneDNN to slow reference kernels: the float64 reference is then the faster path.
+# (https://github.com/pytorch/pytorch/issues/136942) and oneDNN to slow reference kernels: the float64 reference
+# is then the faster path.
 _INT8_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 
 

@@ -1,4 +1,5 @@
-"""The seed article's ConvNet (§5.2): conv 1→32→64, max-pool, dropout, fc 9216→128→10, log-softmax."""
+"""The small ConvNet (its §5.2) of the article lowp grew from, on model acceleration and low-precision computing:
+conv 1→32→64, max-pool, dropout, fc 9216→128→10, log-softmax."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from torch import nn
 class ConvNet(nn.Module):
     """x: (B, 1, 28, 28) float -> log-probabilities (B, 10) float32.
 
-    The seed's layers and order; the only change is that log_softmax runs in float32, so the same module works
+    The article's layers and order; the only change is that log_softmax runs in float32, so the same module works
     when its Linear layers are swapped for float16 ones.
     """
 

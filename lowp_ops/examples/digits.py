@@ -1,5 +1,5 @@
 """scikit-learn's handwritten digits (1,797 real 8x8 scans, bundled with the package: no download), upsampled to
-the 28x28 the seed's ConvNet expects."""
+the 28x28 that lowp_ops.examples.ConvNet expects."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The seed ConvNet on real digits under every lowp scheme, side by side: FP32, INT8 dynamic, INT8 static
+"""lowp_ops.examples.ConvNet (the small ConvNet of the article lowp grew from, on model acceleration and
+low-precision computing) on real digits under every lowp scheme, side by side: FP32, INT8 dynamic, INT8 static
 (calibrated), INT8 QAT, FP16 — and the check that a converted model really runs on torch.ops.lowp."""
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def convert_all(fp32: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, *
     calibration_batches x 64 training images), INT8 QAT (fine-tuned from the FP32 weights at a tenth of the
     learning rate), FP16. `qat_epochs=0` leaves QAT out."""
     models = {"fp32": fp32, "int8 dynamic": registry.quantize_dynamic(fp32)}
-    prepared = registry.prepare(fp32, registry.QuantConfig(static=True))
+    prepared = registry.prepare(fp32)
     registry.calibrate(prepared, (train_x[i:i + 64] for i in range(0, 64 * calibration_batches, 64)), progress=False)
     models["int8 static"] = registry.convert(prepared)
     if qat_epochs:

@@ -1,5 +1,6 @@
-"""Training the seed ConvNet in FP32 and in mixed precision (seed §3.1.1): float16 Linear layers on lowp's Tensor
-Core GEMM with float32 master weights, and dynamic loss scaling by torch.amp.GradScaler."""
+"""Training lowp_ops.examples.ConvNet in FP32 and in mixed precision (§3.1.1 of the article lowp grew from: model
+acceleration and low-precision computing, with its formulas and a small ConvNet): float16 Linear layers on lowp's
+Tensor Core GEMM with float32 master weights, and dynamic loss scaling by torch.amp.GradScaler."""
 
 from __future__ import annotations
 

@@ -8,7 +8,6 @@ Each holds plain tensors: `weight` int8, `weight_scale` float32, `bias` float32,
 
 from __future__ import annotations
 
-import math
 import weakref
 
 import torch
@@ -16,10 +15,9 @@ from torch import nn
 from torch.nn.modules.utils import _pair
 
 from .. import quant
-from .._validate import ACTIVATIONS, INT8_RANGE, SCALE_RANGE, outside, trust_scales
+from .._validate import ACTIVATIONS, INT8_RANGE, SCALE_RANGE, outside
 
 WEIGHT_SPEC = quant.per_channel(axis=0)  # symmetric int8 [-127, 127], one scale per output channel
-_DYNAMIC_INPUT_SPEC = quant.per_tensor()  # symmetric per-tensor (conv inputs); Linear inputs go per token
 # Float dtypes a cast (.half(), .to(dtype)) may give an INT8 layer's float output; float64 is computed in float32
 _CAST_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # What each buffer of a checkpoint must hold, as _init_quant stores it: key -> (dtypes, in words)
@@ -70,7 +68,7 @@ def _zero_point_arg(owner: str, arg: str, value, device) -> torch.Tensor | None:
 
 # One .to() / .cuda() call -> {id(source buffer): (source, result)}, keyed by the function nn.Module._apply hands
 # down to every submodule (alive for that one call). nn.Module moves each module's buffers on its own, so two INT8
-# layers sharing one weight (tied weights, lowp_ops.registry.core.share_tied) would come out with two copies;
+# layers sharing one weight (tied weights, lowp_ops.registry.swap.share_tied) would come out with two copies;
 # through this table the second layer gets the first one's result and the weights stay one tensor.
 _MOVED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -321,8 +319,8 @@ class Int8Conv2d(_Int8Module):
     already quantized with input_scale / input_zero_point. Returns (N, K, OH, OW) channels_last, or (K, OH, OW)
     for an unbatched input: float (x's dtype, or out_dtype) or int8 when output_scale is set.
 
-    Dynamic input: one scale for the whole call, so a NaN or inf anywhere in x makes every output NaN (float
-    output) or the output zero point (int8 output) — no image of the batch is computed with a poisoned scale.
+    Float x goes to the op as it is: int8_conv2d quantizes it, dynamically (one scale for the whole call, so a NaN or
+    inf anywhere in x makes every output NaN, or the output zero point for int8 output) or with input_scale.
 
     >>> conv = Int8Conv2d.from_float(torch.nn.Conv2d(3, 8, 3, padding=1), activation="relu")
     >>> conv(torch.randn(2, 3, 16, 16)).shape
@@ -373,46 +371,6 @@ class Int8Conv2d(_Int8Module):
         # load_state_dict(assign=True) takes the checkpoint's plain-layout tensor itself: back to channels_last
         self.weight = self.weight.contiguous(memory_format=torch.channels_last)
 
-    def _quantize_input(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """x (N, C, H, W) -> (int8 channels_last codes, their scale float32 (1,), the bias (K,) for the conv)."""
-        if x.dtype == torch.int8:  # ops between int8 layers (relu, dropout) may hand it back in NCHW order
-            return x.contiguous(memory_format=torch.channels_last), self.input_scale, self.bias
-        if self.input_scale is not None:
-            q = torch.ops.lowp.quantize_channels_last(x, self.input_scale, self.input_zero_point)
-            return q, self.input_scale, self.bias
-        # dynamic per tensor: absmax from one min/max reduction (no |x| copy), then quantize + layout change
-        # (an empty batch has no extremes: its range is 0, as quant.reduce_minmax gives)
-        lo, hi = torch.aminmax(x.detach()) if x.numel() else (x.new_zeros(()), x.new_zeros(()))
-        if x.is_cpu and not torch.compiler.is_compiling():
-            return self._quantize_on_host(x, lo.item(), hi.item())
-        amax = torch.maximum(-lo, hi).float()  # NaN if x holds a NaN (aminmax propagates it), inf if an inf
-        # On CUDA (a host read is a sync) and under torch.compile: no host read. One scale serves the whole call,
-        # so a non-finite x poisons every output (lowp's rule for a dynamic
-        # per-tensor input) — without another pass over x: poison is 0 for a finite amax and NaN otherwise; added
-        # to the (K,) bias it makes every float output NaN and every requantized int8 output the output zero point
-        # (NaN's code). The scale itself stays finite and normal (a non-finite amax counts as 0 -> MIN_SCALE), so
-        # trust_scales tells the truth. torch.where, not amax * 0: torch.compile folds x * 0 to 0, NaN or not.
-        finite = torch.isfinite(amax)
-        poison = torch.where(finite, 0.0, math.nan).float()  # scalars alone take the default dtype
-        amax = torch.where(finite, amax, 0.0)
-        scale = trust_scales(quant.choose_qparams(-amax, amax, _DYNAMIC_INPUT_SPEC)[0].reshape(1))
-        bias = poison.expand(self.out_channels) if self.bias is None else self.bias + poison
-        return torch.ops.lowp.quantize_channels_last(x, scale), scale, bias
-
-    def _quantize_on_host(self, x: torch.Tensor, lo: float, hi: float):
-        """_quantize_input's dynamic branch for eager CPU tensors, where reading amax costs nothing: the scale as
-        one Python float instead of a dozen one-element tensor ops (seed ConvNet conv2 at batch 1, CI machine,
-        2026-11-25: 8 us instead of 46). Bit-identical to quant.choose_qparams: amax is a float32 value, so its
-        quotient by 127 in float64, rounded to float32, is the float32 quotient (float64 has > 2·24 + 2 bits)."""
-        if math.isfinite(lo) and math.isfinite(hi):
-            amax = max(-lo, hi)
-            scale, bias = torch.tensor([amax / _DYNAMIC_INPUT_SPEC.qmax]).clamp_(min=quant.MIN_SCALE), self.bias
-        else:  # one scale serves the call: every output NaN, as the tensor branch's poisoned bias makes it
-            scale = torch.tensor([quant.MIN_SCALE])
-            bias = torch.full((self.out_channels,), math.nan) if self.bias is None else self.bias + math.nan
-        scale = trust_scales(scale)
-        return torch.ops.lowp.quantize_channels_last(x, scale), scale, bias
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim not in (3, 4) or x.shape[-3] != self.in_channels:
             raise ValueError(f"Int8Conv2d: input must be (N, C, H, W) or unbatched (C, H, W) with C = in_channels "
@@ -423,10 +381,12 @@ class Int8Conv2d(_Int8Module):
 
     def _conv(self, x: torch.Tensor) -> torch.Tensor:
         x, out_dtype = self._prepare_input(x)
-        q, scale, bias = self._quantize_input(x)
+        if x.dtype == torch.int8:  # ops between int8 layers (relu, dropout) may hand it back in NCHW order
+            x = x.contiguous(memory_format=torch.channels_last)
+        # float x is quantized inside the op: dynamically without input_scale, else with it
         y = torch.ops.lowp.int8_conv2d(
-            q, self.weight, self.stride, self.padding, self.dilation, self.groups, scale, self.weight_scale,
-            bias, self.input_zero_point, self.weight_sum, activation=self.activation,
+            x, self.weight, self.stride, self.padding, self.dilation, self.groups, self.input_scale,
+            self.weight_scale, self.bias, self.input_zero_point, self.weight_sum, activation=self.activation,
             out_dtype=self._kernel_dtype(out_dtype), out_scale=self.output_scale,
             out_zero_point=self.output_zero_point)
         return y.to(out_dtype)

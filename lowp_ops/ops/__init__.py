@@ -10,7 +10,8 @@ autograd; fp16_linear has autograd.
     quantize_per_tensor(x, scale, zero_point)     float (...)    -> int8 (...)
     int8_mm(a, b, a_scale, b_scale, bias, ...)    int8 (..., K) x int8 (N, K)ᵀ -> (..., N), fused epilogue
     int8_linear(x, weight, weight_scale, ...)     float (..., K) -> quantize -> int8_mm -> (..., N)
-    int8_conv2d(x, weight, stride, padding, ...)  int8 NHWC conv, implicit GEMM, same epilogue -> (N, K, OH, OW)
+    int8_conv2d(x, weight, stride, padding, ...)  float NCHW (quantized per tensor inside) or int8 NHWC x, implicit
+                                                  GEMM conv, same epilogue -> (N, K, OH, OW)
     quantize_channels_last(x, scale, zero_point)  float NCHW -> int8 NHWC in one pass
     fp16_mm(a, b, bias, activation)               f16/bf16 (M, K) x (K, N), any strides -> (M, N)
     fp16_mm_accumulate_(c, a, b)                  c float32 (M, N) += a · b

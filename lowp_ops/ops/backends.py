@@ -62,14 +62,15 @@ def use_cpu_backend(name: str):
 
 
 def dispatch(op: str, launcher: str, *args, **kwargs):
-    """Run the launcher named `launcher` for the device of args[0]. A backend without it (the native CPU backend
-    has no fp16 GEMM) runs the reference's."""
-    device = args[0].device
-    if device.type == "cuda":
-        return getattr(kernels, launcher)(*args, wrap=wrap_triton, **kwargs)
-    if device.type == "cpu":
-        backend = _CPU_BACKENDS[_cpu_backend]
-        if launcher not in backend.__all__:  # the native backend has no fp16 GEMM (lowp_ops.cpu.gemm is a module)
-            backend = reference
-        return getattr(backend, launcher)(*args, **kwargs)
-    fail(op, f"tensors on {device} are not supported: use cuda (Triton kernels) or cpu")
+    """Run the launcher named `launcher` for the device of args[0]. A backend without it runs the reference's: the
+    native CPU backend has no fp16 GEMM, and int8_conv2d's dynamic per-tensor scale (per_tensor_qparams) is plain
+    torch arithmetic with a native CPU shortcut and no kernel."""
+    device = args[0].device.type
+    if device not in ("cuda", "cpu"):
+        fail(op, f"tensors on {args[0].device} are not supported: use cuda (Triton kernels) or cpu")
+    backend = kernels if device == "cuda" else _CPU_BACKENDS[_cpu_backend]
+    if launcher not in backend.__all__:  # (lowp_ops.cpu.gemm is a module, not a launcher: ask __all__)
+        return getattr(reference, launcher)(*args, **kwargs)
+    if device == "cuda":
+        kwargs["wrap"] = wrap_triton  # torch.compile sees through the launch
+    return getattr(backend, launcher)(*args, **kwargs)

@@ -1,5 +1,6 @@
 """lowp::int8_conv2d and lowp::quantize_channels_last: INT8 convolution (implicit GEMM) with the fused
-dequantize / requantize epilogue, and the float NCHW -> int8 NHWC input quantization."""
+dequantize / requantize epilogue, on int8 input or on float input it quantizes itself (dynamically per tensor, or
+with a static scale), and the float NCHW -> int8 NHWC input quantization."""
 
 from __future__ import annotations
 
@@ -9,9 +10,25 @@ import torch
 from torch import Tensor
 from torch.library import triton_op
 
-from .._validate import FLOAT_DTYPES, INT32_MAX, check_reduction_length, check_shape, check_tensor, fail
+from .._validate import (
+    FLOAT_DTYPES,
+    INT32_MAX,
+    check_reduction_length,
+    check_scale,
+    check_tensor,
+    check_zero_point,
+    dtype_names,
+    fail,
+)
 from ..kernels.conv import conv_output_size
-from ._common import check_epilogue, check_int8_output, check_static_qparams, flat
+from ._common import (
+    check_epilogue,
+    check_int8_output,
+    check_out_dtype,
+    check_static_qparams,
+    check_zero_point_sums,
+    flat,
+)
 from .backends import dispatch
 
 _CHANNELS_LAST_HINT = "call .contiguous(memory_format=torch.channels_last) first"
@@ -29,14 +46,10 @@ def _check_pair(op: str, name: str, value) -> tuple[int, int]:
     return int(value[0]), int(value[1])
 
 
-def _check_int8_conv2d(x, weight, stride, padding, dilation, groups, x_scale, weight_scale, bias, x_zero_point,
-                       weight_sum, activation, out_dtype, out_scale, out_zero_point) -> torch.dtype:
-    """Validate; returns the output dtype (None resolved)."""
-    op = "int8_conv2d"
-    check_tensor(op, "x", x, dtypes=(torch.int8,), ndim=4)
-    check_tensor(op, "weight", weight, dtypes=(torch.int8,), ndim=4, device=x.device, device_of="x")
+def _check_geometry(op: str, x: Tensor, weight: Tensor, stride, padding, dilation, groups: int) -> None:
+    """Layouts, groups and the int32 bounds of the kernels' index arithmetic, before anything is allocated."""
     for name, t in (("x", x), ("weight", weight)):
-        if not t.is_contiguous(memory_format=torch.channels_last):
+        if t.dtype == torch.int8 and not t.is_contiguous(memory_format=torch.channels_last):
             fail(op, f"argument '{name}' must be channels_last (NHWC in memory), got strides {tuple(t.stride())}; "
                      f"{_CHANNELS_LAST_HINT}")
     sh, sw = _check_pair(op, "stride", stride)
@@ -59,25 +72,42 @@ def _check_int8_conv2d(x, weight, stride, padding, dilation, groups, x_scale, we
     if OH < 1 or OW < 1:
         fail(op, f"the {R}x{S} kernel (dilation {list(dilation)}) does not fit the padded {H}x{W} input: "
                  f"output would be {OH}x{OW}")
-    if N * OH * OW > _MAX_OUTPUT_PIXELS:  # checked before anything is allocated (padding=10**6 asked for 1.7 PB)
+    if N * OH * OW > _MAX_OUTPUT_PIXELS:  # padding=10**6 asked for 1.7 PB
         fail(op, f"arguments 'stride' {list(stride)}, 'padding' {list(padding)}, 'dilation' {list(dilation)} give "
                  f"N·OH·OW = {N}·{OH}·{OW} = {N * OH * OW} output pixels for x of shape {tuple(x.shape)}; at most "
                  f"2^31 - 2^20 = {_MAX_OUTPUT_PIXELS}: the kernels index output pixels in int32")
+
+
+def _check_int8_conv2d(x, weight, stride, padding, dilation, groups, x_scale, weight_scale, bias, x_zero_point,
+                       weight_sum, activation, out_dtype, out_scale, out_zero_point) -> torch.dtype:
+    """Validate; returns the output dtype (None resolved)."""
+    op, like = "int8_conv2d", ("x", x)
+    check_tensor(op, "x", x, (torch.int8,) + FLOAT_DTYPES, ndim=4)
+    check_tensor(op, "weight", weight, (torch.int8,), ndim=4, like=like)
+    _check_geometry(op, x, weight, stride, padding, dilation, groups)
+    K, C_g, R, S = weight.shape
     check_reduction_length(op, "the reduction length C/groups·R·S", C_g * R * S,
                            None if x_zero_point is None else "x_zero_point")
-    out_dtype = check_int8_output(op, out_dtype, {"x_scale": x_scale, "weight_scale": weight_scale},
-                                  {"bias": bias, "x_zero_point": x_zero_point, "weight_sum": weight_sum,
-                                   "out_scale": out_scale, "out_zero_point": out_zero_point}, activation)
-    if out_dtype == torch.int32:
-        return out_dtype
-    if x_zero_point is not None:
-        check_tensor(op, "x_zero_point", x_zero_point, dtypes=(torch.int32,), device=x.device, device_of="x")
-        check_shape(op, "x_zero_point", x_zero_point, (), "one element (per-tensor zero point: padding reads it)")
-    check_epilogue(op, x, N, K, a_scale=x_scale, b_scale=weight_scale, bias=bias, a_zero_point=x_zero_point,
-                   b_sum=weight_sum, activation=activation, out_dtype=out_dtype, out_scale=out_scale,
-                   out_zero_point=out_zero_point,
-                   names={"a": "x", "b": "weight", "a_scale": "x_scale", "b_scale": "weight_scale",
-                          "a_zero_point": "x_zero_point", "b_sum": "weight_sum", "row": "image"})
+    if x.dtype == torch.int8:
+        out_dtype = check_int8_output(op, out_dtype, {"x_scale": x_scale, "weight_scale": weight_scale},
+                                      {"bias": bias, "x_zero_point": x_zero_point, "weight_sum": weight_sum,
+                                       "out_scale": out_scale, "out_zero_point": out_zero_point}, activation)
+        if out_dtype == torch.int32:
+            return out_dtype
+        x_scales = ([(x.shape[0],)], "one scale per image")
+    else:  # quantized here: dynamically without x_scale, else statically with x_scale / x_zero_point
+        out_dtype = check_out_dtype(op, x.dtype if out_dtype is None else out_dtype, (torch.int8,) + FLOAT_DTYPES)
+        if weight_scale is None:
+            fail(op, f"argument 'weight_scale' is required for a {dtype_names([x.dtype])} x")
+        if x_zero_point is not None and x_scale is None:
+            fail(op, "argument 'x_zero_point' needs 'x_scale' (static quantization); dynamic quantization is "
+                     "symmetric")
+        x_scales = ((), "static per-tensor activation scale")
+    check_scale(op, "x_scale", x_scale, like, *x_scales)
+    check_scale(op, "weight_scale", weight_scale, like, [(K,)], "one scale per output channel")
+    check_zero_point(op, "x_zero_point", x_zero_point, like, what="per-tensor zero point: padding reads it")
+    check_zero_point_sums(op, "weight_sum", weight_sum, "x_zero_point", x_zero_point, like, K)
+    check_epilogue(op, like, K, bias, activation, out_dtype, out_scale, out_zero_point)
     return out_dtype
 
 
@@ -90,23 +120,38 @@ def int8_conv2d(x: Tensor, weight: Tensor, stride: Sequence[int], padding: Seque
                 out_zero_point: Tensor | None = None) -> Tensor:
     """INT8 2-D convolution (implicit GEMM, int32 accumulation) with the fused epilogue of int8_mm.
 
-    x: (N, C, H, W) int8 and weight: (K, C / groups, R, S) int8 (symmetric, per output channel), both
-    channels_last. stride / padding / dilation: 2 ints each; groups divides C and K (groups = C: depthwise).
-    out_dtype int32 (the default without scales): the raw accumulator. Otherwise x_scale (float32, (N,) = one
-    per image, or one element) and weight_scale (float32, (K,) or one element) are required and
+    x: (N, C, H, W), one of
+      float16 / bfloat16 / float32, any memory format: quantized to int8 here (fused with the NCHW -> NHWC change),
+        dynamically when x_scale is None — one symmetric scale for the whole call, max(max |x| / 127, 2^-126) —
+        else statically with x_scale (float32, one element) and x_zero_point (int32, one element, or None);
+      int8, channels_last, already quantized: x_scale float32 (N,) = one per image, or one element.
+    weight: (K, C / groups, R, S) int8 (symmetric, per output channel), channels_last; weight_scale: float32 (K,) or
+    one element. stride / padding / dilation: 2 ints each; groups divides C and K (groups = C: depthwise).
+    Int8 x without scales, out_dtype int32 (its default): the raw accumulator. Otherwise (weight_scale required,
+    x_scale too for int8 x)
         y = ((acc − x_zero_point · Σ weight[k]) · x_scale) · weight_scale[k] + bias[k], then activation
-    ("none" | "relu" | "relu6" | "gelu"), returned as float16 / bfloat16 / float32 (default float32) or, with
-    out_dtype int8, requantized with out_scale (float32) / out_zero_point (int32), one element each — the next
-    INT8 conv reads it directly. x_zero_point: int32, one element (padding reads it, i.e. pads with real zeros);
+    ("none" | "relu" | "relu6" | "gelu"), returned as float16 / bfloat16 / float32 (default: x.dtype for float x,
+    float32 for int8 x) or, with out_dtype int8, requantized with out_scale (float32) / out_zero_point (int32), one
+    element each — the next INT8 conv reads it directly. x_zero_point: padding reads it, i.e. pads with real zeros;
     weight_sum: int32 (K,), computed when omitted; bias: (K,) float. Returns (N, K, OH, OW), channels_last.
     Bounds: scales finite and normal (>= 2^-126), zero points in [-128, 127]; reduction length C/groups·R·S
     <= 131071, <= 65793 with x_zero_point (int32 accumulator, see int8_mm); H + 2·padding and W + 2·padding
     <= 2^31 - 1 and N·OH·OW <= 2^31 - 2^20 (int32 indices in the kernel), refused before anything is allocated.
     Values are checked on eager calls only (not under torch.compile or on fake tensors).
-    NaN / inf: README section "Non-finite input and overflow".
+    NaN / inf: README section "Non-finite input and overflow"; dynamic quantization has one scale for the call, so
+    a NaN or ±inf anywhere in x makes every float output NaN and every int8 output the output zero point.
+
+    >>> x = torch.randn(2, 3, 8, 8)
+    >>> w = torch.randint(-127, 128, (4, 3, 3, 3), dtype=torch.int8).contiguous(memory_format=torch.channels_last)
+    >>> torch.ops.lowp.int8_conv2d(x, w, [1, 1], [1, 1], [1, 1], 1, weight_scale=torch.full((4,), 0.01)).shape
+    torch.Size([2, 4, 8, 8])
     """
     out_dtype = _check_int8_conv2d(x, weight, stride, padding, dilation, groups, x_scale, weight_scale, bias,
                                    x_zero_point, weight_sum, activation, out_dtype, out_scale, out_zero_point)
+    if x.dtype != torch.int8:
+        if x_scale is None:  # a NaN / inf in x keeps the scale finite and poisons the bias instead (reference.py)
+            x_scale, bias = dispatch("int8_conv2d", "per_tensor_qparams", x, bias=bias, channels=weight.shape[0])
+        x = dispatch("int8_conv2d", "quantize_channels_last", x, scale=flat(x_scale), zero_point=flat(x_zero_point))
     if x_zero_point is not None and weight_sum is None:
         weight_sum = weight.sum(dim=(1, 2, 3), dtype=torch.int32)
     return dispatch("int8_conv2d", "int8_conv2d", x, weight, stride=list(stride), padding=list(padding),
@@ -117,8 +162,9 @@ def int8_conv2d(x: Tensor, weight: Tensor, stride: Sequence[int], padding: Seque
 
 
 @int8_conv2d.register_fake
-def _(x, weight, stride, padding, dilation, groups, x_scale=None, weight_scale=None, bias=None, x_zero_point=None,
-      weight_sum=None, activation="none", out_dtype=None, out_scale=None, out_zero_point=None):
+def _int8_conv2d_fake(x, weight, stride, padding, dilation, groups, x_scale=None, weight_scale=None, bias=None,
+                      x_zero_point=None, weight_sum=None, activation="none", out_dtype=None, out_scale=None,
+                      out_zero_point=None):
     out_dtype = _check_int8_conv2d(x, weight, stride, padding, dilation, groups, x_scale, weight_scale, bias,
                                    x_zero_point, weight_sum, activation, out_dtype, out_scale, out_zero_point)
     N, _, H, W = x.shape
@@ -129,7 +175,7 @@ def _(x, weight, stride, padding, dilation, groups, x_scale=None, weight_scale=N
 
 
 def _check_quantize_channels_last(x, scale, zero_point) -> None:
-    check_tensor("quantize_channels_last", "x", x, dtypes=FLOAT_DTYPES, ndim=4)
+    check_tensor("quantize_channels_last", "x", x, FLOAT_DTYPES, ndim=4)
     check_static_qparams("quantize_channels_last", x, scale, zero_point)
 
 
@@ -149,6 +195,6 @@ def quantize_channels_last(x: Tensor, scale: Tensor, zero_point: Tensor | None =
 
 
 @quantize_channels_last.register_fake
-def _(x, scale, zero_point=None):
+def _quantize_channels_last_fake(x, scale, zero_point=None):
     _check_quantize_channels_last(x, scale, zero_point)
     return torch.empty(x.shape, dtype=torch.int8, device=x.device, memory_format=torch.channels_last)

@@ -14,33 +14,27 @@ import torch
 from torch import Tensor
 from torch.library import triton_op
 
-from .._validate import FLOAT_DTYPES, check_activation, check_shape, check_tensor, fail
-from ._common import rows
+from .._validate import FLOAT_DTYPES, check_activation, check_param, check_tensor, fail
+from ._common import check_out_dtype, rows
 from .backends import dispatch
 
 _TENSOR_CORE_DTYPES = (torch.float16, torch.bfloat16)
 _CPU_ONLY_DTYPES = (torch.float32, torch.float64)  # reference path only: gradient checks, float baselines
 
 
-def _check_operand_pair(op: str, names: tuple[str, str], a: Tensor, b: Tensor) -> None:
-    allowed = _TENSOR_CORE_DTYPES + (_CPU_ONLY_DTYPES if a.device.type == "cpu" else ())
-    check_tensor(op, names[0], a, dtypes=allowed)
-    check_tensor(op, names[1], b, dtypes=(a.dtype,), ndim=2, device=a.device, device_of=names[0])
+def _check_operands(op: str, names: tuple[str, str], a: Tensor, b: Tensor) -> None:
+    check_tensor(op, names[0], a, _TENSOR_CORE_DTYPES + (_CPU_ONLY_DTYPES if a.device.type == "cpu" else ()))
+    check_tensor(op, names[1], b, (a.dtype,), ndim=2, like=(names[0], a))
 
 
-def _check_out_dtype(op: str, out_dtype, a: Tensor) -> torch.dtype:
-    out_dtype = a.dtype if out_dtype is None else out_dtype
-    allowed = FLOAT_DTYPES + ((torch.float64,) if a.dtype == torch.float64 else ())
-    if out_dtype not in allowed:
-        fail(op, f"argument 'out_dtype' must be float16, bfloat16 or float32, got {out_dtype}", TypeError)
-    return out_dtype
-
-
-def _check_bias(op: str, bias: Tensor | None, a: Tensor, N: int) -> None:
-    if bias is not None:
-        check_tensor(op, "bias", bias, dtypes=FLOAT_DTYPES + (torch.float64,), ndim=1, device=a.device,
-                     device_of="a" if op == "fp16_mm" else "x")
-        check_shape(op, "bias", bias, [(N,)], f"one value per output column (N={N})", one=False)
+def _check_epilogue(op: str, like: tuple[str, Tensor], N: int, bias, activation: str, out_dtype) -> torch.dtype:
+    """bias (N,) float, activation, out_dtype (None: the operands' dtype) -> the output dtype."""
+    check_param(op, "bias", bias, like, FLOAT_DTYPES + (torch.float64,), [(N,)], "one value per output column",
+                one=False)
+    check_activation(op, activation)
+    dtype = like[1].dtype
+    return check_out_dtype(op, dtype if out_dtype is None else out_dtype,
+                           FLOAT_DTYPES + ((torch.float64,) if dtype == torch.float64 else ()))
 
 
 # ---------------------------------------------------------------------------------------------- fp16_mm
@@ -48,14 +42,12 @@ def _check_bias(op: str, bias: Tensor | None, a: Tensor, N: int) -> None:
 
 def _check_fp16_mm(a, b, bias, activation, out_dtype) -> torch.dtype:
     op = "fp16_mm"
-    _check_operand_pair(op, ("a", "b"), a, b)
+    _check_operands(op, ("a", "b"), a, b)
     if a.ndim != 2:
         fail(op, f"argument 'a' must be 2-D (M, K), got shape {tuple(a.shape)}")
     if b.shape[0] != a.shape[1]:
         fail(op, f"argument 'b' must be (K, N) with K = a.shape[1] = {a.shape[1]}, got shape {tuple(b.shape)}")
-    _check_bias(op, bias, a, b.shape[1])
-    check_activation(op, activation)
-    return _check_out_dtype(op, out_dtype, a)
+    return _check_epilogue(op, ("a", a), b.shape[1], bias, activation, out_dtype)
 
 
 @triton_op("lowp::fp16_mm", mutates_args={})
@@ -76,18 +68,18 @@ def fp16_mm(a: Tensor, b: Tensor, bias: Tensor | None = None, activation: str = 
 
 
 @fp16_mm.register_fake
-def _(a, b, bias=None, activation="none", out_dtype=None):
+def _fp16_mm_fake(a, b, bias=None, activation="none", out_dtype=None):
     out_dtype = _check_fp16_mm(a, b, bias, activation, out_dtype)
     return a.new_empty((a.shape[0], b.shape[1]), dtype=out_dtype)
 
 
 def _check_fp16_mm_accumulate(c, a, b) -> None:
     op = "fp16_mm_accumulate_"
-    _check_operand_pair(op, ("a", "b"), a, b)
+    _check_operands(op, ("a", "b"), a, b)
     if a.ndim != 2 or b.shape[0] != a.shape[1]:
         fail(op, f"arguments 'a' (M, K) and 'b' (K, N) must agree on K, got shapes {tuple(a.shape)} and "
                  f"{tuple(b.shape)}")
-    check_tensor(op, "c", c, dtypes=(torch.float32,), ndim=2, device=a.device, device_of="a")
+    check_tensor(op, "c", c, (torch.float32,), ndim=2, like=("a", a))
     if tuple(c.shape) != (a.shape[0], b.shape[1]):
         fail(op, f"argument 'c' must have shape (M, N) = {(a.shape[0], b.shape[1])}, got {tuple(c.shape)}")
 
@@ -101,7 +93,7 @@ def fp16_mm_accumulate_(c: Tensor, a: Tensor, b: Tensor) -> None:
 
 
 @fp16_mm_accumulate_.register_fake
-def _(c, a, b):
+def _fp16_mm_accumulate_fake(c, a, b):
     _check_fp16_mm_accumulate(c, a, b)
 
 
@@ -110,13 +102,11 @@ def _(c, a, b):
 
 def _check_fp16_linear(x, weight, bias, activation, out_dtype) -> torch.dtype:
     op = "fp16_linear"
-    _check_operand_pair(op, ("x", "weight"), x, weight)
+    _check_operands(op, ("x", "weight"), x, weight)
     if x.ndim < 1 or x.shape[-1] != weight.shape[1]:
         fail(op, f"argument 'weight' must be (N, K) with K = x.shape[-1] = {x.shape[-1] if x.ndim else None}, "
                  f"got shape {tuple(weight.shape)}")
-    _check_bias(op, bias, x, weight.shape[0])
-    check_activation(op, activation)
-    return _check_out_dtype(op, out_dtype, x)
+    return _check_epilogue(op, ("x", x), weight.shape[0], bias, activation, out_dtype)
 
 
 @triton_op("lowp::fp16_linear", mutates_args={})
@@ -142,7 +132,7 @@ def fp16_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, activatio
 
 
 @fp16_linear.register_fake
-def _(x, weight, bias=None, activation="none", out_dtype=None):
+def _fp16_linear_fake(x, weight, bias=None, activation="none", out_dtype=None):
     out_dtype = _check_fp16_linear(x, weight, bias, activation, out_dtype)
     return x.new_empty((*x.shape[:-1], weight.shape[0]), dtype=out_dtype)
 

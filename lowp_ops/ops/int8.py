@@ -6,44 +6,59 @@ import torch
 from torch import Tensor
 from torch.library import triton_op
 
-from .._validate import FLOAT_DTYPES, check_k_contiguous, check_reduction_length, check_shape, check_tensor, fail
+from .._validate import (
+    FLOAT_DTYPES,
+    check_k_contiguous,
+    check_reduction_length,
+    check_scale,
+    check_tensor,
+    check_zero_point,
+    fail,
+)
 from ..quant import MIN_SCALE
-from ._common import check_epilogue, check_int8_output, check_matrix_input, flat, rows
+from ._common import (
+    check_epilogue,
+    check_int8_output,
+    check_matrix_input,
+    check_out_dtype,
+    check_zero_point_sums,
+    flat,
+    rows,
+)
 from .backends import dispatch
 
 
 def _check_operands(op: str, names: tuple[str, str], a: Tensor, b: Tensor, a_dtypes,
-                    zero_point: str | None) -> tuple[int, int, int]:
+                    zero_point: str | None) -> tuple[int, int]:
     """a (..., K) of a_dtypes and b (N, K) int8, both K-contiguous, on one device, K within the int32
-    accumulator's bound (lower when the zero-point argument named `zero_point` is given) -> (M, K, N)."""
+    accumulator's bound (lower when the zero-point argument named `zero_point` is given) -> (M, N)."""
     check_matrix_input(op, names[0], a, a_dtypes)
-    check_tensor(op, names[1], b, dtypes=(torch.int8,), ndim=2, device=a.device, device_of=names[0])
+    check_tensor(op, names[1], b, (torch.int8,), ndim=2, like=(names[0], a))
     M, K = rows(a)
     if b.shape[1] != K:
         fail(op, f"argument '{names[1]}' must be (N, K) with K = {names[0]}.shape[-1] = {K}, got shape "
                  f"{tuple(b.shape)}")
     check_k_contiguous(op, names[1], b)
     check_reduction_length(op, "K", K, zero_point)
-    return M, K, b.shape[0]
-
-
-_MM_NAMES = {"a": "a", "b": "b", "a_scale": "a_scale", "b_scale": "b_scale", "a_zero_point": "a_zero_point",
-             "b_sum": "b_sum"}
+    return M, b.shape[0]
 
 
 def _check_int8_mm(a, b, a_scale, b_scale, bias, a_zero_point, b_sum, activation, out_dtype, out_scale,
                    out_zero_point) -> torch.dtype:
     """Validate; returns the output dtype (None resolved)."""
-    op = "int8_mm"
-    M, _, N = _check_operands(op, ("a", "b"), a, b, (torch.int8,), None if a_zero_point is None else "a_zero_point")
+    op, like = "int8_mm", ("a", a)
+    M, N = _check_operands(op, ("a", "b"), a, b, (torch.int8,), None if a_zero_point is None else "a_zero_point")
     out_dtype = check_int8_output(op, out_dtype, {"a_scale": a_scale, "b_scale": b_scale},
                                   {"bias": bias, "a_zero_point": a_zero_point, "b_sum": b_sum, "out_scale": out_scale,
                                    "out_zero_point": out_zero_point}, activation)
     if out_dtype == torch.int32:
         return out_dtype
-    check_epilogue(op, a, M, N, a_scale=a_scale, b_scale=b_scale, bias=bias, a_zero_point=a_zero_point,
-                   b_sum=b_sum, activation=activation, out_dtype=out_dtype, out_scale=out_scale,
-                   out_zero_point=out_zero_point, names=_MM_NAMES, row_shapes=((M,), tuple(a.shape[:-1])))
+    per_row = ((M,), tuple(a.shape[:-1]))  # flat, or the batch shape quantize_per_token returns its scales in
+    check_scale(op, "a_scale", a_scale, like, per_row, "one scale per row")
+    check_scale(op, "b_scale", b_scale, like, [(N,)], "one scale per output column")
+    check_zero_point(op, "a_zero_point", a_zero_point, like, per_row, "one zero point per row")
+    check_zero_point_sums(op, "b_sum", b_sum, "a_zero_point", a_zero_point, like, N)
+    check_epilogue(op, like, N, bias, activation, out_dtype, out_scale, out_zero_point)
     return out_dtype
 
 
@@ -84,38 +99,27 @@ def int8_mm(a: Tensor, b: Tensor, a_scale: Tensor | None = None, b_scale: Tensor
 
 
 @int8_mm.register_fake
-def _(a, b, a_scale=None, b_scale=None, bias=None, a_zero_point=None, b_sum=None, activation="none",
-      out_dtype=None, out_scale=None, out_zero_point=None):
+def _int8_mm_fake(a, b, a_scale=None, b_scale=None, bias=None, a_zero_point=None, b_sum=None,
+                  activation="none", out_dtype=None, out_scale=None, out_zero_point=None):
     out_dtype = _check_int8_mm(a, b, a_scale, b_scale, bias, a_zero_point, b_sum, activation, out_dtype,
                                out_scale, out_zero_point)
     return a.new_empty((*a.shape[:-1], b.shape[0]), dtype=out_dtype)
 
 
-# ---------------------------------------------------------------------------------------------- int8_linear
-
-_LINEAR_NAMES = {"a": "x", "b": "weight", "a_scale": "x_scale", "b_scale": "weight_scale",
-                 "a_zero_point": "x_zero_point", "b_sum": "weight_sum"}
-
-
 def _check_int8_linear(x, weight, weight_scale, bias, x_scale, x_zero_point, weight_sum, activation, out_dtype,
                        out_scale, out_zero_point) -> torch.dtype:
-    op = "int8_linear"
-    M, _, N = _check_operands(op, ("x", "weight"), x, weight, FLOAT_DTYPES,
-                              None if x_zero_point is None else "x_zero_point")
-    out_dtype = x.dtype if out_dtype is None else out_dtype
-    if out_dtype not in (torch.int8,) + FLOAT_DTYPES:
-        fail(op, f"argument 'out_dtype' must be int8, float16, bfloat16 or float32, got {out_dtype}", TypeError)
-    if x_scale is not None:
-        check_tensor(op, "x_scale", x_scale, dtypes=(torch.float32,), device=x.device, device_of="x")
-        check_shape(op, "x_scale", x_scale, (), "one element (static per-tensor activation scale)")
-    elif x_zero_point is not None:
+    """Validate; returns the output dtype (None resolved)."""
+    op, like = "int8_linear", ("x", x)
+    _, N = _check_operands(op, ("x", "weight"), x, weight, FLOAT_DTYPES,
+                           None if x_zero_point is None else "x_zero_point")
+    out_dtype = check_out_dtype(op, x.dtype if out_dtype is None else out_dtype, (torch.int8,) + FLOAT_DTYPES)
+    if x_zero_point is not None and x_scale is None:
         fail(op, "argument 'x_zero_point' needs 'x_scale' (static quantization); dynamic quantization is symmetric")
-    if x_zero_point is not None:
-        check_tensor(op, "x_zero_point", x_zero_point, dtypes=(torch.int32,), device=x.device, device_of="x")
-        check_shape(op, "x_zero_point", x_zero_point, (), "one element (static per-tensor zero point)")
-    check_epilogue(op, x, M, N, a_scale=x_scale, b_scale=weight_scale, bias=bias, a_zero_point=x_zero_point,
-                   b_sum=weight_sum, activation=activation, out_dtype=out_dtype, out_scale=out_scale,
-                   out_zero_point=out_zero_point, names=_LINEAR_NAMES)
+    check_scale(op, "x_scale", x_scale, like, what="static per-tensor activation scale")
+    check_scale(op, "weight_scale", weight_scale, like, [(N,)], "one scale per output column")
+    check_zero_point(op, "x_zero_point", x_zero_point, like, what="static per-tensor zero point")
+    check_zero_point_sums(op, "weight_sum", weight_sum, "x_zero_point", x_zero_point, like, N)
+    check_epilogue(op, like, N, bias, activation, out_dtype, out_scale, out_zero_point)
     return out_dtype
 
 
@@ -163,8 +167,8 @@ def int8_linear(x: Tensor, weight: Tensor, weight_scale: Tensor, bias: Tensor | 
 
 
 @int8_linear.register_fake
-def _(x, weight, weight_scale, bias=None, x_scale=None, x_zero_point=None, weight_sum=None, activation="none",
-      out_dtype=None, out_scale=None, out_zero_point=None):
+def _int8_linear_fake(x, weight, weight_scale, bias=None, x_scale=None, x_zero_point=None, weight_sum=None,
+                      activation="none", out_dtype=None, out_scale=None, out_zero_point=None):
     out_dtype = _check_int8_linear(x, weight, weight_scale, bias, x_scale, x_zero_point, weight_sum, activation,
                                    out_dtype, out_scale, out_zero_point)
     return x.new_empty((*x.shape[:-1], weight.shape[0]), dtype=out_dtype)

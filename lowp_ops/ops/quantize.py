@@ -23,9 +23,8 @@ def quantize_per_token(x: Tensor) -> tuple[Tensor, Tensor]:
     x: (..., K) float16 / bfloat16 / float32, contiguous along K.
     Returns q: (..., K) int8 in [-127, 127] and scale: (...) float32, with x ≈ q * scale[..., None] and
     scale = max(max_k |x| / 127, MIN_SCALE). A row holding NaN or inf gets scale NaN and zero codes (README
-    section "Non-finite input and overflow"), so the scales are not exempt from int8_mm's value check: a NaN scale
-    is refused there, and on CUDA that check costs int8_mm one device sync per fresh scale tensor
-    (int8_linear quantizes and multiplies without it).
+    section "Non-finite input and overflow"); int8_mm refuses such a scale like any other, and on CUDA its check
+    costs one device sync per fresh scale tensor (int8_linear and int8_conv2d quantize inside the op: no such cost).
 
     >>> q, s = torch.ops.lowp.quantize_per_token(torch.tensor([[0.5, -1.0, 0.25]]))
     >>> q.tolist(), s.tolist()
@@ -34,12 +33,11 @@ def quantize_per_token(x: Tensor) -> tuple[Tensor, Tensor]:
     _check_quantize_per_token(x)
     M, K = rows(x)
     q, scale = dispatch("quantize_per_token", "quantize_rows", x.reshape(M, K), min_scale=MIN_SCALE)
-    # not trust_scales(): a row with non-finite input has scale NaN, so these are checked where they are used
     return q.reshape(x.shape), scale.reshape(x.shape[:-1])
 
 
 @quantize_per_token.register_fake
-def _(x):
+def _quantize_per_token_fake(x):
     _check_quantize_per_token(x)
     return x.new_empty(x.shape, dtype=torch.int8), x.new_empty(x.shape[:-1], dtype=torch.float32)
 
@@ -67,6 +65,6 @@ def quantize_per_tensor(x: Tensor, scale: Tensor, zero_point: Tensor | None = No
 
 
 @quantize_per_tensor.register_fake
-def _(x, scale, zero_point=None):
+def _quantize_per_tensor_fake(x, scale, zero_point=None):
     _check_quantize_per_tensor(x, scale, zero_point)
     return x.new_empty(x.shape, dtype=torch.int8)

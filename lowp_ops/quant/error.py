@@ -1,6 +1,7 @@
 """Quantization error: measured noise and SQNR beside the uniform-noise model.
 
-The model (seed article §4.3): rounding to a grid of step Δ leaves an error uniform on [-Δ/2, Δ/2], of variance
+The model (§4.3 of the article lowp grew from: model acceleration and low-precision computing, with its formulas
+and a small ConvNet): rounding to a grid of step Δ leaves an error uniform on [-Δ/2, Δ/2], of variance
 Δ²/12. With Δ = (max - min) / (2^n - 1) that is σ² = (max - min)² / (12 · (2^n - 1)²).
 """
 
@@ -17,7 +18,7 @@ from .spec import QuantSpec
 
 
 def uniform_noise_variance(min_val: float, max_val: float, bits: int) -> float:
-    """σ² = (max − min)² / (12 · (2ⁿ − 1)²): the seed's formula for an n-bit grid spanning [min, max]."""
+    """σ² = (max − min)² / (12 · (2ⁿ − 1)²): the article's formula for an n-bit grid spanning [min, max]."""
     return (max_val - min_val) ** 2 / (12.0 * (2**bits - 1) ** 2)
 
 
@@ -36,7 +37,7 @@ def sqnr_db(reference: torch.Tensor, approx: torch.Tensor) -> float:
 @dataclass(frozen=True)
 class QuantError:
     """measured_var: mean (x − x̂)²; predicted_var: mean over elements of Δ²/12 with Δ each element's scale (for
-    an affine per-tensor spec this is the seed's σ² on the range widened to contain 0); sqnr_db measured and
+    an affine per-tensor spec this is the article's σ² on the range widened to contain 0); sqnr_db measured and
     predicted_sqnr_db = 10·log10(mean x² / predicted_var)."""
 
     measured_var: float

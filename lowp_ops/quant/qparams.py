@@ -77,8 +77,9 @@ def choose_qparams(min_val: torch.Tensor, max_val: torch.Tensor, spec: QuantSpec
     """(scale float32, zero_point int32) with the shapes of min_val / max_val.
 
     The range is first widened to contain 0, so that 0 (padding, ReLU output) is exact.
-    Affine:    scale = (max - min) / (qmax - qmin), zero_point = qmin - round(min / scale) — the seed article's
-               q = round((x - min) / (max - min) * (2^n - 1)) with the offset kept as an integer.
+    Affine:    scale = (max - min) / (qmax - qmin), zero_point = qmin - round(min / scale) — the formula
+               q = round((x - min) / (max - min) * (2^n - 1)) of the article lowp grew from (model acceleration
+               and low-precision computing), with the offset kept as an integer.
     Symmetric: scale = max(|min|, |max|) / qmax, zero_point = 0 (unsigned symmetric: max / qmax).
     Degenerate finite ranges (all equal, all zero) give scale >= min_scale: never 0, NaN or inf.
     A range holding NaN or ±inf gives scale NaN (lowp's non-finite rule, as the per-token kernel: quantizing with

@@ -4,7 +4,8 @@ Tolerances: int32 outputs bit-exact. Epilogues oneDNN cannot express (a scale pe
 reference's float32 operations on oneDNN's exact accumulator: bit-exact. Fused epilogues run inside oneDNN in its
 own order of float32 operations; float outputs are held to 4 float32 ulp of the largest output (the reference's
 three roundings against oneDNN's), and requantized int8 to 1 LSB on at most 0.1 % of the elements, where a value
-sits at a rounding tie (measured: bit-exact on 2.7 M outputs of the seed ConvNet's conv2 shape, CI machine).
+sits at a rounding tie (measured: bit-exact on 2.7 M outputs of conv2's shape in lowp_ops.examples.ConvNet, CI
+machine).
 """
 
 import math
@@ -66,8 +67,9 @@ def test_unfused_epilogue_bit_exact(name, out_dtype, per_image, activation):
     assert_bitwise_equal(out, reference.int8_conv2d(x, w, **kw))
 
 
-def test_accumulator_beyond_float32_falls_back_with_one_warning():
+def test_accumulator_beyond_float32_falls_back_with_one_warning(monkeypatch):
     # 128 · 128 · (C·R·S = 1152) > 2^24: oneDNN's float32 output cannot hold the raw int32 accumulator exactly
+    monkeypatch.setattr(support, "_warned", set())  # said once per process: earlier tests may have said it
     x = torch.full((1, 128, 5, 5), -128, dtype=torch.int8).contiguous(memory_format=CL)
     w = torch.full((4, 128, 3, 3), -128, dtype=torch.int8).contiguous(memory_format=CL)
     kw = dict(stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1)

@@ -77,7 +77,7 @@ def test_onednn_route_bit_exact(M, out_dtype, zero_point, per_row, monkeypatch):
 
 
 def test_zero_strides_and_strided_rows():
-    # torch._int_mm returns wrong results for zero-stride operands (pytorch issue 194682)
+    # torch._int_mm returns wrong results for zero-stride operands (https://github.com/pytorch/pytorch/issues/194682)
     b = int8(1, 40).expand(9, 40)
     a = int8(13, 60)[:, 10:50]  # row stride 60
     assert_bitwise_equal(cpu_gemm.int_mm(a, b), reference.int8_gemm(a, b))

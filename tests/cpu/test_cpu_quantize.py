@@ -61,3 +61,32 @@ def test_non_finite_and_empty_rows():
     assert q.shape == (3, 0)
     assert_bitwise_equal(scale, reference.quantize_rows(torch.empty(3, 0))[1])
     assert (scale == quant.MIN_SCALE).all()
+
+
+PER_TENSOR_CASES = {  # int8_conv2d's dynamic input: x -> (scale, bias)
+    "gaussian": lambda: torch.randn(2, 3, 5, 7) * 3,
+    "tiny": lambda: torch.randn(1, 4, 3, 3) * 1e-38,  # amax / 127 below MIN_SCALE: clamped
+    "all zero": lambda: torch.zeros(2, 3, 4, 4),
+    "empty batch": lambda: torch.empty(0, 3, 4, 4),
+    "nan": lambda: torch.randn(2, 3, 5, 7).index_put_((torch.tensor([1]),) * 4, torch.tensor(math.nan)),
+    "-inf": lambda: torch.randn(2, 3, 5, 7).index_put_((torch.tensor([0]),) * 4, torch.tensor(-math.inf)),
+}
+
+
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no bias"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("case", PER_TENSOR_CASES)
+def test_per_tensor_qparams_bit_exact(case, dtype, with_bias):
+    # the host arithmetic (Python floats) against the reference's tensor arithmetic, NaN-poisoned bias included
+    x = PER_TENSOR_CASES[case]().to(dtype)
+    bias = torch.randn(6) if with_bias else None
+    scale, out_bias = cpu.per_tensor_qparams(x, bias=bias, channels=6)
+    scale_ref, bias_ref = reference.per_tensor_qparams(x, bias=bias, channels=6)
+    assert_bitwise_equal(scale, scale_ref)
+    assert scale.shape == (1,) and scale.item() >= quant.MIN_SCALE and math.isfinite(scale.item())
+    finite = bool(torch.isfinite(x).all())
+    if finite and not with_bias:
+        assert out_bias is None and bias_ref.eq(0).all()  # the reference's poison of a finite x is 0
+    else:
+        torch.testing.assert_close(out_bias, bias_ref, rtol=0, atol=0, equal_nan=True)
+        assert out_bias.isnan().all() != finite

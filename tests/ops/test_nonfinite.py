@@ -5,6 +5,9 @@ lowp's rule for non-finite input:
 (a) int8 codes (static quantization, requantized int8 outputs): NaN -> the zero point, +inf -> 127, -inf -> -128;
 (b) dynamic per-token quantization: a row holding NaN or ±inf gets scale NaN and codes 0, so its float outputs are
     NaN and its int8 outputs the output zero point; other rows are untouched (bit-exact);
+(c) dynamic per-tensor quantization (int8_conv2d on float x without x_scale): one scale serves the call, so a NaN or
+    ±inf anywhere makes every float output NaN and every int8 output the output zero point (through a NaN-poisoned
+    bias; the scale stays finite);
 (d) the float epilogue propagates NaN / ±inf through bias and activation as torch does (gelu(+inf) = +inf).
 Empty sums are 0: an op's output is then its epilogue of 0, and an empty row's per-token scale is MIN_SCALE.
 
@@ -251,8 +254,25 @@ def test_int8_conv2d_non_finite_bias(device, activation, out):
 
 
 @pytest.mark.parametrize("out", ["float32", "int8"])
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("bad", [NAN, INF, -INF], ids=["nan", "inf", "-inf"])
+def test_int8_conv2d_dynamic_non_finite_input_poisons_every_output(device, bad, activation, out):
+    # rule (c); in the second image only: one scale serves the call, so the first is poisoned too
+    _, w, (*geometry, _, w_scale) = _conv_case()
+    x = torch.randn(2, 5, 6, 6)
+    x[1, 2, 3, 4] = bad
+    kw = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in _int8_out(out).items()}
+    w, w_scale = _on(device, w, w_scale)
+    for bias in (torch.randn(6, device=device), None):
+        for dtype in (torch.float32, torch.float16):
+            y = lowp.int8_conv2d(x.to(device, dtype), w, *geometry, None, w_scale, bias, activation=activation, **kw)
+            assert (y == 7).all() if out == "int8" else y.isnan().all(), (bias is None, dtype)
+
+
+@pytest.mark.parametrize("out", ["float32", "int8"])
 def test_int8_conv2d_nan_poisoned_bias(device, out):
-    # how a dynamic per-tensor conv marks a non-finite input (rule (c)): every output NaN / the output zero point
+    # how int8_conv2d's dynamic per-tensor quantization marks a non-finite input (rule (c)): every output NaN / the
+    # output zero point
     x, w, (*geometry, x_scale, w_scale) = _conv_case()
     kw = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in _int8_out(out).items()}
     x, w, x_scale, w_scale = _on(device, x, w, x_scale, w_scale)

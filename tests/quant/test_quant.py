@@ -87,14 +87,15 @@ def test_round_half_to_even():
 
 # ------------------------------------------------------------------------------------------- qparams
 
-def test_seed_formula_is_the_affine_grid():
-    # q = round((x - min) / (max - min) * (2^n - 1)) for a range containing 0 with an integer offset
+def test_the_article_formula_is_the_affine_grid():
+    # q = round((x - min) / (max - min) * (2^n - 1)), the formula of the article lowp grew from (model acceleration
+    # and low-precision computing), for a range containing 0 with an integer offset
     spec = QuantSpec(bits=8, symmetric=False, signed=False)
     x = torch.linspace(-1.0, 3.0, 1001)
     qt = quant.quantize_tensor(x, spec)
     assert qt.scale.item() == pytest.approx(4.0 / 255, rel=1e-6)
-    seed_q = torch.round((x - x.min()) / (x.max() - x.min()) * 255)
-    assert (qt.qdata.float() - seed_q).abs().max() <= 1  # the offset min/scale is rounded to an integer
+    article_q = torch.round((x - x.min()) / (x.max() - x.min()) * 255)
+    assert (qt.qdata.float() - article_q).abs().max() <= 1  # the offset min/scale is rounded to an integer
 
 
 @pytest.mark.parametrize("spec", [QuantSpec(bits=8), QuantSpec(bits=8, symmetric=False),
@@ -158,13 +159,13 @@ def test_round_trip_error_is_at_most_half_a_step(spec, seed, scale, shift):
 
 # -------------------------------------------------------------------------------------- error analysis
 
-def test_uniform_noise_variance_is_the_seed_formula():
+def test_uniform_noise_variance_is_the_article_formula():
     assert quant.uniform_noise_variance(-1.0, 3.0, 8) == pytest.approx(16 / (12 * 255**2))
     spec = QuantSpec(bits=8, symmetric=False, signed=False)
     x = torch.rand(200_000) * 4 - 1
     e = quant.quantization_error(x, spec)
-    seed = quant.uniform_noise_variance(x.min().item(), x.max().item(), 8)
-    assert e.predicted_var == pytest.approx(seed, rel=1e-5)
+    formula = quant.uniform_noise_variance(x.min().item(), x.max().item(), 8)
+    assert e.predicted_var == pytest.approx(formula, rel=1e-5)
 
 
 @pytest.mark.parametrize("bits", [2, 4, 6, 8])
