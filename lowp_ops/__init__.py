@@ -2,9 +2,10 @@
 
 Layers, bottom to top: lowp_ops.kernels (Triton, CUDA tensors) and lowp_ops.cpu (oneDNN / torch int8, CPU
 tensors), peers -> lowp_ops.ops (torch.ops.lowp.*, which picks one by device; lowp_ops.reference is the oracle
-both are tested against, selectable with use_cpu_backend) -> lowp_ops.nn (modules) -> lowp_ops.registry (which
-module becomes which, and the workflows: quantize_dynamic, prepare / calibrate / convert, prepare_qat, to_fp16).
-lowp_ops.quant holds the quantization math.
+both are tested against, selectable with use_cpu_backend) -> lowp_ops.nn (modules) -> lowp_ops.registry (configs
+and the handlers that convert layers under them; the entry point quantize(model, config), and torch.ao's workflows
+over it: quantize_dynamic, prepare / calibrate / convert, prepare_qat, to_fp16) -> lowp_ops.policy (per-layer
+report, INT8 / FP16 policy). lowp_ops.quant holds the quantization math.
 
 >>> import torch, lowp_ops
 >>> w = torch.randn(32, 64)
@@ -27,9 +28,25 @@ from .ops import (
                        quantize_per_token,
 )
 from .ops.backends import cpu_backend, use_cpu_backend
-from .registry import QuantConfig, calibrate, convert, prepare, prepare_qat, quantize_dynamic, register, to_fp16
+from .registry import (
+    Fp16Config,
+    Int8DynamicConfig,
+    Int8StaticConfig,
+    LayerContext,
+    LowpConfig,
+    QATConfig,
+    calibrate,
+    convert,
+    prepare,
+    prepare_qat,
+    quantize,
+    quantize_dynamic,
+    register,
+    to_fp16,
+)
 
 __version__ = "0.1.0"
-__all__ = ["QuantConfig", "calibrate", "convert", "cpu_backend", "fp16_linear", "fp16_mm", "fp16_mm_accumulate_",
-           "int8_conv2d", "int8_linear", "int8_mm", "nn", "prepare", "prepare_qat", "quant", "quantize_channels_last",
+__all__ = ["Fp16Config", "Int8DynamicConfig", "Int8StaticConfig", "LayerContext", "LowpConfig", "QATConfig",
+           "calibrate", "convert", "cpu_backend", "fp16_linear", "fp16_mm", "fp16_mm_accumulate_", "int8_conv2d",
+           "int8_linear", "int8_mm", "nn", "prepare", "prepare_qat", "quant", "quantize", "quantize_channels_last",
            "quantize_dynamic", "quantize_per_tensor", "quantize_per_token", "register", "to_fp16", "use_cpu_backend"]

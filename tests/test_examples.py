@@ -1,4 +1,5 @@
-"""lowp_ops.examples: the seed ConvNet on real digits, and mixed-precision training (seed §3.1.1) on CPU."""
+"""lowp_ops.examples: the seed ConvNet (lowp_ops.examples.ConvNet) on real digits, and mixed-precision training
+with loss scaling on CPU."""
 
 import torch
 

@@ -5,7 +5,7 @@
 
 For every Linear / Conv2d: SQNR of its int8 weights and inputs beside the uniform-noise model, SQNR of its INT8
 output, and on a GPU its INT8 vs FP16 latency; the policy keeps in FP16 the layers where INT8 is too lossy or
-slower. In code: lowp_ops.registry.policy (layer_report, Policy.from_report, apply_policy).
+slower. In code: lowp_ops.policy (layer_report, Policy.from_report, apply_policy).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import argparse
 import torch
 
 from lowp_ops.examples import ConvNet, accuracy, load_digits_28, train
-from lowp_ops.registry.policy import Policy, apply_policy, format_report, layer_report
+from lowp_ops.policy import Policy, apply_policy, format_report, layer_report
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
-"""Mixed-precision training of the seed ConvNet (seed §3.1.1), FP32 beside FP16, on real data.
+"""Mixed-precision training (FP16 compute, FP32 master weights, loss scaling) of the seed ConvNet
+(lowp_ops.examples.ConvNet), FP32 beside FP16, on real data.
 
     python tools/train_mixed_precision.py                      # writes bench/results/mixed_precision-*.{json,md,png}
     python tools/train_mixed_precision.py --epochs 2 --out /tmp

@@ -1,8 +1,23 @@
-"""Which module becomes which (the registry) and the workflows built on it."""
+"""Configs -> named handlers, one entry point (quantize), and torch.ao's workflows as thin wrappers over it.
 
-from .config import QuantConfig
-from .core import SCHEMES, SwapReport, register
-from .workflows import calibrate, convert, prepare, prepare_qat, quantize_dynamic, to_fp16
+    configs.py      one frozen config per scheme
+    handlers.py     LayerContext, the handler table (register) and the built-in handlers
+    plan.py         which layers a call converts, under which config
+    graph.py        the model's dataflow: fusions and int8 hand-offs (analyse)
+    fusion.py       applying an analysis: BatchNorm folded, relu fused, int8 handed on
+    swap.py         the replacement in every slot, tied weights, SwapReport
+    api.py          quantize and convert
+    calibration.py  calibrate
+    workflows.py    quantize_dynamic, prepare, prepare_qat, to_fp16
+"""
 
-__all__ = ["SCHEMES", "QuantConfig", "SwapReport", "calibrate", "convert", "prepare", "prepare_qat",
-           "quantize_dynamic", "register", "to_fp16"]
+from .api import convert, quantize
+from .calibration import calibrate
+from .configs import Fp16Config, Int8Config, Int8DynamicConfig, Int8StaticConfig, LowpConfig, QATConfig
+from .handlers import LayerContext, register
+from .swap import SwapReport
+from .workflows import prepare, prepare_qat, quantize_dynamic, to_fp16
+
+__all__ = ["Fp16Config", "Int8Config", "Int8DynamicConfig", "Int8StaticConfig", "LayerContext", "LowpConfig",
+           "QATConfig", "SwapReport", "calibrate", "convert", "prepare", "prepare_qat", "quantize", "quantize_dynamic",
+           "register", "to_fp16"]

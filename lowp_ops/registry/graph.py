@@ -1,19 +1,29 @@
-"""What conversion needs to know about a model's dataflow, read off a torch.fx trace: which BatchNorm and ReLU
-follow which layer (to fold and fuse them) and which quantized layer feeds which (to hand int8 between them).
+"""What conversion needs to know about a model's dataflow: which BatchNorm and ReLU follow which layer (to fold and
+fuse them) and which quantized layer feeds which (to hand int8 between them). analyse() is the entry point.
+
+The graph comes from torch.export when an example input is given (it captures models whose Python control flow
+torch.fx cannot trace: transformers' ResNet, BERT), else from a torch.fx symbolic trace. Either is read as one
+module-call graph (_CallGraph): a node per call of a module kept opaque (a layer to convert, a torch.nn module such
+as BatchNorm2d / ReLU / Dropout, a lowp module) and a node per other op; the fusion and hand-off rules run on that.
+Nothing is converted here: conversion still swaps modules in the eager model, by name.
 
 Everything is decided per call site. A module called at more than one place (a layer applied in a loop, one
-instance filling two slots of an nn.Sequential) has one call_module node per call in the graph, all named by the
-module's first name, but only one set of weights and one output scale: a BatchNorm is folded into it, a relu fused
-into it or an int8 hand-off made from it only when every one of its calls agrees. Otherwise it keeps a float
-interface, and a note says why.
+instance filling two slots of an nn.Sequential) has one node per call, all named by the module's first name, but
+only one set of weights and one output scale: a BatchNorm is folded into it, a relu fused into it or an int8
+hand-off made from it only when every one of its calls agrees. Otherwise it keeps a float interface, and a note
+says why.
 
-Models that fx cannot trace (data-dependent control flow) still convert: layer by layer, folding only inside
-nn.Sequential (whose children run one after another) and without int8 hand-offs; the report says so.
+Models that neither can capture still convert: layer by layer, folding only inside nn.Sequential (whose children
+run one after another) and without int8 hand-offs; the notes say so, and why.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import operator
+import re
+import sys
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
@@ -21,18 +31,26 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-_RELUS = {F.relu: "relu", torch.relu: "relu", F.relu6: "relu6"}
 _RELU_MODULES = {nn.ReLU: "relu", nn.ReLU6: "relu6"}
-# Ops that give the same answer on int8 codes as on the real values they stand for (with a zero point of 0 for
-# relu), so an int8 tensor may flow through them unchanged. max_pool2d would qualify numerically, but its int8
-# support on CUDA is unverified, so it ends an int8 hand-off for now. Dropout is the identity at inference, and a
-# converted model is inference-only (its int8 layers hold buffers, not parameters): convert replaces an nn.Dropout
-# that int8 codes pass through by nn.Identity, so that .train() cannot make it scale int8 codes (which fails).
-# Functional dropout is not in the list: it reads the module's training flag at run time, which convert cannot pin.
+# Dropout is the identity at inference, and a converted model is inference-only (its int8 layers hold buffers, not
+# parameters): convert replaces an nn.Dropout that int8 codes pass through by nn.Identity, so that .train() cannot
+# make it scale int8 codes (which fails). Functional dropout is not int8-safe: it reads the module's training flag
+# at run time, which convert cannot pin.
 _DROPOUTS = (nn.Dropout, nn.Dropout2d)
-_SAFE_MODULES = (nn.Identity, nn.Flatten, nn.ReLU) + _DROPOUTS
-_SAFE_FUNCTIONS = {torch.flatten, torch.reshape, F.relu, torch.relu, operator.getitem}
-_SAFE_METHODS = {"view", "reshape", "flatten", "relu", "contiguous"}
+
+# Op kinds. "safe": gives the same answer on int8 codes as on the real values they stand for, so an int8 tensor may
+# flow through it unchanged; so does "relu", with a zero point of 0. max_pool2d would qualify numerically, but its
+# int8 support on CUDA is unverified, so it ends an int8 hand-off for now. relu6 clamps at 6, not at code 6: not safe.
+_FX_FUNCTIONS = {F.relu: "relu", torch.relu: "relu", torch.relu_: "relu", F.relu6: "relu6",
+                 torch.flatten: "safe", torch.reshape: "safe", operator.getitem: "safe"}
+_FX_METHODS = {"relu": "relu", "relu_": "relu", "view": "safe", "reshape": "safe", "flatten": "safe",
+               "contiguous": "safe"}
+# The same list as aten ops (by name, overload aside), as torch.export records them; fx's getitem on a tensor
+# (x[0], x[:, :4], x[idx]) is select / slice / index there.
+_ATEN_OPS = {"relu": "relu", "relu_": "relu", "relu6": "relu6", "flatten": "safe", "reshape": "safe", "view": "safe",
+             "_unsafe_view": "safe", "contiguous": "safe", "select": "safe", "slice": "safe", "index": "safe"}
+# aten ops torch.export adds to check shapes and dtypes; they compute nothing, and would count as users
+_CHECKS = ("_assert", "sym_constrain_range")
 
 
 @dataclass
@@ -46,7 +64,7 @@ class Fusion:
 
 @dataclass
 class Fusions:
-    """What find_fusions / sequential_fusions found."""
+    """The fusions whose call sites agree (see _agree)."""
 
     fusions: list[Fusion] = field(default_factory=list)
     # nn.ReLU / nn.ReLU6 modules every call of which is fused into the layer before it: to replace by nn.Identity.
@@ -57,7 +75,7 @@ class Fusions:
 
 @dataclass
 class Int8Edge:
-    """A producer layer whose every call hands int8 codes to a call of `consumer` (see find_int8_edges)."""
+    """A producer layer whose every call hands int8 codes to a call of `consumer` (see _edges)."""
 
     consumer: str
     through_relu: bool  # a relu sits on some path: the consumer's zero point must be 0
@@ -73,60 +91,173 @@ class _Site:
     activation_module: str | None = None
 
 
-class _Tracer(fx.Tracer):
-    """Keeps the given module types opaque (torch's own layers already are; lowp's subclasses are not)."""
+# ------------------------------------------------------------------------------------- the module-call graph
 
-    def __init__(self, leaves: tuple[type, ...]):
+
+@dataclass(eq=False)  # compared and hashed by identity: two calls of one module are two nodes
+class _Node:
+    """One call of a module kept opaque, or one other op."""
+
+    kind: str  # "layer" (to convert), "batchnorm", "relu", "relu6", "dropout", "safe", "other", "input", "output"
+    module: str | None = None  # the called module's first name; None for an op
+    inputs: list[_Node] = field(default_factory=list)  # whose outputs it reads (parameters and buffers left out)
+    users: list[_Node] = field(default_factory=list)  # who reads its output; the graph's output is one
+
+
+@dataclass
+class _CallGraph:
+    calls: dict[str, list[_Node]]  # module (first name) -> its calls, in execution order
+    modules: dict[str, nn.Module]  # first name -> module
+
+
+class _Tracer(fx.Tracer):
+    """Keeps opaque torch's own modules (fx's default), the given module types (lowp's modules subclass nn.Linear /
+    nn.Conv2d outside torch.nn, so fx would trace into them) and the layers to convert. The same rule picks the
+    module calls out of a torch.export graph, so both graphs group ops alike."""
+
+    def __init__(self, leaves: tuple[type, ...] = (), layers: set[str] | frozenset[str] = frozenset()):
         super().__init__()
-        self.leaves = leaves
+        self.leaves, self.layers = leaves, layers
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, self.leaves) or super().is_leaf_module(m, qualname)
+        return isinstance(m, self.leaves) or qualname in self.layers or super().is_leaf_module(m, qualname)
 
 
-def trace(model: nn.Module, leaves: tuple[type, ...] = ()) -> fx.Graph | None:
-    """The model's fx graph, or None when it cannot be traced symbolically."""
-    try:
-        return _Tracer(leaves).trace(model)
-    except Exception:  # noqa: BLE001 -- fx raises many types for untraceable Python; any of them means "no graph"
-        return None
+def _module_kind(name: str, module: nn.Module, layers: set[str]) -> str:
+    if name in layers:
+        return "layer"
+    if type(module) in _RELU_MODULES:  # exact type: a subclass may compute something else
+        return _RELU_MODULES[type(module)]
+    if isinstance(module, nn.BatchNorm2d):
+        return "batchnorm"
+    if isinstance(module, _DROPOUTS):
+        return "dropout"
+    return "safe" if isinstance(module, (nn.Identity, nn.Flatten)) else "other"
 
 
-def _calls(graph: fx.Graph) -> dict[str, list[fx.Node]]:
-    """Module name (its first name, as fx records it) -> its call_module nodes, in graph order."""
+def _link(graph: fx.Graph, owner: dict[fx.Node, _Node], modules: dict[str, nn.Module]) -> _CallGraph:
+    """Connect the _Nodes that own the graph's nodes (owner: graph node -> _Node; several nodes of one module call
+    share one _Node; nodes without one are parameters, buffers and checks, not dataflow)."""
+    for n in graph.nodes:
+        dst = owner.get(n)
+        if dst is None:
+            continue
+        for arg in n.all_input_nodes:
+            src = owner.get(arg)
+            if src is None or src is dst:
+                continue
+            if src not in dst.inputs:
+                dst.inputs.append(src)
+            if dst not in src.users:
+                src.users.append(dst)
     calls = defaultdict(list)
-    for node in graph.nodes:
-        if node.op == "call_module":
-            calls[node.target].append(node)
-    return calls
+    for node in dict.fromkeys(owner.values()):  # distinct, in execution order
+        if node.module is not None:
+            calls[node.module].append(node)
+    return _CallGraph(dict(calls), modules)
 
 
-def _single_user(node: fx.Node) -> fx.Node | None:
-    users = list(node.users)
-    return users[0] if len(users) == 1 else None
+def _from_fx(graph: fx.Graph, modules: dict[str, nn.Module], layers: set[str]) -> _CallGraph:
+    """The call graph of an fx trace (by _Tracer): each call_module node is one call."""
+    owner: dict[fx.Node, _Node] = {}
+    for n in graph.nodes:
+        if n.op == "call_module":
+            module, src = modules[n.target], n.args[0] if n.args else None
+            if isinstance(module, nn.Identity) and isinstance(src, fx.Node) and src in owner:
+                owner[n] = owner[src]  # a no-op: torch.export records no node for it either
+            else:
+                owner[n] = _Node(_module_kind(n.target, module, layers), n.target)
+        elif n.op == "call_function":
+            owner[n] = _Node(_FX_FUNCTIONS.get(n.target, "other"))
+        elif n.op == "call_method":
+            owner[n] = _Node(_FX_METHODS.get(n.target, "other"))
+        elif n.op in ("placeholder", "output"):
+            owner[n] = _Node("input" if n.op == "placeholder" else "output")
+    return _link(graph, owner, modules)
 
 
-def _relu_kind(node: fx.Node, modules: dict[str, nn.Module]) -> str | None:
-    if node.op == "call_function":
-        return _RELUS.get(node.target)
-    if node.op == "call_method" and node.target == "relu":
-        return "relu"
-    if node.op == "call_module":
-        return _RELU_MODULES.get(type(modules[node.target]))
-    return None
+def _normalise(path: str) -> str:
+    """A module path as torch.export may spell it ("L['self'].layer1[0]", "L['self']._modules['layer1']") -> as
+    named_modules() does ("layer1.0"). Non-strict export already gives the latter."""
+    path = re.sub(r"\._modules\[['\"]([^'\"]*)['\"]\]", r".\1", path)
+    path = re.sub(r"^L\[['\"]self['\"]\]", "", path)
+    path = re.sub(r"\[['\"]?([^'\"\]]*)['\"]?\]", r".\1", path)
+    return path.lstrip(".")
 
 
-def _graph_site(node: fx.Node, modules: dict[str, nn.Module]) -> _Site:
-    bn, cur = None, node
+def _first_names(model: nn.Module) -> dict[str, str]:
+    """Every name of every submodule -> its first name (the one named_modules() gives, as in core.places)."""
+    first: dict[int, str] = {}
+    return {name: first.setdefault(id(m), name) for name, m in model.named_modules(remove_duplicate=False) if name}
+
+
+def _op_name(node: fx.Node) -> str | None:
+    packet = getattr(node.target, "overloadpacket", None)  # an aten (or lowp) OpOverload
+    return packet.__name__ if packet is not None else None
+
+
+def _from_export(program: torch.export.ExportedProgram, model: nn.Module, layers: set[str],
+                 leaves: tuple[type, ...]) -> _CallGraph:
+    """The call graph of an exported program. Each aten node's meta["nn_module_stack"] lists the modules whose
+    forward it ran in, outermost first, as {key: (path, type)}; a key is unique per call ("lin", "lin@1", ...), the
+    path is any of the module's names. A node belongs to the call of the outermost opaque module on its stack (the
+    one fx would have kept whole); consecutive nodes with the same key are one call: one aten op for nn.Linear,
+    several for a QATLinear. A module whose forward records no op (nn.Identity) is not in the graph at all.
+
+    A getitem unpacks the node before it (a multi-output op, or a torch.no_grad / autocast region, which export
+    records as one node running a subgraph): it is part of that node, whatever its own stack says. A layer called
+    only inside such a region has no call here, so nothing is fused into it or handed to it or from it."""
+    modules, first = dict(model.named_modules()), _first_names(model)
+    opaque = _Tracer(leaves, layers).is_leaf_module
+    user_inputs = set(program.graph_signature.user_inputs)
+    owner: dict[fx.Node, _Node] = {}
+    key, call = None, None
+    for n in program.graph.nodes:
+        if n.op == "placeholder":
+            if n.name in user_inputs:  # the others are parameters, buffers and constants
+                owner[n] = _Node("input")
+            continue
+        if n.op == "output":
+            owner[n] = _Node("output")
+            continue
+        if n.op != "call_function" or (_op_name(n) or "").startswith(_CHECKS):
+            continue
+        if n.target is operator.getitem and isinstance(n.args[0], fx.Node) and n.args[0] in owner:
+            owner[n] = owner[n.args[0]]
+            continue
+        here = None
+        for k, (path, *_) in (n.meta.get("nn_module_stack") or {}).items():
+            name = first.get(_normalise(path))  # None for the root ("")
+            if name is not None and opaque(modules[name], name):
+                here = k, name
+                break
+        if here is None:
+            key = None
+            owner[n] = _Node(_ATEN_OPS.get(_op_name(n), "other"))
+        else:
+            if here[0] != key:
+                key, call = here[0], _Node(_module_kind(here[1], modules[here[1]], layers), here[1])
+            owner[n] = call
+    return _link(program.graph, owner, modules)
+
+
+# --------------------------------------------------------------------------------------- fusion and hand-off
+
+
+def _single_user(node: _Node) -> _Node | None:
+    return node.users[0] if len(node.users) == 1 else None
+
+
+def _site(call: _Node, modules: dict[str, nn.Module]) -> _Site:
+    bn, cur = None, call
     nxt = _single_user(cur)
-    if isinstance(modules[node.target], nn.Conv2d) and nxt is not None and nxt.op == "call_module" \
-            and isinstance(modules[nxt.target], nn.BatchNorm2d):
-        bn, cur = nxt.target, nxt
+    if isinstance(modules[call.module], nn.Conv2d) and nxt is not None and nxt.kind == "batchnorm" \
+            and nxt.inputs == [cur]:
+        bn, cur = nxt.module, nxt
         nxt = _single_user(cur)
-    kind = _relu_kind(nxt, modules) if nxt is not None else None
-    if kind is None:
+    if nxt is None or nxt.kind not in ("relu", "relu6") or nxt.inputs != [cur]:
         return _Site(bn)
-    return _Site(bn, kind, nxt.target if nxt.op == "call_module" else None)
+    return _Site(bn, nxt.kind, nxt.module)
 
 
 def _agree(sites: dict[str, list[_Site | None]], uses: dict[str, int]) -> Fusions:
@@ -164,16 +295,65 @@ def _agree(sites: dict[str, list[_Site | None]], uses: dict[str, int]) -> Fusion
     return out
 
 
-def find_fusions(graph: fx.Graph, modules: dict[str, nn.Module], layers: set[str]) -> Fusions:
+def _fusions(graph: _CallGraph, layers: set[str]) -> Fusions:
     """For each layer in `layers`: the BatchNorm2d that alone reads a conv's output, then the relu that alone reads
     that, when every call of the layer is followed by the same ones (see _agree)."""
-    calls = _calls(graph)
-    sites = {layer: [_graph_site(node, modules) for node in calls[layer]] for layer in sorted(layers) if calls[layer]}
-    return _agree(sites, {name: len(nodes) for name, nodes in calls.items()})
+    sites = {layer: [_site(call, graph.modules) for call in graph.calls[layer]]
+             for layer in sorted(layers) if graph.calls.get(layer)}
+    return _agree(sites, {name: len(calls) for name, calls in graph.calls.items()})
 
 
-def sequential_fusions(model: nn.Module, layers: set[str]) -> Fusions:
-    """find_fusions for a model fx cannot trace, from nn.Sequential order: a layer's call sites are the slots it
+def _hop(call: _Node, replaced: set[str]):
+    """(consumer call, through_relu, dropouts) when this call's output reaches a call of a quantized layer as its
+    only input through int8-safe ops only, each used once; else None. Modules in `replaced` (folded BatchNorms,
+    fused relu modules) count as the nn.Identity they become."""
+    cur, through_relu, dropouts = call, False, set()
+    while (nxt := _single_user(cur)) is not None:
+        if nxt.kind == "layer":
+            return (nxt, through_relu, dropouts) if nxt.inputs == [cur] else None
+        if nxt.inputs != [cur]:
+            return None
+        if nxt.module is not None and nxt.module in replaced:
+            pass
+        elif nxt.kind == "relu":
+            through_relu = True
+        elif nxt.kind == "dropout":
+            dropouts.add(nxt.module)
+        elif nxt.kind != "safe":
+            return None
+        cur = nxt
+    return None
+
+
+def _edges(graph: _CallGraph, layers: set[str], replaced: set[str]) -> tuple[dict[str, Int8Edge], list[str]]:
+    """producer -> Int8Edge for the quantized layers that may hand int8 to one other quantized layer: every call of
+    the producer reaches a call of the consumer through int8-safe ops, and every call of the consumer reads a call
+    of the producer (so one output scale — the consumer's input scale — serves every call of both). Also notes on
+    layers called at several places that keep a float interface."""
+    calls = graph.calls
+    hops = {call: _hop(call, replaced) for layer in layers for call in calls.get(layer, ())}
+    edges, notes = {}, []
+    for producer in sorted(layers):
+        ends = [hops[call] for call in calls.get(producer, ())]
+        if not ends or all(end is None for end in ends):
+            continue
+        consumer = ends[0][0].module if ends[0] is not None else None
+        shared = len(ends) > 1 or (consumer is not None and len(calls[consumer]) > 1)
+        if any(end is None or end[0].module != consumer for end in ends):
+            if shared:
+                notes.append(f"{producer} is called at {len(ends)} places whose outputs do not all go straight to "
+                             f"the same quantized layer: its output stays float")
+            continue
+        if {end[0] for end in ends} != set(calls[consumer]):
+            notes.append(f"{consumer} is called at {len(calls[consumer])} places, not all reading {producer}: "
+                         f"{producer} hands it float, and {consumer} keeps a float input")
+            continue
+        edges[producer] = Int8Edge(consumer, any(end[1] for end in ends), set().union(*(end[2] for end in ends)))
+    return edges, notes
+
+
+def _sequential_fusions(model: nn.Module, layers: set[str]) -> Fusions:
+    """The fusions of a model no graph was read of, from nn.Sequential order: a layer's call sites are the slots it
     fills, and its followers are the slots after it. A module that also fills a slot outside an nn.Sequential is
     called by code we cannot read, so nothing is fused into it."""
     names = {id(m): fqn for fqn, m in model.named_modules()}  # each module's first name, as everywhere else
@@ -197,58 +377,7 @@ def sequential_fusions(model: nn.Module, layers: set[str]) -> Fusions:
     return _agree({layer: sites[layer] for layer in sorted(sites)}, slots)
 
 
-def _int8_safe(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
-    if node.op == "call_module":
-        return isinstance(modules[node.target], _SAFE_MODULES)
-    if node.op == "call_function":
-        return node.target in _SAFE_FUNCTIONS
-    return node.op == "call_method" and node.target in _SAFE_METHODS
-
-
-def _hop(node: fx.Node, modules: dict[str, nn.Module], layers: set[str]):
-    """(consumer call, through_relu, dropouts) when this call's output reaches a call of a quantized layer as its
-    only input through int8-safe ops only, each used once; else None."""
-    cur, through_relu, dropouts = node, False, set()
-    while (nxt := _single_user(cur)) is not None:
-        if nxt.op == "call_module" and nxt.target in layers:
-            if nxt.args and nxt.args[0] is cur and len(nxt.all_input_nodes) == 1:
-                return nxt, through_relu, dropouts
-            return None
-        if not _int8_safe(nxt, modules) or nxt.all_input_nodes != [cur]:
-            return None
-        through_relu |= _relu_kind(nxt, modules) is not None
-        if nxt.op == "call_module" and isinstance(modules[nxt.target], _DROPOUTS):
-            dropouts.add(nxt.target)
-        cur = nxt
-    return None
-
-
-def find_int8_edges(graph: fx.Graph, modules: dict[str, nn.Module],
-                    layers: set[str]) -> tuple[dict[str, Int8Edge], list[str]]:
-    """producer -> Int8Edge for the quantized layers that may hand int8 to one other quantized layer: every call of
-    the producer reaches a call of the consumer through int8-safe ops, and every call of the consumer reads a call
-    of the producer (so one output scale — the consumer's input scale — serves every call of both). Also notes on
-    layers called at several places that keep a float interface."""
-    calls = _calls(graph)
-    hops = {node: _hop(node, modules, layers) for layer in layers for node in calls[layer]}
-    edges, notes = {}, []
-    for producer in sorted(layers):
-        ends = [hops[node] for node in calls[producer]]
-        if not ends or all(end is None for end in ends):
-            continue
-        consumer = ends[0][0].target if ends[0] is not None else None
-        shared = len(ends) > 1 or (consumer is not None and len(calls[consumer]) > 1)
-        if any(end is None or end[0].target != consumer for end in ends):
-            if shared:
-                notes.append(f"{producer} is called at {len(ends)} places whose outputs do not all go straight to "
-                             f"the same quantized layer: its output stays float")
-            continue
-        if {end[0] for end in ends} != set(calls[consumer]):
-            notes.append(f"{consumer} is called at {len(calls[consumer])} places, not all reading {producer}: "
-                         f"{producer} hands it float, and {consumer} keeps a float input")
-            continue
-        edges[producer] = Int8Edge(consumer, any(end[1] for end in ends), set().union(*(end[2] for end in ends)))
-    return edges, notes
+# ------------------------------------------------------------------------------------------------- analyse
 
 
 # (args, kwargs) of one model(*args, **kwargs) call: what torch.export needs to see a model's graph
@@ -267,17 +396,86 @@ class Analysis:
     notes: list[str] = field(default_factory=list)
 
 
+@contextlib.contextmanager
+def _untouched(model: nn.Module):
+    """Put every module's attributes back as they were. Non-strict export runs the model's Python on fake tensors
+    (fx on Proxies): real parameters and buffers are not written, but an attribute the forward assigns (a cache)
+    would keep a fake tensor. Training flags, parameters, buffers and children come back too."""
+    saved = [(m, dict(m.__dict__), dict(m._parameters), dict(m._buffers), dict(m._modules)) for m in model.modules()]
+    try:
+        yield
+    finally:
+        for m, attrs, parameters, buffers, children in saved:
+            m.__dict__.clear()
+            m.__dict__.update(attrs)
+            for now, then in ((m._parameters, parameters), (m._buffers, buffers), (m._modules, children)):
+                now.clear()
+                now.update(then)
+
+
+def _export(model: nn.Module, example: Example) -> torch.export.ExportedProgram:
+    """torch.export's graph before decompositions (aten.conv2d / linear / batch_norm / relu, nn_module_stack on
+    each node), in the model's current mode, the model untouched."""
+    args, kwargs = example
+    # export prints the partial graph of a failed capture to stderr (torch/export/_trace.py, _log_export_wrapper):
+    # hundreds of lines a user did not ask for; the failure goes into the notes instead. On success what was
+    # written (warnings) is passed on.
+    with _untouched(model), contextlib.redirect_stderr(io.StringIO()) as err:
+        program = torch.export.export(model, tuple(args), dict(kwargs), strict=False)
+    sys.stderr.write(err.getvalue())
+    return program
+
+
+def _why(error: Exception) -> str:
+    """The exception's type and the first line of its message."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    first = lines[0] if lines else ""
+    return f"{type(error).__name__}: {first[:200]}" if first else type(error).__name__
+
+
 def analyse(model: nn.Module, layers: set[str], *, example: Example | None = None,
             leaves: tuple[type, ...] = ()) -> Analysis:
-    """The fusions and int8 edges of `layers` (fqns of the modules to convert). Provisional body (fx, then
-    nn.Sequential order); the torch.export-based version replaces it."""
-    graph = trace(model, leaves)
+    """The fusions and int8 edges of `layers` (first names, as named_modules() gives them, of the modules to
+    convert), read off torch.export's graph when `example` ((args, kwargs) of one model call) is given and export
+    captures the model, else off a torch.fx trace, else from nn.Sequential order; a note says why a graph was not
+    read. `leaves`: module types to keep opaque (lowp's own modules), as torch's own modules are.
+
+    Edges are as if the fusions were applied: a producer's int8 path starts after its folded BatchNorm and fused
+    activation; a fused relu module (replaced by nn.Identity) is no relu on the path, a functional relu (it stays)
+    is, so through_relu is True; a BatchNorm not folded ends the path. The model is not changed.
+
+    >>> import torch
+    >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+    ...                             torch.nn.Conv2d(8, 8, 3)).eval()
+    >>> found = analyse(model, {"0", "3"}, example=((torch.randn(1, 3, 16, 16),), {}))
+    >>> found.source, found.fusions, found.fused_modules
+    ('torch.export', [Fusion(layer='0', batchnorm='1', activation='relu')], ['2'])
+    >>> found.edges  # 1 and 2 become nn.Identity: 0 hands int8 straight to 3
+    {'0': Int8Edge(consumer='3', through_relu=False, dropouts=set())}
+    """
+    if example is not None and not (isinstance(example, tuple) and len(example) == 2
+                                    and isinstance(example[0], (tuple, list)) and isinstance(example[1], dict)):
+        raise TypeError(f"analyse: example must be (args, kwargs) of one model call, a tuple and a dict, got "
+                        f"{type(example).__name__}")
+    notes, graph, source = [], None, None
+    if example is not None:
+        try:
+            program = _export(model, example)
+        except Exception as e:  # export raises many types for what it cannot capture; any of them means "no graph"
+            notes.append(f"torch.export could not capture the model ({_why(e)}): read with torch.fx instead")
+        else:
+            graph, source = _from_export(program, model, layers, leaves), "torch.export"
     if graph is None:
-        found = sequential_fusions(model, layers)
-        return Analysis("nn.Sequential", found.fusions, found.fused_modules, {},
-                        ["the model could not be traced by torch.fx: BatchNorm / ReLU fused only inside "
-                         "nn.Sequential, and no int8 hand-off between layers", *found.notes])
-    modules = dict(model.named_modules())
-    found = find_fusions(graph, modules, layers)
-    edges, notes = find_int8_edges(graph, modules, layers)
-    return Analysis("torch.fx", found.fusions, found.fused_modules, edges, found.notes + notes)
+        try:
+            with _untouched(model):
+                traced = _Tracer(leaves, layers).trace(model)
+        except Exception as e:  # likewise for fx and untraceable Python
+            found = _sequential_fusions(model, layers)
+            notes.append(f"the model could not be traced by torch.fx ({_why(e)}): BatchNorm / ReLU fused only inside "
+                         f"nn.Sequential, and no int8 hand-off between layers")
+            return Analysis("nn.Sequential", found.fusions, found.fused_modules, {}, notes + found.notes)
+        graph, source = _from_fx(traced, dict(model.named_modules()), layers), "torch.fx"
+    found = _fusions(graph, layers)
+    replaced = {f.batchnorm for f in found.fusions if f.batchnorm is not None} | set(found.fused_modules)
+    edges, edge_notes = _edges(graph, layers, replaced)
+    return Analysis(source, found.fusions, found.fused_modules, edges, notes + found.notes + edge_notes)

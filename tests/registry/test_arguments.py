@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import lowp_ops
-from lowp_ops import QuantConfig
+from lowp_ops import Fp16Config, Int8DynamicConfig, Int8StaticConfig, LayerContext, QATConfig
 
 
 def _model():
@@ -14,49 +14,125 @@ def _model():
     return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
 
 
-WORKFLOWS = {"quantize_dynamic": lowp_ops.quantize_dynamic, "prepare": lowp_ops.prepare,
-             "prepare_qat": lowp_ops.prepare_qat}
+_DYNAMIC = Int8DynamicConfig()
+# workflow name -> (call(model, **kw), the config type it takes)
+WORKFLOWS = {
+    "quantize": (lambda model, **kw: lowp_ops.quantize(model, kw.pop("config", _DYNAMIC), **kw), None),
+    "quantize_dynamic": (lowp_ops.quantize_dynamic, Int8DynamicConfig),
+    "prepare": (lowp_ops.prepare, Int8StaticConfig),
+    "prepare_qat": (lowp_ops.prepare_qat, QATConfig),
+    "to_fp16": (lowp_ops.to_fp16, None),
+}
 
 
 @pytest.mark.parametrize("name", list(WORKFLOWS))
-def test_config_overrides_and_filter_are_type_checked(name):
-    workflow = WORKFLOWS[name]
-    with pytest.raises(TypeError, match=rf"{name}: config must be a lowp_ops.QuantConfig or None, got str 'int8' "
-                                        rf"\(the workflow picks the scheme"):
-        workflow(_model(), "int8")
-    with pytest.raises(TypeError, match=rf"{name}: overrides\['0'\] must be a lowp_ops.QuantConfig, got str 'int8'"):
+def test_arguments_are_type_checked_naming_the_workflow(name):
+    workflow, config_type = WORKFLOWS[name]
+    if config_type is not None:
+        with pytest.raises(TypeError, match=rf"{name}: config must be a lowp_ops.{config_type.__name__} or None, got "
+                                            rf"str 'int8' \(schemes are config types now"):
+            workflow(_model(), config="int8")
+    with pytest.raises(TypeError, match=rf"{name}: overrides\['0'\] must be a lowp config .* or None, got str 'int8'"):
         workflow(_model(), overrides={"0": "int8"})
-    with pytest.raises(TypeError, match=rf"{name}: overrides must be a dict of layer name or fnmatch pattern -> "
-                                        rf"QuantConfig, got list"):
-        workflow(_model(), overrides=[("0", QuantConfig())])
+    with pytest.raises(TypeError, match=rf"{name}: overrides must be a dict of layer name or fnmatch pattern -> lowp "
+                                        rf"config or None, got list"):
+        workflow(_model(), overrides=[("0", None)])
     with pytest.raises(TypeError, match=rf"{name}: overrides keys must be layer names"):
-        workflow(_model(), overrides={0: QuantConfig()})
-    with pytest.raises(TypeError, match=rf"{name}: filter must be a callable \(fqn, module\) -> bool or None, got str"):
-        workflow(_model(), filter="0")
+        workflow(_model(), overrides={0: None})
+    with pytest.raises(TypeError, match=rf"{name}: filter_fn must be a callable \(module, fqn\) -> bool or None, got "
+                                        rf"str"):
+        workflow(_model(), filter_fn="0")
     with pytest.raises(TypeError, match=rf"{name}: model must be a torch.nn.Module, got OrderedDict"):
         workflow(_model().state_dict())
+    with pytest.raises(TypeError, match=rf"{name}: inplace must be a bool, got str 'yes'"):
+        workflow(_model(), inplace="yes")
+    with pytest.raises(TypeError, match=rf"{name}: example_inputs must be a tensor, a tuple of positional arguments "
+                                        rf"or a dict of keyword arguments \(str keys\) for one call of the model, got "
+                                        rf"list"):
+        workflow(_model(), example_inputs=[torch.randn(2, 8)])
+
+
+def test_configs_of_two_workflows_do_not_mix():
+    with pytest.raises(ValueError, match=r"prepare: overrides\['0'\] is an Int8DynamicConfig but config is an "
+                                         r"Int8StaticConfig; one call runs one workflow"):
+        lowp_ops.prepare(_model(), overrides={"0": Int8DynamicConfig()})
+    with pytest.raises(ValueError, match=r"quantize: overrides\['2'\] is a QATConfig but config is an "
+                                         r"Int8DynamicConfig"):
+        lowp_ops.quantize(_model(), Int8DynamicConfig(), overrides={"2": QATConfig()})
+    with pytest.raises(TypeError, match=r"prepare_qat: config must be a lowp_ops.QATConfig or None, got "
+                                        r"Int8StaticConfig.*; Int8StaticConfig goes to lowp_ops.prepare"):
+        lowp_ops.prepare_qat(_model(), Int8StaticConfig())
 
 
 def test_other_entry_points_are_type_checked():
+    with pytest.raises(TypeError, match=r"quantize: config must be a lowp config \(Int8DynamicConfig, "
+                                        r"Int8StaticConfig, QATConfig, Fp16Config\), got str 'int8_dynamic'"):
+        lowp_ops.quantize(_model(), "int8_dynamic")
     with pytest.raises(TypeError, match=r"to_fp16: compute_dtype must be a torch.dtype \(float16 or bfloat16\), got "
                                         r"str 'fp16'"):
         lowp_ops.to_fp16(_model(), "fp16")
     with pytest.raises(ValueError, match=r"to_fp16: compute_dtype must be torch.float16 or torch.bfloat16, got "
                                          r"torch.float32"):
         lowp_ops.to_fp16(_model(), torch.float32)
-    with pytest.raises(TypeError, match="to_fp16: filter must be a callable"):
-        lowp_ops.to_fp16(_model(), filter=["0"])
+    with pytest.raises(ValueError, match=r"Fp16Config: compute_dtype must be torch.float16 or torch.bfloat16"):
+        Fp16Config(compute_dtype=torch.float32)
     with pytest.raises(TypeError, match="convert: model must be a torch.nn.Module, got str"):
         lowp_ops.convert("model")
-    with pytest.raises(TypeError, match=r"QuantConfig: skip must be a tuple of names or fnmatch patterns, got 'fc'"):
-        QuantConfig(skip="fc")
+    with pytest.raises(TypeError, match="convert: inplace must be a bool, got int 1"):
+        lowp_ops.convert(_model(), inplace=1)
+    with pytest.raises(TypeError, match="Int8StaticConfig: chain_int8 must be a bool, got str"):
+        Int8StaticConfig(chain_int8="yes")
+    with pytest.raises(ValueError, match="Int8DynamicConfig: out_dtype must be None, float16, bfloat16 or float32"):
+        Int8DynamicConfig(out_dtype=torch.int8)
+    with pytest.raises(ValueError, match="LayerContext: activation must be one of"):
+        LayerContext(activation="tanh")
+    with pytest.raises(TypeError, match=r"register: config_type must be a lowp config class .* got 'int8_dynamic' "
+                                        r"\(schemes are config types now"):
+        lowp_ops.register(nn.Linear, "int8_dynamic")
+    with pytest.raises(TypeError, match="register: module_type must be an nn.Module subclass, got 3"):
+        lowp_ops.register(3, Int8DynamicConfig)
+    with pytest.raises(TypeError, match=r"quantize_dynamic: qconfig_spec is torch.ao's set or dict of layers; pass a "
+                                        r"lowp config as config=Int8DynamicConfig\(...\)"):
+        lowp_ops.quantize_dynamic(_model(), Int8DynamicConfig())
+    with pytest.raises(TypeError, match="quantize_dynamic: qconfig_spec must be None, a set of module types / layer "
+                                        "names, or a dict of those to lowp configs, got list"):
+        lowp_ops.quantize_dynamic(_model(), [nn.Linear])
+    with pytest.raises(TypeError, match="quantize_dynamic: qconfig_spec keys must be nn.Module types or layer names "
+                                        r"\(str\), got int 0"):
+        lowp_ops.quantize_dynamic(_model(), {0})
+    with pytest.raises(ValueError, match="quantize_dynamic: config does nothing with a dict qconfig_spec"):
+        lowp_ops.quantize_dynamic(_model(), {nn.Linear: None}, config=Int8DynamicConfig())
 
 
 def test_quantize_dynamic_refuses_a_static_config():
-    with pytest.raises(ValueError, match=r"quantize_dynamic: config asks for static=True, .* use lowp_ops.prepare"):
-        lowp_ops.quantize_dynamic(_model(), QuantConfig(static=True))
-    with pytest.raises(ValueError, match=r"quantize_dynamic: overrides\['2'\] asks for static=True"):
-        lowp_ops.quantize_dynamic(_model(), overrides={"2": QuantConfig(static=True)})
+    with pytest.raises(ValueError, match=r"quantize_dynamic: config is Int8StaticConfig\(...\), whose activation "
+                                         r"scales come from calibration, .* use lowp_ops.prepare"):
+        lowp_ops.quantize_dynamic(_model(), config=Int8StaticConfig())
+    with pytest.raises(ValueError, match=r"quantize_dynamic: qconfig_spec\[Linear\] is QATConfig\(...\), which "
+                                         r"quantize_dynamic does not run; use lowp_ops.prepare_qat"):
+        lowp_ops.quantize_dynamic(_model(), {nn.Linear: QATConfig()})
+    with pytest.raises(ValueError, match=r"quantize_dynamic: overrides\['2'\] is an Int8StaticConfig but config is an "
+                                         r"Int8DynamicConfig"):
+        lowp_ops.quantize_dynamic(_model(), overrides={"2": Int8StaticConfig()})
+
+
+def test_example_inputs_forms_reach_the_analysis(monkeypatch):
+    from lowp_ops.registry import graph
+
+    seen = []
+
+    def analyse(model, layers, *, example=None, leaves=()):
+        seen.append((example, leaves))
+        return graph.Analysis("torch.export")
+
+    monkeypatch.setattr(graph, "analyse", analyse)
+    x = torch.randn(2, 8)
+    for given, expected in ((x, ((x,), {})), ((x,), ((x,), {})), ({"input": x}, ((), {"input": x})),
+                            (None, None)):
+        lowp_ops.quantize_dynamic(_model(), example_inputs=given)
+        example, leaves = seen.pop()
+        assert example == expected  # holding x itself: tuples and dicts compare items by identity first
+        assert nn.Linear in leaves and lowp_ops.nn.Int8Linear in leaves  # converted types and lowp's stay whole
 
 
 class KeywordModel(nn.Module):

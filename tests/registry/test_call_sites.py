@@ -1,18 +1,20 @@
 """lowp_ops.registry with modules called at more than one place, and tied weights: fusion and int8 hand-offs
-decided per call site (graph.py), one replacement in every slot a module fills, tied weights kept tied."""
+decided per call site (graph.py, alike from torch.export's graph and torch.fx's), one replacement in every slot a
+module fills, tied weights kept tied."""
 
 import pytest
 import torch
 from torch import nn
 
 import lowp_ops
-from lowp_ops import QuantConfig, quant
+from lowp_ops import Int8DynamicConfig, Int8StaticConfig, quant
 from lowp_ops.nn import Int8Linear, QATLinear
+from lowp_ops.registry.graph import analyse
 from util import assert_bitwise_equal
 
 
 def _static(model, data, **kw):
-    prepared = lowp_ops.prepare(model, QuantConfig(static=True, **kw))
+    prepared = lowp_ops.prepare(model, Int8StaticConfig(**kw))
     lowp_ops.calibrate(prepared, data, progress=False)
     return lowp_ops.convert(prepared)
 
@@ -100,20 +102,22 @@ def test_shared_relu_module_is_dropped_only_where_every_call_is_fused():
     assert q[0].activation == q[2].activation == "relu"
 
 
+class TwoConvOneBN(nn.Module):
+    """One BatchNorm after each of two convs, and (bn_on_input) on the input as well."""
+
+    def __init__(self, bn_on_input):
+        super().__init__()
+        self.c1, self.c2, self.bn = nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.bn_on_input = bn_on_input
+
+    def forward(self, x):
+        if self.bn_on_input:
+            x = self.bn(x)
+        return self.bn(self.c2(torch.relu(self.bn(self.c1(x)))))
+
+
 def test_shared_batchnorm_folds_only_when_every_call_follows_a_fold():
     torch.manual_seed(0)
-
-    class TwoConvOneBN(nn.Module):
-        def __init__(self, bn_on_input):
-            super().__init__()
-            self.c1, self.c2, self.bn = nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4)
-            self.bn_on_input = bn_on_input
-
-        def forward(self, x):
-            if self.bn_on_input:
-                x = self.bn(x)
-            return self.bn(self.c2(torch.relu(self.bn(self.c1(x)))))
-
     x = torch.randn(2, 4, 8, 8)
     for bn_on_input in (False, True):
         model = TwoConvOneBN(bn_on_input).eval()
@@ -163,14 +167,14 @@ def test_untraceable_sequential_with_a_module_in_two_slots():
 def test_names_of_one_module_must_agree_on_skip_and_config():
     lin = nn.Linear(8, 8)
     model = nn.Sequential(lin, nn.ReLU(), lin, nn.Linear(8, 4))
-    q = lowp_ops.quantize_dynamic(model, QuantConfig(skip=("2",)))  # skipping one name keeps the module float
+    q = lowp_ops.quantize_dynamic(model, overrides={"2": None})  # None for one name keeps the module float
     assert type(q[0]) is nn.Linear and q[2] is q[0] and type(q[3]) is Int8Linear
-    assert q.lowp_report.skipped == {"0": "skipped by config (as 2, one of its names)"}
-    q = lowp_ops.quantize_dynamic(model, filter=lambda fqn, m: fqn != "2")
+    assert q.lowp_report.skipped == {"0": "config None: left float (as 2, one of its names)"}
+    q = lowp_ops.quantize_dynamic(model, filter_fn=lambda m, fqn: fqn != "2")
     assert q.lowp_report.skipped == {"0": "filtered out (as 2, one of its names)"} and q[2] is q[0]
     with pytest.raises(ValueError, match="quantize_dynamic: the module at 0, 2 is one module, converted once, but the "
                                          "overrides give"):
-        lowp_ops.quantize_dynamic(model, overrides={"2": QuantConfig(out_dtype=torch.float16)})
+        lowp_ops.quantize_dynamic(model, overrides={"2": Int8DynamicConfig(out_dtype=torch.float16)})
 
 
 class Tied(nn.Module):
@@ -214,3 +218,36 @@ def test_weight_tied_to_a_float_module_is_reported():
     assert type(q[1]) is Int8Linear and type(q[0]) is nn.Embedding
     assert "1 shares its weight with 0.weight, which stays float: the converted copy is separate" \
         in q.lowp_report.notes
+
+
+def _shared_relu_twice():
+    act = nn.ReLU()
+    return nn.Sequential(nn.Linear(16, 16), act, nn.Linear(16, 16), act)
+
+
+def _shared_relu_around():
+    act = nn.ReLU()
+    return nn.Sequential(act, nn.Linear(16, 16), act)
+
+
+def _one_linear_twice():
+    lin = nn.Linear(16, 16)
+    return nn.Sequential(lin, nn.ReLU(), lin)
+
+
+@pytest.mark.parametrize("make, shape", [
+    (Loop, (32, 8)), (Twice, (32, 16)), (_one_linear_twice, (32, 16)), (_shared_relu_twice, (32, 16)),
+    (_shared_relu_around, (32, 16)), (lambda: TwoConvOneBN(False), (2, 4, 8, 8)),
+    (lambda: TwoConvOneBN(True), (2, 4, 8, 8)), (Tied, (32, 16)),
+], ids=["loop", "twice", "one-linear-twice", "shared-relu-twice", "shared-relu-around", "bn-after-convs",
+        "bn-on-input-too", "tied"])
+def test_export_and_fx_read_the_call_sites_alike(make, shape):
+    """The workflow tests above read these models with torch.fx (no example_inputs); torch.export must find the
+    same fusions, int8 edges and notes."""
+    model = make().eval()
+    layers = {name for name, m in model.named_modules() if type(m) in (nn.Linear, nn.Conv2d)}
+    exported = analyse(model, layers, example=((torch.randn(shape),), {}))
+    traced = analyse(model, layers)
+    assert (exported.source, traced.source) == ("torch.export", "torch.fx")
+    assert (exported.fusions, exported.fused_modules, exported.edges, exported.notes) == \
+        (traced.fusions, traced.fused_modules, traced.edges, traced.notes)

@@ -1,5 +1,6 @@
-"""lowp_ops.convert: what it checks of calibration (non-finite and degenerate ranges) and what the converted model
-does under .train() (Dropout between int8 layers)."""
+"""lowp_ops.convert: what it checks of calibration (non-finite and degenerate ranges), how it meets the model
+analysis (the recorded example, the calibration hooks gone first, the notes), and what the converted model does
+under .train() (Dropout between int8 layers)."""
 
 import warnings
 
@@ -9,7 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import lowp_ops
-from lowp_ops import QuantConfig, quant
+from lowp_ops import Int8StaticConfig, quant
+from lowp_ops.registry import graph
 from util import assert_bitwise_equal
 
 
@@ -19,7 +21,7 @@ def _mlp():
 
 
 def _prepared(batches, **kw):
-    prepared = lowp_ops.prepare(_mlp(), QuantConfig(static=True, **kw))
+    prepared = lowp_ops.prepare(_mlp(), Int8StaticConfig(**kw))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the observers' own warning about NaN batches (test_observers)
         lowp_ops.calibrate(prepared, batches, progress=False)
@@ -66,6 +68,47 @@ def test_convert_is_quiet_on_ordinary_calibration():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         lowp_ops.convert(prepared)
+
+
+def test_the_analysis_runs_on_the_first_call_without_the_calibration_hooks(monkeypatch):
+    real, seen = graph.analyse, []
+
+    def analyse(model, layers, *, example=None, leaves=()):
+        # what torch.export does: run the forward on the example; no observer may see it, and nothing records it
+        assert not any(hasattr(model.get_submodule(fqn), "input_observer") for fqn in layers)
+        assert not model._forward_pre_hooks and not any(m._forward_pre_hooks for m in model.modules())
+        model(*example[0], **example[1])
+        seen.append(example)
+        return real(model, layers, example=example, leaves=leaves)
+
+    monkeypatch.setattr(graph, "analyse", analyse)
+    first = torch.randn(16, 8)
+    prepared = _prepared([first, torch.randn(16, 8)])
+    observer = prepared[0].input_observer
+    lo, hi = observer.min_val.clone(), observer.max_val.clone()
+    q = lowp_ops.convert(prepared)
+    assert seen[0][0][0] is not first and torch.equal(seen[0][0][0], first)  # a detached copy of the first batch
+    assert torch.equal(prepared[0].input_observer.min_val, lo) and torch.equal(observer.max_val, hi)
+    assert q[0].output_scale is not None
+
+
+def test_prepare_with_example_inputs_records_no_call():
+    x = torch.randn(4, 8)
+    prepared = lowp_ops.prepare(_mlp(), example_inputs={"input": x})
+    assert prepared._lowp_prepared.example == ((), {"input": x}) and not prepared._forward_pre_hooks
+    lowp_ops.calibrate(prepared, [torch.randn(16, 8)], progress=False)
+    assert prepared._lowp_prepared.example == ((), {"input": x})
+
+
+def test_analysis_notes_reach_the_report(monkeypatch):
+    for source, suggests in (("torch.export", False), ("torch.fx", True)):
+        monkeypatch.setattr(graph, "analyse", lambda model, layers, source=source, **kw: graph.Analysis(
+            source, notes=["fc is called at 2 places"]))
+        q = lowp_ops.convert(_prepared([torch.randn(16, 8)]))
+        assert "fc is called at 2 places" in q.lowp_report.notes
+        assert any("read with torch.fx, not torch.export" in n for n in q.lowp_report.notes) == suggests
+        dynamic = lowp_ops.quantize_dynamic(_mlp())
+        assert any("give quantize_dynamic example_inputs=" in n for n in dynamic.lowp_report.notes) == suggests
 
 
 def test_train_mode_does_not_break_int8_dropout_edges():

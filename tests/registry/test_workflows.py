@@ -1,5 +1,6 @@
-"""lowp_ops' registry and workflows: quantize_dynamic, prepare -> calibrate -> convert, prepare_qat -> convert,
-to_fp16 — folding, fusing, int8 hand-offs, reports, checkpoints, compile / export, and their errors."""
+"""lowp_ops' configs, handlers and workflows: quantize (the entry point), quantize_dynamic, prepare -> calibrate ->
+convert, prepare_qat -> convert, to_fp16 — folding, fusing, int8 hand-offs, reports, checkpoints, compile / export,
+and the torch.ao-shaped calls (qconfig_spec, dtype, inplace)."""
 
 import pytest
 import torch
@@ -7,9 +8,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import lowp_ops
-from lowp_ops import QuantConfig, quant
+from lowp_ops import Fp16Config, Int8DynamicConfig, Int8StaticConfig, QATConfig, quant
+from lowp_ops.examples import ConvNet
 from lowp_ops.nn import Fp16Linear, Int8Conv2d, Int8Linear, QATConv2d, QATLinear
-from lowp_ops.registry import core
+from lowp_ops.registry import handlers
 from util import assert_bitwise_equal
 
 
@@ -51,6 +53,7 @@ def test_quantize_dynamic_folds_fuses_and_tracks_float():
     assert type(q.conv1) is Int8Conv2d and type(q.fc2) is Int8Linear and type(q.bn1) is nn.Identity
     assert q.conv1.activation == "relu" and q.fc1.activation == "relu"
     assert "folded bn1 into conv1" in q.lowp_report.notes
+    assert q.lowp_report.swapped["conv1"] == "Int8Conv2d by conv2d_to_int8_dynamic"  # the handler, by name
     assert isinstance(net.conv1, nn.Conv2d) and isinstance(net.bn1, nn.BatchNorm2d)  # the original is untouched
     x = _x()
     assert quant.sqnr_db(net(x), q(x)) > 25
@@ -60,18 +63,80 @@ def test_unknown_layers_are_reported_not_errors():
     model = nn.Sequential(nn.Embedding(10, 8), nn.Flatten(), nn.Linear(16, 4), nn.LayerNorm(4))
     q = lowp_ops.quantize_dynamic(model)
     assert type(q[2]) is Int8Linear and type(q[0]) is nn.Embedding
-    assert "no lowp replacement for Embedding" in q.lowp_report.skipped["0"]
-    assert "no lowp replacement for LayerNorm" in q.lowp_report.skipped["3"]
-    assert "2: Int8Linear (int8_dynamic)" in str(q.lowp_report)
+    assert q.lowp_report.skipped == {"0": "no lowp handler for Embedding under Int8DynamicConfig",
+                                     "3": "no lowp handler for LayerNorm under Int8DynamicConfig"}
+    assert "2: Int8Linear by linear_to_int8_dynamic" in str(q.lowp_report)
 
 
-def test_filter_skip_and_per_layer_overrides():
+def test_filter_fn_and_per_layer_overrides():
     net = _net()
-    q = lowp_ops.quantize_dynamic(net, QuantConfig(skip=("fc*",)), filter=lambda fqn, m: fqn != "conv2")
+    seen = []
+
+    def filter_fn(module, fqn):  # torchao's order: the module, then its name
+        seen.append((type(module), fqn))
+        return fqn != "conv2"
+
+    q = lowp_ops.quantize_dynamic(net, overrides={"fc*": None}, filter_fn=filter_fn)
     assert type(q.conv1) is Int8Conv2d and type(q.conv2) is nn.Conv2d and type(q.fc1) is nn.Linear
-    assert q.lowp_report.skipped == {"conv2": "filtered out", "fc1": "skipped by config", "fc2": "skipped by config"}
-    q = lowp_ops.quantize_dynamic(net, overrides={"fc2": QuantConfig(out_dtype=torch.bfloat16)})
+    assert q.lowp_report.skipped == {"conv2": "filtered out", "fc1": "config None: left float",
+                                     "fc2": "config None: left float"}
+    assert (nn.Conv2d, "conv2") in seen and all(fqn != "fc1" for _, fqn in seen)  # fc1 was out before the filter
+    q = lowp_ops.quantize_dynamic(net, overrides={"fc2": Int8DynamicConfig(out_dtype=torch.bfloat16)})
     assert q.fc2.out_dtype == torch.bfloat16 and q.fc1.out_dtype is None
+
+
+class Blocks(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(8, 8)
+        self.body = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8))
+
+    def forward(self, x):
+        return self.body(self.head(x))
+
+
+def test_the_most_specific_overrides_key_wins():
+    bf16, f16 = Int8DynamicConfig(out_dtype=torch.bfloat16), Int8DynamicConfig(out_dtype=torch.float16)
+    # "body" covers the modules inside it; "body.2", its own name, beats it; a pattern comes last
+    q = lowp_ops.quantize_dynamic(Blocks(), overrides={"*": None, "body": bf16, "body.2": f16})
+    assert type(q.head) is nn.Linear and q.body[0].out_dtype == torch.bfloat16 and q.body[2].out_dtype == torch.float16
+
+
+def test_quantize_mixes_int8_and_fp16_and_prepares_static_and_qat():
+    net = _net()
+    mixed = lowp_ops.quantize(net, Int8DynamicConfig(), overrides={"fc2": Fp16Config(compute_dtype=torch.bfloat16)})
+    assert type(mixed.fc1) is Int8Linear and type(mixed.fc2) is Fp16Linear and type(mixed.conv1) is Int8Conv2d
+    assert mixed.fc2.compute_dtype == torch.bfloat16
+    x = _x()
+    assert quant.sqnr_db(net(x), mixed(x).float()) > 25
+    prepared = lowp_ops.quantize(net, Int8StaticConfig())  # prepared, not converted: observers on float layers
+    assert type(prepared.fc1) is nn.Linear and hasattr(prepared.fc1, "input_observer")
+    lowp_ops.calibrate(prepared, [_x() for _ in range(2)], progress=False)
+    assert type(lowp_ops.convert(prepared).fc1) is Int8Linear
+    qat = lowp_ops.quantize(net, QATConfig())
+    assert type(qat.fc1) is QATLinear
+    with pytest.raises(ValueError, match="convert: layer 'conv1' saw no data; train it"):
+        lowp_ops.convert(qat)
+    qat(_x())
+    assert type(lowp_ops.convert(qat.eval()).fc1) is Int8Linear
+
+
+def test_inplace_is_honoured_by_every_workflow():
+    net = _net()
+    assert lowp_ops.quantize_dynamic(net, inplace=True) is net and type(net.fc1) is Int8Linear
+    net = _net()
+    assert lowp_ops.to_fp16(net, inplace=True) is net and type(net.fc1) is Fp16Linear
+    net = _net()
+    prepared = lowp_ops.prepare(net, inplace=True)
+    assert prepared is net and hasattr(net.fc1, "input_observer")
+    lowp_ops.calibrate(prepared, [_x()], progress=False)
+    copied = lowp_ops.convert(prepared)
+    assert type(copied.fc1) is Int8Linear and type(prepared.fc1) is nn.Linear  # convert copies by default
+    assert lowp_ops.convert(prepared, inplace=True) is net and type(net.fc1) is Int8Linear
+    net = _net()
+    assert lowp_ops.prepare_qat(net, inplace=True) is net and type(net.fc1) is QATLinear
+    net = _net()
+    assert lowp_ops.quantize(net, Int8DynamicConfig(), inplace=True) is net and type(net.conv1) is Int8Conv2d
 
 
 def test_register_a_user_module():
@@ -83,27 +148,29 @@ def test_register_a_user_module():
         def forward(self, x):
             return 2 * self.inner(x)
 
-    @lowp_ops.register(Scaled, scheme="int8_dynamic")
-    def _(module, config, **context):
-        return nn.Sequential(Int8Linear.from_float(module.inner), Scale2())
-
     class Scale2(nn.Module):
         def forward(self, x):
             return 2 * x
+
+    @lowp_ops.register(Scaled, Int8DynamicConfig)
+    def scaled_to_int8_dynamic(module, config, context):
+        assert isinstance(context, lowp_ops.LayerContext) and context.activation == "none"
+        return nn.Sequential(handlers.linear_to_int8_dynamic(module.inner, config, context), Scale2())
 
     try:
         model = nn.Sequential(Scaled())
         q = lowp_ops.quantize_dynamic(model)
         x = torch.randn(3, 8)
         assert isinstance(q[0][0], Int8Linear) and quant.sqnr_db(model(x), q(x)) > 30
+        assert q.lowp_report.swapped == {"0": "Sequential by scaled_to_int8_dynamic"}
+        # exact module types: a subclass is not converted by its base's handler
+        assert handlers.handler_for(type("Sub", (Scaled,), {})(), Int8DynamicConfig()) is None
     finally:
-        del core._REGISTRY["int8_dynamic"][Scaled]
-    with pytest.raises(ValueError, match="scheme must be one of"):
-        lowp_ops.register(nn.Linear, scheme="int4")
+        del handlers._HANDLERS[Scaled, Int8DynamicConfig]
 
 
-def _static(net, observer="minmax", **kw):
-    prepared = lowp_ops.prepare(net, QuantConfig(static=True, observer=observer, **kw))
+def _static(net, **kw):
+    prepared = lowp_ops.prepare(net, Int8StaticConfig(**kw))
     lowp_ops.calibrate(prepared, [_x() for _ in range(4)], progress=False)
     return lowp_ops.convert(prepared)
 
@@ -111,16 +178,31 @@ def _static(net, observer="minmax", **kw):
 @pytest.mark.parametrize("observer", ["minmax", "moving_average", "percentile", "mse"])
 def test_static_ptq_hands_int8_between_layers(observer):
     net = _net()
-    q = _static(net, observer)
-    # conv1 -(relu)-> conv2 and fc1 -(relu, dropout)-> fc2 stay int8; max_pool ends the hand-off before fc1
+    q = _static(net, observer=observer)
+    # conv1 -(bn, relu)-> conv2 and fc1 -(relu, dropout)-> fc2 stay int8; max_pool ends the hand-off before fc1
     assert q.conv1.output_scale is not None and torch.equal(q.conv1.output_scale, q.conv2.input_scale)
     assert q.fc1.output_scale is not None and torch.equal(q.fc1.output_scale, q.fc2.input_scale)
-    assert int(q.conv2.input_zero_point) == 0  # a relu sits between: codes must keep 0 at 0
+    assert int(q.conv2.input_zero_point) == 0  # a functional relu (still in the model) sits between: 0 stays 0
     assert q.conv2.output_scale is None and q.fc2.output_scale is None
-    assert "conv1 hands int8 to conv2" in q.lowp_report.notes
+    assert "conv1 hands int8 to conv2" in q.lowp_report.notes and "folded bn1 into conv1" in q.lowp_report.notes
     x = _x()
     assert quant.sqnr_db(net(x), q(x)) > 20
     assert not q.training and not hasattr(q, "_lowp_prepared")
+
+
+def test_prepare_folds_nothing_and_convert_folds_on_the_first_calibration_call():
+    net = _net()
+    prepared = lowp_ops.prepare(net)
+    assert type(prepared.bn1) is nn.BatchNorm2d and prepared.conv1.weight.shape == net.conv1.weight.shape
+    first = _x(8)
+    lowp_ops.calibrate(prepared, [first, _x(4)], progress=False)
+    args, kwargs = prepared._lowp_prepared.example
+    assert torch.equal(args[0], first) and kwargs == {}  # the first call, not the last
+    q = lowp_ops.convert(prepared)
+    assert type(q.bn1) is nn.Identity and q.conv1.activation == "relu"
+    assert not q._forward_pre_hooks and not q.fc1._forward_pre_hooks  # the calibration hooks are gone
+    # calibrated unfolded, run folded: an observer sees its layer's input, which folding does not change
+    assert quant.sqnr_db(net(first), q(first)) > 20
 
 
 def test_static_without_chaining_and_per_tensor_weights():
@@ -130,8 +212,11 @@ def test_static_without_chaining_and_per_tensor_weights():
 
 
 def test_workflow_errors():
-    with pytest.raises(ValueError, match="no layer lowp can convert under 'int8_dynamic'"):
+    with pytest.raises(ValueError, match=r"no layer lowp can convert under Int8DynamicConfig \(supported: Linear, "
+                                         r"Conv2d\)"):
         lowp_ops.quantize_dynamic(nn.Sequential(nn.ReLU(), nn.LayerNorm(3)))
+    with pytest.raises(ValueError, match="every convertible layer was filtered out or given config None"):
+        lowp_ops.quantize_dynamic(_net(), filter_fn=lambda module, fqn: False)
     prepared = lowp_ops.prepare(_net())
     with pytest.raises(ValueError, match="layer 'conv1' saw no calibration data; run lowp_ops.calibrate"):
         lowp_ops.convert(prepared)
@@ -139,10 +224,12 @@ def test_workflow_errors():
         lowp_ops.convert(_net())
     with pytest.raises(ValueError, match="calibrate: the model was not prepared"):
         lowp_ops.calibrate(_net(), [_x()])
-    with pytest.raises(ValueError, match="observer must be one of"):
-        QuantConfig(observer="kl")
-    with pytest.raises(ValueError, match="weight spec must be 8-bit signed symmetric"):
-        QuantConfig(weight=quant.per_channel(axis=0, bits=4))
+    with pytest.raises(ValueError, match="Int8StaticConfig: observer must be one of"):
+        Int8StaticConfig(observer="kl")
+    with pytest.raises(ValueError, match="Int8DynamicConfig: weight must be 8-bit signed symmetric"):
+        Int8DynamicConfig(weight=quant.per_channel(axis=0, bits=4))
+    with pytest.raises(ValueError, match="QATConfig: activation must be an 8-bit signed per-tensor QuantSpec"):
+        QATConfig(activation=quant.per_token())
 
 
 def test_qat_converted_model_matches_fake_quant_model():
@@ -160,6 +247,7 @@ def test_qat_converted_model_matches_fake_quant_model():
     qat.eval()
     q = lowp_ops.convert(qat)
     assert q[0].output_scale is not None  # 0 -> 2 through flatten: int8 hand-off with the trained scales
+    assert q.lowp_report.swapped["0"] == "Int8Linear by qat_linear_to_int8" and q[2].activation == "relu"
     x = torch.randn(64, 20)
     expected, got = qat(x), q(x)
     # Same integers, scales, zero points and rounding rules; only float rounding differs: the int8 kernels'
@@ -169,10 +257,12 @@ def test_qat_converted_model_matches_fake_quant_model():
     assert (got - expected).abs().mean() <= 1e-4 * expected.abs().mean() + 1e-6
 
 
-def test_qat_conv_folds_batchnorm_and_trains():
+def test_qat_conv_folds_batchnorm_at_prepare_and_trains():
     net = _net()
-    qat = lowp_ops.prepare_qat(net)
-    assert type(qat.conv1) is QATConv2d and type(qat.bn1) is nn.Identity
+    x = _x(2)
+    qat = lowp_ops.prepare_qat(net, example_inputs=x)
+    assert type(qat.conv1) is QATConv2d and type(qat.bn1) is nn.Identity  # training sees the folded weights
+    assert qat._lowp_prepared.example == ((x,), {}) and not qat._forward_pre_hooks  # kept for convert: no recording
     qat.train()
     qat(_x()).sum().backward()
     assert qat.conv1.weight.grad is not None and qat.conv1.weight.grad.abs().sum() > 0
@@ -182,8 +272,84 @@ def test_to_fp16():
     net = _net()
     h = lowp_ops.to_fp16(net, torch.bfloat16)
     assert type(h.fc1) is Fp16Linear and h.fc1.compute_dtype == torch.bfloat16 and type(h.conv1) is nn.Conv2d
+    assert h.fc1.activation == "relu" and type(h.bn1) is nn.BatchNorm2d  # no FP16 conv: nothing folds into it
     x = _x()
     assert quant.sqnr_db(net(x), h(x).float()) > 25
+
+
+# ------------------------------------------------------------------------------------- torch.ao-shaped calls
+
+
+def test_the_articles_call_runs_on_the_seed_convnet():
+    torch.manual_seed(0)
+    model_fp32 = ConvNet().eval()
+    x = torch.randn(4, 1, 28, 28)
+    model_int8 = lowp_ops.quantize_dynamic(model_fp32, {nn.Linear}, dtype=torch.qint8)  # as the article writes it
+    assert type(model_int8.fc1) is Int8Linear and type(model_int8.fc2) is Int8Linear
+    assert type(model_int8.conv1) is nn.Conv2d and type(model_int8.conv2) is nn.Conv2d  # as torch.ao: convs float
+    assert model_int8.lowp_report.skipped == {"conv1": "config None: left float", "conv2": "config None: left float"}
+    # log-probabilities: compare probabilities, whose error is what the int8 Linear layers add (~40 dB each)
+    assert quant.sqnr_db(model_fp32(x).exp(), model_int8(x).exp()) > 30
+    model_fp16 = lowp_ops.quantize_dynamic(model_fp32, {nn.Linear}, dtype=torch.float16)
+    assert type(model_fp16.fc1) is Fp16Linear and model_fp16.fc1.compute_dtype == torch.float16
+    assert type(model_fp16.conv1) is nn.Conv2d
+    assert quant.sqnr_db(model_fp32(x).exp(), model_fp16(x).exp()) > 40
+
+
+def test_qconfig_spec_forms():
+    net = _net()
+    by_name = lowp_ops.quantize_dynamic(net, {"fc1", nn.Conv2d})
+    assert [type(by_name.get_submodule(n)) for n in ("conv1", "conv2", "fc1", "fc2")] == \
+        [Int8Conv2d, Int8Conv2d, Int8Linear, nn.Linear]
+    bf16 = Int8DynamicConfig(out_dtype=torch.bfloat16)
+    q = lowp_ops.quantize_dynamic(net, {nn.Linear: bf16, "fc2": None, "conv1": Fp16Config()})
+    assert q.fc1.out_dtype == torch.bfloat16 and type(q.fc2) is nn.Linear  # a name beats a type
+    assert type(q.conv1) is nn.Conv2d
+    assert q.lowp_report.skipped["conv1"] == "no lowp handler for Conv2d under Fp16Config"
+    # a name covers the modules inside it (torch.ao's qconfig propagation) ...
+    q = lowp_ops.quantize_dynamic(Blocks(), {"body": bf16})
+    assert type(q.head) is nn.Linear and q.body[0].out_dtype == q.body[2].out_dtype == torch.bfloat16
+    # ... and a module's own type beats what it inherits
+    f16 = Int8DynamicConfig(out_dtype=torch.float16)
+    q = lowp_ops.quantize_dynamic(Blocks(), {"body": bf16, nn.Linear: f16})
+    assert q.head.out_dtype == q.body[0].out_dtype == torch.float16
+    # config= is what set members get; overrides beat qconfig_spec
+    q = lowp_ops.quantize_dynamic(Blocks(), {nn.Linear}, config=bf16, overrides={"body.2": None})
+    assert q.head.out_dtype == torch.bfloat16 and type(q.body[2]) is nn.Linear
+
+
+def test_torch_ao_arguments_are_refused_with_lowps_name_for_them():
+    from torch.ao.quantization import default_dynamic_qconfig, float16_dynamic_qconfig
+
+    with pytest.raises(TypeError, match=r"quantize_dynamic: qconfig_spec\[Linear\] is torch.ao's QConfig, which lowp "
+                                        r"does not read; use lowp_ops.Int8DynamicConfig\(\)"):
+        lowp_ops.quantize_dynamic(_net(), {nn.Linear: default_dynamic_qconfig})
+    with pytest.raises(TypeError, match=r"qconfig_spec\['fc1'\] is torch.ao's QConfig.*use lowp_ops.Fp16Config\(\)"):
+        lowp_ops.quantize_dynamic(_net(), {"fc1": float16_dynamic_qconfig}, dtype=torch.float16)
+    with pytest.raises(ValueError, match=r"quantize_dynamic: dtype must be torch.qint8 \(Int8Linear / Int8Conv2d\) or "
+                                         r"torch.float16 \(Fp16Linear\), got torch.quint8"):
+        lowp_ops.quantize_dynamic(_net(), dtype=torch.quint8)
+    with pytest.raises(ValueError, match="quantize_dynamic: dtype must be .* got 'int8'"):
+        lowp_ops.quantize_dynamic(_net(), dtype="int8")
+    with pytest.raises(ValueError, match=r"quantize_dynamic: config is Fp16Config\(...\) but dtype is torch.qint8; "
+                                         r"pass dtype=torch.float16"):
+        lowp_ops.quantize_dynamic(_net(), config=Fp16Config())
+    with pytest.raises(TypeError, match=r"prepare: config must be a lowp_ops.Int8StaticConfig or None, got bool True "
+                                        r"\(torch.ao's second positional argument is inplace"):
+        lowp_ops.prepare(_net(), True)
+    # torch.ao's own model.qconfig is not read, and the report says so
+    net = _net()
+    net.qconfig = default_dynamic_qconfig
+    assert any("model.qconfig (torch.ao's) is not read" in n for n in lowp_ops.quantize_dynamic(net).lowp_report.notes)
+
+
+def test_dtype_float16_with_a_bfloat16_config():
+    bf16 = Fp16Config(compute_dtype=torch.bfloat16)
+    q = lowp_ops.quantize_dynamic(_net(), {nn.Linear}, dtype=torch.float16, config=bf16)
+    assert q.fc1.compute_dtype == torch.bfloat16
+
+
+# ------------------------------------------------------------------------------- checkpoints, compile, export
 
 
 def test_checkpoint_round_trips_through_safetensors():
@@ -218,22 +384,3 @@ def test_converted_model_half_repr_compile_and_export():
     h = lowp_ops.quantize_dynamic(_net()).half()
     assert h.fc1.weight.dtype == torch.int8 and h.fc1.weight_scale.dtype == torch.float32
     assert h(x.half()).dtype == torch.float16
-
-
-def test_layer_report_and_fp16_policy():
-    from lowp_ops.registry.policy import LayerStat, Policy, apply_policy, format_report, layer_report
-
-    net = _net()
-    stats = layer_report(net, _x(32), time_layers=False)
-    assert [s.fqn for s in stats] == ["conv1", "conv2", "fc1", "fc2"]
-    for s in stats:  # the uniform-noise model predicts the measured weight noise within a couple of dB
-        assert abs(s.weight_sqnr_db - s.weight_predicted_sqnr_db) < 3 and s.output_sqnr_db > 20
-    all_int8 = Policy.from_report(stats, min_sqnr_db=0)
-    assert all_int8.keep_fp16 == {}
-    strict = Policy.from_report(stats, min_sqnr_db=100)
-    assert set(strict.keep_fp16) == {"conv1", "conv2", "fc1", "fc2"}
-    mixed = apply_policy(net, strict)
-    assert type(mixed.fc1) is Fp16Linear and type(mixed.conv1) is nn.Conv2d  # no FP16 conv kernel: float stays
-    timed = [LayerStat("fc1", "Linear", 40, 40, 40, 40, 40, int8_ms=2.0, fp16_ms=1.0)]
-    assert "slower than FP16" in Policy.from_report(timed).keep_fp16["fc1"]
-    assert "| fc1 | Linear |" in format_report(stats, strict)

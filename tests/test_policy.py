@@ -1,12 +1,13 @@
-"""lowp_ops.registry.policy: layer_report measures on copies (the user's model comes back exactly as it was) and
-times INT8 and FP16 on the same input."""
+"""lowp_ops.policy: layer_report measures on copies (the user's model comes back exactly as it was) and times INT8
+and FP16 on the same input; the policy keeps lossy (or, timed, slow) layers in FP16 and apply_policy converts."""
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from lowp_ops.registry import policy
+from lowp_ops import policy, quant
+from lowp_ops.nn import Fp16Linear, Int8Conv2d, Int8Linear
 
 
 class ConvNet(nn.Module):
@@ -82,3 +83,42 @@ def test_int8_and_fp16_are_timed_on_the_same_float16_input(monkeypatch):
     policy.layer_report(nn.Sequential(nn.Linear(16, 8)), x, time_layers=True)
     assert len(sources) == 2  # INT8, then FP16
     assert all(tuple(x.shape) not in casts for casts in sources), sources
+
+
+class BNNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 16, 3)
+        self.fc1, self.fc2 = nn.Linear(16 * 4 * 4, 32), nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = F.max_pool2d(self.conv2(F.relu(self.bn1(self.conv1(x)))), 2)
+        return self.fc2(F.relu(self.fc1(torch.flatten(x, 1))))
+
+
+def test_layer_report_and_fp16_policy():
+    torch.manual_seed(0)
+    net = BNNet().eval()
+    x = torch.randn(32, 1, 12, 12)
+    stats = policy.layer_report(net, x, time_layers=False)
+    assert [s.fqn for s in stats] == ["conv1", "conv2", "fc1", "fc2"]
+    for s in stats:  # the uniform-noise model predicts the measured weight noise within a couple of dB
+        assert abs(s.weight_sqnr_db - s.weight_predicted_sqnr_db) < 3 and s.output_sqnr_db > 20
+    all_int8 = policy.Policy.from_report(stats, min_sqnr_db=0)
+    assert all_int8.keep_fp16 == {}
+    assert [type(m) for m in policy.apply_policy(net, all_int8).children()] == \
+        [Int8Conv2d, nn.Identity, Int8Conv2d, Int8Linear, Int8Linear]
+    strict = policy.Policy.from_report(stats, min_sqnr_db=100)
+    assert set(strict.keep_fp16) == {"conv1", "conv2", "fc1", "fc2"}
+    mixed = policy.apply_policy(net, strict)
+    assert type(mixed.fc1) is Fp16Linear and type(mixed.conv1) is nn.Conv2d  # no FP16 conv: float stays
+    assert type(mixed.bn1) is nn.BatchNorm2d  # and nothing was folded into it
+    assert quant.sqnr_db(net(x), mixed(x).float()) > 40
+    convs = nn.Sequential(nn.Conv2d(1, 2, 3))  # every layer a kept conv: a float copy, not an error
+    kept = policy.apply_policy(convs, policy.Policy({"0": "lossy"}))
+    assert kept is not convs and type(kept[0]) is nn.Conv2d
+    timed = [policy.LayerStat("fc1", "Linear", 40, 40, 40, 40, 40, int8_ms=2.0, fp16_ms=1.0)]
+    assert "slower than FP16" in policy.Policy.from_report(timed).keep_fp16["fc1"]
+    assert "| fc1 | Linear |" in policy.format_report(stats, strict)
+    assert strict.int8_filter(net.fc1, "fc1") is False and all_int8.int8_filter(net.fc1, "fc1") is True

@@ -3,7 +3,16 @@
 For each Linear / Conv2d, on a calibration batch: the SQNR of its int8 weights and inputs (measured, and as the
 uniform-noise model σ² = Δ²/12 predicts), the SQNR of its INT8 output against its float output, and — on a GPU —
 the INT8 and FP16 latency of the layer. The policy keeps in FP16 a layer whose INT8 output is too lossy or, on a
-GPU, slower than FP16; apply_policy converts the rest to INT8.
+GPU, slower than FP16; apply_policy converts the rest to INT8. It sits above the registry, whose workflows it
+uses.
+
+>>> import torch
+>>> from lowp_ops.policy import Policy, apply_policy, layer_report
+>>> model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+>>> stats = layer_report(model, torch.randn(64, 16), time_layers=False)
+>>> mixed = apply_policy(model, Policy.from_report(stats, min_sqnr_db=30))
+>>> sorted({type(m).__name__ for m in mixed} - {"Identity", "ReLU"})
+['Int8Linear']
 """
 
 from __future__ import annotations
@@ -16,9 +25,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .. import quant
-from ..nn import Fp16Linear, Int8Conv2d, Int8Linear
-from .workflows import quantize_dynamic, to_fp16
+from . import quant
+from .nn import Fp16Linear, Int8Conv2d, Int8Linear
+from .registry import Fp16Config, Int8DynamicConfig, quantize
 
 _INT8 = {nn.Linear: Int8Linear, nn.Conv2d: Int8Conv2d}
 
@@ -110,19 +119,18 @@ class Policy:
                 keep[s.fqn] = f"INT8 {s.int8_ms:.3f} ms slower than FP16 {s.fp16_ms:.3f} ms"
         return cls(keep)
 
-    def int8_filter(self, fqn: str, module: nn.Module) -> bool:
-        """For quantize_dynamic / prepare's filter=: True where the layer may go INT8."""
+    def int8_filter(self, module: nn.Module, fqn: str) -> bool:
+        """For a workflow's filter_fn=: True where the layer may go INT8."""
         return fqn not in self.keep_fp16
 
 
 def apply_policy(model: nn.Module, policy: Policy) -> nn.Module:
-    """INT8 (dynamic) for the layers the policy allows; FP16 (Fp16Linear) for the Linear layers it keeps."""
-    layers = [fqn for fqn, m in model.named_modules() if type(m) in _INT8]
-    converted = (quantize_dynamic(model, filter=policy.int8_filter) if any(f not in policy.keep_fp16 for f in layers)
-                 else copy.deepcopy(model))
-    if any(isinstance(converted.get_submodule(f), nn.Linear) for f in policy.keep_fp16):
-        converted = to_fp16(converted, filter=lambda fqn, m: fqn in policy.keep_fp16, inplace=True)
-    return converted
+    """A converted copy of `model`: INT8 (dynamic) for the layers the policy allows, FP16 (Fp16Linear) for the
+    Linear layers it keeps; a kept Conv2d stays float (lowp has no FP16 conv)."""
+    layers = {fqn: m for fqn, m in model.named_modules() if type(m) in _INT8}
+    if all(fqn in policy.keep_fp16 and not isinstance(m, nn.Linear) for fqn, m in layers.items()):
+        return copy.deepcopy(model)  # nothing to convert (quantize would refuse)
+    return quantize(model, Int8DynamicConfig(), overrides=dict.fromkeys(policy.keep_fp16, Fp16Config()))
 
 
 def format_report(stats: list[LayerStat], policy: Policy | None = None) -> str:

@@ -1,0 +1,275 @@
+"""The entry point, quantize(model, config), and convert, which finishes what it prepares.
+
+    config              quantize returns                          then
+    Int8DynamicConfig   the converted model (Int8Linear / Int8Conv2d)
+    Fp16Config          the converted model (Fp16Linear)
+    Int8StaticConfig    the prepared model: observers on the layers   calibrate(model, data); convert(model)
+    QATConfig           the prepared model: QATLinear / QATConv2d     train; convert(model)
+
+Each conversion reads the model's dataflow once, through graph.analyse: which BatchNorm and relu follow which layer
+(to fold and fuse them) and, for static INT8, which converted layer feeds which (to hand int8 between them). The
+analysis runs torch.export on an example call when it has one (example_inputs, or the first calibration batch);
+without one it falls back to weaker analyses, and the report says so.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils._pytree import tree_map
+
+from ..nn import Fp16Linear, Int8Conv2d, Int8Linear, QATConv2d, QATLinear
+from ..quant.observers import OBSERVERS
+from . import graph
+from .configs import Int8StaticConfig, LowpConfig
+from .fusion import apply_fusions, int8_outputs
+from .handlers import LayerContext, QParams, registered_types
+from .plan import FilterFn, check_common, check_overrides, deferred, plan
+from .swap import SwapReport, swap
+
+
+@dataclass
+class _Prepared:
+    """What quantize leaves on a static / QAT model for convert (as model._lowp_prepared)."""
+
+    kind: type[LowpConfig]  # Int8StaticConfig (observers on float layers) or QATConfig (QAT modules)
+    configs: dict[str, LowpConfig]
+    report: SwapReport
+    example: graph.Example | None  # example_inputs, or the first forward call (calibration / training)
+
+
+def as_example(caller: str, example_inputs) -> graph.Example | None:
+    """example_inputs (a tensor, a tuple of positional arguments or a dict of keyword arguments) as the
+    (args, kwargs) of one model call."""
+    if example_inputs is None:
+        return None
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,), {}
+    if isinstance(example_inputs, tuple):
+        return example_inputs, {}
+    if isinstance(example_inputs, Mapping) and all(isinstance(k, str) for k in example_inputs):
+        return (), dict(example_inputs)
+    raise TypeError(f"{caller}: example_inputs must be a tensor, a tuple of positional arguments or a dict of keyword "
+                    f"arguments (str keys) for one call of the model, got {type(example_inputs).__name__}")
+
+
+def _leaves() -> tuple[type, ...]:
+    """Module types the analysis keeps whole: every type a handler converts, and lowp's own modules."""
+    return registered_types() + (Int8Linear, Int8Conv2d, Fp16Linear, QATLinear, QATConv2d)
+
+
+def _analyse(model: nn.Module, layers: set[str], example: graph.Example | None, report: SwapReport,
+             caller: str) -> graph.Analysis:
+    analysis = graph.analyse(model, layers, example=example, leaves=_leaves())
+    report.notes.extend(analysis.notes)
+    if analysis.source != "torch.export":
+        if example is not None:
+            how = "torch.export could not export the model on the example call (see the notes above)"
+        elif caller == "convert":
+            how = "no example call to export it on: calibrate (or train) before convert, or give example_inputs"
+        else:
+            how = f"give {caller} example_inputs= (one call's inputs) so that torch.export can read the model"
+        what = "fusions and int8 hand-offs were" if caller == "convert" else "fusions were"
+        report.notes.append(f"{caller}: {what} read with {analysis.source}, not torch.export: {how}")
+    return analysis
+
+
+def quantize(model: nn.Module, config: LowpConfig, *, filter_fn: FilterFn | None = None,
+             overrides: Mapping[str, LowpConfig | None] | None = None, example_inputs=None,
+             inplace: bool = False) -> nn.Module:
+    """Convert (or, for static and QAT configs, prepare) every layer a handler converts under `config`.
+
+    model:           any nn.Module. Copied first unless inplace=True (torchao's quantize_ works in place and
+                     returns None; this returns the model either way, so that the copy can be kept).
+    config:          an Int8DynamicConfig or Fp16Config (the model comes back converted), an Int8StaticConfig
+                     (it comes back prepared: run lowp_ops.calibrate, then lowp_ops.convert) or a QATConfig (it
+                     comes back with QAT modules: train, then lowp_ops.convert).
+    filter_fn:       filter_fn(module, fqn) -> bool; False leaves that layer as it is.
+    overrides:       layer name or fnmatch pattern -> config, or None to leave those layers float. A name also
+                     covers the modules inside it; the most specific key wins (the layer's own name, then the
+                     nearest enclosing module's, then the first matching pattern). Int8DynamicConfig and Fp16Config
+                     mix; Int8StaticConfig and QATConfig do not mix with others.
+    example_inputs:  one call's inputs (a tensor, a tuple of positional arguments, or a dict of keyword
+                     arguments), for torch.export to read the model's graph; without it the analysis falls back to
+                     torch.fx or nn.Sequential order, which may fuse less.
+
+    Linear / Conv2d (and registered types) are replaced; a BatchNorm2d after a conv is folded into it and a relu
+    after a layer fused into it (INT8 and FP16; static INT8 folds at convert). The result's `lowp_report` (after
+    convert, for static / QAT) says what was converted, what was not and why.
+
+    >>> import torch, lowp_ops
+    >>> model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+    >>> q = lowp_ops.quantize(model, lowp_ops.Int8DynamicConfig(), overrides={"2": lowp_ops.Fp16Config()})
+    >>> [type(m).__name__ for m in q], q[0].activation
+    (['Int8Linear', 'Identity', 'Fp16Linear'], 'relu')
+    """
+    if not isinstance(config, LowpConfig):
+        raise TypeError(f"quantize: config must be a lowp config (Int8DynamicConfig, Int8StaticConfig, QATConfig, "
+                        f"Fp16Config), got {type(config).__name__} {config!r}")
+    return apply_config("quantize", model, config, filter_fn=filter_fn, overrides=overrides,
+                        example_inputs=example_inputs, inplace=inplace)
+
+
+def apply_config(caller: str, model: nn.Module, config: LowpConfig, *, filter_fn, overrides, example_inputs,
+                 inplace: bool) -> nn.Module:
+    """What quantize does, with errors naming `caller` (the workflow the user called): check the arguments, plan
+    the layers, then convert them (configs applied at once) or prepare them (static: observers; QAT: QAT modules)."""
+    check_common(caller, model, filter_fn, inplace)
+    overrides = check_overrides(caller, config, overrides)
+    example = as_example(caller, example_inputs)
+    report = SwapReport()
+    if getattr(model, "qconfig", None) is not None:
+        report.notes.append(f"{caller}: model.qconfig (torch.ao's) is not read; lowp takes its config as an argument")
+    # planned on the model as given, so that filter_fn sees the user's own modules
+    configs = plan(caller, model, config, overrides, filter_fn, report)
+    model = model if inplace else copy.deepcopy(model)
+    kind = deferred(config)
+    if kind is Int8StaticConfig:
+        _attach_observers(model, configs)
+    else:
+        analysis = _analyse(model, set(configs), example, report, caller)
+        activations = apply_fusions(model, analysis, report)
+        swap(model, configs, report, lambda fqn: LayerContext(activation=activations.get(fqn, "none")), caller)
+    if kind is None:
+        model.lowp_report = report
+        return model
+    model._lowp_prepared = _Prepared(kind, configs, report, example)
+    if example is None:  # convert's analysis will use the first calibration (or training) call
+        model.register_forward_pre_hook(_record_example, with_kwargs=True)
+    return model
+
+
+# -------------------------------------------------------------------------------- static: observers and example
+
+
+def _observe_input(layer: nn.Module, args) -> None:
+    layer.input_observer(args[0])
+
+
+def _record_example(model: nn.Module, args, kwargs) -> None:
+    """Root forward pre-hook: keep the first call's (args, kwargs), detached, as convert's example."""
+    state = model._lowp_prepared
+    if state.example is None:
+        state.example = (tuple(tree_map(_detach, args)), tree_map(_detach, dict(kwargs)))
+
+
+def _detach(value):
+    return value.detach() if isinstance(value, torch.Tensor) else value
+
+
+def _attach_observers(model: nn.Module, configs: dict[str, LowpConfig]) -> None:
+    """An observer on each layer's input, fed by a forward pre-hook.
+
+    BatchNorm is folded at convert, not here: an observer sees its layer's input, and folding changes only a conv's
+    output (which is what its BatchNorm returned), so calibration gives the same scales either way."""
+    for fqn, cfg in configs.items():
+        layer = model.get_submodule(fqn)
+        layer.input_observer = OBSERVERS[cfg.observer](cfg.activation)
+        layer.register_forward_pre_hook(_observe_input)
+
+
+def _remove_hooks(module: nn.Module, hook) -> None:
+    """Remove `hook` from module's forward pre-hooks, by identity: hook handles do not survive deepcopy."""
+    for key in [k for k, h in module._forward_pre_hooks.items() if h is hook]:
+        del module._forward_pre_hooks[key]
+        module._forward_pre_hooks_with_kwargs.pop(key, None)
+
+
+# ------------------------------------------------------------------------------------------------- convert
+
+
+def convert(model: nn.Module, *, inplace: bool = False) -> nn.Module:
+    """Static INT8, last step: a prepared-and-calibrated (or QAT-trained) model -> Int8Linear / Int8Conv2d with
+    fixed input scales. The model is copied first unless inplace=True.
+
+    After static prepare, BatchNorm is folded and relu fused now, from one analysis of the model on its first
+    calibration call (or prepare's example_inputs). Where every call of a converted layer hands its output to the
+    next converted layer through int8-safe ops (relu, flatten / reshape, dropout, identity), and every call of that
+    one reads it, the first requantizes to int8 with the second's input scale and the second reads the codes; an
+    nn.Dropout on such a path becomes nn.Identity. Returns the model in eval mode: it is for inference only (its
+    int8 layers hold buffers, not parameters), and .train() changes nothing in its forward.
+
+    Refuses (ValueError) a layer whose observer saw NaN or inf; warns about a layer whose calibration inputs were a
+    single value (all zero, a constant), whose scale would saturate every other input.
+
+    >>> import torch, lowp_ops
+    >>> prepared = lowp_ops.prepare(torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(),
+    ...                                                 torch.nn.Linear(16, 4)))
+    >>> _ = lowp_ops.calibrate(prepared, [torch.randn(32, 8) for _ in range(4)], progress=False)
+    >>> q = lowp_ops.convert(prepared)
+    >>> q[0].output_scale is not None, q(torch.randn(2, 8)).dtype
+    (True, torch.float32)
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"convert: model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(inplace, bool):
+        raise TypeError(f"convert: inplace must be a bool, got {type(inplace).__name__} {inplace!r}")
+    state = getattr(model, "_lowp_prepared", None)
+    if state is None:
+        raise ValueError("convert: the model was not prepared; call lowp_ops.prepare(model) and "
+                         "lowp_ops.calibrate(model, data), or lowp_ops.prepare_qat(model) and train, first")
+    static = state.kind is Int8StaticConfig
+    _check_observed(model, state.configs, static)
+    model = (model if inplace else copy.deepcopy(model)).eval()
+    report = copy.deepcopy(state.report)
+    qparams = {}
+    for fqn in state.configs:  # a loop, not a comprehension: the warnings' stacklevel counts frames
+        qparams[fqn] = _input_qparams(fqn, model.get_submodule(fqn), static)
+    # The calibration machinery goes before the analysis: torch.export runs the forward, and observers must not
+    # see its tracing tensors. (A QAT module's observer is its own, frozen in eval mode.)
+    _remove_hooks(model, _record_example)
+    for fqn in state.configs:
+        layer = model.get_submodule(fqn)
+        _remove_hooks(layer, _observe_input)
+        if static:
+            del layer.input_observer
+    analysis = _analyse(model, set(state.configs), state.example, report, "convert")
+    # after prepare_qat (which folded and fused already) this normally finds nothing left to do
+    activations = apply_fusions(model, analysis, report)
+    outputs = int8_outputs(model, analysis, state.configs, qparams, report, trained=not static)
+
+    def context(fqn: str) -> LayerContext:
+        return LayerContext(activation=activations.get(fqn, "none"), input_qparams=qparams[fqn],
+                            output_qparams=outputs.get(fqn))
+
+    swap(model, state.configs, report, context, "convert")
+    del model._lowp_prepared
+    model.lowp_report = report
+    return model
+
+
+def _check_observed(model: nn.Module, layers, static: bool) -> None:
+    """ValueError naming every layer whose input observer (calibration's, or a QAT module's own) saw NaN / inf
+    (lowp never makes a scale of them), then the first that saw no data at all."""
+    bad = {fqn: int(model.get_submodule(fqn).input_observer.nonfinite_batches) for fqn in layers}
+    bad = {fqn: n for fqn, n in bad.items() if n}
+    if bad:
+        which = ", ".join(f"'{fqn}' in {n} observed input{'s' if n > 1 else ''}" for fqn, n in bad.items())
+        raise ValueError(f"convert: NaN or inf reached the input of layer {which}; a scale cannot be made of them. "
+                         f"Find where they come from (the data, or an earlier layer overflowing), or, to use the range "
+                         f"of the finite batches only, zero <layer>.input_observer.nonfinite_batches")
+    for fqn in layers:
+        if not model.get_submodule(fqn).input_observer.has_data:
+            run = "run lowp_ops.calibrate(model, data)" if static else "train it"
+            raise ValueError(f"convert: layer '{fqn}' saw no {'calibration ' * static}data; {run} (or forward "
+                             f"passes) before convert")
+
+
+def _input_qparams(fqn: str, layer: nn.Module, static: bool) -> QParams:
+    """The layer's fixed input (scale, zero_point); a warning when calibration saw a single value."""
+    obs = layer.input_observer
+    scale, zero_point = obs.calculate_qparams() if static else layer.input_qparams()
+    if bool((obs.min_val == obs.max_val).any()):
+        warnings.warn(f"convert: layer '{fqn}' saw a single input value in calibration (range "
+                      f"[{obs.min_val.min().item():.4g}, {obs.max_val.max().item():.4g}]): its input scale "
+                      f"{scale.min().item():.3g} makes every other input saturate; calibrate on representative data",
+                      stacklevel=3)  # the caller of convert
+    return scale, zero_point
+
+
+__all__ = ["convert", "quantize"]

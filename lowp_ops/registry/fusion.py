@@ -1,0 +1,69 @@
+"""Applying what graph.analyse found: BatchNorm folded into the conv before it, fused relu modules made
+nn.Identity, and int8 hand-offs between static INT8 layers."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights
+
+from ..quant import QuantSpec
+from .configs import LowpConfig
+from .graph import Analysis
+from .handlers import QParams
+from .swap import SwapReport, places, replace
+
+
+def apply_fusions(model: nn.Module, analysis: Analysis, report: SwapReport) -> dict[str, str]:
+    """Fold each BatchNorm2d of analysis.fusions into its conv (running statistics, so the model must be used for
+    inference or with frozen BatchNorm statistics from here on), replace it and each fused activation module by
+    nn.Identity; return the activation to fuse per layer (fqn -> "relu" / "relu6")."""
+    names = places(model)
+    # a BatchNorm may be folded into several layers (one after each): look them all up before replacing any
+    batchnorms = {f.batchnorm: model.get_submodule(f.batchnorm) for f in analysis.fusions if f.batchnorm is not None}
+    activations = {}
+    for f in analysis.fusions:
+        if f.batchnorm is not None:
+            layer, bn = model.get_submodule(f.layer), batchnorms[f.batchnorm]
+            layer.weight, layer.bias = fuse_conv_bn_weights(layer.weight, layer.bias, bn.running_mean,
+                                                            bn.running_var, bn.eps, bn.weight, bn.bias)
+            report.notes.append(f"folded {f.batchnorm} into {f.layer}")
+        if f.activation != "none":
+            activations[f.layer] = f.activation
+    for module in [*batchnorms, *analysis.fused_modules]:
+        replace(model, module, nn.Identity(), names)
+    return activations
+
+
+def _symmetric(qparams: QParams, spec: QuantSpec) -> QParams:
+    """The zero-point-0 grid covering the same range: int8 codes that a relu may clamp in place."""
+    scale, zero_point = qparams
+    hi = (spec.qmax - zero_point.float()) * scale
+    lo = (spec.qmin - zero_point.float()) * scale
+    return torch.maximum(hi.abs(), lo.abs()) / 127.0, torch.zeros_like(zero_point)
+
+
+def int8_outputs(model: nn.Module, analysis: Analysis, configs: dict[str, LowpConfig], qparams: dict[str, QParams],
+                 report: SwapReport, *, trained: bool) -> dict[str, QParams]:
+    """producer fqn -> the (scale, zero_point) it requantizes its output to, for each of analysis.edges both of
+    whose layers chain int8 (chain_int8). The consumer's input qparams are the producer's output qparams, so that
+    the consumer reads the codes as they are; through a relu they must have zero point 0 (relu clamps codes at 0):
+    qparams[consumer] is then made symmetric, unless `trained` (QAT), whose learned scales are kept and the edge
+    left float. Dropouts on a hand-off become nn.Identity (int8 codes pass, and the converted model is
+    inference-only). Edges are those of the model with analysis.fusions applied (graph.analyse's contract)."""
+    names, outputs = places(model), {}
+    for producer, edge in analysis.edges.items():
+        consumer = edge.consumer
+        if not (configs[producer].chain_int8 and configs[consumer].chain_int8):
+            continue
+        if edge.through_relu and int(qparams[consumer][1]) != 0:
+            if trained:
+                continue
+            qparams[consumer] = _symmetric(qparams[consumer], configs[consumer].activation)
+        outputs[producer] = qparams[consumer]
+        report.notes.append(f"{producer} hands int8 to {consumer}")
+        for dropout in sorted(edge.dropouts):
+            replace(model, dropout, nn.Identity(), names)
+            report.notes.append(f"{dropout} -> Identity: int8 codes pass it, and dropout is the identity at "
+                                f"inference (the converted model is inference-only)")
+    return outputs
