@@ -13,7 +13,7 @@ Workloads (shapes of the real run; --smoke shrinks them):
                        (skipped, with the reason printed, when transformers cannot be imported)
 
 Providers: "lowp dynamic" is lowp_ops.quantize_dynamic (Linear per token, Conv2d per tensor), "lowp static" is
-lowp_ops.prepare(QuantConfig(static=True)) / calibrate / convert; "torch.ao dynamic" is
+lowp_ops.prepare(model) / calibrate / convert; "torch.ao dynamic" is
 torch.ao.quantization.quantize_dynamic on nn.Linear; "torch.ao static x86" is torch.ao eager static quantization
 (fbgemm / oneDNN) of AoReadyConvNet.
 
@@ -115,7 +115,7 @@ def ao_dynamic(model: nn.Module) -> nn.Module:
 
 
 def lowp_static(model: nn.Module, calib: list[torch.Tensor]) -> nn.Module:
-    prepared = lowp_ops.prepare(model, lowp_ops.QuantConfig(static=True))
+    prepared = lowp_ops.prepare(model)
     lowp_ops.calibrate(prepared, calib, progress=False)
     return lowp_ops.convert(prepared)
 

@@ -62,7 +62,7 @@ def variants(model: nn.Module, calib: torch.Tensor, device: str) -> dict:
     if device == "cuda":
         out["fp16"] = copy.deepcopy(model).half().to(memory_format=torch.channels_last)
     out["lowp int8 dynamic"] = lowp_ops.quantize_dynamic(model)
-    prepared = lowp_ops.prepare(model, lowp_ops.QuantConfig(static=True))
+    prepared = lowp_ops.prepare(model)
     lowp_ops.calibrate(prepared, [calib], progress=False)
     out["lowp int8 static"] = lowp_ops.convert(prepared)
     return out
