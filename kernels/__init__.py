@@ -4,7 +4,7 @@ Launchers check nothing beyond what they need to launch; lowp_ops.ops validates 
 """
 
 from .conv import int8_conv2d
-from .gemm import gemm, int8_gemm
+from .gemm import fp8_gemm, gemm, int8_gemm
 from .quantize import quantize_channels_last, quantize_rows
 
-__all__ = ["gemm", "int8_conv2d", "int8_gemm", "quantize_channels_last", "quantize_rows"]
+__all__ = ["fp8_gemm", "gemm", "int8_conv2d", "int8_gemm", "quantize_channels_last", "quantize_rows"]

@@ -1,8 +1,8 @@
 """Pieces shared by every lowp kernel family: rounding, quantization of float values, activations, the grouped
 tile order, and the fused GEMM epilogue (accumulator -> dequantize, zero-point correction, bias, activation, output or
-requantize). Both tiled kernels call gemm_epilogue: the GEMM (int8 and fp16/bf16 operands) and the INT8 conv
+requantize). Both tiled kernels call gemm_epilogue: the GEMM (int8, fp8 and fp16/bf16 operands) and the INT8 conv
 (implicit GEMM: rows = output pixels, columns = output channels, per-image scales indexed by a_rows). The quantize
-kernel uses quantize_values.
+kernel uses encode (quantize_values for int8, round_to_e4m3 for FP8).
 
 Arithmetic follows lowp_ops/quant/qparams.py exactly (q = clamp(round_half_even(x * (1/scale)) + zp)), so the
 pure-torch references reproduce the kernels bit for bit wherever the compiler does not contract a multiply and an
@@ -40,6 +40,41 @@ def quantize_values(v, zero_point, QMIN: tl.constexpr, QMAX: tl.constexpr):
     v = tl.where(v < lo, lo, v)
     v = tl.where(v > hi, hi, v)
     return round_half_even(v) + zero_point
+
+
+@triton.jit
+def round_to_e4m3(v):
+    """v float32 -> the nearest e4m3 value (ties to even), saturated at ±448, as float32; NaN stays NaN, -0 stays -0.
+
+    Rounded here in float32 arithmetic rather than left to the float32 -> float8 cast, because the interpreter's
+    cast is wrong off the grid (triton 3.9: 1.0625 -> 1.125 where ties go to even 1.0, 1000 -> 256, a NaN -> 384)
+    while sm_90's cvt.rn.satfinite is right: an exact e4m3 value converts exactly on both, so the kernels match
+    lowp_ops.quant (torch's casts) bit for bit everywhere. The grid step around |v| in [2^e, 2^(e+1)) is 2^(e-3)
+    (3 mantissa bits), and 2^-9 for every |v| below 2^-6 (the subnormals); |v| / step < 16 rounds exactly.
+    """
+    v = tl.where(v > 448.0, 448.0, v)  # selects, so NaN passes through (see quantize_values)
+    v = tl.where(v < -448.0, -448.0, v)
+    bits = v.to(tl.int32, bitcast=True)
+    biased = (bits >> 23) & 0xFF  # the float32 exponent of v, + 127
+    biased = tl.where(biased < 127 - 6, 127 - 6, biased)
+    step = ((biased - 3) << 23).to(tl.float32, bitcast=True)  # 2^(e - 3)
+    inv_step = ((257 - biased) << 23).to(tl.float32, bitcast=True)  # 2^(3 - e): both exact powers of two
+    r = round_half_even(tl.abs(v) * inv_step) * step
+    return tl.where(bits < 0, -r, r)  # the sign bit: a negative v rounding to zero gives -0, as torch's cast
+
+
+@triton.jit
+def encode(v, zero_point, QMIN: tl.constexpr, QMAX: tl.constexpr, FP8: tl.constexpr):
+    """v = x * (1/scale), float32 -> the stored code: int8 (quantize_values, zero_point and [QMIN, QMAX]) or, FP8,
+    float8e4nv (round_to_e4m3; zero_point, QMIN and QMAX unused). A NaN v gets e4m3's NaN code 0x7F written out:
+    the interpreter's cast of NaN depends on its payload."""
+    if FP8:
+        r = round_to_e4m3(v)
+        nan = tl.full(r.shape, 0x7F, tl.int8).to(tl.float8e4nv, bitcast=True)
+        code = tl.where(r == r, r.to(tl.float8e4nv), nan)  # noqa: PLR0124 (NaN is the one value unequal to itself)
+    else:
+        code = quantize_values(v, zero_point, QMIN, QMAX).to(tl.int8)
+    return code
 
 
 @triton.jit

@@ -1,17 +1,23 @@
-"""GEMM with a fused epilogue, one kernel for int8 and fp16/bf16 operands:  C = epilogue(A · B).
+"""GEMM with a fused epilogue, one kernel for int8, fp8 (e4m3) and fp16/bf16 operands:  C = epilogue(A · B).
 
     a: (M, K), b: (K, N), any strides — the layout is read from the strides, never from a copied kernel:
        nn.Linear forward  y  = x · Wᵀ : b = W.T         (W stored (N, K): b is K-contiguous)
        input gradient     dx = dy · W : b = W           (N-contiguous)
        weight gradient    dW = dyᵀ · x: a = dy.T        (M-contiguous)
-    int8 operands accumulate in int32, fp16 / bf16 operands in float32 (Tensor Cores either way). Triton
+    int8 operands accumulate in int32, fp8 and fp16 / bf16 operands in float32 (Tensor Cores either way). Triton
     specializes a stride equal to 1 at compile time, so each layout gets its own vectorized loads.
     c: (M, N) — int32 (raw), float16 / bfloat16 / float32, or int8 (requantized); with ACCUMULATE, c (float32)
        holds the running sum and c += epilogue(A · B) (weight-gradient accumulation).
 
-int8 operands must both be K-contiguous: on sm_90 that is what lowers to `wgmma.mma_async ... .s32.s8.s8`; with
-a (K, N) row-major int8 B, plain Triton INT8 ran 107 instead of 997 TOPS at 4096³ on an H100 80GB
-(bench/BASELINES.md, GEMM throughput). The epilogue lives in kernels/epilogue.py, the launch in kernels/launch.py.
+8-bit operands (int8, fp8) must both be K-contiguous: on sm_90 that is what lowers to `wgmma.mma_async ...
+.s32.s8.s8` / `.f32.e4m3.e4m3`; with a (K, N) row-major int8 B, plain Triton INT8 ran 107 instead of 997 TOPS at
+4096³ on an H100 80GB (bench/BASELINES.md, GEMM throughput).
+FP8 accumulation: sm_90's fp8 wgmma adds its products into the accumulator with fewer bits than float32 (about 14
+kept: DeepSeek-V3 technical report, arXiv 2412.19437, "Increasing Accumulation Precision"). FAST_ACCUM=False
+moves each BLOCK_K slice's sum into a float32 accumulator (Triton's max_num_imprecise_acc = BLOCK_K, the report's
+remedy); FAST_ACCUM=True accumulates all of K in the wgmma (what torch._scaled_mm's use_fast_accum=True asks of
+cuBLAS). The interpreter has no such mode: float32 either way.
+The epilogue lives in kernels/epilogue.py, the launch in kernels/launch.py.
 """
 
 import torch
@@ -22,9 +28,10 @@ from .epilogue import gemm_epilogue, grouped_tile
 from .launch import INTERPRETER_CONFIG, TiledKernel, direct, output_kind
 from .tuning import gemm_configs, m_bucket, make_gemm_pruner
 
-__all__ = ["INTERPRETER_CONFIG", "gemm", "int8_gemm"]  # INTERPRETER_CONFIG lives in kernels/launch.py
+__all__ = ["INTERPRETER_CONFIG", "fp8_gemm", "gemm", "int8_gemm"]  # INTERPRETER_CONFIG lives in kernels/launch.py
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_stages, num_warps); each table feeds its own autotuner over the same kernel.
+# 8-bit operands (int8, and fp8, not yet tuned on a GPU: the same bytes per stage and the same wgmma K-depth of 32):
 _INT8_TABLE = [
     # large shapes: the two INT8 tiles that won on an H100 80GB (bench/BASELINES.md, "Tiles and layouts"), where
     # plain Triton INT8 reached 997 TOPS at 4096³ and 1,043 at 8192³
@@ -59,7 +66,7 @@ def _gemm_kernel(
     M, N, K, m_bucket,  # m_bucket only keys the autotuner
     stride_am, stride_ak, stride_bk, stride_bn, stride_cm, stride_cn,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    EVEN_K: tl.constexpr, ACCUMULATE: tl.constexpr,
+    EVEN_K: tl.constexpr, ACCUMULATE: tl.constexpr, FAST_ACCUM: tl.constexpr,
     OUTPUT: tl.constexpr, A_SCALE_PER_ROW: tl.constexpr, B_SCALE_PER_COL: tl.constexpr,
     A_ZP_PER_ROW: tl.constexpr, ACTIVATION: tl.constexpr,
 ):
@@ -76,6 +83,9 @@ def _gemm_kernel(
 
     INT8: tl.constexpr = a_ptr.dtype.element_ty == tl.int8
     ACC: tl.constexpr = tl.int32 if INT8 else tl.float32
+    # fp8 only (None is the default elsewhere): promote to float32 every BLOCK_K products unless FAST_ACCUM
+    FP8: tl.constexpr = a_ptr.dtype.element_ty == tl.float8e4nv
+    IMPRECISE: tl.constexpr = BLOCK_K if FP8 and not FAST_ACCUM else None
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
     for k in range(0, tl.cdiv(K, BLOCK_K)):
         if EVEN_K:
@@ -83,9 +93,9 @@ def _gemm_kernel(
             b = tl.load(b_ptrs)
         else:
             k_left = K - k * BLOCK_K
-            a = tl.load(a_ptrs, mask=offs_k[None, :] < k_left, other=0)
-            b = tl.load(b_ptrs, mask=offs_k[:, None] < k_left, other=0)
-        acc = tl.dot(a, b, acc, out_dtype=ACC)
+            a = tl.load(a_ptrs, mask=offs_k[None, :] < k_left, other=0.0)
+            b = tl.load(b_ptrs, mask=offs_k[:, None] < k_left, other=0.0)
+        acc = tl.dot(a, b, acc, out_dtype=ACC, max_num_imprecise_acc=IMPRECISE)
         a_ptrs += BLOCK_K * stride_ak
         b_ptrs += BLOCK_K * stride_bk
 
@@ -110,20 +120,22 @@ _GEMM = TiledKernel(_gemm_kernel, reduction="K")
 _KEY = ["m_bucket", "N", "K"]  # plus the dtype of every tensor argument (Triton adds those)
 _PRUNE = make_gemm_pruner(m_bucket_arg="m_bucket", n_arg="N", k_arg="K", operand_arg="a_ptr",
                           register_heavy=_register_heavy)
-_gemm_int8_tuned = _GEMM.autotuned(gemm_configs(_INT8_TABLE), key=_KEY, prune=_PRUNE)
+_gemm_8bit_tuned = _GEMM.autotuned(gemm_configs(_INT8_TABLE), key=_KEY, prune=_PRUNE)
 _gemm_fp16_tuned = _GEMM.autotuned(gemm_configs(_FP16_TABLE), key=_KEY, prune=_PRUNE)
 
 
 def gemm(a, b, *, a_scale=None, b_scale=None, bias=None, a_zero_point=None, b_sum=None, activation="none",
-         out_dtype=None, out_scale=None, out_zero_point=None, accumulate_into=None, config=None, wrap=direct):
+         out_dtype=None, out_scale=None, out_zero_point=None, accumulate_into=None, fast_accum=False, config=None,
+         wrap=direct):
     """Launch the GEMM; arguments are assumed validated (lowp_ops.ops does that). Returns c (M, N).
 
-    a: (M, K), b: (K, N), both int8 (each K-contiguous) or both float16 / bfloat16, any strides.
-    a_scale: float32 (M,) or (1,); b_scale: float32 (N,) or (1,) (int8 only); bias: (N,) float;
+    a: (M, K), b: (K, N), both int8 or both float8_e4m3fn (each K-contiguous), or both float16 / bfloat16, any
+    strides. a_scale: float32 (M,) or (1,); b_scale: float32 (N,) or (1,) (8-bit only); bias: (N,) float;
     a_zero_point: int32 (M,) or (1,) with b_sum int32 (N,) = Σ_k b[k, n]; out_scale float32 (1,) and
     out_zero_point int32 (1,) for int8 output. activation: "none" | "relu" | "relu6" | "gelu".
     out_dtype: int32 (raw int8 product), int8, float16, bfloat16, float32. accumulate_into: a float32 (M, N)
-    tensor updated in place (c += result) and returned instead of a new one.
+    tensor updated in place (c += result) and returned instead of a new one. fast_accum: fp8 only, the whole
+    reduction in sm_90's fp8 accumulator (module docstring).
     config: BLOCK_M/BLOCK_N/BLOCK_K/GROUP_M/num_warps/num_stages to bypass autotuning (CPU tensors under
     TRITON_INTERPRET=1 always do, with INTERPRETER_CONFIG). wrap: torch.library.wrap_triton when launched
     from inside a triton_op, so torch.compile traces into the kernel.
@@ -138,7 +150,7 @@ def gemm(a, b, *, a_scale=None, b_scale=None, bias=None, a_zero_point=None, b_su
         a_zp_ptr=a_zero_point, b_sum_ptr=b_sum, out_scale_ptr=out_scale, out_zp_ptr=out_zero_point,
         M=M, N=N, K=K, m_bucket=m_bucket(M), stride_am=a.stride(0), stride_ak=a.stride(1),
         stride_bk=b.stride(0), stride_bn=b.stride(1), stride_cm=c.stride(0), stride_cn=c.stride(1),
-        ACCUMULATE=accumulate_into is not None, OUTPUT=output_kind(c.dtype),
+        ACCUMULATE=accumulate_into is not None, FAST_ACCUM=fast_accum, OUTPUT=output_kind(c.dtype),
         # One scale / zero point for everything is the per-tensor variant (also when M or N is 1).
         A_SCALE_PER_ROW=a_scale is not None and a_scale.numel() != 1,
         B_SCALE_PER_COL=b_scale is not None and b_scale.numel() != 1,
@@ -149,11 +161,16 @@ def gemm(a, b, *, a_scale=None, b_scale=None, bias=None, a_zero_point=None, b_su
     def grid(meta):
         return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
 
-    tuned = _gemm_int8_tuned if a.dtype == torch.int8 else _gemm_fp16_tuned
+    tuned = _gemm_8bit_tuned if a.element_size() == 1 else _gemm_fp16_tuned
     _GEMM.launch(tuned, grid, args, device=a.device, config=config, wrap=wrap)
     return c
 
 
 def int8_gemm(a, b, *, out_dtype=torch.int32, **kwargs):
     """a: (M, K) int8, b: (N, K) int8 — nn.Linear's weight layout, both K-contiguous — -> epilogue(a · bᵀ)."""
+    return gemm(a, b.T, out_dtype=out_dtype, **kwargs)
+
+
+def fp8_gemm(a, b, *, out_dtype=torch.float32, **kwargs):
+    """a: (M, K) float8_e4m3fn, b: (N, K) float8_e4m3fn, both K-contiguous -> epilogue(a · bᵀ), float out."""
     return gemm(a, b.T, out_dtype=out_dtype, **kwargs)

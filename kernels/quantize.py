@@ -1,16 +1,17 @@
-"""Activation quantization: float -> int8 in one launch, row-wise or with a layout change.
+"""Activation quantization: float -> int8 or float8_e4m3fn in one launch, row-wise or with a layout change.
 
 The kernel quantizes a batch of (M, K) tiles with any strides, so one kernel serves both launchers:
-    quantize_rows(x)            x (M, K) float, K-contiguous -> int8 (M, K)                (linear layers)
+    quantize_rows(x)            x (M, K) float, K-contiguous -> int8 / e4m3 (M, K)          (linear layers)
     quantize_channels_last(x)   x (N, C, H, W) float, NCHW   -> int8 (N, C, H, W) channels_last (conv layers:
                                 the NCHW -> NHWC transpose happens in the same pass, viewed as (N, H·W, C))
-Dynamic (symmetric absmax, one scale per row — "per token"; rows only):
-    scale[m] = max(max_k |x[m, k]| / QMAX, min_scale),  q = clamp(round_half_even(x · (1/scale)), -QMAX, QMAX)
-Static (given per-tensor scale and zero point):
-    q = clamp(round_half_even(x · (1/scale)) + zero_point, QMIN, QMAX)
-Both match lowp_ops.quant bit for bit (same divisions, IEEE-rounded through div_rn). Non-finite input (lowp's
-rule): a dynamic row holding NaN or ±inf gets scale NaN and all-zero codes; static quantization encodes NaN as the
-zero point, +inf as QMAX, -inf as QMIN (epilogue.quantize_values). An empty row (K = 0) gets scale min_scale.
+Dynamic (symmetric absmax, one scale per row — "per token"; rows only), QMAX 127 (int8) or 448 (e4m3):
+    scale[m] = max(max_k |x[m, k]| / QMAX, min_scale),  q = encode(x · (1/scale))
+Static (given per-tensor scale; int8 also a zero point):  q = encode(x · (1/scale))
+encode (kernels/epilogue.py): int8 q = clamp(round_half_even(v) + zero_point, QMIN, QMAX); e4m3 q = v rounded to
+the nearest e4m3 value, ties to even, saturated at ±448. Both match lowp_ops.quant bit for bit (same divisions,
+IEEE-rounded through div_rn). Non-finite input (lowp's rule): a dynamic row holding NaN or ±inf gets scale NaN and
+all-zero int8 codes (all-NaN e4m3 codes); static int8 encodes NaN as the zero point, +inf as QMAX, -inf as QMIN,
+static e4m3 keeps NaN and saturates ±inf to ±448. An empty row (K = 0) gets scale min_scale.
 
 Memory-bound: each program owns BLOCK_M rows; when a row fits one block (K ≤ BLOCK_K) it is read once and
 kept in registers, otherwise the absmax pass and the quantize pass each stream it (the second read mostly hits L2).
@@ -20,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .epilogue import quantize_values
+from .epilogue import encode
 from .launch import direct
 
 # The most elements one program holds per block. _launch gives blocks over 2048 elements 8 warps and the rest 4, so a
@@ -71,30 +72,37 @@ def _quantize_kernel(
         if zp_ptr is not None:
             zero_point = tl.load(zp_ptr).to(tl.float32)
 
+    FP8: tl.constexpr = q_ptr.dtype.element_ty == tl.float8e4nv
     if SINGLE_PASS:
-        q = quantize_values(x * inv_scale, zero_point, QMIN, QMAX)
-        tl.store(q_rows + cols * stride_qk, q.to(tl.int8), mask=row_mask & (cols < K))
+        q = encode(x * inv_scale, zero_point, QMIN, QMAX, FP8)
+        tl.store(q_rows + cols * stride_qk, q, mask=row_mask & (cols < K))
     else:
         for k0 in range(0, K, BLOCK_K):
             mask = row_mask & (k0 + cols < K)
             xk = tl.load(x_rows + (k0 + cols) * stride_xk, mask=mask, other=0.0).to(tl.float32)
-            q = quantize_values(xk * inv_scale, zero_point, QMIN, QMAX)
-            tl.store(q_rows + (k0 + cols) * stride_qk, q.to(tl.int8), mask=mask)
+            q = encode(xk * inv_scale, zero_point, QMIN, QMAX, FP8)
+            tl.store(q_rows + (k0 + cols) * stride_qk, q, mask=mask)
 
 
-def quantize_rows(x, *, scale=None, zero_point=None, min_scale=None, block_k=None, wrap=direct):
-    """Quantize a float matrix to int8; arguments are assumed validated (lowp_ops.ops does that).
+# (QMIN, QMAX) of each code dtype, dynamic and static. Symmetric int8 is narrow-range (quant/spec.py); e4m3's
+# largest finite value is 448 and its QMIN is unused (encode saturates at ±448).
+_RANGES = {torch.int8: ((-127, 127), (-128, 127)), torch.float8_e4m3fn: ((-448, 448), (-448, 448))}
 
-    x: (M, K) float16 / bfloat16 / float32 with x.stride(1) == 1.
-    scale None (dynamic): returns (q int8 (M, K), scale float32 (M,)), symmetric, range [-127, 127];
-    scales never go below min_scale (required: lowp_ops.quant.MIN_SCALE).
-    scale float32 (1,) (static), zero_point int32 (1,) or None: returns (q, scale), range [-128, 127].
+
+def quantize_rows(x, *, scale=None, zero_point=None, min_scale=None, dtype=torch.int8, block_k=None, wrap=direct):
+    """Quantize a float matrix to int8 or float8_e4m3fn; arguments are assumed validated (lowp_ops.ops does that).
+
+    x: (M, K) float16 / bfloat16 / float32 with x.stride(1) == 1. dtype: torch.int8 or torch.float8_e4m3fn.
+    scale None (dynamic): returns (q (M, K), scale float32 (M,)), symmetric: int8 in [-127, 127], e4m3 with
+    scale = amax / 448; scales never go below min_scale (required: lowp_ops.quant.MIN_SCALE).
+    scale float32 (1,) (static), zero_point int32 (1,) or None (int8 only): returns (q, scale), int8 in
+    [-128, 127] or e4m3 saturated at ±448.
     block_k: override the K block (tests use it to force the two-pass path).
     """
     M, K = x.shape
-    q = torch.empty((M, K), dtype=torch.int8, device=x.device)
+    q = torch.empty((M, K), dtype=dtype, device=x.device)
     dynamic = scale is None
-    qmin, qmax = (-127, 127) if dynamic else (-128, 127)  # symmetric int8 is narrow-range (quant/spec.py)
+    qmin, qmax = _RANGES[dtype][0 if dynamic else 1]
     if dynamic:
         scale = torch.empty((M,), dtype=torch.float32, device=x.device)
     if M == 0:

@@ -13,30 +13,38 @@ import torch.nn.functional as F
 
 from . import quant
 from .kernels.conv import conv_output_size
-from .quant import Granularity, QuantSpec
+from .quant import Fp8Spec, Granularity, QuantSpec
 
-__all__ = ["activation", "conv_epilogue", "gemm", "gemm_epilogue", "int8_conv2d", "int8_gemm", "per_tensor_qparams",
-           "quantize_channels_last", "quantize_rows"]
+__all__ = ["activation", "conv_epilogue", "fp8_gemm", "gemm", "gemm_epilogue", "int8_conv2d", "int8_gemm",
+           "per_tensor_qparams", "quantize_channels_last", "quantize_rows"]
 
 # The activation specs the kernels implement.
 INT8_PER_TOKEN = QuantSpec(bits=8, symmetric=True, granularity=Granularity.PER_TOKEN)  # dynamic, [-127, 127]
 INT8_AFFINE = QuantSpec(bits=8, symmetric=False)  # static per-tensor and requantized outputs, [-128, 127]
 INT8_PER_TENSOR = QuantSpec(bits=8, symmetric=True)  # int8_conv2d's dynamic input: one scale per call, [-127, 127]
+E4M3_PER_TOKEN = Fp8Spec(granularity=Granularity.PER_TOKEN)  # dynamic, scale = amax / 448
+E4M3_PER_TENSOR = Fp8Spec()  # static
+# (dynamic, static) spec of each code dtype
+ROW_SPECS = {torch.int8: (INT8_PER_TOKEN, INT8_AFFINE), torch.float8_e4m3fn: (E4M3_PER_TOKEN, E4M3_PER_TENSOR)}
 
 
 def quantize_rows(x: torch.Tensor, *, scale: torch.Tensor | None = None, zero_point: torch.Tensor | None = None,
-                  min_scale: float = quant.MIN_SCALE) -> tuple[torch.Tensor, torch.Tensor]:
-    """x (M, K) float -> (q int8 (M, K), scale float32). Dynamic per-row when scale is None (scale (M,), never
-    below min_scale), else static per-tensor with scale (1,) and zero_point (1,) or None. See kernels/quantize.py.
+                  min_scale: float = quant.MIN_SCALE,
+                  dtype: torch.dtype = torch.int8) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (M, K) float -> (q (M, K) int8 or float8_e4m3fn, scale float32). Dynamic per-row when scale is None
+    (scale (M,), never below min_scale), else static per-tensor with scale (1,) and, int8 only, zero_point (1,) or
+    None. See kernels/quantize.py.
 
-    Non-finite x: a dynamic row holding NaN or ±inf gets scale NaN and q = 0 (choose_qparams poisons the scale as
-    the kernel's Σ x·0 does); static codes are the zero point for NaN, 127 for +inf, -128 for -inf. K = 0: scale
-    min_scale (the range of no values is widened to contain 0, like every range)."""
+    Non-finite x: a dynamic row holding NaN or ±inf gets scale NaN (choose_qparams poisons the scale as the
+    kernel's Σ x·0 does) and int8 codes 0 / e4m3 codes NaN; static int8 codes are the zero point for NaN, 127 for
+    +inf, -128 for -inf; static e4m3 keeps NaN and saturates ±inf to ±448. K = 0: scale min_scale (the range of no
+    values is widened to contain 0, like every range)."""
+    dynamic_spec, static_spec = ROW_SPECS[dtype]
     if scale is None:
-        scale, zp = quant.choose_qparams(*quant.reduce_minmax(x, INT8_PER_TOKEN), INT8_PER_TOKEN, min_scale=min_scale)
-        return quant.quantize(x, scale, zp, INT8_PER_TOKEN), scale
+        scale, zp = quant.choose_qparams(*quant.reduce_minmax(x, dynamic_spec), dynamic_spec, min_scale=min_scale)
+        return quant.quantize(x, scale, zp, dynamic_spec), scale
     zp = zero_point.reshape(()) if zero_point is not None else torch.zeros((), dtype=torch.int32)
-    return quant.quantize(x, scale.reshape(()), zp.to(x.device), INT8_AFFINE), scale
+    return quant.quantize(x, scale.reshape(()), zp.to(x.device), static_spec), scale
 
 
 def activation(y: torch.Tensor, name: str) -> torch.Tensor:
@@ -89,15 +97,19 @@ def gemm_epilogue(acc: torch.Tensor, *, a_scale=None, b_scale=None, bias=None, a
 
 
 def gemm(a: torch.Tensor, b: torch.Tensor, *, activation="none", out_dtype=None, accumulate_into=None,
-         **epilogue) -> torch.Tensor:
-    """a (M, K), b (K, N) -> epilogue(a · b) (M, N); keyword arguments as kernels.gemm.
+         fast_accum=False, **epilogue) -> torch.Tensor:
+    """a (M, K), b (K, N) -> epilogue(a · b) (M, N); keyword arguments as kernels.gemm (fast_accum changes nothing
+    here: it names a GPU accumulation mode).
 
     int8 operands: the product is taken in float64, exact here (|acc| <= 128·128·K < 2^53) and available on
-    every device (CUDA has no integer matmul), then cast to the int32 accumulator. Float operands accumulate in
+    every device (CUDA has no integer matmul), then cast to the int32 accumulator. float8_e4m3fn operands: also
+    exact in float64 (fp8_gemm), then rounded once to the float32 accumulator. Other float operands accumulate in
     float32 (float64 for float64 inputs), as the kernel's Tensor Core accumulator does, in another order.
     """
     if a.dtype == torch.int8:
         acc = (a.double() @ b.double()).to(torch.int32)
+    elif a.dtype == torch.float8_e4m3fn:
+        acc = (a.double() @ b.double()).float()
     else:
         acc_dtype = torch.float64 if a.dtype == torch.float64 else torch.float32
         acc = a.to(acc_dtype) @ b.to(acc_dtype)
@@ -109,6 +121,20 @@ def gemm(a: torch.Tensor, b: torch.Tensor, *, activation="none", out_dtype=None,
 
 def int8_gemm(a: torch.Tensor, b: torch.Tensor, *, out_dtype=torch.int32, **kwargs) -> torch.Tensor:
     """a int8 (M, K), b int8 (N, K) -> epilogue(a · bᵀ) (M, N); keyword arguments as kernels.int8_gemm."""
+    return gemm(a, b.T, out_dtype=out_dtype, **kwargs)
+
+
+def fp8_gemm(a: torch.Tensor, b: torch.Tensor, *, out_dtype=torch.float32, **kwargs) -> torch.Tensor:
+    """a float8_e4m3fn (M, K), b float8_e4m3fn (N, K) -> epilogue(a · bᵀ) (M, N); keyword arguments as
+    kernels.fp8_gemm.
+
+    The accumulator is exact, then rounded once to float32: an e4m3 value is a multiple of 2^-9 below 2^9 in
+    magnitude with at most 4 significant bits, so each product is a multiple of 2^-18 with at most 8 significant
+    bits below 2^18, and any sum of up to 2^16 of them is a multiple of 2^-18 below 2^34, 52 bits: exact in
+    float64 (for larger K the float64 sum's error is still far below the float32 rounding). A float32 accumulator
+    summing K terms in any order is within (K − 1) · 2^-24 · Σ_k |a_k · b_k| of it (first order): the bound the
+    kernels and the CPU backend are tested against.
+    """
     return gemm(a, b.T, out_dtype=out_dtype, **kwargs)
 
 

@@ -41,6 +41,44 @@ def assert_float_gemm_close(out: torch.Tensor, ref64: torch.Tensor, a: torch.Ten
     assert worst <= 1.0, f"error reaches {worst:.2f}x the bound (max |err| {err.max().item():.3g})"
 
 
+def assert_codes_equal(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    """FP8 codes, bit for bit (the byte of every element: -0 is not +0), except that any NaN code equals any other:
+    e4m3 has two (0x7F, 0xFF) and which sign a NaN carries is not specified (the kernels write 0x7F; torch's cast
+    keeps the sign of the NaN that x86 arithmetic produced)."""
+    assert actual.dtype == expected.dtype and actual.dtype.itemsize == 1, (actual.dtype, expected.dtype)
+
+    def canonical(t):
+        return torch.where(t.float().isnan(), 0x7F, t.cpu().view(torch.uint8).int())
+
+    assert_bitwise_equal(canonical(actual), canonical(expected))
+
+
+def assert_fp8_gemm_close(out: torch.Tensor, ref: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
+                          a_scale: torch.Tensor, b_scale: torch.Tensor, *, u_acc: float = 2.0**-24) -> None:
+    """out = activation((a · bᵀ) · a_scale · b_scale + bias) from a float32 accumulator summing in any order,
+    against the reference (lowp_ops.reference.fp8_gemm: the exact sum rounded once), within the bound that
+    arithmetic guarantees. a (M, K), b (N, K) float8_e4m3fn; a_scale (M,) or one element, b_scale (N,) or one.
+
+    The accumulators differ by at most K·u_acc·Σ_k |a_k·b_k| (γ_K, u_acc = 2^-24 for float32; more for sm_90's fp8
+    accumulator, kernels/gemm.py), scaled by |a_scale·b_scale|; each side's three float32 roundings of the
+    epilogue (two scales, bias) add 4·2^-24 of the scaled magnitude each way; activations here are 1.13-Lipschitz at
+    most; the cast to the output dtype adds up to 2·u_out·|ref| (one ulp either way). NaN positions must agree.
+    """
+    K = a.shape[1]
+    u_out = {torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8, torch.float32: 2.0**-24}[out.dtype]
+    sa = a_scale.double().reshape(-1, 1) if a_scale.numel() != 1 else a_scale.double().reshape(())
+    sb = b_scale.double().reshape(1, -1) if b_scale.numel() != 1 else b_scale.double().reshape(())
+    magnitude = (a.double().abs() @ b.double().abs().T) * sa.abs() * sb.abs()
+    ref64, out64 = ref.double(), out.double()
+    assert torch.equal(out64.isnan(), ref64.isnan()), "NaN in different places"
+    ref64, out64, magnitude = (t.nan_to_num(0.0) for t in (ref64, out64, magnitude))
+    bound = (1.13 * (K * u_acc * magnitude + 8 * 2.0**-24 * (magnitude + ref64.abs())) + 2 * u_out * ref64.abs()
+             + 1e-30)
+    err = (out64 - ref64).abs()
+    worst = (err / bound).max().item() if err.numel() else 0.0
+    assert worst <= 1.0, f"error reaches {worst:.2f}x the bound (max |err| {err.max().item():.3g})"
+
+
 @contextlib.contextmanager
 def reference_path():
     """Run the ops' reference path for a while (the oracle), whichever CPU backend the test selected."""

@@ -2,12 +2,15 @@
 through the libraries torch ships, peer of the Triton kernels (lowp_ops.kernels) under the ops layer.
 
 Same launcher names and signatures as lowp_ops.kernels (less `wrap`), arguments already validated by lowp_ops.ops:
-    quantize_rows(x, ...)            per-token / static quantization: torch reductions + in-place elementwise ops
+    quantize_rows(x, ...)            per-token / static quantization to int8 or e4m3: torch reductions + in-place
+                                     elementwise ops
     quantize_channels_last(x, ...)   float NCHW -> int8 NHWC, the layout change folded into the int8 cast
     per_tensor_qparams(x, ...)       int8_conv2d's dynamic per-tensor scale, computed on the host (no kernel has it:
                                      on CUDA the ops run the reference's)
     int8_gemm(a, b, ...)             oneDNN int8 matmul (qlinear) or torch._int_mm for the exact accumulator, then
                                      lowp_ops.reference's epilogue: bit-exact with the reference on every output
+    fp8_gemm(a, b, ...)              e4m3 operands widened to float32 and a float32 matmul (no fp8 arithmetic on CPUs),
+                                     then the reference's epilogue
     int8_conv2d(x, w, ...)           oneDNN int8 convolution (qconv2d) with the epilogue fused where oneDNN can
                                      express it (requant may differ from the reference by 1 LSB; tested)
 The fp16 ops have no native CPU path here: they run lowp_ops.reference (float32 arithmetic) on CPU tensors.
@@ -16,7 +19,7 @@ warning; the quantize ops need no special instructions.
 """
 
 from .conv import int8_conv2d
-from .gemm import int8_gemm
+from .gemm import fp8_gemm, int8_gemm
 from .quantize import per_tensor_qparams, quantize_channels_last, quantize_rows
 
-__all__ = ["int8_conv2d", "int8_gemm", "per_tensor_qparams", "quantize_channels_last", "quantize_rows"]
+__all__ = ["fp8_gemm", "int8_conv2d", "int8_gemm", "per_tensor_qparams", "quantize_channels_last", "quantize_rows"]

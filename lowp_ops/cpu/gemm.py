@@ -1,6 +1,7 @@
 """int8_gemm on the CPU: the exact accumulator from oneDNN's int8 matmul (or torch._int_mm), then
 lowp_ops.reference's epilogue — the same torch ops in the same order, so every output (float, int8 requant, int32)
-is bit-exact with the reference.
+is bit-exact with the reference. fp8_gemm: e4m3 values widened to float32 (exactly) and a float32 matmul; this CPU
+has no fp8 arithmetic (torch._scaled_mm on it ran no faster than that: 137 vs 124 ms at M=256, K=N=4096).
 
 Which accumulator, ms on the CI machine (AMD EPYC, avx512_vnni, 2 threads, torch 2.13, 2026-11-25),
 torch._int_mm / onednn.qlinear (u8 input shift included):
@@ -45,6 +46,14 @@ def _qlinear_acc(a: torch.Tensor, b: torch.Tensor, zero_point: int):
     acc = torch.ops.onednn.qlinear_pointwise(as_uint8(a), 1.0, zero_point + 128, weight, ones, zeros, None, 1.0, 0,
                                              torch.float32, "none", [], "")
     return acc if exact_integers(acc) else None
+
+
+def fp8_gemm(a: torch.Tensor, b: torch.Tensor, *, out_dtype=torch.float32, activation="none", fast_accum=False,
+             **epilogue) -> torch.Tensor:
+    """a float8_e4m3fn (M, K), b float8_e4m3fn (N, K) -> epilogue(a · bᵀ) (M, N); keyword arguments as
+    kernels.fp8_gemm. The float32 accumulator is within reference.fp8_gemm's bound of the exact one."""
+    acc = a.float() @ _dense(b).float().T
+    return reference.gemm_epilogue(acc, activation_name=activation, out_dtype=out_dtype, **epilogue)
 
 
 def int8_gemm(a: torch.Tensor, b: torch.Tensor, *, out_dtype=torch.int32, activation="none", a_zero_point=None,

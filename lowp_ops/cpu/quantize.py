@@ -28,21 +28,28 @@ def _round_clamp(v: torch.Tensor, zero_point, qmin: int, qmax: int) -> torch.Ten
     return v.clamp_(qmin, qmax)
 
 
-def quantize_rows(x: torch.Tensor, *, scale=None, zero_point=None, min_scale=None):
-    """x (M, K) float -> (q int8 (M, K), scale float32); arguments and results as kernels.quantize_rows."""
+def _encode(v: torch.Tensor, zero_point, spec, dtype: torch.dtype) -> torch.Tensor:
+    """v = x · (1/scale), a fresh float32 tensor -> the codes: int8 (_round_clamp) or e4m3 (saturated, then torch's
+    round-to-nearest-even cast, as lowp_ops.quant.Fp8Spec.round)."""
+    if dtype == torch.float8_e4m3fn:
+        return v.clamp_(spec.qmin, spec.qmax).to(dtype)
+    return _round_clamp(v, zero_point, spec.qmin, spec.qmax).to(dtype)
+
+
+def quantize_rows(x: torch.Tensor, *, scale=None, zero_point=None, min_scale=None, dtype=torch.int8):
+    """x (M, K) float -> (q (M, K) int8 or float8_e4m3fn, scale float32); arguments and results as
+    kernels.quantize_rows."""
+    dynamic_spec, static_spec = reference.ROW_SPECS[dtype]
     if scale is None:
-        spec = reference.INT8_PER_TOKEN
         M, K = x.shape
         if K == 0:  # torch.amin raises on an empty row; its range is widened to contain 0, like every range
             scale = torch.full((M,), min_scale, dtype=torch.float32, device=x.device)
-            return torch.empty((M, 0), dtype=torch.int8, device=x.device), scale
+            return torch.empty((M, 0), dtype=dtype, device=x.device), scale
         lo, hi = x.amin(dim=1).float().clamp_(max=0.0), x.amax(dim=1).float().clamp_(min=0.0)
         poison = (lo + hi).mul_(0.0)  # NaN for a row holding NaN or ±inf, else 0 (quant.choose_qparams)
-        scale = (torch.maximum(lo.neg_(), hi) / spec.qmax).clamp_(min=min_scale).add_(poison)
-        v = torch.mul(x, (1.0 / scale)[:, None])
-        return _round_clamp(v, None, spec.qmin, spec.qmax).to(torch.int8), scale
-    spec = reference.INT8_AFFINE
-    return _round_clamp(torch.mul(x, 1.0 / scale), zero_point, spec.qmin, spec.qmax).to(torch.int8), scale
+        scale = (torch.maximum(lo.neg_(), hi) / dynamic_spec.qmax).clamp_(min=min_scale).add_(poison)
+        return _encode(torch.mul(x, (1.0 / scale)[:, None]), None, dynamic_spec, dtype), scale
+    return _encode(torch.mul(x, 1.0 / scale), zero_point, static_spec, dtype), scale
 
 
 def quantize_channels_last(x: torch.Tensor, *, scale, zero_point=None) -> torch.Tensor:

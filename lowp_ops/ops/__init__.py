@@ -3,13 +3,15 @@
 Every op is a `triton_op`, so torch.compile traces into the Triton kernels it launches (through wrap_triton).
 CUDA tensors run the Triton kernels; CPU tensors run the native CPU backend lowp_ops.cpu (or the reference,
 lowp_ops.reference, when selected: backends.py); other devices are refused. Each op has a fake implementation
-(shape and dtype only, after the same validation). The int8 ops are inference ops on integer data, without
+(shape and dtype only, after the same validation). The int8 and fp8 ops are inference ops on quantized data, without
 autograd; fp16_linear has autograd.
 
-    quantize_per_token(x)                         float (..., K) -> int8 (..., K), float32 scales (...)
-    quantize_per_tensor(x, scale, zero_point)     float (...)    -> int8 (...)
+    quantize_per_token(x, dtype)                  float (..., K) -> int8 / e4m3 (..., K), float32 scales (...)
+    quantize_per_tensor(x, scale, zp, dtype)      float (...)    -> int8 / e4m3 (...)
     int8_mm(a, b, a_scale, b_scale, bias, ...)    int8 (..., K) x int8 (N, K)ᵀ -> (..., N), fused epilogue
     int8_linear(x, weight, weight_scale, ...)     float (..., K) -> quantize -> int8_mm -> (..., N)
+    fp8_mm(a, b, a_scale, b_scale, bias, ...)     e4m3 (..., K) x e4m3 (N, K)ᵀ -> (..., N), row-wise scales
+    fp8_linear(x, weight, weight_scale, ...)      float (..., K) -> quantize (e4m3) -> fp8_mm -> (..., N)
     int8_conv2d(x, weight, stride, padding, ...)  float NCHW (quantized per tensor inside) or int8 NHWC x, implicit
                                                   GEMM conv, same epilogue -> (N, K, OH, OW)
     quantize_channels_last(x, scale, zero_point)  float NCHW -> int8 NHWC in one pass
@@ -19,9 +21,10 @@ autograd; fp16_linear has autograd.
 """
 
 from .conv import int8_conv2d, quantize_channels_last
+from .fp8 import fp8_linear, fp8_mm
 from .fp16 import fp16_linear, fp16_mm, fp16_mm_accumulate_
 from .int8 import int8_linear, int8_mm
 from .quantize import quantize_per_tensor, quantize_per_token
 
-__all__ = ["fp16_linear", "fp16_mm", "fp16_mm_accumulate_", "int8_conv2d", "int8_linear", "int8_mm",
-           "quantize_channels_last", "quantize_per_tensor", "quantize_per_token"]
+__all__ = ["fp8_linear", "fp8_mm", "fp16_linear", "fp16_mm", "fp16_mm_accumulate_", "int8_conv2d", "int8_linear",
+           "int8_mm", "quantize_channels_last", "quantize_per_tensor", "quantize_per_token"]

@@ -37,9 +37,23 @@ def check_matrix_input(op: str, name: str, x: Tensor, dtypes) -> None:
     check_k_contiguous(op, name, x)
 
 
-def check_out_dtype(op: str, out_dtype: torch.dtype, allowed) -> torch.dtype:
+def check_linear_operands(op: str, names: tuple[str, str], a: Tensor, b: Tensor, a_dtypes,
+                          b_dtype: torch.dtype) -> tuple[int, int, int]:
+    """a (..., K) of a_dtypes and b (N, K) of b_dtype (nn.Linear's weight layout), both K-contiguous, on one
+    device -> (M, N, K), M the product of a's leading dims."""
+    check_matrix_input(op, names[0], a, a_dtypes)
+    check_tensor(op, names[1], b, (b_dtype,), ndim=2, like=(names[0], a))
+    M, K = rows(a)
+    if b.shape[1] != K:
+        fail(op, f"argument '{names[1]}' must be (N, K) with K = {names[0]}.shape[-1] = {K}, got shape "
+                 f"{tuple(b.shape)}")
+    check_k_contiguous(op, names[1], b)
+    return M, b.shape[0], K
+
+
+def check_out_dtype(op: str, out_dtype: torch.dtype, allowed, name: str = "out_dtype") -> torch.dtype:
     if out_dtype not in allowed:
-        fail(op, f"argument 'out_dtype' must be {dtype_names(allowed)}, got {out_dtype}", TypeError)
+        fail(op, f"argument '{name}' must be {dtype_names(allowed)}, got {out_dtype}", TypeError)
     return out_dtype
 
 

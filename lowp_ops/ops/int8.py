@@ -6,20 +6,12 @@ import torch
 from torch import Tensor
 from torch.library import triton_op
 
-from .._validate import (
-    FLOAT_DTYPES,
-    check_k_contiguous,
-    check_reduction_length,
-    check_scale,
-    check_tensor,
-    check_zero_point,
-    fail,
-)
+from .._validate import FLOAT_DTYPES, check_reduction_length, check_scale, check_zero_point, fail
 from ..quant import MIN_SCALE
 from ._common import (
     check_epilogue,
     check_int8_output,
-    check_matrix_input,
+    check_linear_operands,
     check_out_dtype,
     check_zero_point_sums,
     flat,
@@ -32,15 +24,9 @@ def _check_operands(op: str, names: tuple[str, str], a: Tensor, b: Tensor, a_dty
                     zero_point: str | None) -> tuple[int, int]:
     """a (..., K) of a_dtypes and b (N, K) int8, both K-contiguous, on one device, K within the int32
     accumulator's bound (lower when the zero-point argument named `zero_point` is given) -> (M, N)."""
-    check_matrix_input(op, names[0], a, a_dtypes)
-    check_tensor(op, names[1], b, (torch.int8,), ndim=2, like=(names[0], a))
-    M, K = rows(a)
-    if b.shape[1] != K:
-        fail(op, f"argument '{names[1]}' must be (N, K) with K = {names[0]}.shape[-1] = {K}, got shape "
-                 f"{tuple(b.shape)}")
-    check_k_contiguous(op, names[1], b)
+    M, N, K = check_linear_operands(op, names, a, b, a_dtypes, torch.int8)
     check_reduction_length(op, "K", K, zero_point)
-    return M, b.shape[0]
+    return M, N
 
 
 def _check_int8_mm(a, b, a_scale, b_scale, bias, a_zero_point, b_sum, activation, out_dtype, out_scale,

@@ -1,4 +1,5 @@
-"""Quantization math in one place: specs, qparams, quantize / dequantize / fake-quantize, error analysis.
+"""Quantization math in one place: specs (integer grids: QuantSpec; FP8 formats: Fp8Spec), qparams, quantize /
+dequantize / fake-quantize, error analysis.
 
 >>> import torch
 >>> from lowp_ops import quant
@@ -9,7 +10,7 @@ True
 """
 
 from .affine import QuantizedTensor, dequantize, fake_quantize, quantize, quantize_tensor
-from .error import QuantError, quantization_error, sqnr_db, uniform_noise_variance
+from .error import QuantError, grid_step, quantization_error, sqnr_db, uniform_noise_variance
 from .observers import (
                         OBSERVERS,
                         HistogramObserver,
@@ -19,11 +20,12 @@ from .observers import (
                         PercentileObserver,
 )
 from .qparams import MIN_SCALE, choose_qparams, reduce_minmax
-from .spec import Granularity, QuantSpec, per_channel, per_group, per_tensor, per_token
+from .spec import Fp8Spec, Granularity, QuantSpec, Spec, per_channel, per_group, per_tensor, per_token
 
 __all__ = [
-    "MIN_SCALE", "OBSERVERS", "Granularity", "HistogramObserver", "MinMaxObserver", "MovingAverageMinMaxObserver",
-    "Observer", "PercentileObserver", "QuantError", "QuantSpec", "QuantizedTensor", "choose_qparams", "dequantize",
-    "fake_quantize", "per_channel", "per_group", "per_tensor", "per_token", "quantization_error", "quantize",
-    "quantize_tensor", "reduce_minmax", "sqnr_db", "uniform_noise_variance",
+    "MIN_SCALE", "OBSERVERS", "Fp8Spec", "Granularity", "HistogramObserver", "MinMaxObserver",
+    "MovingAverageMinMaxObserver", "Observer", "PercentileObserver", "QuantError", "QuantSpec", "QuantizedTensor",
+    "Spec", "choose_qparams", "dequantize", "fake_quantize", "grid_step", "per_channel", "per_group", "per_tensor",
+    "per_token", "quantization_error", "quantize", "quantize_tensor", "reduce_minmax", "sqnr_db",
+    "uniform_noise_variance",
 ]

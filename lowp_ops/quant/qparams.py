@@ -14,20 +14,20 @@ from __future__ import annotations
 
 import torch
 
-from .spec import Granularity, QuantSpec
+from .spec import Granularity, Spec
 
 # Smallest scale we ever produce: the smallest normal float32. It keeps 1/scale finite (2^126) and avoids
 # subnormal scales, which GPUs may flush to zero. All-zero tensors get this scale and quantize to 0.
 MIN_SCALE = 2.0**-126
 
 
-def _check_group(x: torch.Tensor, spec: QuantSpec) -> None:
+def _check_group(x: torch.Tensor, spec: Spec) -> None:
     if x.shape[-1] % spec.group_size:
         raise ValueError(f"quant: per_group with group_size={spec.group_size} needs the last dim to be a "
                          f"multiple of it, got shape {tuple(x.shape)}")
 
 
-def as_groups(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+def as_groups(x: torch.Tensor, spec: Spec) -> torch.Tensor:
     """For per_group specs, view x (..., K) as (..., K // g, g); other specs: x unchanged."""
     if spec.granularity is not Granularity.PER_GROUP:
         return x
@@ -35,7 +35,7 @@ def as_groups(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
     return x.reshape(*x.shape[:-1], x.shape[-1] // spec.group_size, spec.group_size)
 
 
-def expand_param(p: torch.Tensor, x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+def expand_param(p: torch.Tensor, x: torch.Tensor, spec: Spec) -> torch.Tensor:
     """View a reduced-form parameter so it broadcasts against x (x already in as_groups form)."""
     g = spec.granularity
     if g is Granularity.PER_TENSOR:
@@ -58,7 +58,7 @@ def _minmax(x: torch.Tensor, dims) -> tuple[torch.Tensor, torch.Tensor]:
     return (x.amin(), x.amax()) if dims is None else (x.amin(dim=dims), x.amax(dim=dims))
 
 
-def reduce_minmax(x: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, torch.Tensor]:
+def reduce_minmax(x: torch.Tensor, spec: Spec) -> tuple[torch.Tensor, torch.Tensor]:
     """Min and max of x over the elements that share a scale, in reduced form, float32. A NaN makes both NaN
     (torch.amin / amax propagate it); an empty group gives (0, 0)."""
     g = spec.granularity
@@ -72,7 +72,7 @@ def reduce_minmax(x: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, torch
     return _minmax(x, [x.ndim - 1])
 
 
-def choose_qparams(min_val: torch.Tensor, max_val: torch.Tensor, spec: QuantSpec,
+def choose_qparams(min_val: torch.Tensor, max_val: torch.Tensor, spec: Spec,
                    min_scale: float = MIN_SCALE) -> tuple[torch.Tensor, torch.Tensor]:
     """(scale float32, zero_point int32) with the shapes of min_val / max_val.
 
@@ -80,7 +80,8 @@ def choose_qparams(min_val: torch.Tensor, max_val: torch.Tensor, spec: QuantSpec
     Affine:    scale = (max - min) / (qmax - qmin), zero_point = qmin - round(min / scale) — the formula
                q = round((x - min) / (max - min) * (2^n - 1)) of the article lowp grew from (model acceleration
                and low-precision computing), with the offset kept as an integer.
-    Symmetric: scale = max(|min|, |max|) / qmax, zero_point = 0 (unsigned symmetric: max / qmax).
+    Symmetric: scale = max(|min|, |max|) / qmax, zero_point = 0 (unsigned symmetric: max / qmax). An Fp8Spec is
+               symmetric with qmax its largest finite value: scale = amax / 448 for e4m3.
     Degenerate finite ranges (all equal, all zero) give scale >= min_scale: never 0, NaN or inf.
     A range holding NaN or ±inf gives scale NaN (lowp's non-finite rule, as the per-token kernel: quantizing with
     it gives the zero point everywhere, dequantizing NaN) and, affine, zero_point 0 clamped into [qmin, qmax].

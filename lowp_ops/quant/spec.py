@@ -1,9 +1,11 @@
-"""What a quantization is: bit width, signedness, symmetric or affine, and which elements share a scale."""
+"""What a quantization is: the number format (an integer grid, or an 8-bit floating-point format), symmetric or
+affine, and which elements share a scale."""
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -44,19 +46,7 @@ class QuantSpec:
     def __post_init__(self) -> None:
         if not isinstance(self.bits, int) or not 2 <= self.bits <= 8:
             raise ValueError(f"QuantSpec: bits must be an int in 2..8, got {self.bits!r}")
-        object.__setattr__(self, "granularity", Granularity(self.granularity))
-        if self.granularity is Granularity.PER_CHANNEL and self.axis is None:
-            raise ValueError("QuantSpec: granularity 'per_channel' needs an axis, got axis=None")
-        if self.granularity is not Granularity.PER_CHANNEL and self.axis is not None:
-            raise ValueError(f"QuantSpec: axis is only meaningful per channel, got axis={self.axis} "
-                             f"with granularity '{self.granularity.value}'")
-        if self.granularity is Granularity.PER_GROUP:
-            if not isinstance(self.group_size, int) or self.group_size < 1:
-                raise ValueError(f"QuantSpec: granularity 'per_group' needs a positive int group_size, "
-                                 f"got {self.group_size!r}")
-        elif self.group_size is not None:
-            raise ValueError(f"QuantSpec: group_size is only meaningful per group, got group_size="
-                             f"{self.group_size} with granularity '{self.granularity.value}'")
+        _check_granularity(self)
 
     @property
     def qmin(self) -> int:
@@ -71,6 +61,106 @@ class QuantSpec:
     @property
     def storage_dtype(self) -> torch.dtype:
         return torch.int8 if self.signed else torch.uint8
+
+
+def _check_granularity(spec) -> None:
+    """Coerce spec.granularity to a Granularity and check that axis / group_size go with it."""
+    name = type(spec).__name__
+    object.__setattr__(spec, "granularity", Granularity(spec.granularity))
+    if spec.granularity is Granularity.PER_CHANNEL and spec.axis is None:
+        raise ValueError(f"{name}: granularity 'per_channel' needs an axis, got axis=None")
+    if spec.granularity is not Granularity.PER_CHANNEL and spec.axis is not None:
+        raise ValueError(f"{name}: axis is only meaningful per channel, got axis={spec.axis} "
+                         f"with granularity '{spec.granularity.value}'")
+    if spec.granularity is Granularity.PER_GROUP:
+        if not isinstance(spec.group_size, int) or spec.group_size < 1:
+            raise ValueError(f"{name}: granularity 'per_group' needs a positive int group_size, "
+                             f"got {spec.group_size!r}")
+    elif spec.group_size is not None:
+        raise ValueError(f"{name}: group_size is only meaningful per group, got group_size="
+                         f"{spec.group_size} with granularity '{spec.granularity.value}'")
+
+
+# OCP 8-bit floating-point formats: (torch dtype, exponent bits, mantissa bits, largest finite value)
+_FP8_FORMATS = {"e4m3": (torch.float8_e4m3fn, 4, 3, 448.0), "e5m2": (torch.float8_e5m2, 5, 2, 57344.0)}
+
+
+@dataclass(frozen=True)
+class Fp8Spec:
+    """A scaled 8-bit floating-point quantization (OCP FP8), always symmetric (zero_point 0):
+
+        q = saturate(round_to_format(x · (1/scale))),   x̂ = q · scale,   scale = max(amax / qmax, MIN_SCALE)
+
+    round_to_format rounds to the nearest value of the format, ties to even; saturate clamps to ±qmax, so ±inf
+    and overflows become ±qmax (a saturating cast). NaN stays NaN: both formats have a NaN code, unlike int8.
+
+    format:  "e4m3" (torch.float8_e4m3fn: 4 exponent bits, 3 mantissa bits, ±448, no inf): weights and
+             activations, what the FP8 GEMM takes. "e5m2" (torch.float8_e5m2: 5 and 2 bits, ±57344): the wider,
+             coarser format of gradients.
+    granularity, axis, group_size: which elements share a scale, as in QuantSpec.
+
+    Where the integer grid has one step Δ = scale for every element, a floating grid's step grows with the
+    value: Δ = scale · 2^(e − mantissa_bits) for |x| / scale in the binade [2^e, 2^(e+1)) (e not below the
+    smallest normal exponent, where the subnormals keep the step fixed). So the error is relative: at most
+    unit_roundoff = 2^-(mantissa_bits + 1) of |x| in the normal range, whatever the scale (quant/error.py).
+
+    >>> Fp8Spec().qmax, Fp8Spec().unit_roundoff, Fp8Spec(format="e5m2").dtype
+    (448.0, 0.0625, torch.float8_e5m2)
+    """
+
+    format: str = "e4m3"
+    granularity: Granularity = Granularity.PER_TENSOR
+    axis: int | None = None
+    group_size: int | None = None
+
+    symmetric: ClassVar[bool] = True  # what choose_qparams reads: scale = amax / qmax, zero_point 0
+    signed: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        if self.format not in _FP8_FORMATS:
+            raise ValueError(f"Fp8Spec: format must be one of {tuple(_FP8_FORMATS)}, got {self.format!r}")
+        _check_granularity(self)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return _FP8_FORMATS[self.format][0]
+
+    storage_dtype = dtype
+
+    @property
+    def exponent_bits(self) -> int:
+        return _FP8_FORMATS[self.format][1]
+
+    @property
+    def mantissa_bits(self) -> int:
+        return _FP8_FORMATS[self.format][2]
+
+    @property
+    def qmax(self) -> float:
+        """The largest finite value: 448 (e4m3), 57344 (e5m2)."""
+        return _FP8_FORMATS[self.format][3]
+
+    @property
+    def qmin(self) -> float:
+        return -self.qmax
+
+    @property
+    def min_normal_exponent(self) -> int:
+        """1 − bias: −6 (e4m3), −14 (e5m2). Below 2^min_normal_exponent the values are subnormal."""
+        return 2 - 2 ** (self.exponent_bits - 1)
+
+    @property
+    def unit_roundoff(self) -> float:
+        """2^-(mantissa_bits + 1): the largest relative error of rounding in the normal range."""
+        return 2.0 ** -(self.mantissa_bits + 1)
+
+    def round(self, v: torch.Tensor) -> torch.Tensor:
+        """v float -> the nearest value of the format (ties to even), saturated at ±qmax, as float32; NaN stays
+        NaN. torch's float8 casts round to nearest even; the clamp makes them saturate."""
+        return v.float().clamp(self.qmin, self.qmax).to(self.dtype).float()
+
+
+Spec = QuantSpec | Fp8Spec  # what quantize / dequantize / choose_qparams take
 
 
 def per_tensor(bits: int = 8, *, symmetric: bool = True, signed: bool = True) -> QuantSpec:
