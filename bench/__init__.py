@@ -2,6 +2,6 @@
 cuBLAS through CuPy, torchao, unfused eager), each checked against FP32 before it is timed.
 
     python -m bench --ops int8_linear --shapes llm --providers all --out bench/results
-    python -m bench --preset int8          # the INT8 GEMM / linear shapes;  --preset fp16, --preset conv
+    python -m bench --preset int8          # the INT8 GEMM / linear shapes;  --preset fp8, fp16, conv
     python -m bench --smoke                # CPU: every case built and checked on tiny shapes, nothing timed
 """

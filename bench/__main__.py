@@ -20,6 +20,9 @@ PRESETS = {
              ["lowp", "torch_fp16", "torch_bf16", "cupy_fp16", "torch_tf32", "torch_fp32"]),
     "conv": (["int8_conv"], ["resnet50", "convnet_conv", "depthwise"],
              ["lowp", "torch_fp16", "torch_tf32", "torch_fp32"]),
+    # fp8_mm vs torch._scaled_mm row-wise (bf16 out); fp8_linear vs the same plus torch ops, and F.linear FP16
+    "fp8": (["fp8_mm", "fp8_linear"], ["square", "llm"],
+            ["lowp", "lowp_fast_accum", "torch_fp8_rowwise", "torch_fp8_rowwise_fast", "torch_fp16", "torch_bf16"]),
 }
 
 

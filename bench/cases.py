@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from lowp_ops import quant
+
 # GEMM shapes are (M, N, K); conv shapes (batch, C, H, W, K, R, stride, padding, groups).
 SHAPES = {
     "square": [(4096, 4096, 4096), (8192, 8192, 8192)],
@@ -22,10 +24,12 @@ SHAPES = {
 }
 
 
-def smoke_shape(shape: tuple) -> tuple:
-    """A tiny version of a shape with the same structure (odd sizes on purpose)."""
+def smoke_shape(shape: tuple, multiple: int = 1) -> tuple:
+    """A tiny version of a shape with the same structure (odd sizes on purpose); GEMM N and K rounded up to
+    `multiple` (M stays odd)."""
     if len(shape) == 3:
-        return tuple(min(s, d) for s, d in zip(shape, (13, 37, 45), strict=False))
+        M, N, K = (min(s, d) for s, d in zip(shape, (13, 37, 45), strict=True))
+        return M, -(-N // multiple) * multiple, -(-K // multiple) * multiple
     b, c, h, w, k, r, stride, pad, groups = shape
     g = min(groups, 4)
     return (1, min(c, 4 * g) if groups > 1 else min(c, 6), min(h, 9), min(w, 9), min(k, 4 * g) if groups > 1
@@ -49,7 +53,10 @@ class Op:
     name: str
     shape_sets: tuple[str, ...]
     make: Callable[[tuple, str], Problem]
-    kind: str  # what its rate is compared with: "int8", "fp16", "fp32" tensor-core peak, or "bandwidth"
+    kind: str  # what its rate is compared with: "int8", "fp8", "fp16" tensor-core peak, or "bandwidth"
+    # The most SQNR (dB) against FP32 the op's number format allows on this data: a provider's bar is lowered to it
+    max_bar_db: float = float("inf")
+    smoke_multiple: int = 1  # smoke shapes round N and K up to this, so that every provider can run them
 
 
 def _gemm_data(shape, device, seed=0):
@@ -71,12 +78,28 @@ def _int8_mm(shape, device):
 
 
 def _linear(op):
+    """int8_linear / fp8_linear: float x (M, K), weight (N, K), bias (N,); providers take fp16 in and out and
+    quantize the weight before timing, so its bytes are one per element."""
     def make(shape, device):
         M, N, K = shape
         x, w, b = _gemm_data(shape, device)
         return Problem(op, shape, {"x": x, "w": w, "b": b}, F.linear(x, w, b), 2 * M * N * K,
-                       2 * (M * K + M * N) + (1 if op == "int8_linear" else 2) * N * K)
+                       2 * (M * K + M * N) + (1 if op in ("int8_linear", "fp8_linear") else 2) * N * K)
     return make
+
+
+def _fp8_mm(shape, device):
+    """e4m3 operands a (M, K), b (N, K) with row-wise float32 scales (M,), (N,): the Gaussian data of the float
+    ops, quantized per token / per output channel. The reference is the exact product of the codes, scaled, so
+    the check measures the GEMM and its bfloat16 output, not the quantization. Work counted as int8_mm's, with the
+    bfloat16 output torch._scaled_mm's row-wise path requires on CUDA (and the scales)."""
+    M, N, K = shape
+    x, w, _ = _gemm_data(shape, device)
+    qa = quant.quantize_tensor(x, quant.Fp8Spec(granularity="per_token"))
+    qb = quant.quantize_tensor(w, quant.Fp8Spec(granularity="per_channel", axis=0))
+    ref = (qa.qdata.double() @ qb.qdata.double().T) * qa.scale.double()[:, None] * qb.scale.double()[None, :]
+    return Problem("fp8_mm", shape, {"a": qa.qdata, "b": qb.qdata, "a_scale": qa.scale, "b_scale": qb.scale},
+                   ref.float(), 2 * M * N * K, M * K + N * K + 2 * M * N + 4 * (M + N))
 
 
 def _fp16_mm(shape, device):
@@ -117,6 +140,11 @@ def _quantize(shape, device):
 OPS = {op.name: op for op in [
     Op("int8_mm", ("square", "llm"), _int8_mm, "int8"),
     Op("int8_linear", ("llm", "convnet_fc"), _linear("int8_linear"), "int8"),
+    # torch._scaled_mm takes N and K multiples of 16 only
+    Op("fp8_mm", ("square", "llm"), _fp8_mm, "fp8", smoke_multiple=16),
+    # e4m3 activations and weights: 31.5-32.6 dB against FP32 on this data (smoke shapes and (64, 96, 128), CPU:
+    # ~28.5 dB on x·wᵀ, plus 3 dB from the exact bias of the same power); a wrong scale or layout gives ~0 dB or less
+    Op("fp8_linear", ("llm",), _linear("fp8_linear"), "fp8", max_bar_db=25.0, smoke_multiple=16),
     Op("fp16_mm", ("square", "llm"), _fp16_mm, "fp16"),
     Op("fp16_linear_train", ("llm",), _fp16_linear_train, "fp16"),
     Op("int8_conv", ("resnet50", "convnet_conv", "depthwise"), _conv, "int8"),

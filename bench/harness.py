@@ -16,30 +16,37 @@ from .providers import PROVIDERS
 
 
 def check(problem: Problem, provider, out) -> tuple[bool, str]:
-    """The provider's output against the FP32 reference: exact for int8_mm, SQNR above its bar otherwise."""
+    """The provider's output against the FP32 reference: exact for int8_mm, SQNR above its bar otherwise (the
+    provider's, lowered to what the op's number format allows)."""
     out = out.float() if out.is_floating_point() else out
     if problem.op == "int8_mm":
         ok = torch.equal(out.to(torch.int32), problem.reference)
         return ok, "exact" if ok else "MISMATCH"
     sqnr = quant.sqnr_db(problem.reference.float(), out.reshape(problem.reference.shape))
-    return sqnr >= provider.min_sqnr_db, f"{sqnr:.1f} dB"
+    return sqnr >= min(provider.min_sqnr_db, OPS[problem.op].max_bar_db), f"{sqnr:.1f} dB"
 
 
 def ceilings(device) -> dict:
-    """What the card does in this run: copy bandwidth and the best cuBLAS INT8 / FP16 rates at 8192³."""
+    """What the card does in this run: copy bandwidth and the best cuBLAS INT8 / FP16 rates at 8192³, and FP8's
+    (torch._scaled_mm, per-tensor scales, fast accumulation, bf16 out) where the card has FP8 (sm_89+; else None)."""
     a8 = torch.randint(-128, 128, (8192, 8192), dtype=torch.int8, device=device)
     a16 = torch.randn(8192, 8192, device=device).half()
     ops = 2 * 8192**3
+    fp8 = None
+    if torch.cuda.get_device_capability(device) >= (8, 9):
+        e4m3, one = a16.to(torch.float8_e4m3fn), torch.ones((), device=device)
+        fp8 = ops / bench_ms(lambda: torch._scaled_mm(e4m3, e4m3.T, scale_a=one, scale_b=one,
+                                                      out_dtype=torch.bfloat16, use_fast_accum=True)) / 1e9
     return {"bandwidth": copy_bandwidth_tbps(device),
             "int8": ops / bench_ms(lambda: torch._int_mm(a8, a8.T)) / 1e9,
-            "fp16": ops / bench_ms(lambda: a16 @ a16) / 1e9}
+            "fp16": ops / bench_ms(lambda: a16 @ a16) / 1e9, "fp8": fp8}
 
 
 def run(ops, shape_sets, providers, *, smoke: bool, progress: bool = True) -> tuple[dict, list[dict]]:
     device = "cuda" if torch.cuda.is_available() and not smoke else "cpu"
     info = machine()
     info["ceilings"] = None if smoke else ceilings(device)
-    jobs = [(op, smoke_shape(shape) if smoke else shape) for op in ops for s in shape_sets
+    jobs = [(op, smoke_shape(shape, OPS[op].smoke_multiple) if smoke else shape) for op in ops for s in shape_sets
             if s in OPS[op].shape_sets for shape in SHAPES[s]]
     jobs = [(OPS[op], shape) for op, shape in dict.fromkeys(jobs)]  # smoke shapes coincide: check each once
     if progress:
@@ -70,31 +77,34 @@ def run(ops, shape_sets, providers, *, smoke: bool, progress: bool = True) -> tu
                 if problem.flops:
                     row["tflops"] = problem.flops / ms / 1e9
                 row["tbps"] = problem.bytes / ms / 1e9
-                peak = info["ceilings"][op.kind]
-                row["pct_of_peak"] = 100 * (row["tbps"] if op.kind == "bandwidth" else row.get("tflops", 0)) / peak
+                peak = info["ceilings"].get(op.kind)
+                if peak:
+                    rate = row["tbps"] if op.kind == "bandwidth" else row.get("tflops", 0)
+                    row["pct_of_peak"] = 100 * rate / peak
             rows.append(row)
         del problem
     return info, rows
 
 
 def speedups(rows: list[dict]) -> None:
-    """Add lowp's speedup over every other provider that ran the same case."""
+    """Add the speedup of lowp (and of its variants, lowp_*) over every other provider that ran the same case."""
     by_case = {}
     for r in rows:
         by_case.setdefault((r["op"], tuple(r["shape"])), {})[r["provider"]] = r
     for case in by_case.values():
-        lowp = case.get("lowp")
-        if lowp is None or "ms" not in lowp:
-            continue
-        lowp["speedup_vs"] = {name: r["ms"] / lowp["ms"] for name, r in case.items() if name != "lowp" and "ms" in r}
+        for name, lowp in case.items():
+            if (name == "lowp" or name.startswith("lowp_")) and "ms" in lowp:
+                lowp["speedup_vs"] = {other: r["ms"] / lowp["ms"] for other, r in case.items()
+                                      if other != name and "ms" in r}
 
 
 def markdown(info: dict, rows: list[dict]) -> str:
     lines = header(info, "lowp benchmarks")
     if info.get("ceilings"):
         c = info["ceilings"]
+        fp8 = f", FP8 torch._scaled_mm {c['fp8']:.0f} TFLOPS" if c.get("fp8") else ""
         lines += [f"Measured in this run: copy {c['bandwidth']:.2f} TB/s, torch._int_mm {c['int8']:.0f} TOPS, "
-                  f"FP16 a @ b {c['fp16']:.0f} TFLOPS (8192³) — '% peak' is against these.", ""]
+                  f"FP16 a @ b {c['fp16']:.0f} TFLOPS{fp8} (8192³) — '% peak' is against these.", ""]
     for op in dict.fromkeys(r["op"] for r in rows):
         op_rows = [r for r in rows if r["op"] == op]
         providers = list(dict.fromkeys(r["provider"] for r in op_rows if r["status"] == "ok"))
@@ -160,9 +170,12 @@ def plots(rows: list[dict], info: dict, out: pathlib.Path, stem: str) -> list[st
         c = info["ceilings"]
         fig, ax = plt.subplots(figsize=(6, 3.5))
         intensity = [1, 1e4]
-        ax.plot(intensity, [min(i * c["bandwidth"], c["int8"]) for i in intensity], "k--", lw=0.8, label="copy BW")
+        top = max(v for k, v in c.items() if k != "bandwidth" and v)
+        ax.plot(intensity, [min(i * c["bandwidth"], top) for i in intensity], "k--", lw=0.8, label="copy BW")
         ax.axhline(c["int8"], color="tab:red", lw=0.8, label=f"cuBLAS int8 {c['int8']:.0f}")
         ax.axhline(c["fp16"], color="tab:blue", lw=0.8, label=f"cuBLAS fp16 {c['fp16']:.0f}")
+        if c.get("fp8"):
+            ax.axhline(c["fp8"], color="tab:green", lw=0.8, label=f"cuBLAS fp8 {c['fp8']:.0f}")
         for op in dict.fromkeys(r["op"] for r in timed):
             pts = [r for r in timed if r["op"] == op]
             ax.scatter([r["tflops"] / r["tbps"] for r in pts], [r["tflops"] for r in pts], s=14, label=op)

@@ -31,11 +31,37 @@ def _needs_cuda(p: Problem) -> str | None:
     return None if p.reference.is_cuda else "needs a CUDA device"
 
 
+_FP8_OPS = ("fp8_mm", "fp8_linear")
+
+
+def _no_fp8(p: Problem) -> str | None:
+    """Why an FP8 GEMM cannot run here: a GPU older than sm_89 has no e4m3 Tensor Cores (the CPU runs it)."""
+    if p.reference.is_cuda and torch.cuda.get_device_capability(p.reference.device) < (8, 9):
+        return "FP8 needs sm_89 or newer"
+    return None
+
+
 # ---------------------------------------------------------------------------------------------------- lowp
+
+
+def _lowp_fp8(p: Problem, fast_accum: bool):
+    """fp8_mm: bfloat16 out, as torch._scaled_mm's row-wise path; fp8_linear: fp16 in and out, dynamic per-token
+    e4m3 activations, per-channel e4m3 weights quantized before timing."""
+    if (reason := _no_fp8(p)) is not None:
+        return reason
+    d = p.data
+    if p.op == "fp8_mm":
+        return lambda: torch.ops.lowp.fp8_mm(d["a"], d["b"], d["a_scale"], d["b_scale"], out_dtype=torch.bfloat16,
+                                             use_fast_accum=fast_accum)
+    qw = quant.quantize_tensor(d["w"], quant.Fp8Spec(granularity="per_channel", axis=0))
+    x16, b16 = d["x"].half(), d["b"].half()
+    return lambda: torch.ops.lowp.fp8_linear(x16, qw.qdata, qw.scale, b16, use_fast_accum=fast_accum)
 
 
 def _lowp(p: Problem):
     d = p.data
+    if p.op in _FP8_OPS:
+        return _lowp_fp8(p, fast_accum=False)
     if p.op == "int8_mm":
         return lambda: torch.ops.lowp.int8_mm(d["a"], d["b"])
     if p.op == "int8_linear":
@@ -80,9 +106,9 @@ def _lowp(p: Problem):
 def _torch_float(dtype: torch.dtype, tf32: bool):
     def build(p: Problem):
         d = p.data
-        if p.op in ("int8_mm", "quantize"):
+        if p.op in ("int8_mm", "fp8_mm", "quantize"):
             return "no float version of this op"
-        if p.op == "int8_linear":
+        if p.op in ("int8_linear", "fp8_linear"):
             x, w, b = d["x"].to(dtype), d["w"].to(dtype), d["b"].to(dtype)
             return lambda: F.linear(x, w, b)
         if p.op == "fp16_mm":
@@ -163,6 +189,42 @@ def _fp8(p: Problem):
     a8 = (a.float() / sa).to(e4m3)
     b8 = (bt.float() / sb).to(e4m3).T  # column-major (K, N), as _scaled_mm wants
     return lambda: torch._scaled_mm(a8, b8, scale_a=sa, scale_b=sb, out_dtype=torch.float16)
+
+
+def _fp8_rowwise(fast_accum: bool):
+    """torch._scaled_mm with row-wise scales: scale_a (M, 1), scale_b (1, N), float32. On CUDA row-wise scaling
+    requires bfloat16 output, so fp8_mm is compared at bfloat16 out and this fp8_linear casts to fp16 at the end.
+    fp8_linear is built from torch ops around it, as a user would without lowp: per-token amax, divide, clamp to
+    ±448, cast to e4m3; the weight is quantized per output channel before timing."""
+    def build(p: Problem):
+        if (reason := _no_fp8(p)) is not None:
+            return reason
+        d = p.data
+        if (d["a"] if p.op == "fp8_mm" else d["x"]).shape[1] % 16 or p.reference.shape[1] % 16:
+            return "torch._scaled_mm needs K and N multiples of 16"
+        if p.op == "fp8_mm":
+            a, bt = d["a"], d["b"].T  # bt: (K, N) column-major, as _scaled_mm wants
+            sa, sb = d["a_scale"][:, None], d["b_scale"][None, :]
+
+            def run():
+                return torch._scaled_mm(a, bt, scale_a=sa, scale_b=sb, out_dtype=torch.bfloat16,
+                                        use_fast_accum=fast_accum)
+        else:
+            qw = quant.quantize_tensor(d["w"], quant.Fp8Spec(granularity="per_channel", axis=0))
+            x, wt, sw, b = d["x"].half(), qw.qdata.T, qw.scale[None, :], d["b"].bfloat16()
+            e4m3, qmax = torch.float8_e4m3fn, torch.finfo(torch.float8_e4m3fn).max
+
+            def run():
+                s = x.abs().amax(dim=1, keepdim=True).float().clamp_min(quant.MIN_SCALE * qmax) / qmax
+                q = (x.float() / s).clamp(-qmax, qmax).to(e4m3)
+                return torch._scaled_mm(q, wt, scale_a=s, scale_b=sw, bias=b, out_dtype=torch.bfloat16,
+                                        use_fast_accum=fast_accum).half()
+        try:
+            run()
+        except RuntimeError as e:  # a build or device that refuses this case (sm_89 row-wise, a shape): say so
+            return f"torch._scaled_mm failed: {str(e).splitlines()[0][:100]}"
+        return run
+    return build
 
 
 def _copy(p: Problem):
@@ -246,11 +308,14 @@ def _torchao(p: Problem):
     return lambda: compiled(x)
 
 
-_GEMMS = ("int8_linear", "fp16_mm", "fp16_linear_train")
+_GEMMS = ("int8_linear", "fp8_linear", "fp16_mm", "fp16_linear_train")
 _FLOAT = _GEMMS + ("int8_conv",)
 PROVIDERS = {p.name: p for p in [
-    Provider("lowp", "lowp Triton kernels (int8 / fp16 tensor cores, fused epilogues)",
-             ("int8_mm", "int8_linear", "fp16_mm", "fp16_linear_train", "int8_conv", "quantize"), 30.0, _lowp),
+    Provider("lowp", "lowp Triton kernels (int8 / fp8 / fp16 tensor cores, fused epilogues)",
+             ("int8_mm", "int8_linear", *_FP8_OPS, "fp16_mm", "fp16_linear_train", "int8_conv", "quantize"), 30.0,
+             _lowp),
+    Provider("lowp_fast_accum", "lowp FP8 with use_fast_accum=True (whole K in sm_90's fp8 accumulator)", _FP8_OPS,
+             30.0, lambda p: _lowp_fp8(p, fast_accum=True)),
     Provider("torch_fp32", "torch FP32 (cuBLAS / cuDNN, TF32 off)", _FLOAT, 60.0, _torch_float(torch.float32, False)),
     Provider("torch_tf32", "torch TF32 (cuBLAS / cuDNN)", _FLOAT, 35.0, _torch_float(torch.float32, True)),
     Provider("torch_fp16", "torch FP16 (cuBLAS; cuDNN channels_last)", _FLOAT, 35.0,
@@ -260,6 +325,10 @@ PROVIDERS = {p.name: p for p in [
     Provider("torch_int_mm", "torch._int_mm (cuBLASLt INT8)", ("int8_mm",), 0.0, _int_mm),
     Provider("eager_w8a8", "unfused W8A8 in torch ops around torch._int_mm", ("int8_linear",), 30.0, _eager_w8a8),
     Provider("torch_fp8", "torch._scaled_mm FP8 e4m3, per-tensor scales", ("fp16_mm", "int8_linear"), 20.0, _fp8),
+    Provider("torch_fp8_rowwise", "torch._scaled_mm FP8 e4m3, row-wise scales, bf16 out (fp8_linear: + torch ops)",
+             _FP8_OPS, 30.0, _fp8_rowwise(fast_accum=False)),
+    Provider("torch_fp8_rowwise_fast", "torch_fp8_rowwise with use_fast_accum=True", _FP8_OPS, 30.0,
+             _fp8_rowwise(fast_accum=True)),
     Provider("cupy_int8", "cuBLAS gemmEx INT8 through CuPy", ("int8_mm",), 0.0, _cupy("int8")),
     Provider("cupy_fp16", "cuBLAS gemmEx FP16 through CuPy", ("fp16_mm",), 35.0, _cupy("fp16")),
     Provider("torchao", "torchao Int8DynamicActivationInt8Weight + torch.compile", ("int8_linear",), 30.0, _torchao),

@@ -31,7 +31,8 @@ from .tuning import gemm_configs, m_bucket, make_gemm_pruner
 __all__ = ["INTERPRETER_CONFIG", "fp8_gemm", "gemm", "int8_gemm"]  # INTERPRETER_CONFIG lives in kernels/launch.py
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_stages, num_warps); each table feeds its own autotuner over the same kernel.
-# 8-bit operands (int8, and fp8, not yet tuned on a GPU: the same bytes per stage and the same wgmma K-depth of 32):
+# 8-bit operands (int8, and fp8, not yet tuned on a GPU: the same bytes per stage and the same wgmma K-depth of 32;
+# fp8 without FAST_ACCUM never gets the 128-accumulator-per-thread tiles, _register_heavy):
 _INT8_TABLE = [
     # large shapes: the two INT8 tiles that won on an H100 80GB (bench/BASELINES.md, "Tiles and layouts"), where
     # plain Triton INT8 reached 997 TOPS at 4096³ and 1,043 at 8192³
@@ -111,13 +112,20 @@ def _gemm_kernel(
 
 def _register_heavy(args) -> bool:
     """Variants that spill on 128-accumulator-per-thread tiles (compiled by tools/inspect_kernels.py for sm_90,
-    triton 3.9): the requant epilogue (128x256x128, 3 stages, 8 warps: 312 B of stack) and an M-contiguous A, the
-    weight-gradient layout, whose tiles pass through registers (256x128x64, 3 stages, 8 warps: 224 B)."""
-    return args["OUTPUT"] == "int8" or (args["stride_am"] == 1 and args["stride_ak"] != 1)
+    triton 3.9): the requant epilogue (128x256x128, 3 stages, 8 warps: 312 B of stack), an M-contiguous A, the
+    weight-gradient layout, whose tiles pass through registers (256x128x64, 3 stages, 8 warps: 224 B), and fp8
+    without FAST_ACCUM, which holds each BLOCK_K slice's wgmma sum in a second accumulator before adding it to the
+    float32 one (128x256x128, 3 stages, 8 warps: 192 B; 256x128x128 and 128x128x64 / 4 warps compiled at 254 and
+    255 registers, at the limit)."""
+    precise_fp8 = args["a_ptr"].dtype == torch.float8_e4m3fn and not args["FAST_ACCUM"]
+    return args["OUTPUT"] == "int8" or (args["stride_am"] == 1 and args["stride_ak"] != 1) or precise_fp8
 
 
 _GEMM = TiledKernel(_gemm_kernel, reduction="K")
-_KEY = ["m_bucket", "N", "K"]  # plus the dtype of every tensor argument (Triton adds those)
+# Plus the dtype of every tensor argument (Triton adds those), and what the pruner reads besides the shape: the
+# output kind and the fp8 accumulation mode (_register_heavy), so that no call reuses a tile pruned away for it.
+# The A layout it also reads is not in the key yet (a GPU-issue item: keying on raw strides would re-tune per M).
+_KEY = ["m_bucket", "N", "K", "OUTPUT", "FAST_ACCUM"]
 _PRUNE = make_gemm_pruner(m_bucket_arg="m_bucket", n_arg="N", k_arg="K", operand_arg="a_ptr",
                           register_heavy=_register_heavy)
 _gemm_8bit_tuned = _GEMM.autotuned(gemm_configs(_INT8_TABLE), key=_KEY, prune=_PRUNE)
@@ -172,5 +180,7 @@ def int8_gemm(a, b, *, out_dtype=torch.int32, **kwargs):
 
 
 def fp8_gemm(a, b, *, out_dtype=torch.float32, **kwargs):
-    """a: (M, K) float8_e4m3fn, b: (N, K) float8_e4m3fn, both K-contiguous -> epilogue(a · bᵀ), float out."""
+    """a: (M, K) float8_e4m3fn, b: (N, K) float8_e4m3fn, both K-contiguous -> epilogue(a · bᵀ), float out.
+    Tiles with BLOCK_M < 64 (the decode tiles) compile to mma.sync on fp16 operands, the e4m3 codes widened
+    exactly (tools/inspect_kernels.py, sm_90 offline): float32 accumulation there whatever fast_accum says."""
     return gemm(a, b.T, out_dtype=out_dtype, **kwargs)

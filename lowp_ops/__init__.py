@@ -17,6 +17,8 @@ report, INT8 / FP16 policy). lowp_ops.quant holds the quantization math.
 
 from . import nn, quant
 from .ops import (
+                       fp8_linear,
+                       fp8_mm,
                        fp16_linear,
                        fp16_mm,
                        fp16_mm_accumulate_,
@@ -29,6 +31,7 @@ from .ops import (
 )
 from .ops.backends import cpu_backend, use_cpu_backend
 from .registry import (
+    Fp8DynamicConfig,
     Fp16Config,
     Int8DynamicConfig,
     Int8StaticConfig,
@@ -46,7 +49,8 @@ from .registry import (
 )
 
 __version__ = "0.1.0"
-__all__ = ["Fp16Config", "Int8DynamicConfig", "Int8StaticConfig", "LayerContext", "LowpConfig", "QATConfig",
-           "calibrate", "convert", "cpu_backend", "fp16_linear", "fp16_mm", "fp16_mm_accumulate_", "int8_conv2d",
-           "int8_linear", "int8_mm", "nn", "prepare", "prepare_qat", "quant", "quantize", "quantize_channels_last",
-           "quantize_dynamic", "quantize_per_tensor", "quantize_per_token", "register", "to_fp16", "use_cpu_backend"]
+__all__ = ["Fp8DynamicConfig", "Fp16Config", "Int8DynamicConfig", "Int8StaticConfig", "LayerContext", "LowpConfig",
+           "QATConfig", "calibrate", "convert", "cpu_backend", "fp8_linear", "fp8_mm", "fp16_linear", "fp16_mm",
+           "fp16_mm_accumulate_", "int8_conv2d", "int8_linear", "int8_mm", "nn", "prepare", "prepare_qat", "quant",
+           "quantize", "quantize_channels_last", "quantize_dynamic", "quantize_per_tensor", "quantize_per_token",
+           "register", "to_fp16", "use_cpu_backend"]

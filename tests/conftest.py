@@ -11,10 +11,12 @@ if not HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
-def _fix_interpreter_bf16_dot():
-    """triton 3.9's interpreter multiplies bfloat16 tl.dot operands as their raw uint16 bit patterns (it keeps
-    bfloat16 data as uint16). Widen them to float32 first — exact, as the GPU's bf16 MMA is — so bfloat16 GEMMs can
-    be tested on CPU. Test-only: the kernels themselves stay as they run on the GPU."""
+def _fix_interpreter_dot():
+    """Two operand types triton 3.9's interpreter multiplies wrongly in tl.dot, widened to float32 first — exactly,
+    as the GPU's MMA takes them — so those GEMMs can be tested on CPU. Test-only: the kernels stay as they run on the
+    GPU.
+    bfloat16: the interpreter keeps bfloat16 data as uint16 and multiplies the raw bit patterns.
+    float8_e4m3fn: its decoder has no NaN, so the NaN codes 0x7F / 0xFF read as ±480 (sm_90 and torch: NaN)."""
     import numpy as np
     import triton.language as tl
     from triton.runtime import interpreter
@@ -22,9 +24,14 @@ def _fix_interpreter_bf16_dot():
     create_dot = interpreter.InterpreterBuilder.create_dot
 
     def widen(h):
-        if h.dtype.scalar != tl.bfloat16:
-            return h
-        return interpreter.TensorHandle((h.data.astype(np.uint32) << 16).view(np.float32), tl.float32)
+        if h.dtype.scalar == tl.bfloat16:
+            return interpreter.TensorHandle((h.data.astype(np.uint32) << 16).view(np.float32), tl.float32)
+        if h.dtype.scalar == tl.float8e4nv:
+            codes = h.data.view(np.uint8)
+            values = interpreter._convert_float(h.data, tl.float8e4nv, tl.float16, None).view(np.float16)
+            return interpreter.TensorHandle(np.where((codes & 0x7F) == 0x7F, np.float32(np.nan),
+                                                     values.astype(np.float32)), tl.float32)
+        return h
 
     def fixed(self, a, b, d, *args, **kwargs):
         return create_dot(self, widen(a), widen(b), d, *args, **kwargs)
@@ -33,7 +40,7 @@ def _fix_interpreter_bf16_dot():
 
 
 if os.environ.get("TRITON_INTERPRET") == "1":
-    _fix_interpreter_bf16_dot()
+    _fix_interpreter_dot()
 
 import lowp_ops  # noqa: E402,F401  (registers torch.ops.lowp.*)
 

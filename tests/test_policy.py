@@ -122,3 +122,45 @@ def test_layer_report_and_fp16_policy():
     assert "slower than FP16" in policy.Policy.from_report(timed).keep_fp16["fc1"]
     assert "| fc1 | Linear |" in policy.format_report(stats, strict)
     assert strict.int8_filter(net.fc1, "fc1") is False and all_int8.int8_filter(net.fc1, "fc1") is True
+
+
+def _outlier_linear(K: int, factor: float) -> tuple[nn.Module, torch.Tensor]:
+    """A Linear whose input channel 5 is `factor` times the others and whose weight column 5 is divided by the same
+    factor: the float output is that of the plain layer, as with SmoothQuant-style LLM activations."""
+    torch.manual_seed(0)
+    layer = nn.Linear(K, 96)
+    x = torch.randn(64, K)
+    with torch.no_grad():
+        x[:, 5] *= factor
+        layer.weight[:, 5] /= factor
+    return nn.Sequential(layer), x
+
+
+def test_report_shows_where_fp8_pays():
+    # Measured with _outlier_linear (torch 2.13 CPU, K = 64 / 256 / 1024): with the x100 outlier channel per-token
+    # INT8's step is set by the outlier, so its output lands at 14.7 / 13.1 / 14.0 dB while e4m3's relative grid
+    # keeps 29.1 / 28.8 / 28.7 dB; on plain randn INT8 gives 43.2 / 42.1 / 41.2 dB and e4m3 29.1 / 28.9 / 28.8 dB
+    # (its unit roundoff is 1/16: ~31.5 dB per operand, two operands). The bounds leave 2-3 dB to each.
+    outlier, x = _outlier_linear(256, 100.0)
+    (s,) = policy.layer_report(outlier, x, time_layers=False)
+    assert s.output_sqnr_db < 16 and s.fp8_output_sqnr_db > 27, s
+    assert s.fp8_output_sqnr_db - s.output_sqnr_db > 12, s
+    # the input SQNR over the whole tensor is the outlier's: both formats look better than at the output
+    assert s.fp8_input_sqnr_db > s.input_sqnr_db > s.output_sqnr_db, s
+    plain, x = _outlier_linear(256, 1.0)
+    (s,) = policy.layer_report(plain, x, time_layers=False)
+    assert s.output_sqnr_db > 40 and 27 < s.fp8_output_sqnr_db < 31, s
+    assert s.input_sqnr_db > 40 and 30.5 < s.fp8_input_sqnr_db < 32.5, s  # e4m3 on randn: ~31.5 dB (quant tests)
+    report = policy.format_report([s])
+    assert f"| {s.output_sqnr_db:.1f} | {s.fp8_input_sqnr_db:.1f} | {s.fp8_output_sqnr_db:.1f} | - | - | INT8 |" \
+        in report, report
+
+
+def test_conv_layers_have_no_fp8_numbers():
+    torch.manual_seed(0)
+    stats = policy.layer_report(ConvNet().eval(), torch.randn(4, 3, 8, 8), time_layers=False)
+    conv, fc = stats
+    assert conv.fp8_input_sqnr_db is None and conv.fp8_output_sqnr_db is None
+    assert fc.fp8_output_sqnr_db > 27  # e4m3 on a ReLU'd input: 28.6 dB out (measured)
+    conv_row = policy.format_report(stats).splitlines()[2]
+    assert conv_row.startswith("| conv | Conv2d |") and conv_row.endswith("| - | - | - | - | INT8 |"), conv_row

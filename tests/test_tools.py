@@ -20,20 +20,22 @@ def _inspect(tmp_path, *flags):
 
 
 def test_gemm_tiles_use_wgmma_without_spilling(tmp_path):
-    # Hopper's tensor-core path (wgmma ... s32.s8.s8 / f32.f16.f16), not mma.sync or FMA, and no register spills
-    # for any tile the pruner can pick: the W8A8 linear (fp16 out, bias), the requantizing epilogue, and the
-    # fp16 weight-gradient layout (M-contiguous A), and the implicit-GEMM convolution.
-    proc, report = _inspect(tmp_path, "--variant", "fp16+bias", "--variant", "int8+zp", "--variant", "f16 wgrad",
-                            "--variant", "conv fp16 out", "--large-only")
+    # Hopper's tensor-core path (wgmma ... s32.s8.s8 / f32.e4m3.e4m3 / f32.f16.f16), not mma.sync or FMA, and no
+    # register spills for any tile the pruner can pick: the W8A8 linear (fp16 out, bias), the requantizing
+    # epilogue, the FP8 linear with its BLOCK_K-slice promotion (whose largest tiles spilled before the pruner
+    # limited them), the fp16 weight-gradient layout (M-contiguous A), and the implicit-GEMM convolution.
+    variants = ["fp16+bias", "int8+zp", "fp8 fp16+bias", "f16 wgrad", "conv fp16 out"]
+    proc, report = _inspect(tmp_path, *(arg for v in variants for arg in ("--variant", v)), "--large-only")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     # every kernel variant the ops can launch compiles (the interpreter would not catch a compile error)
     assert report["compile_check"] and all(r["ok"] for r in report["compile_check"]), report["compile_check"]
     assert {r["kernel"] for r in report["compile_check"]} == {"gemm", "conv2d", "quantize"}
+    assert {"e4m3 dynamic bf16, two pass", "fp8 fast fp16+bias"} <= {r["variant"] for r in report["compile_check"]}
     rows = report["rows"]
-    assert len(rows) >= 9
-    assert {r["variant"] for r in rows} == {"fp16+bias", "int8+zp", "f16 wgrad", "conv fp16 out"}
+    assert len(rows) >= 12
+    assert {r["variant"] for r in rows} == set(variants)
     for r in rows:
-        gmma = "HGMMA" if r["kernel"] == "fp16_gemm" else "IGMMA"
+        gmma = {"fp16_gemm": "HGMMA", "fp8_gemm": "QGMMA"}.get(r["kernel"], "IGMMA")
         assert r["wgmma"] and r["stack"] == 0 and r["sass_gmma"] == [gmma], r
 
 

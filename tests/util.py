@@ -1,6 +1,7 @@
 """Assertion helpers shared by the tests."""
 
 import contextlib
+import math
 
 import torch
 
@@ -39,6 +40,41 @@ def assert_float_gemm_close(out: torch.Tensor, ref64: torch.Tensor, a: torch.Ten
     err = (out.double() - ref64).abs()
     worst = (err / bound).max().item()
     assert worst <= 1.0, f"error reaches {worst:.2f}x the bound (max |err| {err.max().item():.3g})"
+
+
+def e4m3_codes(*shape) -> torch.Tensor:
+    """Random float8_e4m3fn values (CPU): uniform random bytes, so every sign, binade and subnormal is as likely as any
+    other; the NaN codes 0x7F / 0xFF become 0x7E / 0xFE, ±448, so the largest magnitude occurs a few times per
+    hundred."""
+    bits = torch.randint(0, 256, shape, dtype=torch.uint8)
+    return torch.where((bits & 0x7F) == 0x7F, bits - 1, bits).view(torch.float8_e4m3fn)
+
+
+def e4m3_grid() -> torch.Tensor:
+    """The 127 non-negative finite e4m3 values, ascending, float32 (0, the subnormals k·2^-9, ..., 448)."""
+    return torch.arange(127, dtype=torch.uint8).view(torch.float8_e4m3fn).float()  # code 0x7F is NaN
+
+
+def e4m3_rounding_cases() -> dict[str, torch.Tensor]:
+    """float32 inputs for quantizing with scale 1, by what they test, both signs: every finite value; every midpoint
+    between neighbours (a tie, which goes to the even code); the float32 values just above and below each midpoint;
+    448 and beyond (464 is the midpoint to the 480 that e4m3fn lacks); ±inf, NaN, -0 and negatives that round to
+    -0."""
+    grid = e4m3_grid()
+    mid = (grid[:-1] + grid[1:]) / 2  # exact in float32
+
+    def both(t):
+        return torch.cat([t, -t])
+
+    return {
+        "values": both(grid),
+        "midpoints": both(mid),
+        "above midpoints": both(torch.nextafter(mid, torch.tensor(math.inf))),
+        "below midpoints": both(torch.nextafter(mid, torch.tensor(0.0))),
+        "beyond 448": both(torch.tensor([448.0, 463.9, 464.0, 464.1, 480.0, 1e4, 1e30, 3.4e38, math.inf])),
+        "nan": torch.tensor([math.nan, -math.nan]),
+        "to -0": torch.tensor([-0.0, -(2.0**-10), -(2.0**-11), -1e-30, -1e-45]),  # -2^-10: the tie 0 | 2^-9
+    }
 
 
 def assert_codes_equal(actual: torch.Tensor, expected: torch.Tensor) -> None:

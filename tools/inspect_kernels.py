@@ -1,13 +1,14 @@
 """Kernel inspector: compile lowp's Triton kernels for a GPU target (no GPU needed) and report what came out.
 
-    python tools/inspect_kernels.py                    # sm_90 (H100/H200): every int8 GEMM config x epilogue
+    python tools/inspect_kernels.py                    # sm_90 (H100/H200): every GEMM config x epilogue
     python tools/inspect_kernels.py --json out.json --variant int8+zp --large-only
     python tools/inspect_kernels.py --compile-check    # every kernel variant the ops can launch compiles
 
 For each GEMM config the pruner can pick: registers, stack (spills), shared memory, and the matrix instruction
-in the PTX (wgmma / mma.sync) and SASS (IGMMA). Exits 1 when a config with BLOCK_M >= 64 does not use wgmma s8
-(it silently left Hopper's tensor-core path), when a config spills, or when a variant fails to compile. The
-compile check matters on CPU-only machines: the Triton interpreter runs kernels the compiler would reject.
+in the PTX (wgmma / mma.sync) and SASS (IGMMA, QGMMA, HGMMA). Exits 1 when a config with BLOCK_M >= 64 does not
+use wgmma on its operand type (.s8.s8, .e4m3.e4m3, .f16.f16, .bf16.bf16: it silently left Hopper's tensor-core
+path), when a config spills, or when a variant fails to compile. The compile check matters on CPU-only machines:
+the Triton interpreter runs kernels the compiler would reject.
 Triton ships ptxas and cuobjdump in its wheel, so all of this runs without a GPU.
 
 Nothing here repeats a kernel's signature. A variant is a call of a launcher (kernels/) on meta tensors, which
@@ -36,6 +37,7 @@ from lowp_ops.kernels import gemm, int8_conv2d, quantize_channels_last, quantize
 from lowp_ops.quant import MIN_SCALE
 
 I8, I32, F16, BF16, F32 = torch.int8, torch.int32, torch.float16, torch.bfloat16, torch.float32
+E4M3 = torch.float8_e4m3fn
 CL = torch.channels_last
 
 
@@ -136,6 +138,14 @@ _INT8_GEMM_VARIANTS = {
     "fp16+bias": _gemm(_linear, I8, F16, **_W8A8),
     "int8+zp": _gemm(_linear, I8, I8, **_W8A8, **_ZERO_POINT, **_REQUANT),
 }
+# The FP8 linear (lowp::fp8_mm / fp8_linear): e4m3 operands, per-token and per-channel scales, bias, with the
+# BLOCK_K-slice promotion to float32 (the default) and without it (fast accumulation; kernels/gemm.py).
+_FP8_GEMM_VARIANTS = {
+    "fp8 fp16+bias": _gemm(_linear, E4M3, F16, **_W8A8),
+    "fp8 bf16+bias": _gemm(_linear, E4M3, BF16, **_W8A8),
+    "fp8 fast fp16+bias": _gemm(_linear, E4M3, F16, **_W8A8, fast_accum=True),
+    "fp8 fast bf16+bias": _gemm(_linear, E4M3, BF16, **_W8A8, fast_accum=True),
+}
 _FP16_GEMM_VARIANTS = {
     "f16 fwd": _gemm(_linear, F16, F16, bias=_per_col()),
     "f16 dgrad": _gemm(_dgrad, F16, F16),
@@ -146,7 +156,7 @@ _CONV_VARIANTS = {
     "conv int8 out, zp": _conv(I8, a_scale=_one(), b_scale=_per_col(), bias=_per_col(), **_ZERO_POINT, **_REQUANT,
                                activation="relu6"),
 }
-_VARIANTS = {**_INT8_GEMM_VARIANTS, **_FP16_GEMM_VARIANTS, **_CONV_VARIANTS}
+_VARIANTS = {**_INT8_GEMM_VARIANTS, **_FP8_GEMM_VARIANTS, **_FP16_GEMM_VARIANTS, **_CONV_VARIANTS}
 # The rest of what the ops can launch, for the compile check (a small tile compiles fast).
 _GEMM_EXTRA = {
     "bf16, per-tensor scales, gelu, K tail": _gemm(_linear, I8, BF16, a_scale=_one(), b_scale=_one(),
@@ -156,6 +166,10 @@ _GEMM_EXTRA = {
     "int8, per-row zp, no out zp, relu": _gemm(_linear, I8, I8, a_scale=_per_row(), b_scale=_per_col(),
                                                a_zero_point=_per_row(I32), b_sum=_per_col(I32), out_scale=_one(),
                                                activation="relu"),
+    "fp8 fp32, per-tensor scales, gelu, K tail": _gemm(_linear, E4M3, F32, a_scale=_one(), b_scale=_one(),
+                                                       activation="gelu", k_tail=True),
+    "fp8 fast fp32, fp16 bias, relu6, K tail": _gemm(_linear, E4M3, F32, **_W8A8, activation="relu6", k_tail=True,
+                                                     fast_accum=True),
     "bf16 fwd, bf16 bias, gelu, K tail": _gemm(_linear, BF16, BF16, bias=_per_col(BF16), activation="gelu",
                                                k_tail=True),
     "bf16 wgrad, accumulate into fp32": _gemm(_wgrad, BF16, F32, accumulate_into=_out(F32)),
@@ -173,6 +187,10 @@ _QUANTIZE_VARIANTS = {
     "dynamic fp32, many rows": _quantize(quantize_rows, _t(_M, 64), min_scale=MIN_SCALE),
     "static fp16 with zero point": _quantize(quantize_rows, _t(_M, 8192, dtype=F16), scale=_t(1),
                                              zero_point=_t(1, dtype=I32)),
+    "e4m3 dynamic fp16, one pass": _quantize(quantize_rows, _t(_M, 4096, dtype=F16), min_scale=MIN_SCALE, dtype=E4M3),
+    "e4m3 dynamic bf16, two pass": _quantize(quantize_rows, _t(_M, 8192, dtype=BF16), min_scale=MIN_SCALE, dtype=E4M3),
+    "e4m3 static fp32, one pass": _quantize(quantize_rows, _t(_M, 4096), scale=_t(1), dtype=E4M3),
+    "e4m3 static fp16, two pass": _quantize(quantize_rows, _t(_M, 8192, dtype=F16), scale=_t(1), dtype=E4M3),
     "NCHW fp32 -> NHWC int8": _quantize(quantize_channels_last, _t(2, 64, 8, 8), scale=_t(1),
                                         zero_point=_t(1, dtype=I32)),
     "NCHW fp16 -> NHWC int8, C loop": _quantize(quantize_channels_last, _t(2, 128, 8, 8, dtype=F16), scale=_t(1)),
@@ -211,7 +229,7 @@ def capture(call, *args, **kwargs) -> Launch:
     return launch
 
 
-_POINTER = {I8: "*i8", I32: "*i32", F16: "*fp16", BF16: "*bf16", F32: "*fp32"}
+_POINTER = {I8: "*i8", I32: "*i32", F16: "*fp16", BF16: "*bf16", F32: "*fp32", E4M3: "*fp8e4nv"}
 
 
 def _compile(launch: Launch, arch: int):
@@ -256,7 +274,9 @@ def _resources(cubin: bytes) -> dict:
             "local": int(fields.get("LOCAL", -1)), "sass_gmma": sorted(set(re.findall(r"\b([A-Z]GMMA)\b", sass)))}
 
 
-_WGMMA_OPERANDS = {"*i8": ".s8.s8", "*fp16": ".f16.f16", "*bf16": ".bf16.bf16"}
+# The operand types of a wgmma instruction in the PTX, and the kernel each operand makes.
+_WGMMA_OPERANDS = {"*i8": ".s8.s8", "*fp8e4nv": ".e4m3.e4m3", "*fp16": ".f16.f16", "*bf16": ".bf16.bf16"}
+_GEMM_KERNEL = {"*i8": "int8_gemm", "*fp8e4nv": "fp8_gemm", "*fp16": "fp16_gemm", "*bf16": "fp16_gemm"}
 
 
 def compile_gemm(config: dict, variant: str, arch: int = 90) -> dict:
@@ -265,7 +285,7 @@ def compile_gemm(config: dict, variant: str, arch: int = 90) -> dict:
     compiled = _compile(launch, arch)
     mma = sorted(set(re.findall(r"(wgmma\.mma_async\.\S*|mma\.sync\.\S*)", compiled.asm["ptx"])))
     operand = _POINTER[launch.args["a_ptr"].dtype]
-    kernel = "int8_conv" if variant in _CONV_VARIANTS else "int8_gemm" if operand == "*i8" else "fp16_gemm"
+    kernel = "int8_conv" if variant in _CONV_VARIANTS else _GEMM_KERNEL[operand]
     row = {"kernel": kernel, "variant": variant,
            "tile": f"{config['BLOCK_M']}x{config['BLOCK_N']}x{config['BLOCK_K']}",
            "stages": config["num_stages"], "warps": config["num_warps"], "shared": compiled.metadata.shared,
@@ -301,7 +321,8 @@ def inspect_gemm(arch: int = 90, variants=None, only_large: bool = False) -> lis
 def compile_check(arch: int = 90) -> list[dict]:
     """Compile every kernel variant the ops can launch (small tiles); one row per variant with ok / error."""
     jobs = [("gemm", name, call, (*_SIZE,), {"config": _SMALL})
-            for name, call in {**_INT8_GEMM_VARIANTS, **_FP16_GEMM_VARIANTS, **_GEMM_EXTRA}.items()]
+            for name, call in {**_INT8_GEMM_VARIANTS, **_FP8_GEMM_VARIANTS, **_FP16_GEMM_VARIANTS,
+                               **_GEMM_EXTRA}.items()]
     jobs += [("conv2d", name, call, (*_SIZE,), {"config": _SMALL})
              for name, call in {**_CONV_VARIANTS, **_CONV_EXTRA}.items()]
     jobs += [("quantize", name, call, (), {}) for name, call in _QUANTIZE_VARIANTS.items()]
@@ -331,14 +352,14 @@ def main(argv=None) -> int:
     print(f"sm_{args.arch}, triton {triton.__version__}")
     checks = compile_check(args.arch)
     for r in checks:
-        print(f"compiles  {r['kernel']:14} {r['variant']:36} {'ok' if r['ok'] else 'FAIL: ' + r['error']}")
+        print(f"compiles  {r['kernel']:14} {r['variant']:42} {'ok' if r['ok'] else 'FAIL: ' + r['error']}")
     rows = [] if args.compile_check else inspect_gemm(args.arch, args.variant, args.large_only)
     if rows:
-        print(f"{'kernel':10} {'variant':10} {'tile':12} {'st':>2} {'w':>2} {'regs':>4} {'stack':>5} {'smem':>7}  mma")
+        print(f"{'kernel':10} {'variant':18} {'tile':12} {'st':>2} {'w':>2} {'regs':>4} {'stack':>5} {'smem':>7}  mma")
     for r in rows:
         mma = ", ".join(m.split(".sync.aligned.")[-1] if "sync" in m else m for m in r["mma"]) or "NONE"
         flag = "" if r["ok"] else "   <-- FAIL"
-        print(f"{r['kernel']:10} {r['variant']:10} {r['tile']:12} {r['stages']:>2} {r['warps']:>2} {r['regs']:>4} "
+        print(f"{r['kernel']:10} {r['variant']:18} {r['tile']:12} {r['stages']:>2} {r['warps']:>2} {r['regs']:>4} "
               f"{r['stack']:>5} {r['shared']:>7}  {mma} {' '.join(r['sass_gmma'])}{flag}")
     if args.json:
         with open(args.json, "w") as f:

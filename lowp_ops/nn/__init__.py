@@ -1,7 +1,8 @@
 """The modules users end up holding: thin wrappers that keep their parameters and call torch.ops.lowp."""
 
+from .fp8 import Fp8Linear
 from .fp16 import Fp16Linear
 from .int8 import Int8Conv2d, Int8Linear
 from .qat import QATConv2d, QATLinear
 
-__all__ = ["Fp16Linear", "Int8Conv2d", "Int8Linear", "QATConv2d", "QATLinear"]
+__all__ = ["Fp8Linear", "Fp16Linear", "Int8Conv2d", "Int8Linear", "QATConv2d", "QATLinear"]

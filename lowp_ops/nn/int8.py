@@ -8,44 +8,15 @@ Each holds plain tensors: `weight` int8, `weight_scale` float32, `bias` float32,
 
 from __future__ import annotations
 
-import weakref
-
 import torch
 from torch import nn
 from torch.nn.modules.utils import _pair
 
 from .. import quant
-from .._validate import ACTIVATIONS, INT8_RANGE, SCALE_RANGE, outside
+from .._validate import INT8_RANGE
+from ._base import SCALE, Buffer, _QuantModule
 
 WEIGHT_SPEC = quant.per_channel(axis=0)  # symmetric int8 [-127, 127], one scale per output channel
-# Float dtypes a cast (.half(), .to(dtype)) may give an INT8 layer's float output; float64 is computed in float32
-_CAST_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-# What each buffer of a checkpoint must hold, as _init_quant stores it: key -> (dtypes, in words)
-_CHECKPOINT_DTYPES = {
-    "weight": ((torch.int8,), "int8"), "weight_scale": ((torch.float32,), "float32"),
-    "bias": ((torch.float16, torch.bfloat16, torch.float32, torch.float64), "a float dtype"),
-    "input_scale": ((torch.float32,), "float32"), "input_zero_point": ((torch.int32,), "int32"),
-    "output_scale": ((torch.float32,), "float32"), "output_zero_point": ((torch.int32,), "int32"),
-}
-_SCALES, _ZERO_POINTS = ("weight_scale", "input_scale", "output_scale"), ("input_zero_point", "output_zero_point")
-
-
-def _scale_arg(owner: str, arg: str, value, device) -> torch.Tensor | None:
-    """A per-tensor scale given to a constructor (number or one-element tensor) -> float32 (1,)."""
-    if value is None:
-        return None
-    if isinstance(value, torch.Tensor) and (value.is_complex() or value.dtype == torch.bool):
-        raise TypeError(f"{owner}: argument '{arg}' must be a real scale, got a {value.dtype} tensor")
-    t = torch.as_tensor(value, dtype=torch.float32, device=device)  # the float32 the kernels will read
-    if t.numel() != 1:
-        raise ValueError(f"{owner}: argument '{arg}' must be one value (a per-tensor scale), got shape "
-                         f"{tuple(t.shape)}")
-    if outside(t, *SCALE_RANGE).numel():
-        given = value.item() if isinstance(value, torch.Tensor) else value
-        as_f32 = f" ({t.item()!r} in float32)" if repr(t.item()) != repr(float(given)) else ""
-        raise ValueError(f"{owner}: argument '{arg}' must be a finite positive normal float32 scale (>= 2^-126), "
-                         f"got {given!r}{as_f32}")
-    return t.reshape(1).clone()
 
 
 def _zero_point_arg(owner: str, arg: str, value, device) -> torch.Tensor | None:
@@ -66,164 +37,44 @@ def _zero_point_arg(owner: str, arg: str, value, device) -> torch.Tensor | None:
     return torch.tensor([int(v)], dtype=torch.int32, device=device)
 
 
-# One .to() / .cuda() call -> {id(source buffer): (source, result)}, keyed by the function nn.Module._apply hands
-# down to every submodule (alive for that one call). nn.Module moves each module's buffers on its own, so two INT8
-# layers sharing one weight (tied weights, lowp_ops.registry.swap.share_tied) would come out with two copies;
-# through this table the second layer gets the first one's result and the weights stay one tensor.
-_MOVED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_ZERO_POINT = Buffer((torch.int32,), "int32", INT8_RANGE, "int8 codes in [-128, 127]", _zero_point_arg)
 
 
-def _tied(key, fn):
-    """fn, applied at most once per source tensor during the _apply call identified by key."""
-    memo = _MOVED.setdefault(key, {})
+class _Int8Module(_QuantModule):
+    """The INT8 scheme of _QuantModule: int8 weights (symmetric, per output channel or per tensor), and when static
+    input_scale / input_zero_point; with int8 output, output_scale / output_zero_point. Casts: _QuantModule."""
 
-    def apply(t: torch.Tensor) -> torch.Tensor:
-        hit = memo.get(id(t))
-        if hit is None or hit[0] is not t:
-            hit = memo[id(t)] = (t, fn(t))
-        return hit[1]
+    _WEIGHT_DTYPE = torch.int8
+    _WEIGHT_SPECS = (WEIGHT_SPEC, quant.per_tensor())
+    _WEIGHT_WORDS = "int8 symmetric per output channel or per tensor"
+    _FORMAT, _SCHEME = "int8", "INT8"
+    _QPARAMS = {"input_scale": SCALE, "input_zero_point": _ZERO_POINT, "output_scale": SCALE,
+                "output_zero_point": _ZERO_POINT}
+    _SCHEMES_DIFFER = "dynamic vs static, float vs int8 output"
+    _CONVERTERS = "lowp_ops.quantize_dynamic, or prepare / calibrate / convert"
+    _OUT_DTYPE_NOTE = "; int8 output comes from output_scale"
 
-    return apply
-
-
-class _Int8Module(nn.Module):
-    """Buffers and checks shared by the INT8 modules.
-
-    Casts follow one rule (see _apply): .half() / .bfloat16() / .double() / .to(dtype) set the dtype of the float
-    output; .float() gives back the output dtype the layer was built with (None: follow the input), so
-    m.half().float() behaves exactly as m did. float64 input or output is computed in float32 (the kernels' own
-    arithmetic) and returned as float64.
-    """
-
-    def _init_quant(self, weight: torch.Tensor, bias, activation: str, input_scale, input_zero_point,
-                    output_scale, output_zero_point, out_dtype, weight_spec) -> None:
+    def _init_quant(self, weight: torch.Tensor, bias, activation: str, out_dtype, weight_spec, **qparams) -> None:
         name = type(self).__name__
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"{name}: activation must be one of {ACTIVATIONS}, got {activation!r}")
-        if input_zero_point is not None and input_scale is None:
+        if qparams["input_zero_point"] is not None and qparams["input_scale"] is None:
             raise ValueError(f"{name}: input_zero_point needs input_scale (static quantization)")
-        if output_zero_point is not None and output_scale is None:
+        if qparams["output_zero_point"] is not None and qparams["output_scale"] is None:
             raise ValueError(f"{name}: output_zero_point needs output_scale (int8 output)")
-        if out_dtype is not None and out_dtype not in _CAST_DTYPES:
-            raise TypeError(f"{name}: out_dtype must be None (follow the input), float16, bfloat16, float32 or "
-                            f"float64, got {out_dtype}; int8 output comes from output_scale")
-        if weight_spec not in (WEIGHT_SPEC, quant.per_tensor()):
-            raise ValueError(f"{name}: weight_spec must be int8 symmetric per output channel or per tensor, "
-                             f"got {weight_spec}")
-        if not weight.is_floating_point():
-            raise TypeError(f"{name}: weight must be the float weight to quantize, got {weight.dtype}")
-        # a NaN / inf weight would silently give its whole output channel a NaN / inf scale
-        bad = ~torch.isfinite(weight.detach())
-        if bool(bad.any()):
-            raise ValueError(f"{name}: weight holds {int(bad.sum())} NaN / inf value(s), first at index "
-                             f"{tuple(bad.nonzero()[0].tolist())}; an int8 weight scale cannot represent them")
-        if bias is not None and tuple(bias.shape) != (weight.shape[0],):
-            raise ValueError(f"{name}: bias must have shape ({weight.shape[0]},) (one per output channel), got "
-                             f"{tuple(bias.shape)}")
-        device = weight.device
-        qparams = (("input_scale", _scale_arg(name, "input_scale", input_scale, device)),
-                   ("input_zero_point", _zero_point_arg(name, "input_zero_point", input_zero_point, device)),
-                   ("output_scale", _scale_arg(name, "output_scale", output_scale, device)),
-                   ("output_zero_point", _zero_point_arg(name, "output_zero_point", output_zero_point, device)))
-        qw = quant.quantize_tensor(weight.detach().float(), weight_spec)
-        self.register_buffer("weight", qw.qdata)
-        self.register_buffer("weight_scale", qw.scale.reshape(-1))
-        self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
-        for buf, value in qparams:
-            self.register_buffer(buf, value)
+        super()._init_quant(weight, bias, activation, out_dtype, weight_spec, **qparams)
         # Σ_k weight, for the zero-point correction; derived, so kept out of the state_dict and refreshed on load
         # (in _load_from_state_dict, not a load hook: a hook closure would make the module unpicklable)
         self.register_buffer("weight_sum", None, persistent=False)
-        self.activation, self.out_dtype = activation, out_dtype
-        self.built_out_dtype = out_dtype  # what .float() returns to
 
-    def _apply(self, fn, recurse=True):
-        """.to(device) / .cuda() / .cpu() move the buffers. A float dtype cast never touches them — the kernels
-        need the int8 weight and float32 scales — and sets the layer's float output dtype instead:
-            .half() / .bfloat16() / .double() / .to(dtype)  ->  out_dtype = that dtype
-            .float() / .to(torch.float32)                    ->  out_dtype = as built (None: follow the input)
-        float32 is what the layer already computes in, so casting to it undoes earlier casts: m.half().float()
-        behaves exactly as m. An int8 output (output_scale set) stays int8 whatever the cast."""
-        device = self.weight.device
-        # fn is opaque: run it on a float16 and a float32 probe. A device move changes neither dtype; .float()
-        # changes only the float16 one; any other float cast changes the float32 one.
-        p16, p32 = fn(torch.zeros((), dtype=torch.float16, device=device)), fn(torch.zeros((), device=device))
-        cast = p32.dtype if p32.dtype != torch.float32 else p16.dtype if p16.dtype != torch.float16 else None
-        if cast is None:
-            return super()._apply(_tied(fn, fn), recurse)
-        if cast not in _CAST_DTYPES:
-            raise TypeError(f"{type(self).__name__}: cannot cast to {cast}: a cast sets the float output dtype, "
-                            f"which must be float16, bfloat16, float32 or float64")
-        self.out_dtype = self.built_out_dtype if cast == torch.float32 else cast
-        return super()._apply(_tied(fn, lambda t: t.to(p32.device)), recurse)
-
-    def _check_checkpoint(self, state_dict, prefix: str, name: str) -> None:
-        """Every buffer of a checkpoint with the dtype this layer stores, and values the kernels can use."""
-        for key, (dtypes, words) in _CHECKPOINT_DTYPES.items():
-            theirs = state_dict.get(prefix + key)
-            if not isinstance(theirs, torch.Tensor) or theirs.dtype in dtypes:
-                continue
-            hint = "it was not saved from a lowp INT8 layer"
-            if theirs.is_floating_point() and key == "weight":
-                hint = (f"a float model's state_dict cannot be loaded into a quantized one: load it into the float "
-                        f"model and convert that (lowp_ops.quantize_dynamic, or prepare / calibrate / convert, or "
-                        f"{type(self).__name__}.from_float), not load_state_dict")
-            raise ValueError(f"{name}: checkpoint '{prefix + key}' has dtype {str(theirs.dtype).removeprefix('torch.')}"
-                             f" but this layer stores {words}; {hint}")
-        for keys, valid, what in ((_SCALES, SCALE_RANGE, "finite positive normal float32 scales (>= 2^-126)"),
-                                  (_ZERO_POINTS, INT8_RANGE, "int8 codes in [-128, 127]")):
-            for key in keys:
-                theirs = state_dict.get(prefix + key)
-                bad = outside(theirs, *valid) if isinstance(theirs, torch.Tensor) else ()
-                if len(bad):
-                    raise ValueError(f"{name}: checkpoint '{prefix + key}' must hold {what}, got {bad[:4].tolist()}")
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs):
-        """Say plainly when a checkpoint was made for another layer, another scheme or a float model."""
-        name = f"{type(self).__name__} '{prefix.rstrip('.') or '(root)'}'"
-        self._check_checkpoint(state_dict, prefix, name)
-        for key in ("weight", "weight_scale", "bias"):
-            mine, theirs = getattr(self, key), state_dict.get(prefix + key)
-            if mine is not None and theirs is not None and mine.shape != theirs.shape:
-                raise ValueError(f"{name}: checkpoint {key} has shape {tuple(theirs.shape)} but this layer's is "
-                                 f"{tuple(mine.shape)}; load it into a model of the same architecture")
-        for key in ("input_scale", "input_zero_point", "output_scale", "output_zero_point"):
-            if (getattr(self, key) is None) != (prefix + key not in state_dict):
-                have, mine = ("has", "lacks") if prefix + key in state_dict else ("lacks", "has")
-                raise ValueError(f"{name}: the checkpoint {have} '{key}' but this layer {mine}"
-                                 f" it: it was converted with another scheme (dynamic vs static, float vs int8 "
-                                 f"output); convert this model the same way before loading")
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
+    def _load_from_state_dict(self, *args):
+        super()._load_from_state_dict(*args)
         self._refresh_weight_sum()
 
     def _refresh_weight_sum(self) -> None:
         dims = tuple(range(1, self.weight.ndim))
         self.weight_sum = self.weight.sum(dim=dims, dtype=torch.int32) if self.input_zero_point is not None else None
 
-    @property
-    def static(self) -> bool:
-        return self.input_scale is not None
-
     def _output_dtype(self, x: torch.Tensor) -> torch.dtype:
-        if self.output_scale is not None:
-            return torch.int8
-        return self.out_dtype or (x.dtype if x.is_floating_point() else torch.float32)
-
-    def _prepare_input(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.dtype]:
-        """(x as the ops take it, the dtype to return). float64 goes in rounded to float32 — the kernels'
-        arithmetic is float32 throughout, so nothing is lost that they would have kept (a value beyond float32's
-        range becomes inf) — and a float64 output is computed in float32 (_kernel_dtype) and widened after."""
-        if x.dtype == torch.int8 and not self.static:
-            raise ValueError(f"{type(self).__name__}: an int8 input needs a static input_scale (from calibration); "
-                             f"this module quantizes its input dynamically, so give it float input")
-        out_dtype = self._output_dtype(x)
-        return (x.float() if x.dtype == torch.float64 else x), out_dtype
-
-    @staticmethod
-    def _kernel_dtype(out_dtype: torch.dtype) -> torch.dtype:
-        return torch.float32 if out_dtype == torch.float64 else out_dtype
+        return torch.int8 if self.output_scale is not None else super()._output_dtype(x)
 
     def _scheme(self) -> str:
         act = (f"static int8 (scale={self.input_scale.item():.4g}, zero_point="
@@ -244,7 +95,7 @@ class Int8Linear(_Int8Module):
     quantized with input_scale / input_zero_point (the output of an INT8 layer before it).
     Returns (..., out_features): float (x's dtype, or out_dtype) or int8 when output_scale is set.
     input_scale / output_scale: one finite float32 > 0, normal (>= 2^-126); zero points: one integer in
-    [-128, 127]. Casts: see _Int8Module._apply (m.half() returns float16, .float() undoes it).
+    [-128, 127]. Casts: see _QuantModule._apply in nn/_base.py (m.half() returns float16, .float() undoes it).
 
     >>> layer = Int8Linear.from_float(torch.nn.Linear(64, 32))
     >>> layer(torch.randn(4, 64)).shape
@@ -261,8 +112,9 @@ class Int8Linear(_Int8Module):
             raise ValueError(f"Int8Linear: weight must be (out_features, in_features), got shape "
                              f"{tuple(weight.shape)}")
         self.in_features, self.out_features = weight.shape[1], weight.shape[0]
-        self._init_quant(weight, bias, activation, input_scale, input_zero_point, output_scale, output_zero_point,
-                         out_dtype, weight_spec)
+        self._init_quant(weight, bias, activation, out_dtype, weight_spec, input_scale=input_scale,
+                         input_zero_point=input_zero_point, output_scale=output_scale,
+                         output_zero_point=output_zero_point)
         self._refresh_weight_sum()
 
     @classmethod
@@ -341,8 +193,9 @@ class Int8Conv2d(_Int8Module):
         self.kernel_size = tuple(weight.shape[2:])
         self.stride, self.dilation, self.groups = _pair(stride), _pair(dilation), groups
         self.padding = _conv_padding(padding, self.kernel_size, self.dilation)
-        self._init_quant(weight, bias, activation, input_scale, input_zero_point, output_scale, output_zero_point,
-                         out_dtype, weight_spec)
+        self._init_quant(weight, bias, activation, out_dtype, weight_spec, input_scale=input_scale,
+                         input_zero_point=input_zero_point, output_scale=output_scale,
+                         output_zero_point=output_zero_point)
         self.weight = self.weight.contiguous(memory_format=torch.channels_last)
         self._refresh_weight_sum()
 

@@ -15,7 +15,15 @@ from torch.library import triton_op
 
 from .._validate import FLOAT_DTYPES, check_scale
 from ..quant import MIN_SCALE
-from ._common import check_epilogue, check_linear_operands, check_out_dtype, flat, rows
+from ._common import (
+    check_epilogue,
+    check_fp8_device,
+    check_linear_operands,
+    check_out_dtype,
+    check_required_scale,
+    flat,
+    rows,
+)
 from .backends import dispatch
 
 FP8 = torch.float8_e4m3fn
@@ -25,9 +33,10 @@ def _check_fp8_mm(a, b, a_scale, b_scale, bias, activation, out_dtype) -> torch.
     """Validate; returns the output dtype (None resolved)."""
     op, like = "fp8_mm", ("a", a)
     M, N, _ = check_linear_operands(op, ("a", "b"), a, b, (FP8,), FP8)
+    check_fp8_device(op, "a", a)
     out_dtype = check_out_dtype(op, torch.float32 if out_dtype is None else out_dtype, FLOAT_DTYPES)
-    check_scale(op, "a_scale", a_scale, like, ((M,), tuple(a.shape[:-1])), "one scale per row")
-    check_scale(op, "b_scale", b_scale, like, [(N,)], "one scale per output column")
+    check_required_scale(op, "a_scale", a_scale, like, ((M,), tuple(a.shape[:-1])), "one scale per row")
+    check_required_scale(op, "b_scale", b_scale, like, [(N,)], "one scale per output column")
     check_epilogue(op, like, N, bias, activation, out_dtype, None, None)
     return out_dtype
 
@@ -70,9 +79,10 @@ def _check_fp8_linear(x, weight, weight_scale, bias, x_scale, activation, out_dt
     """Validate; returns the output dtype (None resolved)."""
     op, like = "fp8_linear", ("x", x)
     _, N, _ = check_linear_operands(op, ("x", "weight"), x, weight, FLOAT_DTYPES, FP8)
+    check_fp8_device(op, "x", x)
     out_dtype = check_out_dtype(op, x.dtype if out_dtype is None else out_dtype, FLOAT_DTYPES)
     check_scale(op, "x_scale", x_scale, like, what="static per-tensor activation scale")
-    check_scale(op, "weight_scale", weight_scale, like, [(N,)], "one scale per output column")
+    check_required_scale(op, "weight_scale", weight_scale, like, [(N,)], "one scale per output column")
     check_epilogue(op, like, N, bias, activation, out_dtype, None, None)
     return out_dtype
 

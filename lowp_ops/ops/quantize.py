@@ -8,15 +8,21 @@ from torch.library import triton_op
 
 from .._validate import FLOAT_DTYPES, fail
 from ..quant import MIN_SCALE
-from ._common import check_matrix_input, check_out_dtype, check_static_qparams, flat, rows
+from ._common import check_fp8_device, check_matrix_input, check_out_dtype, check_static_qparams, flat, rows
 from .backends import dispatch
 
 CODE_DTYPES = (torch.int8, torch.float8_e4m3fn)
 
 
+def _check_code_dtype(op: str, x: Tensor, dtype: torch.dtype) -> None:
+    check_out_dtype(op, dtype, CODE_DTYPES, "dtype")
+    if dtype != torch.int8:
+        check_fp8_device(op, "x", x)
+
+
 def _check_quantize_per_token(x: Tensor, dtype: torch.dtype) -> None:
     check_matrix_input("quantize_per_token", "x", x, FLOAT_DTYPES)
-    check_out_dtype("quantize_per_token", dtype, CODE_DTYPES, "dtype")
+    _check_code_dtype("quantize_per_token", x, dtype)
 
 
 @triton_op("lowp::quantize_per_token", mutates_args={})
@@ -36,7 +42,7 @@ def quantize_per_token(x: Tensor, dtype: torch.dtype = torch.int8) -> tuple[Tens
     ([[64, -127, 32]], [0.007874015718698502])
     >>> q, s = torch.ops.lowp.quantize_per_token(torch.tensor([[0.5, -1.0, 0.25]]), torch.float8_e4m3fn)
     >>> q.float().tolist(), s.tolist()
-    ([[224.0, -448.0, 112.0]], [0.002232142956927419])
+    ([[224.0, -448.0, 112.0]], [0.0022321429569274187])
     """
     _check_quantize_per_token(x, dtype)
     M, K = rows(x)
@@ -53,7 +59,7 @@ def _quantize_per_token_fake(x, dtype=torch.int8):
 def _check_quantize_per_tensor(x: Tensor, scale: Tensor, zero_point: Tensor | None, dtype: torch.dtype) -> None:
     op = "quantize_per_tensor"
     check_matrix_input(op, "x", x, FLOAT_DTYPES)
-    check_out_dtype(op, dtype, CODE_DTYPES, "dtype")
+    _check_code_dtype(op, x, dtype)
     if dtype != torch.int8 and zero_point is not None:
         fail(op, "argument 'zero_point' applies to int8 codes only: FP8 quantization is symmetric")
     check_static_qparams(op, x, scale, zero_point)
@@ -69,7 +75,9 @@ def quantize_per_tensor(x: Tensor, scale: Tensor, zero_point: Tensor | None = No
     or torch.float8_e4m3fn. Returns (..., K) in dtype: int8 = clamp(round_half_even(x * (1 / scale)) + zero_point,
     -128, 127), bit-identical to torch.fake_quantize_per_tensor_affine's integer grid; e4m3 = x * (1 / scale)
     rounded to the nearest e4m3 value (ties to even) and saturated at ±448. Values are checked on eager calls only
-    (not under torch.compile or on fake tensors). NaN / inf in x: README section "Non-finite input and overflow".
+    (not under torch.compile or on fake tensors). NaN / inf in x: int8 codes as README section "Non-finite input
+    and overflow" says (NaN -> zero_point, ±inf -> 127 / -128); e4m3 codes keep NaN (e4m3 has a NaN code) and
+    saturate ±inf to ±448.
 
     >>> x = torch.tensor([[0.3, 1000.0, -2.5]])
     >>> torch.ops.lowp.quantize_per_tensor(x, torch.tensor([0.5]), dtype=torch.float8_e4m3fn).float().tolist()

@@ -63,8 +63,9 @@ def dequantize(q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, s
 
 
 class _FakeQuantizeSTE(torch.autograd.Function):
-    """Forward: dequantize(quantize(x)), so NaN gives 0, as the int8 path it simulates. Backward: straight-through
-    inside the representable range, zero outside it and at NaN (the gradient torch.fake_quantize_* uses)."""
+    """Forward: dequantize(quantize(x)), so NaN gives 0 on an integer grid, as the int8 path it simulates, and stays
+    NaN on an FP8 one. Backward: straight-through inside the representable range, zero outside it and at NaN (the
+    gradient torch.fake_quantize_* uses)."""
 
     @staticmethod
     def forward(ctx, x, scale, zero_point, spec):

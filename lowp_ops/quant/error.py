@@ -7,9 +7,16 @@ and a small ConvNet): rounding to a grid of step Δ leaves an error uniform on [
 An integer grid has one step for every element it covers (Δ = scale). A floating grid (FP8) has a step that
 grows with the value: Δ = scale · 2^(e − m) in the binade [2^e, 2^(e+1)) of |x| / scale, m mantissa bits, so the
 error is relative, at most u = 2^-(m+1) of |x| (unit roundoff; 1/16 for e4m3). The same Δ²/12, taken element by
-element, predicts both; for values spread evenly in log over their binades it gives the floating format an SQNR
-near 10·log10(3 / (u² · 3 / (8 ln 2))) ≈ 31.5 dB for e4m3, 25.5 dB for e5m2, whatever the tensor's range — where
-the integer grid's SQNR falls as the range grows past the typical value (an outlier channel).
+element, predicts both. For log-uniform data (|x| spread evenly in log over whole octaves below its amax) it gives
+the floating format one SQNR whatever the tensor's range: amax lands on qmax = c · 2^E, c = 1.75 in both formats
+(448 = 1.75 · 2^8, 57344 = 1.75 · 2^15), so every octave of the data covers the fraction 1 − log2 c of one binade
+and log2 c of the next (step twice as large). For v log-uniform on [c, 2c), E[v²] = 3c²/(2 ln 2) and, with step
+2^-m below 2 and 2^(1-m) above, E[Δ²] = 4^-m (1 + 3 log2 c), so
+
+    SQNR = 18 c² 4^m / (ln 2 · (1 + 3 log2 c)) ≈ 31.7 dB for e4m3, 25.7 dB for e5m2
+
+(measured 31.64-31.78 / 25.68-25.80 dB on 2^16 samples: tests/quant/test_fp8.py) — where the integer grid's SQNR
+falls as the range grows past the typical value (an outlier channel).
 """
 
 from __future__ import annotations

@@ -66,7 +66,11 @@ class QuantSpec:
 def _check_granularity(spec) -> None:
     """Coerce spec.granularity to a Granularity and check that axis / group_size go with it."""
     name = type(spec).__name__
-    object.__setattr__(spec, "granularity", Granularity(spec.granularity))
+    try:
+        object.__setattr__(spec, "granularity", Granularity(spec.granularity))
+    except ValueError:
+        raise ValueError(f"{name}: granularity must be one of {tuple(g.value for g in Granularity)}, got "
+                         f"{spec.granularity!r}") from None
     if spec.granularity is Granularity.PER_CHANNEL and spec.axis is None:
         raise ValueError(f"{name}: granularity 'per_channel' needs an axis, got axis=None")
     if spec.granularity is not Granularity.PER_CHANNEL and spec.axis is not None:
@@ -117,7 +121,7 @@ class Fp8Spec:
     signed: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
-        if self.format not in _FP8_FORMATS:
+        if not isinstance(self.format, str) or self.format not in _FP8_FORMATS:
             raise ValueError(f"Fp8Spec: format must be one of {tuple(_FP8_FORMATS)}, got {self.format!r}")
         _check_granularity(self)
 

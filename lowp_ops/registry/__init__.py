@@ -8,16 +8,24 @@
     swap.py         the replacement in every slot, tied weights, SwapReport
     api.py          quantize and convert
     calibration.py  calibrate
-    workflows.py    quantize_dynamic, prepare, prepare_qat, to_fp16
+    workflows.py    quantize_dynamic (INT8, FP16 or FP8), prepare, prepare_qat, to_fp16
 """
 
 from .api import convert, quantize
 from .calibration import calibrate
-from .configs import Fp16Config, Int8Config, Int8DynamicConfig, Int8StaticConfig, LowpConfig, QATConfig
+from .configs import (
+           Fp8DynamicConfig,
+           Fp16Config,
+           Int8Config,
+           Int8DynamicConfig,
+           Int8StaticConfig,
+           LowpConfig,
+           QATConfig,
+)
 from .handlers import LayerContext, register
 from .swap import SwapReport
 from .workflows import prepare, prepare_qat, quantize_dynamic, to_fp16
 
-__all__ = ["Fp16Config", "Int8Config", "Int8DynamicConfig", "Int8StaticConfig", "LayerContext", "LowpConfig",
-           "QATConfig", "SwapReport", "calibrate", "convert", "prepare", "prepare_qat", "quantize", "quantize_dynamic",
-           "register", "to_fp16"]
+__all__ = ["Fp8DynamicConfig", "Fp16Config", "Int8Config", "Int8DynamicConfig", "Int8StaticConfig", "LayerContext",
+           "LowpConfig", "QATConfig", "SwapReport", "calibrate", "convert", "prepare", "prepare_qat", "quantize",
+           "quantize_dynamic", "register", "to_fp16"]

@@ -23,13 +23,12 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_map
 
-from ..nn import Fp16Linear, Int8Conv2d, Int8Linear, QATConv2d, QATLinear
 from ..quant.observers import OBSERVERS
 from . import graph
-from .configs import Int8StaticConfig, LowpConfig
+from .configs import CONFIG_NAMES, Int8StaticConfig, LowpConfig
 from .fusion import apply_fusions, int8_outputs
 from .handlers import LayerContext, QParams, registered_types
-from .plan import FilterFn, check_common, check_overrides, deferred, plan
+from .plan import LOWP_MODULES, FilterFn, check_common, check_overrides, deferred, plan
 from .swap import SwapReport, swap
 
 
@@ -60,7 +59,7 @@ def as_example(caller: str, example_inputs) -> graph.Example | None:
 
 def _leaves() -> tuple[type, ...]:
     """Module types the analysis keeps whole: every type a handler converts, and lowp's own modules."""
-    return registered_types() + (Int8Linear, Int8Conv2d, Fp16Linear, QATLinear, QATConv2d)
+    return registered_types() + LOWP_MODULES
 
 
 def _analyse(model: nn.Module, layers: set[str], example: graph.Example | None, report: SwapReport,
@@ -86,21 +85,22 @@ def quantize(model: nn.Module, config: LowpConfig, *, filter_fn: FilterFn | None
 
     model:           any nn.Module. Copied first unless inplace=True (torchao's quantize_ works in place and
                      returns None; this returns the model either way, so that the copy can be kept).
-    config:          an Int8DynamicConfig or Fp16Config (the model comes back converted), an Int8StaticConfig
-                     (it comes back prepared: run lowp_ops.calibrate, then lowp_ops.convert) or a QATConfig (it
-                     comes back with QAT modules: train, then lowp_ops.convert).
+    config:          an Int8DynamicConfig, Fp8DynamicConfig or Fp16Config (the model comes back converted), an
+                     Int8StaticConfig (it comes back prepared: run lowp_ops.calibrate, then lowp_ops.convert) or a
+                     QATConfig (it comes back with QAT modules: train, then lowp_ops.convert).
     filter_fn:       filter_fn(module, fqn) -> bool; False leaves that layer as it is.
     overrides:       layer name or fnmatch pattern -> config, or None to leave those layers float. A name also
                      covers the modules inside it; the most specific key wins (the layer's own name, then the
-                     nearest enclosing module's, then the first matching pattern). Int8DynamicConfig and Fp16Config
-                     mix; Int8StaticConfig and QATConfig do not mix with others.
+                     nearest enclosing module's, then the first matching pattern). Int8DynamicConfig,
+                     Fp8DynamicConfig and Fp16Config mix; Int8StaticConfig and QATConfig do not mix with others.
     example_inputs:  one call's inputs (a tensor, a tuple of positional arguments, or a dict of keyword
                      arguments), for torch.export to read the model's graph; without it the analysis falls back to
                      torch.fx or nn.Sequential order, which may fuse less.
 
-    Linear / Conv2d (and registered types) are replaced; a BatchNorm2d after a conv is folded into it and a relu
-    after a layer fused into it (INT8 and FP16; static INT8 folds at convert). The result's `lowp_report` (after
-    convert, for static / QAT) says what was converted, what was not and why.
+    Linear / Conv2d (and registered types) are replaced; a BatchNorm2d after a converted conv is folded into it and
+    a relu after a converted layer fused into it (static INT8: at convert). Fp8DynamicConfig and Fp16Config convert
+    Linear only: convs, and the BatchNorm after them, stay float. The result's `lowp_report` (after convert, for
+    static / QAT) says what was converted, what was not and why.
 
     >>> import torch, lowp_ops
     >>> model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
@@ -109,8 +109,8 @@ def quantize(model: nn.Module, config: LowpConfig, *, filter_fn: FilterFn | None
     (['Int8Linear', 'Identity', 'Fp16Linear'], 'relu')
     """
     if not isinstance(config, LowpConfig):
-        raise TypeError(f"quantize: config must be a lowp config (Int8DynamicConfig, Int8StaticConfig, QATConfig, "
-                        f"Fp16Config), got {type(config).__name__} {config!r}")
+        raise TypeError(f"quantize: config must be a lowp config ({CONFIG_NAMES}), got {type(config).__name__} "
+                        f"{config!r}")
     return apply_config("quantize", model, config, filter_fn=filter_fn, overrides=overrides,
                         example_inputs=example_inputs, inplace=inplace)
 

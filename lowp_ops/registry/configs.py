@@ -6,6 +6,7 @@ what those handlers read.
         Int8DynamicConfig      activations quantized at run time        quantize / quantize_dynamic
         Int8StaticConfig       activations with calibrated scales       prepare -> calibrate -> convert
         QATConfig              scales learned in training               prepare_qat -> train -> convert
+      Fp8DynamicConfig         Linear on lowp's FP8 (e4m3) GEMM         quantize / quantize_dynamic
       Fp16Config               Linear on lowp's float16 / bfloat16 GEMM quantize / to_fp16
 
 >>> import torch, lowp_ops
@@ -19,14 +20,18 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..quant import Granularity, QuantSpec, per_channel
+from ..quant import Fp8Spec, Granularity, QuantSpec, per_channel
 from ..quant.observers import OBSERVERS
 
 # What the INT8 kernels take (kernels/gemm.py, kernels/conv.py): int8 operands, symmetric weights with one
 # scale per output channel (or one for all), activations with one scale and zero point per tensor.
 _WEIGHT_SPECS = (per_channel(axis=0), QuantSpec(bits=8))
+# What the FP8 GEMM takes (kernels/gemm.py): e4m3 operands, the weight with one scale per output channel or one
+_FP8_WEIGHT_SPECS = (Fp8Spec(granularity="per_channel", axis=0), Fp8Spec())
 _OUT_DTYPES = (None, torch.float16, torch.bfloat16, torch.float32)
 COMPUTE_DTYPES = (torch.float16, torch.bfloat16)
+# The built-in configs, for messages that list them
+CONFIG_NAMES = "Int8DynamicConfig, Int8StaticConfig, QATConfig, Fp16Config, Fp8DynamicConfig"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -54,8 +59,12 @@ class Int8Config(LowpConfig):
         if self.weight not in _WEIGHT_SPECS:
             raise ValueError(f"{name}: weight must be 8-bit signed symmetric per output channel (axis 0) or per "
                              f"tensor, what the INT8 kernels take, got {self.weight}")
-        if self.out_dtype not in _OUT_DTYPES:
-            raise ValueError(f"{name}: out_dtype must be None, float16, bfloat16 or float32, got {self.out_dtype}")
+        _check_out_dtype(name, self.out_dtype)
+
+
+def _check_out_dtype(owner: str, out_dtype) -> None:
+    if out_dtype not in _OUT_DTYPES:
+        raise ValueError(f"{owner}: out_dtype must be None, float16, bfloat16 or float32, got {out_dtype}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -141,6 +150,40 @@ class Fp16Config(LowpConfig):
         check_compute_dtype("Fp16Config", self.compute_dtype)
 
 
+@dataclass(frozen=True, kw_only=True)
+class Fp8DynamicConfig(LowpConfig):
+    """FP8 W8A8 Linear layers (Fp8Linear): weights quantized once to e4m3, activations to e4m3 per token (row) at
+    run time, float32 accumulation on lowp's fp8 GEMM. No calibration. Conv2d layers stay float (there is no FP8
+    conv), and the report says so.
+
+    weight:          an e4m3 Fp8Spec: per output channel (Fp8Spec(granularity="per_channel", axis=0), the default)
+                     or per tensor (Fp8Spec()); quantized once, at conversion.
+    out_dtype:       float dtype of the layer's output: None (its input's dtype), torch.float16, torch.bfloat16 or
+                     torch.float32.
+    use_fast_accum:  False (default): each BLOCK_K slice of the reduction is added into a float32 accumulator.
+                     True: the whole reduction in sm_90's fp8 accumulator, faster and with fewer bits
+                     (lowp.fp8_mm); CPU tensors accumulate in float32 either way.
+
+    >>> import torch, lowp_ops
+    >>> q = lowp_ops.quantize(torch.nn.Sequential(torch.nn.Linear(8, 4)), lowp_ops.Fp8DynamicConfig())
+    >>> q[0].weight.dtype, q.lowp_report.swapped["0"]
+    (torch.float8_e4m3fn, 'Fp8Linear by linear_to_fp8_dynamic')
+    """
+
+    weight: Fp8Spec = field(default_factory=lambda: _FP8_WEIGHT_SPECS[0])
+    out_dtype: torch.dtype | None = None
+    use_fast_accum: bool = False
+
+    def __post_init__(self) -> None:
+        if self.weight not in _FP8_WEIGHT_SPECS:
+            raise ValueError(f"Fp8DynamicConfig: weight must be an e4m3 Fp8Spec per output channel (axis 0) or per "
+                             f"tensor, what the FP8 kernels take, got {self.weight}")
+        _check_out_dtype("Fp8DynamicConfig", self.out_dtype)
+        if not isinstance(self.use_fast_accum, bool):
+            raise TypeError(f"Fp8DynamicConfig: use_fast_accum must be a bool, got "
+                            f"{type(self.use_fast_accum).__name__} {self.use_fast_accum!r}")
+
+
 def check_compute_dtype(owner: str, compute_dtype) -> None:
     """TypeError / ValueError naming `owner` unless compute_dtype is torch.float16 or torch.bfloat16."""
     if not isinstance(compute_dtype, torch.dtype):
@@ -150,4 +193,5 @@ def check_compute_dtype(owner: str, compute_dtype) -> None:
         raise ValueError(f"{owner}: compute_dtype must be torch.float16 or torch.bfloat16, got {compute_dtype}")
 
 
-__all__ = ["Fp16Config", "Int8Config", "Int8DynamicConfig", "Int8StaticConfig", "LowpConfig", "QATConfig"]
+__all__ = ["Fp8DynamicConfig", "Fp16Config", "Int8Config", "Int8DynamicConfig", "Int8StaticConfig", "LowpConfig",
+           "QATConfig"]

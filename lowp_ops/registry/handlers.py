@@ -19,6 +19,10 @@ types match along their bases, so a subclass of Int8DynamicConfig still reaches 
     QATLinear     QATConfig            qat_linear_to_int8      Int8Linear with the trained scales (convert)
     QATConv2d     QATConfig            qat_conv2d_to_int8      Int8Conv2d with the trained scales (convert)
     nn.Linear     Fp16Config           linear_to_fp16          Fp16Linear
+    nn.Linear     Fp8DynamicConfig     linear_to_fp8_dynamic   Fp8Linear, e4m3 weights, input quantized per token
+
+No handler converts an nn.Conv2d under Fp16Config or Fp8DynamicConfig (lowp has no float16 or FP8 conv): those
+convs stay float, and the report says so.
 """
 
 from __future__ import annotations
@@ -30,8 +34,16 @@ import torch
 from torch import nn
 
 from .._validate import ACTIVATIONS
-from ..nn import Fp16Linear, Int8Conv2d, Int8Linear, QATConv2d, QATLinear
-from .configs import Fp16Config, Int8DynamicConfig, Int8StaticConfig, LowpConfig, QATConfig
+from ..nn import Fp8Linear, Fp16Linear, Int8Conv2d, Int8Linear, QATConv2d, QATLinear
+from .configs import (
+    CONFIG_NAMES,
+    Fp8DynamicConfig,
+    Fp16Config,
+    Int8DynamicConfig,
+    Int8StaticConfig,
+    LowpConfig,
+    QATConfig,
+)
 
 QParams = tuple[torch.Tensor, torch.Tensor]  # (scale, zero_point): float32 and int32 tensors of one element
 
@@ -86,8 +98,7 @@ def register(module_type: type[nn.Module], config_type: type[LowpConfig]) -> Cal
     if not (isinstance(module_type, type) and issubclass(module_type, nn.Module)):
         raise TypeError(f"register: module_type must be an nn.Module subclass, got {module_type!r}")
     if not (isinstance(config_type, type) and issubclass(config_type, LowpConfig)):
-        hint = (" (schemes are config types now: Int8DynamicConfig, Int8StaticConfig, QATConfig, Fp16Config)"
-                if isinstance(config_type, str) else "")
+        hint = f" (schemes are config types now: {CONFIG_NAMES})" if isinstance(config_type, str) else ""
         raise TypeError(f"register: config_type must be a lowp config class (a LowpConfig subclass), got "
                         f"{config_type!r}{hint}")
 
@@ -196,3 +207,10 @@ def qat_conv2d_to_int8(module: QATConv2d, config: QATConfig, context: LayerConte
 def linear_to_fp16(module: nn.Linear, config: Fp16Config, context: LayerContext) -> Fp16Linear:
     """nn.Linear -> Fp16Linear computing in config.compute_dtype, float32 master weights copied from the layer."""
     return Fp16Linear.from_linear(module, compute_dtype=config.compute_dtype, activation=context.activation)
+
+
+@register(nn.Linear, Fp8DynamicConfig)
+def linear_to_fp8_dynamic(module: nn.Linear, config: Fp8DynamicConfig, context: LayerContext) -> Fp8Linear:
+    """nn.Linear -> Fp8Linear: weights quantized to e4m3 now, inputs per token at run time."""
+    return Fp8Linear.from_float(module, activation=context.activation, out_dtype=config.out_dtype,
+                                weight_spec=config.weight, use_fast_accum=config.use_fast_accum)

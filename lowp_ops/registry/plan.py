@@ -8,8 +8,8 @@ from collections.abc import Callable, Mapping
 
 from torch import nn
 
-from ..nn import Fp16Linear, Int8Conv2d, Int8Linear, QATConv2d, QATLinear
-from .configs import Int8StaticConfig, LowpConfig, QATConfig
+from ..nn import Fp8Linear, Fp16Linear, Int8Conv2d, Int8Linear, QATConv2d, QATLinear
+from .configs import CONFIG_NAMES, Int8StaticConfig, LowpConfig, QATConfig
 from .handlers import handler_for, registered_types
 from .swap import SwapReport, places
 
@@ -18,7 +18,7 @@ Overrides = Mapping[str, "LowpConfig | None"]
 
 # lowp's own modules are the result of a conversion, never its input: a model converted once is not converted again
 # (and a QATLinear is finished by convert, not by a second prepare_qat)
-LOWP_MODULES = (Int8Linear, Int8Conv2d, Fp16Linear, QATLinear, QATConv2d)
+LOWP_MODULES = (Int8Linear, Int8Conv2d, Fp8Linear, Fp16Linear, QATLinear, QATConv2d)
 # parameterized layers handled with their neighbours (folded into a conv) rather than replaced: not "unsupported"
 _FOLDED = (nn.BatchNorm2d,)
 
@@ -29,7 +29,7 @@ def _a(name: str) -> str:
 
 def deferred(config: LowpConfig) -> type[LowpConfig] | None:
     """Int8StaticConfig or QATConfig for a config whose layers are prepared now and converted by convert; None for
-    one applied at once (Int8DynamicConfig, Fp16Config, user configs)."""
+    one applied at once (Int8DynamicConfig, Fp8DynamicConfig, Fp16Config, user configs)."""
     for kind in (Int8StaticConfig, QATConfig):
         if isinstance(config, kind):
             return kind
@@ -60,13 +60,13 @@ def check_overrides(caller: str, config: LowpConfig, overrides) -> dict[str, Low
             raise TypeError(f"{caller}: overrides keys must be layer names or fnmatch patterns (str), got "
                             f"{type(key).__name__} {key!r}")
         if value is not None and not isinstance(value, LowpConfig):
-            raise TypeError(f"{caller}: overrides[{key!r}] must be a lowp config (Int8DynamicConfig, Int8StaticConfig, "
-                            f"QATConfig, Fp16Config) or None, got {type(value).__name__} {value!r}")
+            raise TypeError(f"{caller}: overrides[{key!r}] must be a lowp config ({CONFIG_NAMES}) or None, got "
+                            f"{type(value).__name__} {value!r}")
         if value is not None and deferred(value) is not deferred(config):
             raise ValueError(f"{caller}: overrides[{key!r}] is {_a(type(value).__name__)} but config is "
                              f"{_a(type(config).__name__)}; one call runs one workflow: configs applied at once "
-                             f"(Int8DynamicConfig, Fp16Config) mix, Int8StaticConfig and QATConfig each need their "
-                             f"own prepare -> convert")
+                             f"(Int8DynamicConfig, Fp8DynamicConfig, Fp16Config) mix, Int8StaticConfig and QATConfig "
+                             f"each need their own prepare -> convert")
     return dict(overrides)
 
 

@@ -11,6 +11,12 @@ runs as it is:
 >>> qmodel = lowp_ops.quantize_dynamic(ConvNet(), {torch.nn.Linear}, dtype=torch.qint8)
 >>> type(qmodel.fc1).__name__, type(qmodel.conv1).__name__
 ('Int8Linear', 'Conv2d')
+
+and so does its FP8 spelling (e4m3 weights and activations; there is no FP8 conv, so the convs stay float):
+
+>>> fp8 = lowp_ops.quantize_dynamic(ConvNet(), dtype=torch.float8_e4m3fn)
+>>> type(fp8.fc1).__name__, fp8.lowp_report.skipped["conv1"]
+('Fp8Linear', 'no lowp handler for Conv2d under Fp8DynamicConfig')
 """
 
 from __future__ import annotations
@@ -22,22 +28,36 @@ from torch import nn
 
 from .api import apply_config, convert
 from .calibration import calibrate
-from .configs import Fp16Config, Int8DynamicConfig, Int8StaticConfig, LowpConfig, QATConfig, check_compute_dtype
+from .configs import (
+    CONFIG_NAMES,
+    Fp8DynamicConfig,
+    Fp16Config,
+    Int8DynamicConfig,
+    Int8StaticConfig,
+    LowpConfig,
+    QATConfig,
+    check_compute_dtype,
+)
 from .plan import FilterFn, check_common, check_overrides, deferred, matches
 
 # the workflow that takes each config, for the messages that point a config to its workflow
 _WORKFLOW = {Int8DynamicConfig: "lowp_ops.quantize_dynamic(model, config=config)",
+             Fp8DynamicConfig: "lowp_ops.quantize_dynamic(model, dtype=torch.float8_e4m3fn, config=config) or "
+                               "lowp_ops.quantize(model, config)",
              Fp16Config: "lowp_ops.to_fp16(model) or lowp_ops.quantize(model, config)",
              Int8StaticConfig: "lowp_ops.prepare(model, config), lowp_ops.calibrate and lowp_ops.convert",
              QATConfig: "lowp_ops.prepare_qat(model, config), training and lowp_ops.convert"}
-_DYNAMIC_DTYPES = {torch.qint8: Int8DynamicConfig, torch.float16: Fp16Config}
+# torch.ao's dtype argument -> the config it stands for, and the modules that makes (for messages)
+_DYNAMIC_DTYPES = {torch.qint8: Int8DynamicConfig, torch.float16: Fp16Config, torch.float8_e4m3fn: Fp8DynamicConfig}
+_DYNAMIC_RESULTS = {torch.qint8: "Int8Linear / Int8Conv2d", torch.float16: "Fp16Linear",
+                    torch.float8_e4m3fn: "Fp8Linear"}
 
 
 def _hint(config) -> str:
     if isinstance(config, bool):
         return " (torch.ao's second positional argument is inplace; here it is a keyword: inplace=True)"
     if isinstance(config, str):
-        return " (schemes are config types now: Int8DynamicConfig, Int8StaticConfig, QATConfig, Fp16Config)"
+        return f" (schemes are config types now: {CONFIG_NAMES})"
     for kind, workflow in _WORKFLOW.items():
         if isinstance(config, kind):
             return f"; {type(config).__name__} goes to {workflow}"
@@ -55,23 +75,27 @@ def _config(caller: str, config, wanted: type[LowpConfig]) -> LowpConfig:
 
 
 def quantize_dynamic(model: nn.Module, qconfig_spec=None, dtype: torch.dtype = torch.qint8, *, inplace: bool = False,
-                     config: Int8DynamicConfig | Fp16Config | None = None, filter_fn: FilterFn | None = None,
-                     overrides: Mapping[str, LowpConfig | None] | None = None, example_inputs=None) -> nn.Module:
+                     config: Int8DynamicConfig | Fp16Config | Fp8DynamicConfig | None = None,
+                     filter_fn: FilterFn | None = None, overrides: Mapping[str, LowpConfig | None] | None = None,
+                     example_inputs=None) -> nn.Module:
     """Weights converted now, activations handled at run time: torch.ao.quantization.quantize_dynamic's call,
     on lowp's modules.
 
     dtype:           torch.qint8 (default): Linear / Conv2d -> Int8Linear / Int8Conv2d (Int8DynamicConfig;
                      inputs quantized per token / per tensor at run time, BatchNorm folded, relu fused).
                      torch.float16: Linear -> Fp16Linear (Fp16Config).
+                     torch.float8_e4m3fn: Linear -> Fp8Linear (Fp8DynamicConfig; e4m3 weights, inputs quantized to
+                     e4m3 per token at run time, relu fused); Conv2d stays float (no FP8 conv).
     qconfig_spec:    which layers, as torch.ao takes it. None: every layer lowp can convert (torch.ao converts only
                      Linear and recurrent layers: pass {nn.Linear} for that). A set of module types (exact types)
                      and / or layer names: those layers, and the modules inside named ones. A dict of those keys to
-                     a lowp config (Int8DynamicConfig or Fp16Config) or None (leave float); a layer's own name wins
-                     over its type, which wins over an enclosing module's entry. torch.ao's QConfig values are
-                     refused: lowp's configs replace them.
+                     a lowp config (Int8DynamicConfig, Fp8DynamicConfig or Fp16Config) or None (leave float); a
+                     layer's own name wins over its type, which wins over an enclosing module's entry. torch.ao's
+                     QConfig values are refused: lowp's configs replace them.
     inplace:         convert `model` itself rather than a copy.
-    config:          the config for dtype (Int8DynamicConfig for qint8, Fp16Config for float16) given to every
-                     layer qconfig_spec selects (all of them when it is None); not with a dict qconfig_spec.
+    config:          the config for dtype (Int8DynamicConfig for qint8, Fp16Config for float16, Fp8DynamicConfig
+                     for float8_e4m3fn) given to every layer qconfig_spec selects (all of them when it is None);
+                     not with a dict qconfig_spec.
     filter_fn, overrides, example_inputs:  as lowp_ops.quantize; overrides win over qconfig_spec.
 
     Returns the converted model; its `lowp_report` says what was converted and what was not.
@@ -82,13 +106,15 @@ def quantize_dynamic(model: nn.Module, qconfig_spec=None, dtype: torch.dtype = t
     ['Int8Linear', 'Identity', 'Int8Linear']
     >>> [type(m).__name__ for m in lowp_ops.quantize_dynamic(model, {"2"}, dtype=torch.float16)]
     ['Linear', 'ReLU', 'Fp16Linear']
+    >>> [type(m).__name__ for m in lowp_ops.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.float8_e4m3fn)]
+    ['Fp8Linear', 'Identity', 'Fp8Linear']
     """
     caller = "quantize_dynamic"
     check_common(caller, model, filter_fn, inplace)
     wanted = next((kind for d, kind in _DYNAMIC_DTYPES.items() if dtype is d), None)
     if wanted is None:
-        raise ValueError(f"{caller}: dtype must be torch.qint8 (Int8Linear / Int8Conv2d) or torch.float16 "
-                         f"(Fp16Linear), got {dtype!r}")
+        options = [f"{d} ({made})" for d, made in _DYNAMIC_RESULTS.items()]
+        raise ValueError(f"{caller}: dtype must be {', '.join(options[:-1])} or {options[-1]}, got {dtype!r}")
     if config is not None and deferred(config) is not None:
         raise ValueError(f"{caller}: config is {type(config).__name__}(...), whose activation scales come from "
                          f"{'calibration' if isinstance(config, Int8StaticConfig) else 'training'}, which "
@@ -145,7 +171,7 @@ def _check_spec_entry(caller: str, key, value, config: LowpConfig) -> None:
         raise TypeError(f"{where} is torch.ao's {type(value).__name__}, which lowp does not read; use "
                         f"lowp_ops.{type(config).__name__}() (or None to leave those layers float)")
     if not isinstance(value, LowpConfig):
-        raise TypeError(f"{where} must be a lowp config (Int8DynamicConfig, Fp16Config) or None, got "
+        raise TypeError(f"{where} must be a lowp config (Int8DynamicConfig, Fp8DynamicConfig, Fp16Config) or None, got "
                         f"{type(value).__name__} {value!r}")
     if deferred(value) is not None:
         raise ValueError(f"{where} is {type(value).__name__}(...), which quantize_dynamic does not run; use "

@@ -381,3 +381,15 @@ def test_cuda_kernels_at_the_bounds_are_exact():
     x = torch.tensor([[[[5]]]], dtype=torch.int8, device="cuda").contiguous(memory_format=CL)
     w = torch.tensor([[[[-7]]]], dtype=torch.int8, device="cuda").contiguous(memory_format=CL)
     assert _conv(x, w, p, p).flatten().tolist() == [0, 0, 0, 0, -35, 0, 0, 0, 0]
+
+
+@pytest.mark.parametrize("call, name", [
+    (lambda: lowp.int8_linear(torch.randn(2, 8), int8(4, 8), None), "weight_scale"),
+    (lambda: lowp.quantize_per_tensor(torch.randn(2, 8), None), "scale"),
+    (lambda: lowp.quantize_channels_last(torch.randn(1, 2, 3, 3), None), "scale"),
+])
+def test_a_missing_required_scale_is_refused(call, name):
+    # the schemas declare these `Tensor`, yet torch's dispatcher passes None through (torch 2.13); the launchers
+    # would read it as "no scale" (an unscaled result) or "dynamic"
+    with pytest.raises(TypeError, match=rf"argument '{name}' must be a Tensor, got NoneType"):
+        call()

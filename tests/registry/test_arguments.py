@@ -66,7 +66,8 @@ def test_configs_of_two_workflows_do_not_mix():
 
 def test_other_entry_points_are_type_checked():
     with pytest.raises(TypeError, match=r"quantize: config must be a lowp config \(Int8DynamicConfig, "
-                                        r"Int8StaticConfig, QATConfig, Fp16Config\), got str 'int8_dynamic'"):
+                                        r"Int8StaticConfig, QATConfig, Fp16Config, Fp8DynamicConfig\), got str "
+                                        r"'int8_dynamic'"):
         lowp_ops.quantize(_model(), "int8_dynamic")
     with pytest.raises(TypeError, match=r"to_fp16: compute_dtype must be a torch.dtype \(float16 or bfloat16\), got "
                                         r"str 'fp16'"):

@@ -13,11 +13,11 @@ from torch import nn
 import lowp_ops
 from lowp_ops import quant
 from lowp_ops.examples import ConvNet
-from lowp_ops.nn import Fp16Linear, Int8Conv2d, Int8Linear, QATConv2d, QATLinear
+from lowp_ops.nn import Fp8Linear, Fp16Linear, Int8Conv2d, Int8Linear, QATConv2d, QATLinear
 from lowp_ops.registry import graph
 from lowp_ops.registry.graph import Fusion, Int8Edge, analyse
 
-LOWP = (Int8Linear, Int8Conv2d, Fp16Linear, QATLinear, QATConv2d)  # the leaves the registry passes
+LOWP = (Int8Linear, Int8Conv2d, Fp8Linear, Fp16Linear, QATLinear, QATConv2d)  # the leaves the registry passes
 
 
 def _layers(model: nn.Module) -> set[str]:

@@ -326,8 +326,9 @@ def test_torch_ao_arguments_are_refused_with_lowps_name_for_them():
         lowp_ops.quantize_dynamic(_net(), {nn.Linear: default_dynamic_qconfig})
     with pytest.raises(TypeError, match=r"qconfig_spec\['fc1'\] is torch.ao's QConfig.*use lowp_ops.Fp16Config\(\)"):
         lowp_ops.quantize_dynamic(_net(), {"fc1": float16_dynamic_qconfig}, dtype=torch.float16)
-    with pytest.raises(ValueError, match=r"quantize_dynamic: dtype must be torch.qint8 \(Int8Linear / Int8Conv2d\) or "
-                                         r"torch.float16 \(Fp16Linear\), got torch.quint8"):
+    with pytest.raises(ValueError, match=r"quantize_dynamic: dtype must be torch.qint8 \(Int8Linear / Int8Conv2d\), "
+                                         r"torch.float16 \(Fp16Linear\) or torch.float8_e4m3fn \(Fp8Linear\), got "
+                                         r"torch.quint8"):
         lowp_ops.quantize_dynamic(_net(), dtype=torch.quint8)
     with pytest.raises(ValueError, match="quantize_dynamic: dtype must be .* got 'int8'"):
         lowp_ops.quantize_dynamic(_net(), dtype="int8")
