@@ -15,7 +15,7 @@ and log2 c of the next (step twice as large). For v log-uniform on [c, 2c), E[v�
 
     SQNR = 18 c² 4^m / (ln 2 · (1 + 3 log2 c)) ≈ 31.7 dB for e4m3, 25.7 dB for e5m2
 
-(measured 31.64-31.78 / 25.68-25.80 dB on 2^16 samples: tests/quant/test_fp8.py) — where the integer grid's SQNR
+(measured 31.64-31.78 / 25.68-25.80 dB on 2^16 samples: tests/quant/test_quant_fp8.py) — where the integer grid's SQNR
 falls as the range grows past the typical value (an outlier channel).
 """
 
