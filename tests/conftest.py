@@ -66,3 +66,15 @@ def kernels_on_cpu():
         return
     with lowp_ops.use_cpu_backend("triton"):
         yield
+
+
+@pytest.fixture(params=["reference", "native", "triton"])
+def device(request):
+    """Where a test's tensors go, with the backend selected: CPU tensors through the reference or the native CPU
+    backend; "triton": the kernels (kernels_on_cpu: interpreted on CPU tensors, or CUDA tensors on a GPU)."""
+    if request.param == "triton":
+        request.getfixturevalue("kernels_on_cpu")
+        yield "cuda" if HAS_CUDA else "cpu"
+        return
+    with lowp_ops.use_cpu_backend(request.param):
+        yield "cpu"

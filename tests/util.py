@@ -4,6 +4,8 @@ import contextlib
 import math
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 
 def assert_bitwise_equal(actual: torch.Tensor, expected: torch.Tensor) -> None:
@@ -40,6 +42,12 @@ def assert_float_gemm_close(out: torch.Tensor, ref64: torch.Tensor, a: torch.Ten
     err = (out.double() - ref64).abs()
     worst = (err / bound).max().item()
     assert worst <= 1.0, f"error reaches {worst:.2f}x the bound (max |err| {err.max().item():.3g})"
+
+
+def assert_scales_equal(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    """Dynamic scales: bitwise, NaN (a row holding NaN or ±inf) in the same places."""
+    assert torch.equal(actual.isnan(), expected.isnan())
+    assert_bitwise_equal(actual.nan_to_num(), expected.nan_to_num())
 
 
 def e4m3_codes(*shape) -> torch.Tensor:
@@ -115,6 +123,20 @@ def assert_fp8_gemm_close(out: torch.Tensor, ref: torch.Tensor, a: torch.Tensor,
     assert worst <= 1.0, f"error reaches {worst:.2f}x the bound (max |err| {err.max().item():.3g})"
 
 
+def on(device, *tensors):
+    """The tensors moved to device (None stays None), as a list to unpack into an op's arguments."""
+    return [None if t is None else t.to(device) for t in tensors]
+
+
+def reference_call(op, *args, **kwargs):
+    """op on CPU copies of its tensor arguments, through the reference backend: the oracle for any device."""
+    def cpu(v):
+        return v.cpu() if isinstance(v, torch.Tensor) else v
+
+    with reference_path():
+        return op(*map(cpu, args), **{k: cpu(v) for k, v in kwargs.items()})
+
+
 @contextlib.contextmanager
 def reference_path():
     """Run the ops' reference path for a while (the oracle), whichever CPU backend the test selected."""
@@ -160,3 +182,22 @@ CONV_GEOMETRIES = {
     "5x5 pad2 stride2": (1, 4, 13, 13, 9, 5, 5, (2, 2), (2, 2), (1, 1), 1),
     "kernel = input 7x7": (2, 3, 7, 7, 5, 7, 7, (1, 1), (0, 0), (1, 1), 1),
 }
+
+
+class SmallNet(nn.Module):
+    """The seed ConvNet's shape at toy size: conv-bn-relu, conv, pool, flatten, fc-relu-dropout-fc."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 8, 3)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 16, 3)
+        self.fc1 = nn.Linear(16 * 4 * 4, 32)
+        self.drop = nn.Dropout(0.5)
+        self.fc2 = nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = F.max_pool2d(self.conv2(x), 2)
+        x = torch.flatten(x, 1)
+        return self.fc2(self.drop(F.relu(self.fc1(x))))

@@ -238,6 +238,15 @@ class _QuantModule(nn.Module):
         out_dtype = self._output_dtype(x)
         return (x.float() if x.dtype == torch.float64 else x), out_dtype
 
+    def _linear_input(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.dtype]:
+        """_prepare_input for a Linear layer's x (..., in_features), checked, made contiguous along K: the ops read
+        rows contiguously, where nn.Linear takes any strides."""
+        if x.ndim == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(f"{type(self).__name__}: input must be (..., in_features={self.in_features}), got shape "
+                             f"{tuple(x.shape)}")
+        x, out_dtype = self._prepare_input(x)
+        return (x.contiguous() if x.shape[-1] > 1 and x.stride(-1) != 1 else x), out_dtype
+
     @staticmethod
     def _kernel_dtype(out_dtype: torch.dtype) -> torch.dtype:
         return torch.float32 if out_dtype == torch.float64 else out_dtype

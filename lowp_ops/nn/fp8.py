@@ -68,12 +68,7 @@ class Fp8Linear(_QuantModule):
         return cls(linear.weight, linear.bias, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim == 0 or x.shape[-1] != self.in_features:
-            raise ValueError(f"Fp8Linear: input must be (..., in_features={self.in_features}), got shape "
-                             f"{tuple(x.shape)}")
-        x, out_dtype = self._prepare_input(x)
-        if x.shape[-1] > 1 and x.stride(-1) != 1:  # the ops read rows contiguously; nn.Linear takes any strides
-            x = x.contiguous()
+        x, out_dtype = self._linear_input(x)
         kw = {"activation": self.activation, "out_dtype": self._kernel_dtype(out_dtype),
               "use_fast_accum": self.use_fast_accum}
         if x.dtype == FP8:

@@ -123,12 +123,7 @@ class Int8Linear(_Int8Module):
         return cls(linear.weight, linear.bias, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim == 0 or x.shape[-1] != self.in_features:
-            raise ValueError(f"Int8Linear: input must be (..., in_features={self.in_features}), got shape "
-                             f"{tuple(x.shape)}")
-        x, out_dtype = self._prepare_input(x)
-        if x.shape[-1] > 1 and x.stride(-1) != 1:  # the ops read rows contiguously; nn.Linear takes any strides
-            x = x.contiguous()
+        x, out_dtype = self._linear_input(x)
         kw = {"activation": self.activation, "out_dtype": self._kernel_dtype(out_dtype),
               "out_scale": self.output_scale, "out_zero_point": self.output_zero_point}
         if x.dtype == torch.int8:

@@ -324,17 +324,6 @@ def test_linear_takes_any_strides_and_refuses_wrong_features_by_name():
 # --------------------------------------------------- dynamic conv: the op quantizes, non-finite input poisons all
 
 
-@pytest.fixture(params=["native", "reference", "triton"])
-def device(request):
-    """CPU tensors through the native or the reference backend; "triton": the kernels, on the GPU when there is
-    one, else interpreted on CPU tensors."""
-    if request.param == "triton" and torch.cuda.is_available():
-        yield "cuda"
-        return
-    with lowp_ops.use_cpu_backend(request.param):
-        yield "cpu"
-
-
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the interpreter's numpy: inf · 0
 @pytest.mark.parametrize("bad", [NAN, INF, -INF], ids=["nan", "inf", "-inf"])
 def test_dynamic_conv_non_finite_input_poisons_every_output(bad, device):

@@ -12,9 +12,15 @@ test_fp8_validation.py.
 import pytest
 import torch
 
-import lowp_ops
 from lowp_ops import quant, reference
-from util import assert_bitwise_equal, assert_codes_equal, assert_fp8_gemm_close, e4m3_codes, reference_path
+from util import (
+    assert_bitwise_equal,
+    assert_codes_equal,
+    assert_fp8_gemm_close,
+    e4m3_codes,
+    on,
+    reference_call,
+)
 
 HAS_CUDA = torch.cuda.is_available()
 FP8 = torch.float8_e4m3fn
@@ -22,30 +28,6 @@ lowp = torch.ops.lowp
 # The accumulator's unit roundoff in the bound: float32 on CPU; on sm_90 the fp8 wgmma keeps about 14 bits of each
 # BLOCK_K slice's sum (DeepSeek-V3 technical report, arXiv 2412.19437; kernels/gemm.py), and K <= 100 here.
 U_ACC = 2.0**-13 if HAS_CUDA else 2.0**-24
-
-
-@pytest.fixture(params=["reference", "native", "triton"])
-def device(request):
-    """Where the test's tensors go, with the backend selected: CPU tensors through the reference or the native
-    backend; "triton": the kernels (kernels_on_cpu: interpreted on CPU tensors, or CUDA tensors on a GPU)."""
-    if request.param == "triton":
-        request.getfixturevalue("kernels_on_cpu")
-        yield "cuda" if HAS_CUDA else "cpu"
-        return
-    with lowp_ops.use_cpu_backend(request.param):
-        yield "cpu"
-
-
-def _on(device, *tensors):
-    return [None if t is None else t.to(device) for t in tensors]
-
-
-def _reference(op, *args, **kwargs):
-    """The op on CPU copies of its tensor arguments through the reference backend."""
-    def cpu(v):
-        return v.cpu() if isinstance(v, torch.Tensor) else v
-    with reference_path():
-        return op(*map(cpu, args), **{k: cpu(v) for k, v in kwargs.items()})
 
 
 def _weight(N, K, per_channel=True):
@@ -70,7 +52,7 @@ def test_quantize_per_token_matches_reference(device, dtype, shape):
     x = x.to(dtype)
     q, scale = lowp.quantize_per_token(x.to(device), FP8)
     assert q.shape == x.shape and q.dtype == FP8 and scale.shape == x.shape[:-1] and scale.dtype == torch.float32
-    q_ref, scale_ref = _reference(lowp.quantize_per_token, x, FP8)
+    q_ref, scale_ref = reference_call(lowp.quantize_per_token, x, FP8)
     assert_codes_equal(q.cpu(), q_ref)
     assert_bitwise_equal(scale.cpu(), scale_ref)
     # what reference.quantize_rows says by itself: scale = max(amax / 448, MIN_SCALE), codes of x / scale
@@ -83,9 +65,9 @@ def test_quantize_per_tensor_matches_reference(device, dtype):
     # |x| / 0.05 from the subnormals (below 2^-6) to beyond 448 (saturated)
     x = (torch.randn(2, 13, 45) * 2.0 ** torch.randint(-12, 10, (2, 13, 45))).to(dtype)
     scale = torch.tensor([0.05])
-    q = lowp.quantize_per_tensor(*_on(device, x, scale), dtype=FP8)
+    q = lowp.quantize_per_tensor(*on(device, x, scale), dtype=FP8)
     assert q.shape == x.shape and q.dtype == FP8
-    assert_codes_equal(q.cpu(), _reference(lowp.quantize_per_tensor, x, scale, dtype=FP8))
+    assert_codes_equal(q.cpu(), reference_call(lowp.quantize_per_tensor, x, scale, dtype=FP8))
 
 
 # x / scale -> its e4m3 value, worked out by hand: 3 mantissa bits, ties to even, subnormal step 2^-9, ±448
@@ -101,7 +83,7 @@ BY_HAND = [
 @pytest.mark.parametrize("scale", [1.0, 0.5, 2.0**-100])  # powers of two: x / scale is exact in float32
 def test_quantize_per_tensor_by_hand(device, scale):
     v, expected = (torch.tensor([list(column)]) for column in zip(*BY_HAND, strict=True))
-    q = lowp.quantize_per_tensor(*_on(device, v * scale, torch.tensor([scale])), dtype=FP8)
+    q = lowp.quantize_per_tensor(*on(device, v * scale, torch.tensor([scale])), dtype=FP8)
     assert_codes_equal(q.cpu(), expected.to(FP8))  # byte for byte: -0.0 is 0x80
 
 
@@ -125,10 +107,10 @@ def test_fp8_mm_matches_reference(device, M, case):
     a_scale = torch.rand(lead) * 0.01 + 1e-3  # shaped a.shape[:-1], as quantize_per_token returns it
     bias = torch.randn(N) if with_bias else None
     kw = dict(activation=activation, out_dtype=out_dtype, use_fast_accum=fast)
-    args = _on(device, a, b, a_scale, b_scale, bias)
+    args = on(device, a, b, a_scale, b_scale, bias)
     y = lowp.fp8_mm(*args, **kw)
     assert y.shape == (*lead, N) and y.dtype == out_dtype
-    ref = _reference(lowp.fp8_mm, *args, **kw)
+    ref = reference_call(lowp.fp8_mm, *args, **kw)
     assert_fp8_gemm_close(y.cpu().reshape(-1, N), ref.reshape(-1, N), a.reshape(-1, K), b, a_scale, b_scale,
                           u_acc=U_ACC)
 
@@ -191,9 +173,9 @@ def test_fp8_linear_matches_reference(device, M, case):
     x_scale = None if x_scale is None else torch.tensor([x_scale])
     bias = torch.randn(N) if with_bias else None
     kw = dict(x_scale=x_scale, activation=activation, out_dtype=out_dtype)
-    y = lowp.fp8_linear(*_on(device, x, w, w_scale, bias), **_kw_on(device, kw))
+    y = lowp.fp8_linear(*on(device, x, w, w_scale, bias), **_kw_on(device, kw))
     assert y.shape == (*lead, N) and y.dtype == (out_dtype or dtype)
-    ref = _reference(lowp.fp8_linear, x, w, w_scale, bias, **kw)
+    ref = reference_call(lowp.fp8_linear, x, w, w_scale, bias, **kw)
     # the codes and scales the bound needs, from the reference's quantization (the ops' own: test above)
     q, q_scale = reference.quantize_rows(x.reshape(-1, K), scale=x_scale, dtype=FP8)
     assert_fp8_gemm_close(y.cpu().reshape(-1, N), ref.reshape(-1, N), q, w, q_scale, w_scale, u_acc=U_ACC)
@@ -202,7 +184,7 @@ def test_fp8_linear_matches_reference(device, M, case):
 @pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
 def test_fp8_linear_equals_quantize_then_fp8_mm(device, static):
     x, (w, w_scale), bias = torch.randn(2, 7, 45), _weight(37, 45), torch.randn(37)
-    x, w, w_scale, bias = _on(device, x, w, w_scale, bias)
+    x, w, w_scale, bias = on(device, x, w, w_scale, bias)
     kw = dict(activation="gelu", out_dtype=torch.float16)
     if static:
         x_scale = torch.tensor([0.01], device=device)
@@ -218,7 +200,7 @@ def test_fp8_linear_equals_quantize_then_fp8_mm(device, static):
 def test_static_x_scale_saturates_at_448_x_scale(device):
     x, (w, w_scale) = torch.randn(13, 45) * 3, _weight(37, 45)
     x_scale = torch.tensor([2.0**-7])  # ±448 · 2^-7 = ±3.5: about a tenth of x lies beyond
-    x, w, w_scale, x_scale = _on(device, x, w, w_scale, x_scale)
+    x, w, w_scale, x_scale = on(device, x, w, w_scale, x_scale)
     y = lowp.fp8_linear(x, w, w_scale, x_scale=x_scale)
     assert (x.abs() > 3.5).any()
     assert_bitwise_equal(y, lowp.fp8_linear(x.clamp(-3.5, 3.5), w, w_scale, x_scale=x_scale))

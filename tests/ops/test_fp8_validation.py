@@ -13,9 +13,16 @@ import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-import lowp_ops
 from lowp_ops import quant, reference
-from util import assert_bitwise_equal, assert_codes_equal, assert_fp8_gemm_close, e4m3_codes, int8, reference_path
+from util import (
+    assert_bitwise_equal,
+    assert_codes_equal,
+    assert_fp8_gemm_close,
+    e4m3_codes,
+    int8,
+    on,
+    reference_call,
+)
 
 HAS_CUDA = torch.cuda.is_available()
 FP8, E5M2 = torch.float8_e4m3fn, torch.float8_e5m2
@@ -213,30 +220,6 @@ def test_fake_and_meta_calls_give_shapes_and_dtypes(mode):
 
 # ------------------------------------------------------------------------------- on the three backends
 
-@pytest.fixture(params=["reference", "native", "triton"])
-def device(request):
-    """Where the test's tensors go, with the backend selected: CPU tensors through the reference or the native
-    backend; "triton": the kernels (kernels_on_cpu: interpreted on CPU tensors, or CUDA tensors on a GPU)."""
-    if request.param == "triton":
-        request.getfixturevalue("kernels_on_cpu")
-        yield "cuda" if HAS_CUDA else "cpu"
-        return
-    with lowp_ops.use_cpu_backend(request.param):
-        yield "cpu"
-
-
-def _on(device, *tensors):
-    return [None if t is None else t.to(device) for t in tensors]
-
-
-def _reference(op, *args, **kwargs):
-    """The op on CPU copies of its tensor arguments through the reference backend."""
-    def cpu(v):
-        return v.cpu() if isinstance(v, torch.Tensor) else v
-    with reference_path():
-        return op(*map(cpu, args), **{k: cpu(v) for k, v in kwargs.items()})
-
-
 # ----------------------------------------------------------------------------------- non-finite numbers
 
 BAD, GOOD = [1, 2, 3], [0, 4]  # rows of _rows with / without a non-finite value
@@ -266,8 +249,8 @@ def test_quantize_per_token_poisons_non_finite_rows(device, dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_quantize_per_tensor_keeps_nan_and_saturates_inf(device, dtype):
     x = _rows(dtype=dtype)
-    q = lowp.quantize_per_tensor(*_on(device, x, torch.tensor([0.05])), dtype=FP8).cpu()
-    q_of_finite = lowp.quantize_per_tensor(*_on(device, x.nan_to_num(0.0, 0.0, 0.0), torch.tensor([0.05])),
+    q = lowp.quantize_per_tensor(*on(device, x, torch.tensor([0.05])), dtype=FP8).cpu()
+    q_of_finite = lowp.quantize_per_tensor(*on(device, x.nan_to_num(0.0, 0.0, 0.0), torch.tensor([0.05])),
                                            dtype=FP8).cpu().float()
     expected = torch.where(x.isnan(), NAN, torch.where(x.isinf(), x.float().sign() * 448, q_of_finite))
     assert_codes_equal(q, expected.to(FP8))
@@ -276,10 +259,10 @@ def test_quantize_per_tensor_keeps_nan_and_saturates_inf(device, dtype):
 @pytest.mark.parametrize("activation", ["none", "relu", "relu6", "gelu"])
 def test_fp8_linear_dynamic_non_finite_rows_are_nan(device, activation):
     x, (w, w_scale), bias = _rows(), _weight(37, 45), torch.randn(37)
-    args = _on(device, x, w, w_scale, bias)
+    args = on(device, x, w, w_scale, bias)
     y = lowp.fp8_linear(*args, activation=activation)
     assert y[BAD].isnan().all()
-    ref = _reference(lowp.fp8_linear, *args, activation=activation)
+    ref = reference_call(lowp.fp8_linear, *args, activation=activation)
     q, q_scale = reference.quantize_rows(x, dtype=FP8)
     assert_fp8_gemm_close(y[GOOD].cpu(), ref[GOOD], q[GOOD], w, q_scale[GOOD], w_scale, u_acc=U_ACC)
 
@@ -288,7 +271,7 @@ def test_fp8_linear_static_saturates_inf(device):
     x, (w, w_scale) = _rows(), _weight(37, 45)
     x[1, 5] = 1.0  # NaN: next test
     x_scale = torch.tensor([0.02])
-    x, w, w_scale, x_scale = _on(device, x, w, w_scale, x_scale)
+    x, w, w_scale, x_scale = on(device, x, w, w_scale, x_scale)
     y = lowp.fp8_linear(x, w, w_scale, x_scale=x_scale)
     assert y.isfinite().all()
     assert_bitwise_equal(y, lowp.fp8_linear(x.clamp(-448 * 0.02, 448 * 0.02), w, w_scale, x_scale=x_scale))
@@ -297,7 +280,7 @@ def test_fp8_linear_static_saturates_inf(device):
 def test_fp8_linear_static_nan_row_is_nan(device):
     x, (w, w_scale) = torch.randn(5, 45), _weight(37, 45)
     x[1, 5] = NAN
-    y = lowp.fp8_linear(*_on(device, x, w, w_scale), x_scale=torch.tensor([0.02], device=device))
+    y = lowp.fp8_linear(*on(device, x, w, w_scale), x_scale=torch.tensor([0.02], device=device))
     assert y[1].isnan().all() and y[[0, 2, 3, 4]].isfinite().all()
 
 
@@ -308,9 +291,9 @@ def test_nan_code_gives_nan_row_or_column(device, operand):
     codes = (a if operand == "a" else b).view(torch.uint8)
     codes[2, 9], codes[4, 0] = 0xFF, 0x7F  # e4m3's two NaN codes
     if operand == "fp8_linear weight":
-        y = lowp.fp8_linear(*_on(device, torch.randn(5, 45), b, b_scale), activation="relu")
+        y = lowp.fp8_linear(*on(device, torch.randn(5, 45), b, b_scale), activation="relu")
     else:
-        y = lowp.fp8_mm(*_on(device, a, b, torch.rand(5) + 0.1, b_scale), activation="relu")
+        y = lowp.fp8_mm(*on(device, a, b, torch.rand(5) + 0.1, b_scale), activation="relu")
     poisoned = y[[2, 4]] if operand == "a" else y[:, [2, 4]]
     kept = y[[0, 1, 3]] if operand == "a" else y[:, [0, 1, 3, 5, 6]]
     assert poisoned.isnan().all() and kept.isfinite().all()
@@ -324,9 +307,9 @@ def test_overflow_of_the_output_dtype_is_inf(device, out_dtype):
     b = torch.full((2, 16), 448.0).to(FP8)
     big = {torch.float16: 1.0, torch.bfloat16: 1e33, torch.float32: 1e33}[out_dtype]
     a_scale, b_scale = torch.tensor([big, big, 2.0**-20]), torch.tensor([1.0, big])
-    y = lowp.fp8_mm(*_on(device, a, b, a_scale, b_scale), out_dtype=out_dtype).cpu()
+    y = lowp.fp8_mm(*on(device, a, b, a_scale, b_scale), out_dtype=out_dtype).cpu()
     assert y[0].tolist() == [INF, INF] and y[1].tolist() == [-INF, -INF] and y[2].isfinite().all(), y
-    relu = lowp.fp8_mm(*_on(device, a, b, a_scale, b_scale), activation="relu", out_dtype=out_dtype).cpu()
+    relu = lowp.fp8_mm(*on(device, a, b, a_scale, b_scale), activation="relu", out_dtype=out_dtype).cpu()
     assert relu[0].tolist() == [INF, INF] and relu[1].tolist() == [0.0, 0.0]
 
 
@@ -337,7 +320,7 @@ RELU6_BIAS = torch.tensor([-1.0, 0.5, 2.0, 8.0])  # relu6 -> [0, 0.5, 2, 6]: the
 
 def test_k_0_gives_the_epilogue_of_0(device):
     expected = torch.tensor([0.0, 0.5, 2.0, 6.0])
-    w, w_scale, bias = _on(device, torch.empty(4, 0).to(FP8), torch.ones(4), RELU6_BIAS)
+    w, w_scale, bias = on(device, torch.empty(4, 0).to(FP8), torch.ones(4), RELU6_BIAS)
     y = lowp.fp8_mm(torch.empty(3, 0, dtype=FP8, device=device), w, torch.ones(3, device=device), w_scale, bias,
                     "relu6")
     assert_bitwise_equal(y.cpu(), expected.expand(3, 4))
@@ -350,7 +333,7 @@ def test_k_0_gives_the_epilogue_of_0(device):
 
 
 def test_m_0(device):
-    x, (w, w_scale) = torch.empty(0, 5, device=device), _on(device, *_weight(4, 5))
+    x, (w, w_scale) = torch.empty(0, 5, device=device), on(device, *_weight(4, 5))
     assert lowp.fp8_linear(x, w, w_scale).shape == (0, 4)
     assert lowp.fp8_linear(x, w, w_scale, x_scale=torch.tensor([0.1], device=device)).shape == (0, 4)
     assert lowp.fp8_mm(x.to(FP8), w, torch.ones(0, device=device), w_scale).shape == (0, 4)

@@ -23,7 +23,7 @@ import torch
 
 import lowp_ops
 from lowp_ops import quant
-from util import assert_bitwise_equal, assert_requant_equal, int8, reference_path
+from util import assert_bitwise_equal, assert_requant_equal, int8, on, reference_call
 
 HAS_CUDA = torch.cuda.is_available()
 NAN, INF = math.nan, math.inf
@@ -33,29 +33,6 @@ lowp = torch.ops.lowp
 
 # the interpreter evaluates inf · 0 in numpy, which warns
 pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
-
-
-@pytest.fixture(params=["reference", "native", "triton"])
-def device(request):
-    """Where the test's tensors go, with the backend selected: CPU tensors through the reference or the native CPU
-    backend; "triton": the kernels, on the GPU when there is one, else interpreted on CPU tensors."""
-    if request.param == "triton" and HAS_CUDA:
-        yield "cuda"
-        return
-    with lowp_ops.use_cpu_backend(request.param):
-        yield "cpu"
-
-
-def _on(device, *tensors):
-    return [None if t is None else t.to(device) for t in tensors]
-
-
-def _reference(op, *args, **kwargs):
-    """The op on CPU copies of its tensor arguments through the reference backend."""
-    def cpu(v):
-        return v.cpu() if isinstance(v, torch.Tensor) else v
-    with reference_path():
-        return op(*map(cpu, args), **{k: cpu(v) for k, v in kwargs.items()})
 
 
 def assert_same(out, ref, *, gelu=False):
@@ -96,7 +73,7 @@ def test_quantize_per_token_poisons_non_finite_rows(device, dtype, K):
     assert_bitwise_equal(q[GOOD], q_good)
     assert_bitwise_equal(scale[GOOD], scale_good)
     assert scale[GOOD[1]].item() == quant.MIN_SCALE and torch.isfinite(scale_good).all()
-    q_ref, scale_ref = _reference(lowp.quantize_per_token, x)
+    q_ref, scale_ref = reference_call(lowp.quantize_per_token, x)
     assert_bitwise_equal(q.cpu(), q_ref)
     torch.testing.assert_close(scale.cpu(), scale_ref, rtol=0, atol=0, equal_nan=True)
 
@@ -120,7 +97,7 @@ def test_int8_linear_dynamic_non_finite_rows(device, activation, out):
     x = _rows(37)
     weight, weight_scale, bias = _linear_case()
     kw = dict(activation=activation, **_int8_out(out))
-    args = _on(device, x, weight, weight_scale, bias)
+    args = on(device, x, weight, weight_scale, bias)
     kw = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in kw.items()}
     y = lowp.int8_linear(*args, **kw)
     if out == "int8":
@@ -129,7 +106,7 @@ def test_int8_linear_dynamic_non_finite_rows(device, activation, out):
         assert torch.isnan(y[BAD]).all() and torch.isfinite(y[GOOD]).all()
     x_good = args[0][GOOD]
     assert_bitwise_equal(y[GOOD], lowp.int8_linear(x_good, *args[1:], **kw))
-    assert_same(y, _reference(lowp.int8_linear, *args, **kw), gelu=activation == "gelu")
+    assert_same(y, reference_call(lowp.int8_linear, *args, **kw), gelu=activation == "gelu")
 
 
 # --------------------------------------------------------------------------------------- (a) static codes
@@ -155,21 +132,21 @@ def test_quantize_per_tensor_non_finite_codes(device, dtype, zero_point):
     x = _specials((4, 9)).to(dtype)
     scale = torch.tensor([0.05])
     zp = None if zero_point is None else torch.tensor([zero_point], dtype=torch.int32)
-    q = lowp.quantize_per_tensor(*_on(device, x, scale, zp))
-    q_of_finite = lowp.quantize_per_tensor(*_on(device, x.nan_to_num(0.0, 0.0, 0.0), scale, zp)).cpu()
+    q = lowp.quantize_per_tensor(*on(device, x, scale, zp))
+    q_of_finite = lowp.quantize_per_tensor(*on(device, x.nan_to_num(0.0, 0.0, 0.0), scale, zp)).cpu()
     assert_bitwise_equal(q.cpu(), _expected_codes(x, q_of_finite, zero_point))
-    assert_bitwise_equal(q.cpu(), _reference(lowp.quantize_per_tensor, x, scale, zp))
+    assert_bitwise_equal(q.cpu(), reference_call(lowp.quantize_per_tensor, x, scale, zp))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_quantize_channels_last_non_finite_codes(device, dtype):
     x = _specials((2, 3, 4, 5)).to(dtype)
     scale, zp = torch.tensor([0.05]), torch.tensor([-9], dtype=torch.int32)
-    q = lowp.quantize_channels_last(*_on(device, x, scale, zp))
+    q = lowp.quantize_channels_last(*on(device, x, scale, zp))
     assert q.is_contiguous(memory_format=CL)
-    q_of_finite = lowp.quantize_channels_last(*_on(device, x.nan_to_num(0.0, 0.0, 0.0), scale, zp)).cpu()
+    q_of_finite = lowp.quantize_channels_last(*on(device, x.nan_to_num(0.0, 0.0, 0.0), scale, zp)).cpu()
     assert_bitwise_equal(q.cpu(), _expected_codes(x, q_of_finite, -9).contiguous(memory_format=CL))
-    assert_bitwise_equal(q.cpu(), _reference(lowp.quantize_channels_last, x, scale, zp))
+    assert_bitwise_equal(q.cpu(), reference_call(lowp.quantize_channels_last, x, scale, zp))
 
 
 @pytest.mark.parametrize("out", ["float32", "int8"])
@@ -181,12 +158,12 @@ def test_int8_linear_static_saturates_non_finite_input(device, activation, out):
     kw = dict(x_scale=torch.tensor([0.02]), x_zero_point=torch.tensor([4], dtype=torch.int32),
               activation=activation, **_int8_out(out))
     kw = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in kw.items()}
-    args = _on(device, x, weight, weight_scale, bias)
+    args = on(device, x, weight, weight_scale, bias)
     y = lowp.int8_linear(*args, **kw)
     saturated = args[0].nan_to_num(nan=0.0, posinf=1e30, neginf=-1e30)
     assert_bitwise_equal(y, lowp.int8_linear(saturated, *args[1:], **kw))
     assert torch.isfinite(y.float()).all()
-    assert_same(y, _reference(lowp.int8_linear, *args, **kw), gelu=activation == "gelu")
+    assert_same(y, reference_call(lowp.int8_linear, *args, **kw), gelu=activation == "gelu")
 
 
 # ------------------------------------------------------------------------- (d) the float epilogue, requant
@@ -220,12 +197,12 @@ def test_int8_mm_non_finite_bias(device, activation, out):
     kw = dict(a_scale=torch.rand(5) * 0.02 + 1e-3, b_scale=torch.rand(6) * 0.02 + 1e-3, bias=_special_bias(),
               activation=activation, **_int8_out(out))
     kw = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in kw.items()}
-    a, b = _on(device, a, b)
+    a, b = on(device, a, b)
     y = lowp.int8_mm(a, b, **kw)
     _check_special_columns(y, activation, out)
     finite_bias = kw["bias"].nan_to_num(0.0, 0.0, 0.0)
     assert_bitwise_equal(y[:, FINITE_COLS], lowp.int8_mm(a, b, **dict(kw, bias=finite_bias))[:, FINITE_COLS])
-    assert_same(y, _reference(lowp.int8_mm, a, b, **kw), gelu=activation == "gelu")
+    assert_same(y, reference_call(lowp.int8_mm, a, b, **kw), gelu=activation == "gelu")
 
 
 def _conv_case(K=6):
@@ -241,14 +218,14 @@ def test_int8_conv2d_non_finite_bias(device, activation, out):
     x, w, (*geometry, x_scale, w_scale) = _conv_case()
     kw = dict(activation=activation, **_int8_out(out))
     kw = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in kw.items()}
-    x, w, x_scale, w_scale, bias = _on(device, x, w, x_scale, w_scale, _special_bias())
+    x, w, x_scale, w_scale, bias = on(device, x, w, x_scale, w_scale, _special_bias())
     y = lowp.int8_conv2d(x, w, *geometry, x_scale, w_scale, bias, **kw)
     _check_special_columns(y.permute(0, 2, 3, 1), activation, out)
-    ref = _reference(lowp.int8_conv2d, x, w, *geometry, x_scale, w_scale, bias, **kw)
+    ref = reference_call(lowp.int8_conv2d, x, w, *geometry, x_scale, w_scale, bias, **kw)
     assert_same(y, ref, gelu=activation == "gelu")
     # the other channels are those of a finite bias (compared on the reference: with a finite bias the native
     # backend fuses the epilogue into oneDNN, whose float order is its own)
-    ref_finite = _reference(lowp.int8_conv2d, x, w, *geometry, x_scale, w_scale, bias.nan_to_num(0.0, 0.0, 0.0),
+    ref_finite = reference_call(lowp.int8_conv2d, x, w, *geometry, x_scale, w_scale, bias.nan_to_num(0.0, 0.0, 0.0),
                             **kw)
     assert_bitwise_equal(ref[:, FINITE_COLS], ref_finite[:, FINITE_COLS])
 
@@ -262,7 +239,7 @@ def test_int8_conv2d_dynamic_non_finite_input_poisons_every_output(device, bad, 
     x = torch.randn(2, 5, 6, 6)
     x[1, 2, 3, 4] = bad
     kw = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in _int8_out(out).items()}
-    w, w_scale = _on(device, w, w_scale)
+    w, w_scale = on(device, w, w_scale)
     for bias in (torch.randn(6, device=device), None):
         for dtype in (torch.float32, torch.float16):
             y = lowp.int8_conv2d(x.to(device, dtype), w, *geometry, None, w_scale, bias, activation=activation, **kw)
@@ -275,7 +252,7 @@ def test_int8_conv2d_nan_poisoned_bias(device, out):
     # output zero point
     x, w, (*geometry, x_scale, w_scale) = _conv_case()
     kw = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in _int8_out(out).items()}
-    x, w, x_scale, w_scale = _on(device, x, w, x_scale, w_scale)
+    x, w, x_scale, w_scale = on(device, x, w, x_scale, w_scale)
     bias = torch.full((6,), NAN, device=device)
     y = lowp.int8_conv2d(x, w, *geometry, x_scale, w_scale, bias, activation="relu", **kw)
     assert (y == 7).all() if out == "int8" else y.isnan().all()
@@ -285,7 +262,7 @@ def test_int8_conv2d_nan_poisoned_bias(device, out):
 def test_fp16_mm_non_finite_bias(device, activation):
     # the fp16 / bf16 GEMM shares the int8 GEMM's activation code
     a, b = torch.randn(5, 19).half(), torch.randn(19, 6).half()
-    a, b, bias = _on(device, a, b, _special_bias())
+    a, b, bias = on(device, a, b, _special_bias())
     y = lowp.fp16_mm(a, b, bias, activation, torch.float32)
     _check_special_columns(y, activation, "float32")
     assert torch.isfinite(y[:, FINITE_COLS]).all()
@@ -320,7 +297,7 @@ def test_quantize_per_token_of_empty_rows(device):
 
 @pytest.mark.parametrize("out", ["int32", "float32", "int8"])
 def test_int8_mm_with_k_0(device, out):
-    a, b = _on(device, int8(3, 0), int8(4, 0))
+    a, b = on(device, int8(3, 0), int8(4, 0))
     kw = _epilogue_kw(device, out, a_scale=torch.rand(3) + 0.1, b_scale=torch.rand(4) + 0.1)
     y = lowp.int8_mm(a, b, **kw)
     assert_bitwise_equal(y.cpu(), _empty_sum_output(out, (3, 4)))
@@ -329,7 +306,7 @@ def test_int8_mm_with_k_0(device, out):
 @pytest.mark.parametrize("out", ["float32", "int8"])
 @pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
 def test_int8_linear_with_k_0(device, static, out):
-    x, weight = _on(device, torch.empty(2, 3, 0), int8(4, 0))
+    x, weight = on(device, torch.empty(2, 3, 0), int8(4, 0))
     kw = _epilogue_kw(device, out)
     if static:
         kw.update(x_scale=torch.tensor([0.1], device=device), x_zero_point=torch.tensor([3], dtype=torch.int32,
@@ -366,7 +343,7 @@ def test_int8_conv2d_empty(device, case, out):
     K = w_shape[0]
     x = torch.zeros(x_shape, dtype=torch.int8).contiguous(memory_format=CL)
     w = torch.ones(w_shape, dtype=torch.int8).contiguous(memory_format=CL)
-    x, w = _on(device, x, w)
+    x, w = on(device, x, w)
     kw = _epilogue_kw(device, out, x_scale=torch.tensor([0.1]), weight_scale=torch.tensor([0.2]))
     if "bias" in kw:
         kw["bias"] = kw["bias"][:K]

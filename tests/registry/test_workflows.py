@@ -4,7 +4,6 @@ and the torch.ao-shaped calls (qconfig_spec, dtype, inplace)."""
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import lowp_ops
@@ -12,26 +11,7 @@ from lowp_ops import Fp16Config, Int8DynamicConfig, Int8StaticConfig, QATConfig,
 from lowp_ops.examples import ConvNet
 from lowp_ops.nn import Fp16Linear, Int8Conv2d, Int8Linear, QATConv2d, QATLinear
 from lowp_ops.registry import handlers
-from util import assert_bitwise_equal
-
-
-class SmallNet(nn.Module):
-    """The seed ConvNet's shape at toy size: conv-bn-relu, conv, pool, flatten, fc-relu-dropout-fc."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 8, 3)
-        self.bn1 = nn.BatchNorm2d(8)
-        self.conv2 = nn.Conv2d(8, 16, 3)
-        self.fc1 = nn.Linear(16 * 4 * 4, 32)
-        self.drop = nn.Dropout(0.5)
-        self.fc2 = nn.Linear(32, 10)
-
-    def forward(self, x):
-        x = F.relu(self.bn1(self.conv1(x)))
-        x = F.max_pool2d(self.conv2(x), 2)
-        x = torch.flatten(x, 1)
-        return self.fc2(self.drop(F.relu(self.fc1(x))))
+from util import SmallNet, assert_bitwise_equal
 
 
 def _net():

@@ -4,39 +4,19 @@ error messages, checkpoints, torch.compile / torch.export."""
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import lowp_ops
 from lowp_ops import Fp8DynamicConfig, Fp16Config, Int8DynamicConfig, Int8StaticConfig, quant
 from lowp_ops.nn import Fp8Linear, Fp16Linear, Int8Conv2d, Int8Linear
 from lowp_ops.registry import handlers
-from util import assert_bitwise_equal
+from util import SmallNet, assert_bitwise_equal
 
 FP8 = torch.float8_e4m3fn
 # e4m3 weights and activations through two or three Linear layers (each about -28.9 dB of noise:
 # tests/nn/test_fp8_linear.py); measured 26.5-34.6 dB on SmallNet (16 images) and 26.8-36.9 dB on _mlp (13 rows)
 # over seeds 0-19. 24 leaves 2.5 dB.
 SQNR_DB = 24.0
-
-
-class SmallNet(nn.Module):
-    """conv-bn-relu, conv, pool, flatten, fc-relu-dropout-fc (as tests/registry/test_workflows.py)."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 8, 3)
-        self.bn1 = nn.BatchNorm2d(8)
-        self.conv2 = nn.Conv2d(8, 16, 3)
-        self.fc1 = nn.Linear(16 * 4 * 4, 32)
-        self.drop = nn.Dropout(0.5)
-        self.fc2 = nn.Linear(32, 10)
-
-    def forward(self, x):
-        x = F.relu(self.bn1(self.conv1(x)))
-        x = F.max_pool2d(self.conv2(x), 2)
-        x = torch.flatten(x, 1)
-        return self.fc2(self.drop(F.relu(self.fc1(x))))
 
 
 def _net() -> SmallNet:
