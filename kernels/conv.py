@@ -107,7 +107,7 @@ def _conv2d_kernel(
 _CONV = TiledKernel(_conv2d_kernel, reduction="C_G")
 _conv2d_tuned = _CONV.autotuned(
     gemm_configs(_CONV_TABLE),
-    key=["m_bucket", "COLS", "C_G", "R", "S", "DEPTHWISE"],  # plus the dtype of every tensor argument
+    key=["m_bucket", "COLS", "C_G", "R", "S", "DEPTHWISE", "OUTPUT"],  # + every tensor's dtype; OUTPUT: the pruner
     prune=make_gemm_pruner(m_bucket_arg="m_bucket", n_arg="COLS", k_arg="C_G", operand_arg="a_ptr",
                            register_heavy=lambda args: args["OUTPUT"] == "int8"),  # the requant epilogue
 )

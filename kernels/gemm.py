@@ -122,14 +122,17 @@ def _register_heavy(args) -> bool:
 
 
 _GEMM = TiledKernel(_gemm_kernel, reduction="K")
-# Plus the dtype of every tensor argument (Triton adds those), and what the pruner reads besides the shape: the
-# output kind and the fp8 accumulation mode (_register_heavy), so that no call reuses a tile pruned away for it.
-# The A layout it also reads is not in the key yet (a GPU-issue item: keying on raw strides would re-tune per M).
-_KEY = ["m_bucket", "N", "K", "OUTPUT", "FAST_ACCUM"]
+# Plus the dtype of every tensor argument (Triton adds those), and everything else the pruner reads (_register_heavy:
+# the output kind, A's layout, the fp8 accumulation mode), so that no call reuses a tile pruned away for it. A's
+# strides do not follow the batch size: (K, 1) forward, (N_out, 1) input gradient, (1, N_out) weight gradient (M
+# is then the layer's output width, the batch is K), so keying on them adds no re-tuning as traffic changes.
+_KEY = ["m_bucket", "N", "K", "stride_am", "stride_ak", "OUTPUT", "FAST_ACCUM"]
 _PRUNE = make_gemm_pruner(m_bucket_arg="m_bucket", n_arg="N", k_arg="K", operand_arg="a_ptr",
                           register_heavy=_register_heavy)
-_gemm_8bit_tuned = _GEMM.autotuned(gemm_configs(_INT8_TABLE), key=_KEY, prune=_PRUNE)
-_gemm_fp16_tuned = _GEMM.autotuned(gemm_configs(_FP16_TABLE), key=_KEY, prune=_PRUNE)
+# (8-bit operands, accumulate into c) -> the autotuned kernel; accumulating launches restore c after every trial
+_TUNED = {(eight_bit, accumulate): _GEMM.autotuned(gemm_configs(_INT8_TABLE if eight_bit else _FP16_TABLE),
+                                                   key=_KEY, prune=_PRUNE, restore_value=("c_ptr",) * accumulate)
+          for eight_bit in (False, True) for accumulate in (False, True)}
 
 
 def gemm(a, b, *, a_scale=None, b_scale=None, bias=None, a_zero_point=None, b_sum=None, activation="none",
@@ -169,7 +172,7 @@ def gemm(a, b, *, a_scale=None, b_scale=None, bias=None, a_zero_point=None, b_su
     def grid(meta):
         return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
 
-    tuned = _gemm_8bit_tuned if a.element_size() == 1 else _gemm_fp16_tuned
+    tuned = _TUNED[a.element_size() == 1, accumulate_into is not None]
     _GEMM.launch(tuned, grid, args, device=a.device, config=config, wrap=wrap)
     return c
 

@@ -45,9 +45,13 @@ class TiledKernel:
         """The EVEN_K heuristic: the reduction needs no mask when the BLOCK_K tiles cover it exactly."""
         return args[self.reduction] % args["BLOCK_K"] == 0
 
-    def autotuned(self, configs: list, *, key: list, prune):
-        """The kernel autotuned over configs (pruned by prune, a Triton early_config_prune), EVEN_K by heuristic."""
-        return triton.autotune(configs=configs, key=key, prune_configs_by={"early_config_prune": prune})(
+    def autotuned(self, configs: list, *, key: list, prune, restore_value: tuple[str, ...] = ()):
+        """The kernel autotuned over configs (pruned by prune, a Triton early_config_prune), EVEN_K by heuristic.
+        restore_value: the tensor arguments the kernel writes in place and reads (an accumulator): the autotuner
+        runs every surviving config on the real arguments (triton 3.6 even a single one), so it must put them back
+        after each trial run, or the result holds the sum of every trial."""
+        return triton.autotune(configs=configs, key=key, prune_configs_by={"early_config_prune": prune},
+                               restore_value=list(restore_value))(
             triton.heuristics({"EVEN_K": self.even_k})(self.kernel))
 
     def launch(self, tuned, grid, args: dict, *, device: torch.device, config=None, wrap=direct) -> None:
