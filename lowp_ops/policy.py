@@ -12,7 +12,8 @@ of each value, quant/error.py), so it gives ~31.5 dB on any input, while per-tok
 largest value / 127. On Gaussian inputs INT8 wins (41-43 dB out vs ~29 dB for FP8); on activations with an
 outlier channel (LLMs: a few channels ~100x the rest, the weight column correspondingly small) INT8's step follows
 the outlier and its output drops to 13-15 dB, while FP8 holds ~29 dB (tests/test_policy.py, K = 64..1024, CPU).
-A layer whose INT8 output SQNR sits far below its FP8 one is a candidate for fp8_linear. The input SQNR over the
+A layer whose INT8 output SQNR sits far below its FP8 one is a candidate for fp8_linear: Policy.from_report(...,
+fp8=True) sends it there when FP8 reaches the bound INT8 misses. The input SQNR over the
 whole tensor understates this: the outlier channel is most of its energy. Conv2d layers have no FP8 numbers (lowp
 has no FP8 conv), nor do layers on a GPU older than sm_89 (no FP8 Tensor Cores).
 
@@ -30,14 +31,14 @@ from __future__ import annotations
 import copy
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from . import quant
 from .nn import Fp16Linear, Int8Conv2d, Int8Linear
-from .registry import Fp16Config, Int8DynamicConfig, quantize
+from .registry import Fp8DynamicConfig, Fp16Config, Int8DynamicConfig, quantize
 
 _INT8 = {nn.Linear: Int8Linear, nn.Conv2d: Int8Conv2d}
 
@@ -129,32 +130,42 @@ def _has_fp8(device: torch.device) -> bool:
 
 @dataclass
 class Policy:
-    """Which layers stay FP16: INT8 output SQNR under min_sqnr_db, or (when timed) INT8 slower than FP16."""
+    """Which layers leave INT8, and why. keep_fp16: INT8 output SQNR under min_sqnr_db (and FP8's too, or FP8 not
+    asked for), or (when timed) INT8 slower than FP16. use_fp8: Linear layers whose INT8 output falls under
+    min_sqnr_db where FP8's reaches it (from_report(..., fp8=True): the outlier-channel layers)."""
 
     keep_fp16: dict[str, str]  # fqn -> reason
+    use_fp8: dict[str, str] = field(default_factory=dict)  # fqn -> reason
 
     @classmethod
-    def from_report(cls, stats: list[LayerStat], min_sqnr_db: float = 30.0) -> Policy:
-        keep = {}
+    def from_report(cls, stats: list[LayerStat], min_sqnr_db: float = 30.0, *, fp8: bool = False) -> Policy:
+        keep, use_fp8 = {}, {}
         for s in stats:
+            int8_low = f"INT8 output SQNR {s.output_sqnr_db:.1f} dB < {min_sqnr_db:.0f} dB"
             if s.output_sqnr_db < min_sqnr_db:
-                keep[s.fqn] = f"INT8 output SQNR {s.output_sqnr_db:.1f} dB < {min_sqnr_db:.0f} dB"
+                fp8_ok = fp8 and s.fp8_output_sqnr_db is not None and s.fp8_output_sqnr_db >= min_sqnr_db
+                if fp8_ok:
+                    use_fp8[s.fqn] = f"{int8_low}, FP8 {s.fp8_output_sqnr_db:.1f} dB"
+                else:
+                    keep[s.fqn] = int8_low
             elif s.int8_ms is not None and s.fp16_ms is not None and s.int8_ms > s.fp16_ms:
                 keep[s.fqn] = f"INT8 {s.int8_ms:.3f} ms slower than FP16 {s.fp16_ms:.3f} ms"
-        return cls(keep)
+        return cls(keep, use_fp8)
 
     def int8_filter(self, module: nn.Module, fqn: str) -> bool:
         """For a workflow's filter_fn=: True where the layer may go INT8."""
-        return fqn not in self.keep_fp16
+        return fqn not in self.keep_fp16 and fqn not in self.use_fp8
 
 
 def apply_policy(model: nn.Module, policy: Policy) -> nn.Module:
-    """A converted copy of `model`: INT8 (dynamic) for the layers the policy allows, FP16 (Fp16Linear) for the
-    Linear layers it keeps; a kept Conv2d stays float (lowp has no FP16 conv)."""
+    """A converted copy of `model`: INT8 (dynamic) for the layers the policy allows, FP8 (Fp8Linear) for the ones it
+    sends there, FP16 (Fp16Linear) for the Linear layers it keeps; a kept Conv2d stays float (lowp has no FP16
+    conv)."""
     layers = {fqn: m for fqn, m in model.named_modules() if type(m) in _INT8}
     if all(fqn in policy.keep_fp16 and not isinstance(m, nn.Linear) for fqn, m in layers.items()):
         return copy.deepcopy(model)  # nothing to convert (quantize would refuse)
-    return quantize(model, Int8DynamicConfig(), overrides=dict.fromkeys(policy.keep_fp16, Fp16Config()))
+    overrides = {**dict.fromkeys(policy.keep_fp16, Fp16Config()), **dict.fromkeys(policy.use_fp8, Fp8DynamicConfig())}
+    return quantize(model, Int8DynamicConfig(), overrides=overrides)
 
 
 def format_report(stats: list[LayerStat], policy: Policy | None = None) -> str:
@@ -166,7 +177,11 @@ def format_report(stats: list[LayerStat], policy: Policy | None = None) -> str:
     for s in stats:
         fp8 = " | ".join("-" if v is None else f"{v:.1f}" for v in (s.fp8_input_sqnr_db, s.fp8_output_sqnr_db))
         ms = (f"{s.int8_ms:.3f} | {s.fp16_ms:.3f}" if s.int8_ms is not None else "- | -")
-        decision = "INT8" if policy is None or s.fqn not in policy.keep_fp16 else f"FP16: {policy.keep_fp16[s.fqn]}"
+        decision = "INT8"
+        if policy is not None and s.fqn in policy.keep_fp16:
+            decision = f"FP16: {policy.keep_fp16[s.fqn]}"
+        elif policy is not None and s.fqn in policy.use_fp8:
+            decision = f"FP8: {policy.use_fp8[s.fqn]}"
         lines.append(f"| {s.fqn} | {s.kind} | {s.weight_sqnr_db:.1f} ({s.weight_predicted_sqnr_db:.1f}) | "
                      f"{s.input_sqnr_db:.1f} ({s.input_predicted_sqnr_db:.1f}) | {s.output_sqnr_db:.1f} | {fp8} | "
                      f"{ms} | {decision} |")

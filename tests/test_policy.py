@@ -164,3 +164,22 @@ def test_conv_layers_have_no_fp8_numbers():
     assert fc.fp8_output_sqnr_db > 27  # e4m3 on a ReLU'd input: 28.6 dB out (measured)
     conv_row = policy.format_report(stats).splitlines()[2]
     assert conv_row.startswith("| conv | Conv2d |") and conv_row.endswith("| - | - | - | - | INT8 |"), conv_row
+
+
+def test_policy_sends_outlier_layers_to_fp8_when_asked():
+    # the outlier layer of test_report_shows_where_fp8_pays: INT8 ~13 dB, FP8 ~29 dB at the output; at a 25 dB bound
+    # FP8 rescues it (fp8=True) instead of FP16; the plain layer passes as INT8 either way
+    outlier, x = _outlier_linear(256, 100.0)
+    stats = policy.layer_report(outlier, x, time_layers=False)
+    assert policy.Policy.from_report(stats, 25.0).keep_fp16.keys() == {"0"}
+    chosen = policy.Policy.from_report(stats, 25.0, fp8=True)
+    assert chosen.keep_fp16 == {} and chosen.use_fp8["0"].startswith("INT8 output SQNR 13.")
+    converted = policy.apply_policy(outlier, chosen)
+    assert type(converted[0]).__name__ == "Fp8Linear"
+    assert quant.sqnr_db(outlier(x), converted(x)) > 27
+    assert "| FP8: INT8 output SQNR" in policy.format_report(stats, chosen)
+    # a bound FP8 misses too: FP16
+    assert policy.Policy.from_report(stats, 35.0, fp8=True).keep_fp16.keys() == {"0"}
+    plain, x = _outlier_linear(256, 1.0)
+    stats = policy.layer_report(plain, x, time_layers=False)
+    assert policy.Policy.from_report(stats, 25.0, fp8=True) == policy.Policy({}, {})

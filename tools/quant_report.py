@@ -2,6 +2,7 @@
 
     python tools/quant_report.py                      # the seed ConvNet trained on digits (cached by make demo)
     python tools/quant_report.py --min-sqnr 35
+    python tools/quant_report.py --fp8                # layers INT8 would hurt go FP8 where it reaches the bound
 
 For every Linear / Conv2d: SQNR of its int8 weights and inputs beside the uniform-noise model, SQNR of its INT8
 output, and on a GPU its INT8 vs FP16 latency; the policy keeps in FP16 the layers where INT8 is too lossy or
@@ -26,6 +27,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--min-sqnr", type=float, default=30.0, help="dB under which a layer stays FP16")
     parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--fp8", action="store_true",
+                        help="send Linear layers that INT8 would hurt to FP8 where FP8 reaches --min-sqnr")
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tx, ty, vx, vy = (t.to(device) for t in load_digits_28())
@@ -33,7 +36,7 @@ def main() -> None:
     model = ConvNet().to(device)
     train(model, tx, ty, epochs=args.epochs)
     stats = layer_report(model, tx[:256])
-    policy = Policy.from_report(stats, args.min_sqnr)
+    policy = Policy.from_report(stats, args.min_sqnr, fp8=args.fp8)
     print(format_report(stats, policy))
     mixed = apply_policy(model, policy)
     print(f"\naccuracy: FP32 {accuracy(model, vx, vy):.2f} %, policy model {accuracy(mixed, vx, vy):.2f} %")

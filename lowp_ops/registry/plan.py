@@ -24,7 +24,8 @@ _FOLDED = (nn.BatchNorm2d,)
 
 
 def _a(name: str) -> str:
-    return f"{'an' if name[0] in 'AEIOU' else 'a'} {name}"
+    """The article by sound: an Int8StaticConfig, an Fp16Config (ef-pee), a QATConfig."""
+    return f"{'an' if name[0] in 'AEIOU' or name.startswith('Fp') else 'a'} {name}"
 
 
 def deferred(config: LowpConfig) -> type[LowpConfig] | None:

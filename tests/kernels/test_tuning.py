@@ -99,3 +99,17 @@ def test_pruner_reads_the_argument_names_it_is_given():
     # COLS = 40: BLOCK_N <= max(32, next_power_of_2(40) = 64); C_G = 1 (depthwise): BLOCK_K <= max(32, 1) = 32
     args = {**_args(), "COLS": 40, "C_G": 1}
     assert _kept(prune, table, args) == [(64, 32, 32, 2, 4), (64, 64, 32, 2, 4)]
+
+
+def test_the_gemm_caps_precise_fp8_and_keeps_fast_fp8_tiles():
+    # kernels/gemm.py's _register_heavy: fp8 that promotes each BLOCK_K slice to float32 holds a second accumulator
+    # (128x256x128 spilled 192 B, sm_90 offline), so it gets at most 64 accumulators a thread: 128 x 256 on 8 warps
+    # (128 a thread) goes, 128 x 128 on 8 warps (64) stays; with fast accumulation, or int8, both stay
+    from lowp_ops.kernels.gemm import _PRUNE
+
+    table = [(128, 256, 128, 3, 8), (128, 128, 128, 4, 8)]
+    forward = {"stride_am": 4096, "stride_ak": 1, "OUTPUT": "float"}
+    fp8 = _args(dtype=torch.float8_e4m3fn, **forward)
+    assert _kept(_PRUNE, table, {**fp8, "FAST_ACCUM": False}) == [table[1]]
+    assert _kept(_PRUNE, table, {**fp8, "FAST_ACCUM": True}) == table
+    assert _kept(_PRUNE, table, {**_args(**forward), "FAST_ACCUM": False}) == table

@@ -176,7 +176,7 @@ def test_other_workflows_point_the_config_to_its_own():
                                         r"Fp8DynamicConfig.*; Fp8DynamicConfig goes to lowp_ops.quantize_dynamic\("
                                         r"model, dtype=torch.float8_e4m3fn, config=config\) or lowp_ops.quantize"):
         lowp_ops.prepare(_net(), Fp8DynamicConfig())
-    with pytest.raises(ValueError, match=r"prepare: overrides\['fc1'\] is a Fp8DynamicConfig but config is an "
+    with pytest.raises(ValueError, match=r"prepare: overrides\['fc1'\] is an Fp8DynamicConfig but config is an "
                                          r"Int8StaticConfig; one call runs one workflow: configs applied at once "
                                          r"\(Int8DynamicConfig, Fp8DynamicConfig, Fp16Config\) mix"):
         lowp_ops.prepare(_net(), Int8StaticConfig(), overrides={"fc1": Fp8DynamicConfig()})
