@@ -9,6 +9,7 @@ import pathlib
 import torch
 
 from lowp_ops import quant
+from lowp_ops._validate import fp8_supported
 
 from ._common import bench_ms, copy_bandwidth_tbps, header, machine
 from .cases import OPS, SHAPES, Problem, smoke_shape
@@ -33,7 +34,7 @@ def ceilings(device) -> dict:
     a16 = torch.randn(8192, 8192, device=device).half()
     ops = 2 * 8192**3
     fp8 = None
-    if torch.cuda.get_device_capability(device) >= (8, 9):
+    if fp8_supported(torch.device(device)):
         e4m3, one = a16.to(torch.float8_e4m3fn), torch.ones((), device=device)
         fp8 = ops / bench_ms(lambda: torch._scaled_mm(e4m3, e4m3.T, scale_a=one, scale_b=one,
                                                       out_dtype=torch.bfloat16, use_fast_accum=True)) / 1e9

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from lowp_ops import quant
+from lowp_ops._validate import fp8_supported
 from lowp_ops.nn import Int8Conv2d
 
 from .cases import Problem
@@ -36,7 +37,7 @@ _FP8_OPS = ("fp8_mm", "fp8_linear")
 
 def _no_fp8(p: Problem) -> str | None:
     """Why an FP8 GEMM cannot run here: a GPU older than sm_89 has no e4m3 Tensor Cores (the CPU runs it)."""
-    if p.reference.is_cuda and torch.cuda.get_device_capability(p.reference.device) < (8, 9):
+    if not fp8_supported(p.reference.device):
         return "FP8 needs sm_89 or newer"
     return None
 
@@ -173,7 +174,7 @@ def _eager_w8a8(p: Problem):
 
 
 def _fp8(p: Problem):
-    if not p.reference.is_cuda or torch.cuda.get_device_capability() < (8, 9):
+    if not p.reference.is_cuda or not fp8_supported(p.reference.device):
         return "FP8 needs sm_89 or newer"
     if p.op not in ("fp16_mm", "int8_linear"):
         return "GEMM ops only"

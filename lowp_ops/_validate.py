@@ -74,8 +74,13 @@ def check_param(op: str, name: str, t, like, dtypes, shapes, what: str, *, one: 
         fail(op, f"argument '{name}' must hold {what}, got shape {tuple(t.shape)}")
 
 
-def check_scale(op: str, name: str, t, like, shapes=(), what: str = "a per-tensor scale") -> None:
-    """float32, shaped as check_param says, values finite and normal."""
+def check_scale(op: str, name: str, t, like, shapes=(), what: str = "a per-tensor scale", *,
+                required: bool = False) -> None:
+    """float32, shaped as check_param says, values finite and normal. required: None is refused too — a schema's
+    `Tensor` (not `Tensor?`) argument, which torch's dispatcher still lets None through for (torch 2.13), and which
+    the launchers would read as "no scale" (an unscaled result) or "dynamic"."""
+    if required and t is None:
+        fail(op, f"argument '{name}' must be a Tensor, got NoneType", TypeError)
     check_param(op, name, t, like, (torch.float32,), shapes, what)
     _check_values(op, name, t, *_SCALES)
 
@@ -84,6 +89,12 @@ def check_zero_point(op: str, name: str, t, like, shapes=(), what: str = "a per-
     """int32, shaped as check_param says, values int8 codes."""
     check_param(op, name, t, like, (torch.int32,), shapes, what)
     _check_values(op, name, t, *_ZERO_POINTS)
+
+
+def fp8_supported(device: torch.device) -> bool:
+    """Whether float8_e4m3fn arithmetic runs on device: CPUs (in float32, lowp_ops.cpu) and CUDA GPUs of sm_89
+    (Ada) or newer, which have FP8 Tensor Cores and conversions (Triton's float8e4nv)."""
+    return device.type != "cuda" or torch.cuda.get_device_capability(device) >= (8, 9)
 
 
 def check_k_contiguous(op: str, name: str, t: torch.Tensor) -> None:

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from . import quant
+from ._validate import fp8_supported
 from .nn import Fp16Linear, Int8Conv2d, Int8Linear
 from .registry import Fp8DynamicConfig, Fp16Config, Int8DynamicConfig, quantize
 
@@ -109,7 +110,7 @@ def _layer_stat(fqn: str, layer: nn.Module, x: torch.Tensor, time_layers: bool) 
     y = layer(x)
     stat = LayerStat(fqn, type(layer).__name__, w_err.sqnr_db, w_err.predicted_sqnr_db, x_err.sqnr_db,
                      x_err.predicted_sqnr_db, quant.sqnr_db(y, int8(x)))
-    if isinstance(layer, nn.Linear) and _has_fp8(x.device):
+    if isinstance(layer, nn.Linear) and fp8_supported(x.device):
         stat.fp8_input_sqnr_db = quant.quantization_error(x, quant.Fp8Spec(granularity="per_token")).sqnr_db
         qw = quant.quantize_tensor(layer.weight, quant.Fp8Spec(granularity="per_channel", axis=0))
         y8 = torch.ops.lowp.fp8_linear(x.contiguous(), qw.qdata, qw.scale, layer.bias, out_dtype=torch.float32)
@@ -121,11 +122,6 @@ def _layer_stat(fqn: str, layer: nn.Module, x: torch.Tensor, time_layers: bool) 
         stat.int8_ms = time_ms(lambda: int8(x16))
         stat.fp16_ms = time_ms(lambda: fp16(x16))
     return stat
-
-
-def _has_fp8(device: torch.device) -> bool:
-    """FP8 GEMMs run on the CPU and on sm_89+ GPUs (Ada, Hopper: e4m3 Tensor Cores)."""
-    return device.type != "cuda" or torch.cuda.get_device_capability(device) >= (8, 9)
 
 
 @dataclass

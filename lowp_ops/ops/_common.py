@@ -17,6 +17,7 @@ from .._validate import (
     check_zero_point,
     dtype_names,
     fail,
+    fp8_supported,
 )
 
 
@@ -95,17 +96,9 @@ def check_epilogue(op: str, like, N: int, bias, activation: str, out_dtype, out_
     check_zero_point(op, "out_zero_point", out_zero_point, like, what="the per-tensor output zero point")
 
 
-def check_required_scale(op: str, name: str, t, like, shapes=(), what: str = "a per-tensor scale") -> None:
-    """check_scale for a scale the schema declares `Tensor` (not `Tensor?`): torch's dispatcher still lets None
-    through for it (torch 2.13), and the launchers read a None scale as "no scale" (unscaled output) or "dynamic"."""
-    if t is None:
-        fail(op, f"argument '{name}' must be a Tensor, got NoneType", TypeError)
-    check_scale(op, name, t, like, shapes, what)
-
-
 def check_fp8_device(op: str, name: str, t: Tensor) -> None:
     """FP8 on CUDA needs FP8 Tensor Cores and conversions: sm_89 (Ada) or newer (Triton's float8e4nv)."""
-    if t.is_cuda and torch.cuda.get_device_capability(t.device) < (8, 9):
+    if not fp8_supported(t.device):
         major, minor = torch.cuda.get_device_capability(t.device)
         fail(op, f"argument '{name}' is on {torch.cuda.get_device_name(t.device)} (sm_{major}{minor}): float8_e4m3fn "
                  f"needs sm_89 or newer (Ada, Hopper); use the int8 ops there")
@@ -114,5 +107,5 @@ def check_fp8_device(op: str, name: str, t: Tensor) -> None:
 def check_static_qparams(op: str, x: Tensor, scale: Tensor, zero_point: Tensor | None) -> None:
     """A per-tensor scale (float32, one element, finite and normal; required) and zero point (int32, one element,
     in [-128, 127])."""
-    check_required_scale(op, "scale", scale, ("x", x))
+    check_scale(op, "scale", scale, ("x", x), required=True)
     check_zero_point(op, "zero_point", zero_point, ("x", x))

@@ -20,7 +20,6 @@ from ._common import (
     check_fp8_device,
     check_linear_operands,
     check_out_dtype,
-    check_required_scale,
     flat,
     rows,
 )
@@ -35,8 +34,8 @@ def _check_fp8_mm(a, b, a_scale, b_scale, bias, activation, out_dtype) -> torch.
     M, N, _ = check_linear_operands(op, ("a", "b"), a, b, (FP8,), FP8)
     check_fp8_device(op, "a", a)
     out_dtype = check_out_dtype(op, torch.float32 if out_dtype is None else out_dtype, FLOAT_DTYPES)
-    check_required_scale(op, "a_scale", a_scale, like, ((M,), tuple(a.shape[:-1])), "one scale per row")
-    check_required_scale(op, "b_scale", b_scale, like, [(N,)], "one scale per output column")
+    check_scale(op, "a_scale", a_scale, like, ((M,), tuple(a.shape[:-1])), "one scale per row", required=True)
+    check_scale(op, "b_scale", b_scale, like, [(N,)], "one scale per output column", required=True)
     check_epilogue(op, like, N, bias, activation, out_dtype, None, None)
     return out_dtype
 
@@ -82,7 +81,7 @@ def _check_fp8_linear(x, weight, weight_scale, bias, x_scale, activation, out_dt
     check_fp8_device(op, "x", x)
     out_dtype = check_out_dtype(op, x.dtype if out_dtype is None else out_dtype, FLOAT_DTYPES)
     check_scale(op, "x_scale", x_scale, like, what="static per-tensor activation scale")
-    check_required_scale(op, "weight_scale", weight_scale, like, [(N,)], "one scale per output column")
+    check_scale(op, "weight_scale", weight_scale, like, [(N,)], "one scale per output column", required=True)
     check_epilogue(op, like, N, bias, activation, out_dtype, None, None)
     return out_dtype
 

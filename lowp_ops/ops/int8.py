@@ -13,7 +13,6 @@ from ._common import (
     check_int8_output,
     check_linear_operands,
     check_out_dtype,
-    check_required_scale,
     check_zero_point_sums,
     flat,
     rows,
@@ -103,7 +102,7 @@ def _check_int8_linear(x, weight, weight_scale, bias, x_scale, x_zero_point, wei
     if x_zero_point is not None and x_scale is None:
         fail(op, "argument 'x_zero_point' needs 'x_scale' (static quantization); dynamic quantization is symmetric")
     check_scale(op, "x_scale", x_scale, like, what="static per-tensor activation scale")
-    check_required_scale(op, "weight_scale", weight_scale, like, [(N,)], "one scale per output column")
+    check_scale(op, "weight_scale", weight_scale, like, [(N,)], "one scale per output column", required=True)
     check_zero_point(op, "x_zero_point", x_zero_point, like, what="static per-tensor zero point")
     check_zero_point_sums(op, "weight_sum", weight_sum, "x_zero_point", x_zero_point, like, N)
     check_epilogue(op, like, N, bias, activation, out_dtype, out_scale, out_zero_point)

@@ -57,8 +57,7 @@ def grid_step(x: torch.Tensor, scale: torch.Tensor, spec: Spec) -> torch.Tensor:
     if not isinstance(spec, Fp8Spec):
         return scale.expand_as(x)
     _, e = torch.frexp((x.double() / scale).abs())  # |v| = f · 2^e with f in [0.5, 1): floor(log2 |v|) = e − 1
-    e_max = torch.frexp(torch.tensor(spec.qmax))[1].item() - 1
-    e = (e - 1).clamp(spec.min_normal_exponent, e_max)
+    e = (e - 1).clamp(spec.min_normal_exponent, math.frexp(spec.qmax)[1] - 1)  # qmax's binade: 448 = 1.75 · 2^8
     return scale * torch.exp2((e - spec.mantissa_bits).double())
 
 

@@ -13,7 +13,7 @@ from torch import nn
 
 import lowp_ops
 from lowp_ops import Int8StaticConfig, QATConfig, quant
-from lowp_ops.nn import Fp16Linear, Int8Conv2d, Int8Linear, QATConv2d, QATLinear
+from lowp_ops.nn import Fp8Linear, Fp16Linear, Int8Conv2d, Int8Linear, QATConv2d, QATLinear
 from lowp_ops.nn.int8 import _Int8Module
 from util import assert_bitwise_equal
 
@@ -123,17 +123,25 @@ def test_whole_model_save_load_pickle_and_deepcopy(name, how):
 # ------------------------------------------------------------------------------------------------- casts
 
 
+def _fp8_linear(**kwargs):
+    torch.manual_seed(0)
+    return Fp8Linear.from_float(nn.Linear(16, 8), **kwargs)
+
+
+# the cast rules live in the quantized-module base (lowp_ops/nn/_base.py): one test for every scheme
 @pytest.mark.parametrize("build, make_input", [(_linear, lambda: torch.randn(4, 16)),
-                                               (lambda **kw: _conv(activation="relu6", **kw), _image)],
-                         ids=["linear", "conv"])
+                                               (lambda **kw: _conv(activation="relu6", **kw), _image),
+                                               (_fp8_linear, lambda: torch.randn(4, 16))],
+                         ids=["int8 linear", "int8 conv", "fp8 linear"])
 def test_casts_set_the_output_dtype_and_float_undoes_them(build, make_input):
     m, x = build(), make_input()
+    weight_dtype = m.weight.dtype
     y32, y16 = m(x), m(x.half())
     assert y32.dtype == torch.float32 and y16.dtype == torch.float16  # as built: follow the input
     assert m(x.double()).dtype == torch.float64
     assert_bitwise_equal(m(x.double()), y32.double())  # x is float32-exact, and float64 is computed in float32
     m.half()
-    assert m.weight.dtype == torch.int8 and m.weight_scale.dtype == m.bias.dtype == torch.float32
+    assert m.weight.dtype == weight_dtype and m.weight_scale.dtype == m.bias.dtype == torch.float32
     assert m(x).dtype == torch.float16 and "output=float16" in repr(m)
     m.to("cpu")  # a device move is no dtype cast: the layer keeps returning float16
     assert m(x).dtype == torch.float16
@@ -142,7 +150,7 @@ def test_casts_set_the_output_dtype_and_float_undoes_them(build, make_input):
     assert_bitwise_equal(m(x), y32)
     assert_bitwise_equal(m(x.half()), y16)
     m.double()
-    assert m.weight.dtype == torch.int8 and m.weight_scale.dtype == torch.float32
+    assert m.weight.dtype == weight_dtype and m.weight_scale.dtype == torch.float32
     assert_bitwise_equal(m(x), y32.double())
     assert_bitwise_equal(m(x.half()), build(out_dtype=torch.float32)(x.half()).double())  # not rounded to float16
     m.to(torch.float32)
