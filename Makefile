@@ -3,15 +3,19 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 # torch==2.13.0 resolves to the CPU build kept on this project's machines; elsewhere pip takes PyPI's default
-# build. Override for a CUDA machine, e.g. `make test TORCH='torch>=2.6'` to keep an installed torch.
+# build. Override for a CUDA machine, e.g. `make test TORCH='torch>=2.6' LOCK=` to keep an installed torch.
 TORCH  ?= torch==2.13.0
+# Every other package at the version `make test` was last green on (a fresh clone installs what CI ran, not what
+# pip resolves today). `make lock` refreshes it; `LOCK=` installs unpinned.
+LOCK   ?= constraints.txt
+PIP    := $(PY) -m pip install --quiet --disable-pip-version-check $(if $(LOCK),--constraint $(LOCK))
 
-.PHONY: demo test bench inspect clean
+.PHONY: demo test bench inspect lock clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check "$(TORCH)"
-	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	$(PIP) "$(TORCH)"
+	$(PIP) -e ".[dev]"
 	touch $@
 
 demo: $(VENV)/.installed
@@ -30,5 +34,13 @@ bench: $(VENV)/.installed
 inspect: $(VENV)/.installed
 	$(PY) tools/inspect_kernels.py
 
+# Re-pin to what pip resolves today: a throwaway venv, unpinned install, its versions written to $(LOCK). Then
+# `make test` (it reinstalls) and commit the file if it passes.
+lock:
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install --quiet --disable-pip-version-check "$(TORCH)" -e ".[dev]"
+	.venv-lock/bin/python tools/lock.py > $(or $(LOCK),constraints.txt)
+	rm -rf .venv-lock
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) .venv-lock build *.egg-info .pytest_cache

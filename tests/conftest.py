@@ -2,9 +2,16 @@
 @triton.jit decorates a kernel, so it must be set before lowp_ops (and its kernels) is first imported."""
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+
+# `python -m pytest` puts the repository root on sys.path, where kernels/ (shipped as lowp_ops.kernels) would shadow
+# PyPI's `kernels`, which transformers imports: take the root off before any test imports transformers.
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT]
 
 HAS_CUDA = torch.cuda.is_available()
 if not HAS_CUDA:

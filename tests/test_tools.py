@@ -2,6 +2,7 @@
 
 It runs in a subprocess: these tests run with TRITON_INTERPRET=1, under which kernels cannot be compiled."""
 
+import importlib.util
 import json
 import os
 import pathlib
@@ -9,6 +10,15 @@ import subprocess
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _import_bench():
+    """bench/ is not installed, and the repository root stays off sys.path (conftest): load it from its folder."""
+    if "bench" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("bench", ROOT / "bench" / "__init__.py",
+                                                      submodule_search_locations=[str(ROOT / "bench")])
+        sys.modules["bench"] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules["bench"])
 
 
 def _inspect(tmp_path, *flags):
@@ -57,7 +67,7 @@ def test_model_bench_smoke_run():
 
 def test_bench_report_from_timed_rows(tmp_path):
     # the GPU-only half of the harness (speedups, % of peak, markdown, CSV, JSON, plots) on made-up timings
-    sys.path.insert(0, str(ROOT))
+    _import_bench()
     from bench import harness
 
     info = {"card": "NVIDIA H100 80GB HBM3", "date": "2026-01-01", "torch": "x", "triton": "y", "lowp": "z",
@@ -109,3 +119,27 @@ def test_make_demo_job_runs(tmp_path):
     # FP16 has no native CPU path: its row is marked emulated, with the reason under the table
     if not torch.cuda.is_available():
         assert "| fp16 (emulated on CPU, see note) |" in report and "its CPU time is not a speed claim" in report
+
+
+def test_lock_pins_this_environment():
+    # `make lock` runs tools/lock.py in a venv of today's resolution; here it runs over the test environment
+    from packaging.requirements import Requirement
+
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "lock.py")], check=True, capture_output=True,
+                          text=True)
+    header, *lines = proc.stdout.splitlines()
+    assert header.startswith("# Written by `make lock`")
+    pins = {r.name: r for r in map(Requirement, lines)}
+    assert "pytest" in pins and "numpy" in pins and not {"torch", "lowp-ops", "pip"} & set(pins)
+    import numpy
+    import pytest
+
+    assert str(pins["pytest"].specifier) == f"=={pytest.__version__}"
+    assert str(pins["numpy"].specifier) == f"=={numpy.__version__}"
+    # a release that needs a newer Python than lowp's floor (3.10) is pinned only where it installs
+    spec = importlib.util.spec_from_file_location("lock", ROOT / "tools" / "lock.py")
+    lock = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lock)
+    assert lock._marker(">=3.11", "3.10") == 'python_full_version >= "3.11"'
+    assert lock._marker(">=3.9,<3.16", "3.10") == "" and lock._marker(None, "3.10") == ""
+    assert all(r.marker is None or r.marker.evaluate() for r in pins.values())
