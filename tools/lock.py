@@ -4,7 +4,7 @@ environment pinned at its installed version, so a fresh machine resolves what CI
     make lock                          # a throwaway venv with what pip resolves today, this script over it
     python tools/lock.py > constraints.txt
 
-Left out: torch (the Makefile's TORCH picks the build), lowp itself, and what `python -m venv` bootstraps. A pin whose
+Left out: torch (the Makefile's TORCH picks the build), lowp itself and pip (what `python -m venv` brings). A pin whose
 release needs a newer Python than lowp's floor carries that release's Requires-Python as an environment marker, so an
 older interpreter takes the newest release that supports it instead of failing to install.
 """
@@ -16,7 +16,7 @@ from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 
-SKIP = {"torch", "lowp-ops", "pip", "setuptools", "wheel"}
+SKIP = {"torch", "lowp-ops", "pip"}
 
 
 def _marker(requires_python: str | None, floor: str) -> str:
@@ -30,9 +30,9 @@ def _marker(requires_python: str | None, floor: str) -> str:
 def lock_lines() -> list[str]:
     floor = next(s.version for s in SpecifierSet(md.metadata("lowp-ops")["Requires-Python"]) if s.operator == ">=")
     lines = {}
-    for dist in md.distributions():
+    for dist in md.distributions():  # in sys.path order: the first of a name is the one imports find
         name = canonicalize_name(dist.metadata["Name"])
-        if name in SKIP:
+        if name in SKIP or name in lines:
             continue
         marker = _marker(dist.metadata["Requires-Python"], floor)
         lines[name] = f"{name}=={dist.version}" + (f" ; {marker}" if marker else "")
