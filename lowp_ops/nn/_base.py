@@ -1,6 +1,7 @@
 """What the quantized modules share, whatever their number format (INT8: nn/int8.py, FP8: nn/fp8.py): a float
-weight quantized once into buffers, the cast rules, device moves that keep tied weights tied, and checkpoint
-loading that says plainly what is wrong with a checkpoint.
+weight quantized once into buffers, a `weight` that looks like the float layer's to code that inspects it, the cast
+rules, device moves that keep tied weights tied, and checkpoint loading that says plainly what is wrong with a
+checkpoint (and still takes checkpoints saved before the codes were called `qweight`).
 
 A scheme is a subclass of _QuantModule that sets its class attributes: the weight's storage dtype and the specs
 it may be quantized with, and the optional per-tensor buffers (input_scale, ...) it stores, each a Buffer that
@@ -79,9 +80,29 @@ def _tied(key, fn):
     return apply
 
 
+def float_cast(fn, device) -> tuple[torch.dtype | None, torch.device]:
+    """What the function nn.Module._apply hands down does, for modules that give float casts their own meaning:
+    (the float dtype it casts to, or None for a device move alone; the device it moves to). fn is opaque: it runs on
+    a float16 and a float32 probe. A device move changes neither dtype; .float() changes only the float16 one; any
+    other float cast changes the float32 one."""
+    p16, p32 = fn(torch.zeros((), dtype=torch.float16, device=device)), fn(torch.zeros((), device=device))
+    cast = p32.dtype if p32.dtype != torch.float32 else p16.dtype if p16.dtype != torch.float16 else None
+    return cast, p32.device
+
+
 class _QuantModule(nn.Module):
-    """Buffers and checks shared by the quantized modules: `weight` (_WEIGHT_DTYPE), `weight_scale` float32 (one per
-    output channel, or (1,)), `bias` float32 or None, and each of _QPARAMS (float32 / int32 (1,), or None).
+    """Buffers and checks shared by the quantized modules: `weight_scale` float32 (one per output channel, or (1,)),
+    `qweight` (_WEIGHT_DTYPE: the quantized weight, the float layer's weight shape), `bias` float32 or None, and each
+    of _QPARAMS (float32 / int32 (1,), or None), in that order (the state_dict's keys).
+
+    `weight` is not stored: it is a read-only property giving the float weight the layer computes with, dequantized
+    (qweight · weight_scale) on each access, so that code written for the float layer keeps working:
+    `x.to(layer.weight.dtype)` (transformers' ViT patch embedding, T5's feed-forward) feeds float input, and
+    `layer.weight.shape` / `.device` are the float layer's. Its dtype is the layer's float compute dtype: out_dtype
+    when set (by the constructor or a cast), else float32 (what the kernels compute in) — except on a layer fed int8
+    codes by the one before it (int8_input), which looks like the int8 layer it is: weight is qweight. The buffers
+    are registered float32 scales first, so a dtype probe walking module.buffers() for the first floating-point
+    tensor finds float32, not the e4m3 codes (float8 is_floating_point() too).
 
     Casts follow one rule (see _apply): .half() / .bfloat16() / .double() / .to(dtype) set the dtype of the float
     output; .float() gives back the output dtype the layer was built with (None: follow the input), so
@@ -98,6 +119,11 @@ class _QuantModule(nn.Module):
     _SCHEMES_DIFFER: ClassVar[str]  # how two conversions of one layer may differ, for checkpoint messages
     _CONVERTERS: ClassVar[str]  # what converts a float model to this scheme, for checkpoint messages
     _OUT_DTYPE_NOTE: ClassVar[str] = ""  # said after a refused out_dtype
+    # True when the layer before hands this one its output as int8 codes (set by the converter that plans the
+    # hand-off): `weight` is then qweight itself, so model code that casts the input to weight.dtype leaves the
+    # codes as they are (T5's feed-forward casts to wo.weight.dtype unless that is int8) instead of turning them
+    # into float values the layer would quantize again
+    int8_input: bool = False
 
     def _init_quant(self, weight: torch.Tensor, bias, activation: str, out_dtype, weight_spec, **qparams) -> None:
         """Check the arguments, quantize `weight` with weight_spec and register the buffers; qparams: a value (or
@@ -125,13 +151,24 @@ class _QuantModule(nn.Module):
         device = weight.device
         parsed = {key: buf.parse(name, key, qparams[key], device) for key, buf in self._QPARAMS.items()}
         qw = quant.quantize_tensor(weight.detach().float(), weight_spec)
-        self.register_buffer("weight", qw.qdata)
         self.register_buffer("weight_scale", qw.scale.reshape(-1))
+        self.register_buffer("qweight", qw.qdata)
         self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
         for key, value in parsed.items():
             self.register_buffer(key, value)
         self.activation, self.out_dtype = activation, out_dtype
         self.built_out_dtype = out_dtype  # what .float() returns to
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The float weight this layer computes with: qweight · weight_scale (one scale per output channel, or one),
+        shaped as the float layer's weight, in out_dtype (float32 when unset), on the layer's device. Computed on
+        each access and not stored (a float copy would double the layer's memory); read-only — the quantized data
+        is `qweight`, and to change the weight convert the float layer again. With int8_input: qweight itself."""
+        if self.int8_input:
+            return self.qweight
+        scale = self.weight_scale.reshape(-1, *(1,) * (self.qweight.ndim - 1))
+        return (self.qweight.float() * scale).to(self.out_dtype or torch.float32)
 
     def _apply(self, fn, recurse=True):
         """.to(device) / .cuda() / .cpu() move the buffers. A float dtype cast never touches them — the kernels
@@ -140,23 +177,19 @@ class _QuantModule(nn.Module):
             .float() / .to(torch.float32)                    ->  out_dtype = as built (None: follow the input)
         float32 is what the layer already computes in, so casting to it undoes earlier casts: m.half().float()
         behaves exactly as m. An int8 output (Int8*'s output_scale set) stays int8 whatever the cast."""
-        device = self.weight.device
-        # fn is opaque: run it on a float16 and a float32 probe. A device move changes neither dtype; .float()
-        # changes only the float16 one; any other float cast changes the float32 one.
-        p16, p32 = fn(torch.zeros((), dtype=torch.float16, device=device)), fn(torch.zeros((), device=device))
-        cast = p32.dtype if p32.dtype != torch.float32 else p16.dtype if p16.dtype != torch.float16 else None
+        cast, device = float_cast(fn, self.qweight.device)
         if cast is None:
             return super()._apply(_tied(fn, fn), recurse)
         if cast not in CAST_DTYPES:
             raise TypeError(f"{type(self).__name__}: cannot cast to {cast}: a cast sets the float output dtype, "
                             f"which must be float16, bfloat16, float32 or float64")
         self.out_dtype = self.built_out_dtype if cast == torch.float32 else cast
-        return super()._apply(_tied(fn, lambda t: t.to(p32.device)), recurse)
+        return super()._apply(_tied(fn, lambda t: t.to(device)), recurse)
 
     def _stored(self) -> dict[str, Buffer]:
         """Every buffer a checkpoint of this layer holds, as _init_quant stores it."""
-        weight = Buffer((self._WEIGHT_DTYPE,), str(self._WEIGHT_DTYPE).removeprefix("torch."))
-        return {"weight": weight, "weight_scale": SCALE, "bias": _BIAS, **self._QPARAMS}
+        qweight = Buffer((self._WEIGHT_DTYPE,), str(self._WEIGHT_DTYPE).removeprefix("torch."))
+        return {"weight_scale": SCALE, "qweight": qweight, "bias": _BIAS, **self._QPARAMS}
 
     def _check_checkpoint(self, state_dict, prefix: str, name: str) -> None:
         """Every buffer of a checkpoint with the dtype this layer stores, and values the kernels can use."""
@@ -165,31 +198,37 @@ class _QuantModule(nn.Module):
             theirs = state_dict.get(prefix + key)
             if not isinstance(theirs, torch.Tensor) or theirs.dtype in buf.dtypes:
                 continue
-            hint = f"it was not saved from a lowp {self._SCHEME} layer"
-            if theirs.dtype in CAST_DTYPES and key == "weight":
-                hint = (f"a float model's state_dict cannot be loaded into a quantized one: load it into the float "
-                        f"model and convert that ({self._CONVERTERS}, or {type(self).__name__}.from_float), not "
-                        f"load_state_dict")
             raise ValueError(f"{name}: checkpoint '{prefix + key}' has dtype {str(theirs.dtype).removeprefix('torch.')}"
-                             f" but this layer stores {buf.words}; {hint}")
+                             f" but this layer stores {buf.words}; it was not saved from a lowp {self._SCHEME} layer")
         for key, buf in stored.items():
             theirs = state_dict.get(prefix + key)
             bad = outside(theirs, *buf.valid) if buf.valid and isinstance(theirs, torch.Tensor) else ()
             if len(bad):
                 raise ValueError(f"{name}: checkpoint '{prefix + key}' must hold {buf.what}, got {bad[:4].tolist()}")
-        weight = state_dict.get(prefix + "weight")
+        weight = state_dict.get(prefix + "qweight")
         if isinstance(weight, torch.Tensor) and weight.is_floating_point():  # FP8 codes: NaN has one, the GEMM none
             nan = torch.isnan(weight.detach().float())
             if bool(nan.any()):
-                raise ValueError(f"{name}: checkpoint '{prefix}weight' must hold finite {self._FORMAT} values, got "
+                raise ValueError(f"{name}: checkpoint '{prefix}qweight' must hold finite {self._FORMAT} values, got "
                                  f"{int(nan.sum())} NaN code(s), first at index {tuple(nan.nonzero()[0].tolist())}")
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
-        """Say plainly when a checkpoint was made for another layer, another scheme or a float model."""
+        """Say plainly when a checkpoint was made for another layer, another scheme or a float model. A checkpoint
+        saved before the quantized weight was called `qweight` holds it under `weight`: renamed here (state_dict is
+        load_state_dict's own copy), so old checkpoints keep loading."""
         name = f"{type(self).__name__} '{prefix.rstrip('.') or '(root)'}'"
+        old = state_dict.get(prefix + "weight")
+        if isinstance(old, torch.Tensor) and old.dtype in CAST_DTYPES:
+            raise ValueError(f"{name}: checkpoint '{prefix}weight' has dtype {str(old.dtype).removeprefix('torch.')} "
+                             f"but this layer stores {str(self._WEIGHT_DTYPE).removeprefix('torch.')} (qweight); a "
+                             f"float model's state_dict cannot be loaded into a quantized one: load it into the float "
+                             f"model and convert that ({self._CONVERTERS}, or {type(self).__name__}.from_float), not "
+                             f"load_state_dict")
+        if isinstance(old, torch.Tensor) and prefix + "qweight" not in state_dict:
+            state_dict[prefix + "qweight"] = state_dict.pop(prefix + "weight")
         self._check_checkpoint(state_dict, prefix, name)
-        for key in ("weight", "weight_scale", "bias"):
+        for key in ("qweight", "weight_scale", "bias"):
             mine, theirs = getattr(self, key), state_dict.get(prefix + key)
             if mine is not None and theirs is not None and mine.shape != theirs.shape:
                 raise ValueError(f"{name}: checkpoint {key} has shape {tuple(theirs.shape)} but this layer's is "
@@ -208,17 +247,19 @@ class _QuantModule(nn.Module):
         2.13's non-torch.save path looks for a typed storage, which float8 has none of: AttributeError
         'UntypedStorage' has no attribute 'dtype'). torch.save and deepcopy would manage; this serves all three."""
         state = super().__getstate__()
-        weight = state["_buffers"].get("weight")
+        weight = state["_buffers"].get("qweight")
         if weight is not None and weight.is_floating_point() and weight.element_size() == 1:
             state["_buffers"] = copy.copy(state["_buffers"])
-            state["_buffers"]["weight"], state["_weight_dtype"] = weight.view(torch.uint8), weight.dtype
+            state["_buffers"]["qweight"], state["_weight_dtype"] = weight.view(torch.uint8), weight.dtype
         return state
 
     def __setstate__(self, state) -> None:
         dtype = state.pop("_weight_dtype", None)
+        if "weight" in state["_buffers"]:  # pickled before the codes were called qweight
+            state["_buffers"] = {"qweight" if k == "weight" else k: v for k, v in state["_buffers"].items()}
         super().__setstate__(state)
         if dtype is not None:
-            self._buffers["weight"] = self._buffers["weight"].view(dtype)
+            self._buffers["qweight"] = self._buffers["qweight"].view(dtype)
 
     @property
     def static(self) -> bool:

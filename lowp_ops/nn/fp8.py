@@ -2,9 +2,10 @@
 tensor), activations quantized to e4m3 on the fly — per token (row), or per tensor with a static input_scale —
 and lowp's fp8 GEMM doing the rest (float32 accumulation, scales, bias, activation).
 
-Fp8Linear holds plain tensors: `weight` float8_e4m3fn (out_features, in_features), `weight_scale` float32
-(out_features,) or (1,), `bias` float32 (out_features,) or None, `input_scale` float32 (1,) or None (dynamic).
-There is no zero point (FP8 is symmetric) and no fp8 output: a layer returns float.
+Fp8Linear holds plain tensors: `weight_scale` float32 (out_features,) or (1,), `qweight` float8_e4m3fn
+(out_features, in_features), `bias` float32 (out_features,) or None, `input_scale` float32 (1,) or None (dynamic).
+There is no zero point (FP8 is symmetric) and no fp8 output: a layer returns float. `weight` is the float weight,
+dequantized on access, as code written for nn.Linear expects (nn/_base.py).
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ class Fp8Linear(_QuantModule):
     >>> layer = Fp8Linear.from_float(torch.nn.Linear(64, 32), activation="relu")
     >>> x = torch.randn(4, 64)
     >>> y = layer(x)
-    >>> y.shape, layer.weight.dtype
-    (torch.Size([4, 32]), torch.float8_e4m3fn)
+    >>> y.shape, layer.qweight.dtype, layer.weight.dtype
+    (torch.Size([4, 32]), torch.float8_e4m3fn, torch.float32)
     """
 
     _WEIGHT_DTYPE = FP8
@@ -72,9 +73,9 @@ class Fp8Linear(_QuantModule):
         kw = {"activation": self.activation, "out_dtype": self._kernel_dtype(out_dtype),
               "use_fast_accum": self.use_fast_accum}
         if x.dtype == FP8:
-            y = torch.ops.lowp.fp8_mm(x, self.weight, self.input_scale, self.weight_scale, self.bias, **kw)
+            y = torch.ops.lowp.fp8_mm(x, self.qweight, self.input_scale, self.weight_scale, self.bias, **kw)
         else:
-            y = torch.ops.lowp.fp8_linear(x, self.weight, self.weight_scale, self.bias, self.input_scale, **kw)
+            y = torch.ops.lowp.fp8_linear(x, self.qweight, self.weight_scale, self.bias, self.input_scale, **kw)
         return y.to(out_dtype)
 
     def extra_repr(self) -> str:

@@ -2,8 +2,9 @@
 dynamically, or statically with a scale and zero point from calibration — and the lowp kernels doing the rest
 (int32 accumulation, dequantize, bias, activation, optional requantize so consecutive INT8 layers chain).
 
-Each holds plain tensors: `weight` int8, `weight_scale` float32, `bias` float32, and — when static —
+Each holds plain tensors: `weight_scale` float32, `qweight` int8, `bias` float32, and — when static —
 `input_scale` float32 (1,) / `input_zero_point` int32 (1,); with int8 output, `output_scale` / `output_zero_point`.
+`weight` is the float weight, dequantized on access, as code written for nn.Linear / nn.Conv2d expects (nn/_base.py).
 """
 
 from __future__ import annotations
@@ -70,8 +71,8 @@ class _Int8Module(_QuantModule):
         self._refresh_weight_sum()
 
     def _refresh_weight_sum(self) -> None:
-        dims = tuple(range(1, self.weight.ndim))
-        self.weight_sum = self.weight.sum(dim=dims, dtype=torch.int32) if self.input_zero_point is not None else None
+        dims = tuple(range(1, self.qweight.ndim))
+        self.weight_sum = self.qweight.sum(dim=dims, dtype=torch.int32) if self.input_zero_point is not None else None
 
     def _output_dtype(self, x: torch.Tensor) -> torch.dtype:
         return torch.int8 if self.output_scale is not None else super()._output_dtype(x)
@@ -127,10 +128,10 @@ class Int8Linear(_Int8Module):
         kw = {"activation": self.activation, "out_dtype": self._kernel_dtype(out_dtype),
               "out_scale": self.output_scale, "out_zero_point": self.output_zero_point}
         if x.dtype == torch.int8:
-            y = torch.ops.lowp.int8_mm(x, self.weight, self.input_scale, self.weight_scale, self.bias,
+            y = torch.ops.lowp.int8_mm(x, self.qweight, self.input_scale, self.weight_scale, self.bias,
                                        self.input_zero_point, self.weight_sum, **kw)
         else:
-            y = torch.ops.lowp.int8_linear(x, self.weight, self.weight_scale, self.bias, self.input_scale,
+            y = torch.ops.lowp.int8_linear(x, self.qweight, self.weight_scale, self.bias, self.input_scale,
                                            self.input_zero_point, self.weight_sum, **kw)
         return y.to(out_dtype)
 
@@ -191,7 +192,7 @@ class Int8Conv2d(_Int8Module):
         self._init_quant(weight, bias, activation, out_dtype, weight_spec, input_scale=input_scale,
                          input_zero_point=input_zero_point, output_scale=output_scale,
                          output_zero_point=output_zero_point)
-        self.weight = self.weight.contiguous(memory_format=torch.channels_last)
+        self.qweight = self.qweight.contiguous(memory_format=torch.channels_last)
         self._refresh_weight_sum()
 
     @classmethod
@@ -212,12 +213,12 @@ class Int8Conv2d(_Int8Module):
         # checkpoints hold the plain (K, C/groups, R, S) layout (safetensors takes contiguous tensors only); loading
         # copies into the channels_last buffer, which keeps its layout
         super()._save_to_state_dict(destination, prefix, keep_vars)
-        destination[prefix + "weight"] = destination[prefix + "weight"].contiguous()
+        destination[prefix + "qweight"] = destination[prefix + "qweight"].contiguous()
 
     def _load_from_state_dict(self, state_dict, prefix, *args):
         super()._load_from_state_dict(state_dict, prefix, *args)
         # load_state_dict(assign=True) takes the checkpoint's plain-layout tensor itself: back to channels_last
-        self.weight = self.weight.contiguous(memory_format=torch.channels_last)
+        self.qweight = self.qweight.contiguous(memory_format=torch.channels_last)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim not in (3, 4) or x.shape[-3] != self.in_channels:
@@ -233,7 +234,7 @@ class Int8Conv2d(_Int8Module):
             x = x.contiguous(memory_format=torch.channels_last)
         # float x is quantized inside the op: dynamically without input_scale, else with it
         y = torch.ops.lowp.int8_conv2d(
-            x, self.weight, self.stride, self.padding, self.dilation, self.groups, self.input_scale,
+            x, self.qweight, self.stride, self.padding, self.dilation, self.groups, self.input_scale,
             self.weight_scale, self.bias, self.input_zero_point, self.weight_sum, activation=self.activation,
             out_dtype=self._kernel_dtype(out_dtype), out_scale=self.output_scale,
             out_zero_point=self.output_zero_point)

@@ -30,6 +30,7 @@ from ._common import (
     flat,
 )
 from .backends import dispatch
+from .int8 import inference_only
 
 _CHANNELS_LAST_HINT = "call .contiguous(memory_format=torch.channels_last) first"
 # kernels/conv.py computes input coordinates ih = oh·stride − pad + r·dilation in int32: they and their partial sums
@@ -159,6 +160,9 @@ def int8_conv2d(x: Tensor, weight: Tensor, stride: Sequence[int], padding: Seque
                     b_scale=flat(weight_scale), bias=flat(bias), a_zero_point=flat(x_zero_point),
                     b_sum=flat(weight_sum), activation=activation, out_dtype=out_dtype, out_scale=flat(out_scale),
                     out_zero_point=flat(out_zero_point))
+
+
+inference_only(int8_conv2d, "Int8Conv2d")
 
 
 @int8_conv2d.register_fake

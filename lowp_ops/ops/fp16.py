@@ -128,7 +128,9 @@ def fp16_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, activatio
     M, K = rows(x)
     out = dispatch("fp16_linear", "gemm", x.reshape(M, K), weight.T, bias=bias,
                    activation=activation, out_dtype=out_dtype)
-    return out.reshape(*x.shape[:-1], weight.shape[0])
+    # detach: the same tensor, but no longer marked a view of the (M, N) result. Autograd refuses in-place ops
+    # (SiLU(inplace=True), y += residual) on a view made inside a custom Function's forward.
+    return out.reshape(*x.shape[:-1], weight.shape[0]).detach()
 
 
 @fp16_linear.register_fake
@@ -141,9 +143,10 @@ def _setup_context(ctx, inputs, output):
     x, weight, bias, activation, _ = inputs
     ctx.activation = activation
     ctx.bias_dtype = None if bias is None else bias.dtype
-    # relu / relu6 read their derivative off the output; gelu recomputes its pre-activation in backward
-    ctx.save_for_backward(x, weight, output if activation in ("relu", "relu6") else None,
-                          bias if activation == "gelu" else None)
+    # relu / relu6 read their derivative off the output: kept as its mask, not the output itself, which the caller
+    # may modify in place (a Dropout(inplace=True) after a fused relu); gelu recomputes its pre-activation in backward
+    mask = (output > 0) if activation == "relu" else ((output > 0) & (output < 6)) if activation == "relu6" else None
+    ctx.save_for_backward(x, weight, mask, bias if activation == "gelu" else None)
 
 
 def _gelu_derivative(z: Tensor) -> Tensor:
@@ -152,15 +155,12 @@ def _gelu_derivative(z: Tensor) -> Tensor:
 
 
 def _backward(ctx, grad):
-    x, weight, y, bias = ctx.saved_tensors
+    x, weight, mask, bias = ctx.saved_tensors
     N, K = weight.shape
     x2 = x.reshape(-1, K)
     dz = grad.reshape(-1, N)
-    if ctx.activation == "relu":
-        dz = dz * (y.reshape(-1, N) > 0)
-    elif ctx.activation == "relu6":
-        y2 = y.reshape(-1, N)
-        dz = dz * ((y2 > 0) & (y2 < 6))
+    if mask is not None:  # relu, relu6
+        dz = dz * mask.reshape(-1, N)
     elif ctx.activation == "gelu":
         acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
         z = torch.ops.lowp.fp16_mm(x2, weight.T, bias, out_dtype=acc_dtype)

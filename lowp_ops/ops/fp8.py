@@ -24,6 +24,7 @@ from ._common import (
     rows,
 )
 from .backends import dispatch
+from .int8 import inference_only
 
 FP8 = torch.float8_e4m3fn
 
@@ -65,7 +66,8 @@ def fp8_mm(a: Tensor, b: Tensor, a_scale: Tensor, b_scale: Tensor, bias: Tensor 
     M, K = rows(a)
     out = dispatch("fp8_mm", "fp8_gemm", a.reshape(M, K), b, a_scale=flat(a_scale), b_scale=flat(b_scale),
                    bias=flat(bias), activation=activation, out_dtype=out_dtype, fast_accum=use_fast_accum)
-    return out.reshape(*a.shape[:-1], b.shape[0])
+    # not a view of the (M, N) result: in-place ops after it stay legal with grad on (fp16_linear)
+    return out.reshape(*a.shape[:-1], b.shape[0]).detach()
 
 
 @fp8_mm.register_fake
@@ -116,7 +118,8 @@ def fp8_linear(x: Tensor, weight: Tensor, weight_scale: Tensor, bias: Tensor | N
         q, a_scale = dispatch("fp8_linear", "quantize_rows", x2, scale=flat(x_scale), dtype=FP8)
     out = dispatch("fp8_linear", "fp8_gemm", q, weight, a_scale=a_scale, b_scale=flat(weight_scale),
                    bias=flat(bias), activation=activation, out_dtype=out_dtype, fast_accum=use_fast_accum)
-    return out.reshape(*x.shape[:-1], weight.shape[0])
+    # not a view of the (M, N) result: in-place ops after it stay legal with grad on (fp16_linear)
+    return out.reshape(*x.shape[:-1], weight.shape[0]).detach()
 
 
 @fp8_linear.register_fake
@@ -124,3 +127,7 @@ def _fp8_linear_fake(x, weight, weight_scale, bias=None, x_scale=None, activatio
                      use_fast_accum=False):
     out_dtype = _check_fp8_linear(x, weight, weight_scale, bias, x_scale, activation, out_dtype)
     return x.new_empty((*x.shape[:-1], weight.shape[0]), dtype=out_dtype)
+
+
+inference_only(fp8_mm, "Fp8Linear")
+inference_only(fp8_linear, "Fp8Linear")

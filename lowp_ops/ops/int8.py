@@ -1,4 +1,5 @@
-"""lowp::int8_mm and lowp::int8_linear: INT8 GEMM with the fused dequantize / requantize epilogue."""
+"""lowp::int8_mm and lowp::int8_linear: INT8 GEMM with the fused dequantize / requantize epilogue; inference only
+(a backward says so, and where training goes instead: inference_only, shared with the conv and FP8 ops)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,20 @@ from ._common import (
     rows,
 )
 from .backends import dispatch
+
+
+def inference_only(op, layer: str) -> None:
+    """Give the triton_op `op` (run by the module `layer`) a backward that says it has none: the int8 / e4m3 ops
+    round their input and hold no float weight, so there is nothing to differentiate. torch.library already routes
+    every call through its autograd kernel; with no input requiring grad that kernel runs the op directly, so
+    registering this costs a forward nothing."""
+    def backward(ctx, *grads):
+        fail(op._name, f"{layer} and this op are inference-only: their weights are quantized and their input "
+                       f"rounded, with no gradient. To train a model that will run in {layer}, use "
+                       f"lowp_ops.prepare_qat(model) (fake quantization, straight-through gradients), train, then "
+                       f"lowp_ops.convert", RuntimeError)
+
+    op.register_autograd(backward)
 
 
 def _check_operands(op: str, names: tuple[str, str], a: Tensor, b: Tensor, a_dtypes,
@@ -81,7 +96,8 @@ def int8_mm(a: Tensor, b: Tensor, a_scale: Tensor | None = None, b_scale: Tensor
     out = dispatch("int8_mm", "int8_gemm", a.reshape(M, K), b, a_scale=flat(a_scale), b_scale=flat(b_scale),
                    bias=flat(bias), a_zero_point=flat(a_zero_point), b_sum=flat(b_sum), activation=activation,
                    out_dtype=out_dtype, out_scale=flat(out_scale), out_zero_point=flat(out_zero_point))
-    return out.reshape(*a.shape[:-1], b.shape[0])
+    # not a view of the (M, N) result: in-place ops after it stay legal with grad on (fp16_linear)
+    return out.reshape(*a.shape[:-1], b.shape[0]).detach()
 
 
 @int8_mm.register_fake
@@ -149,7 +165,8 @@ def int8_linear(x: Tensor, weight: Tensor, weight_scale: Tensor, bias: Tensor | 
     out = dispatch("int8_linear", "int8_gemm", q, weight, a_scale=a_scale, b_scale=flat(weight_scale),
                    bias=flat(bias), a_zero_point=flat(x_zero_point), b_sum=flat(weight_sum), activation=activation,
                    out_dtype=out_dtype, out_scale=flat(out_scale), out_zero_point=flat(out_zero_point))
-    return out.reshape(*x.shape[:-1], weight.shape[0])
+    # not a view of the (M, N) result: in-place ops after it stay legal with grad on (fp16_linear)
+    return out.reshape(*x.shape[:-1], weight.shape[0]).detach()
 
 
 @int8_linear.register_fake
@@ -158,3 +175,7 @@ def _int8_linear_fake(x, weight, weight_scale, bias=None, x_scale=None, x_zero_p
     out_dtype = _check_int8_linear(x, weight, weight_scale, bias, x_scale, x_zero_point, weight_sum, activation,
                                    out_dtype, out_scale, out_zero_point)
     return x.new_empty((*x.shape[:-1], weight.shape[0]), dtype=out_dtype)
+
+
+inference_only(int8_mm, "Int8Linear")
+inference_only(int8_linear, "Int8Linear")

@@ -70,7 +70,7 @@ def test_accuracy_against_the_float_layer_and_the_op_it_calls(scheme):
     kw = _SCHEMES[scheme]
     lin, x = _linear(), _x()
     m = Fp8Linear.from_float(lin, **kw)
-    assert m.weight.dtype == FP8 and m.weight.shape == (37, 45) and m.weight_scale.dtype == torch.float32
+    assert m.qweight.dtype == FP8 and m.qweight.shape == (37, 45) and m.weight_scale.dtype == torch.float32
     assert m.weight_scale.shape == ((1,) if "per-tensor" in scheme else (37,))
     assert (m.input_scale is None) == ("dynamic" in scheme) and m.static == ("static" in scheme)
     y = m(x)
@@ -78,7 +78,7 @@ def test_accuracy_against_the_float_layer_and_the_op_it_calls(scheme):
     assert quant.sqnr_db(lin(x), y) > SQNR_DB
     # the weight as quant.quantize_tensor makes it, and the op called with it
     qw = quant.quantize_tensor(lin.weight.detach(), kw.get("weight_spec", PER_CHANNEL))
-    assert_bitwise_equal(_bits(m.weight), _bits(qw.qdata))
+    assert_bitwise_equal(_bits(m.qweight), _bits(qw.qdata))
     assert_bitwise_equal(y, lowp.fp8_linear(x, qw.qdata, qw.scale.reshape(-1), lin.bias.detach(), m.input_scale))
 
 
@@ -115,7 +115,7 @@ def test_kernels_match_the_reference(backend, scheme):
         ref = m.cpu()(x.cpu())
         a, a_scale = (lowp.quantize_per_token(x.cpu(), dtype=FP8) if not m.static else
                       (lowp.quantize_per_tensor(x.cpu(), m.input_scale, dtype=FP8), m.input_scale))
-    assert_fp8_gemm_close(out.cpu(), ref, a, m.weight, a_scale, m.weight_scale, u_acc=U_ACC)
+    assert_fp8_gemm_close(out.cpu(), ref, a, m.qweight, a_scale, m.weight_scale, u_acc=U_ACC)
 
 
 def test_fast_accum_reaches_the_op():
@@ -176,7 +176,7 @@ def test_non_finite_input():
 def test_casts_keep_the_e4m3_weight_and_refuse_non_float_dtypes():
     # the cast rules themselves are tested for every scheme in tests/nn/test_int8_modules.py
     m, x = _layer(), _x(13, 45)
-    assert m.half().weight.dtype == FP8 and m(x).dtype == torch.float16
+    assert m.half().qweight.dtype == FP8 and m(x).dtype == torch.float16
     assert _layer(out_dtype=torch.bfloat16).half().float()(x).dtype == torch.bfloat16
     with pytest.warns(UserWarning), pytest.raises(TypeError, match="Fp8Linear: cannot cast to torch.complex64"):
         m.to(torch.complex64)
@@ -187,10 +187,10 @@ def test_tied_weights_stay_one_tensor_through_a_device_move():
     model = nn.Sequential(a, nn.ReLU(), nn.Linear(8, 8))
     model[2].weight = a.weight
     q = lowp_ops.quantize_dynamic(model, dtype=FP8)
-    assert type(q[0]) is Fp8Linear and q[0].weight is q[2].weight
+    assert type(q[0]) is Fp8Linear and q[0].qweight is q[2].qweight
     moved = q.to("meta")  # a real move (new tensors) without a GPU
-    assert moved[0].weight.device.type == "meta" and moved[0].weight.dtype == FP8
-    assert moved[0].weight is moved[2].weight and moved[0].weight_scale is moved[2].weight_scale
+    assert moved[0].qweight.device.type == "meta" and moved[0].qweight.dtype == FP8
+    assert moved[0].qweight is moved[2].qweight and moved[0].weight_scale is moved[2].weight_scale
     assert moved[0].bias is not moved[2].bias
 
 
@@ -206,7 +206,7 @@ def _torch_save_load(model):
 def test_whole_module_save_load_pickle_and_deepcopy(copy_):
     m, x = _layer(activation="gelu", **_STATIC), _x(13, 45)
     again = copy_(m)
-    assert again is not m and type(again) is Fp8Linear and again.weight.dtype == FP8
+    assert again is not m and type(again) is Fp8Linear and again.qweight.dtype == FP8
     assert_bitwise_equal(again(x), m(x))
 
 
@@ -218,8 +218,8 @@ def test_state_dict_round_trip_through_safetensors(scheme):
     safetensors = pytest.importorskip("safetensors.torch")
     m, x = _layer(**_SCHEMES[scheme]), _x(13, 45)
     state = safetensors.load(safetensors.save({k: v.cpu() for k, v in m.state_dict().items()}))
-    assert state["weight"].dtype == FP8 and state["weight_scale"].dtype == torch.float32
-    assert set(state) == {"weight", "weight_scale", "bias"} | ({"input_scale"} if m.static else set())
+    assert state["qweight"].dtype == FP8 and state["weight_scale"].dtype == torch.float32
+    assert set(state) == {"qweight", "weight_scale", "bias"} | ({"input_scale"} if m.static else set())
     torch.manual_seed(1)
     fresh = Fp8Linear.from_float(nn.Linear(45, 37), **_SCHEMES[scheme]).to(DEVICE)  # other weights, same scheme
     fresh.load_state_dict(state)
@@ -231,17 +231,15 @@ def _fill(value, dtype=None):
 
 
 @pytest.mark.parametrize("key, edit, message", [
-    ("weight", lambda t: t.float(), "'weight' has dtype float32 but this layer stores float8_e4m3fn; a float model's "
-                                    "state_dict cannot be loaded into a quantized one.*lowp_ops.quantize_dynamic"),
-    ("weight", lambda t: t.float().to(torch.int8), "'weight' has dtype int8 but this layer stores float8_e4m3fn; it "
-                                                   "was not saved from a lowp FP8 layer"),
+    ("qweight", lambda t: t.float().to(torch.int8), "'qweight' has dtype int8 but this layer stores float8_e4m3fn; "
+                                                    "it was not saved from a lowp FP8 layer"),
     ("weight_scale", lambda t: t.double(), "'weight_scale' has dtype float64 but this layer stores float32"),
     ("bias", lambda t: t.int(), "'bias' has dtype int32 but this layer stores a float dtype"),
     ("input_scale", lambda t: t.half(), "'input_scale' has dtype float16 but this layer stores float32"),
     ("weight_scale", _fill(NAN), r"'weight_scale' must hold finite positive normal float32 scales .*\[nan"),
     ("input_scale", _fill(0.0), r"'input_scale' must hold finite positive normal float32 scales .*\[0.0\]"),
     ("input_scale", _fill(2.0**-127), r"'input_scale' must hold finite positive normal float32 scales"),
-    ("weight", _fill(NAN), r"'weight' must hold finite e4m3 values, got 1665 NaN code\(s\), first at index \(0, 0\)"),
+    ("qweight", _fill(NAN), r"'qweight' must hold finite e4m3 values, got 1665 NaN code\(s\), first at index \(0, 0\)"),
 ], ids=lambda v: v if isinstance(v, str) and " " not in v else "")
 def test_checkpoint_with_wrong_dtypes_or_values_is_refused(key, edit, message):
     state = _layer(**_STATIC).state_dict()
@@ -261,13 +259,13 @@ def test_checkpoint_of_another_scheme_or_shape_is_refused():
         dynamic.load_state_dict(static.state_dict())
     with pytest.raises(ValueError, match="the checkpoint lacks 'input_scale' but this layer has it"):
         static.load_state_dict(dynamic.state_dict())
-    with pytest.raises(ValueError, match=r"checkpoint weight has shape \(37, 45\) but this layer's is \(3, 45\)"):
+    with pytest.raises(ValueError, match=r"checkpoint qweight has shape \(37, 45\) but this layer's is \(3, 45\)"):
         Fp8Linear(torch.randn(3, 45)).load_state_dict(dynamic.state_dict())
     int8 = Int8Linear.from_float(_linear())
-    with pytest.raises(ValueError, match="Fp8Linear '0': checkpoint '0.weight' has dtype int8 but this layer stores "
+    with pytest.raises(ValueError, match="Fp8Linear '0': checkpoint '0.qweight' has dtype int8 but this layer stores "
                                          "float8_e4m3fn; it was not saved from a lowp FP8 layer"):
         nn.Sequential(dynamic).load_state_dict(nn.Sequential(int8).state_dict())
-    with pytest.raises(ValueError, match="Int8Linear '\\(root\\)': checkpoint 'weight' has dtype float8_e4m3fn but "
+    with pytest.raises(ValueError, match="Int8Linear '\\(root\\)': checkpoint 'qweight' has dtype float8_e4m3fn but "
                                          "this layer stores int8; it was not saved from a lowp INT8 layer"):
         int8.load_state_dict(dynamic.state_dict())
 

@@ -67,7 +67,7 @@ def test_state_dict_round_trip():
     m = Int8Conv2d.from_float(conv, bn, input_scale=0.05, input_zero_point=2)
     fresh = Int8Conv2d.from_float(nn.Conv2d(5, 16, 3, padding=1), input_scale=0.1, input_zero_point=0)
     state = m.state_dict()
-    assert state["weight"].dtype == torch.int8 and state["weight_scale"].dtype == torch.float32
+    assert state["qweight"].dtype == torch.int8 and state["weight_scale"].dtype == torch.float32
     assert "weight_sum" not in state  # derived from the weight, recomputed on load
     fresh.load_state_dict(state)
     x = torch.randn(1, 5, 7, 7)

@@ -117,7 +117,7 @@ def test_whole_model_save_load_pickle_and_deepcopy(name, how):
         if old.weight_sum is not None:
             assert_bitwise_equal(new.weight_sum, old.weight_sum)
     if isinstance(model, Int8Conv2d):
-        assert again.weight.is_contiguous(memory_format=torch.channels_last)
+        assert again.qweight.is_contiguous(memory_format=torch.channels_last)
 
 
 # ------------------------------------------------------------------------------------------------- casts
@@ -135,13 +135,14 @@ def _fp8_linear(**kwargs):
                          ids=["int8 linear", "int8 conv", "fp8 linear"])
 def test_casts_set_the_output_dtype_and_float_undoes_them(build, make_input):
     m, x = build(), make_input()
-    weight_dtype = m.weight.dtype
+    weight_dtype = m.qweight.dtype
     y32, y16 = m(x), m(x.half())
     assert y32.dtype == torch.float32 and y16.dtype == torch.float16  # as built: follow the input
     assert m(x.double()).dtype == torch.float64
     assert_bitwise_equal(m(x.double()), y32.double())  # x is float32-exact, and float64 is computed in float32
     m.half()
-    assert m.weight.dtype == weight_dtype and m.weight_scale.dtype == m.bias.dtype == torch.float32
+    assert m.qweight.dtype == weight_dtype and m.weight_scale.dtype == m.bias.dtype == torch.float32
+    assert m.weight.dtype == torch.float16  # the float weight it stands for: what .half() makes of a float layer
     assert m(x).dtype == torch.float16 and "output=float16" in repr(m)
     m.to("cpu")  # a device move is no dtype cast: the layer keeps returning float16
     assert m(x).dtype == torch.float16
@@ -150,7 +151,7 @@ def test_casts_set_the_output_dtype_and_float_undoes_them(build, make_input):
     assert_bitwise_equal(m(x), y32)
     assert_bitwise_equal(m(x.half()), y16)
     m.double()
-    assert m.weight.dtype == weight_dtype and m.weight_scale.dtype == torch.float32
+    assert m.qweight.dtype == weight_dtype and m.weight_scale.dtype == torch.float32
     assert_bitwise_equal(m(x), y32.double())
     assert_bitwise_equal(m(x.half()), build(out_dtype=torch.float32)(x.half()).double())  # not rounded to float16
     m.to(torch.float32)
@@ -183,12 +184,12 @@ def test_loading_a_float_model_state_dict_is_refused():
     torch.manual_seed(0)
     float_model = nn.Sequential(nn.Linear(16, 8))
     q = lowp_ops.quantize_dynamic(float_model)
-    before = q[0].weight.clone()
+    before = q[0].qweight.clone()
     with pytest.raises(ValueError, match=r"Int8Linear '0': checkpoint '0.weight' has dtype float32 but this layer "
-                                         r"stores int8; a float model's state_dict cannot be loaded into a quantized "
-                                         r"one.*lowp_ops.quantize_dynamic.*not load_state_dict"):
+                                         r"stores int8 \(qweight\); a float model's state_dict cannot be loaded into "
+                                         r"a quantized one.*lowp_ops.quantize_dynamic.*not load_state_dict"):
         q.load_state_dict(float_model.state_dict(), strict=False)
-    assert_bitwise_equal(q[0].weight, before)
+    assert_bitwise_equal(q[0].qweight, before)
 
 
 def _fill(value, dtype=None):
@@ -196,7 +197,7 @@ def _fill(value, dtype=None):
 
 
 @pytest.mark.parametrize("key, edit, message", [
-    ("weight", _fill(300, torch.int32), "'weight' has dtype int32 but this layer stores int8"),
+    ("qweight", _fill(300, torch.int32), "'qweight' has dtype int32 but this layer stores int8"),
     ("weight_scale", lambda t: t.double(), "'weight_scale' has dtype float64 but this layer stores float32"),
     ("bias", lambda t: t.int(), "'bias' has dtype int32 but this layer stores a float dtype"),
     ("input_scale", lambda t: t.half(), "'input_scale' has dtype float16 but this layer stores float32"),
@@ -229,7 +230,7 @@ def test_conv_checkpoint_loads_into_channels_last_and_refreshes_weight_sum(assig
     torch.manual_seed(3)
     fresh = Int8Conv2d.from_float(nn.Conv2d(3, 8, 3, padding=1), **_STATIC_INT8_OUT)
     fresh.load_state_dict(saved.state_dict(), assign=assign)
-    assert fresh.weight.is_contiguous(memory_format=torch.channels_last)
+    assert fresh.qweight.is_contiguous(memory_format=torch.channels_last)
     assert_bitwise_equal(fresh.weight_sum, saved.weight_sum)
     x = _image()
     assert_bitwise_equal(fresh(x), saved(x))
@@ -360,7 +361,7 @@ def test_dynamic_conv_finite_input_is_the_per_tensor_recipe(with_bias):
     scale = quant.choose_qparams(-amax, amax, quant.per_tensor())[0].reshape(1)
     assert math.isclose(scale.item(), amax.item() / 127, rel_tol=1e-6)
     q = lowp_ops.quantize_channels_last(x, scale)
-    expected = lowp_ops.int8_conv2d(q, m.weight, (1, 1), (0, 0), (1, 1), 1, scale, m.weight_scale, m.bias,
+    expected = lowp_ops.int8_conv2d(q, m.qweight, (1, 1), (0, 0), (1, 1), 1, scale, m.weight_scale, m.bias,
                                     activation="relu", out_dtype=torch.float32)
     assert_bitwise_equal(m(x), expected)
 
@@ -392,8 +393,24 @@ def test_tied_int8_weights_stay_one_tensor_through_a_device_move():
     model = nn.Sequential(a, nn.ReLU(), nn.Linear(8, 8))
     model[2].weight = a.weight
     q = lowp_ops.quantize_dynamic(model)
-    assert q[0].weight is q[2].weight
+    assert q[0].qweight is q[2].qweight
     moved = q.to("meta")  # a real move (new tensors) without a GPU
-    assert moved[0].weight.device.type == "meta"
-    assert moved[0].weight is moved[2].weight and moved[0].weight_scale is moved[2].weight_scale
+    assert moved[0].qweight.device.type == "meta" and moved[0].weight.device.type == "meta"
+    assert moved[0].qweight is moved[2].qweight and moved[0].weight_scale is moved[2].weight_scale
     assert moved[0].bias is not moved[2].bias  # untied buffers stay separate
+
+
+# ------------------------------------------------------------------------------------------ inference only
+
+
+@pytest.mark.parametrize("build, make_input", [(_linear, lambda: torch.randn(4, 16)), (_conv, _image),
+                                               (_fp8_linear, lambda: torch.randn(2, 3, 16))],
+                         ids=["Int8Linear", "Int8Conv2d", "Fp8Linear"])
+def test_backward_says_the_layer_is_inference_only_and_names_prepare_qat(build, make_input):
+    m = build()
+    model = nn.Sequential(m, nn.ReLU(inplace=True))  # in-place after the layer: the forward still runs
+    x = make_input().requires_grad_()
+    y = model(x)
+    with pytest.raises(RuntimeError, match=rf"{type(m).__name__} and this op are inference-only: .* "
+                                           rf"lowp_ops.prepare_qat\(model\)"):
+        y.sum().backward()

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lowp_ops.nn import Fp16Linear
-from util import assert_float_gemm_close, reference_path, rel_rms_error
+from util import assert_bitwise_equal, assert_float_gemm_close, reference_path, rel_rms_error
 
 lowp = torch.ops.lowp
 ACTIVATIONS = ["none", "relu", "relu6", "gelu"]
@@ -102,7 +102,7 @@ def test_fp16_linear_module():
     assert layer.weight.dtype == torch.float32 and "compute=bfloat16" in repr(layer)
     x = torch.randn(4, 45)
     y = layer(x)
-    assert y.dtype == torch.bfloat16
+    assert y.dtype == torch.float32  # computed in bfloat16, returned in the input's dtype
     assert rel_rms_error(y, torch.relu(ref(x))) < 2e-2
     y.float().sum().backward()
     assert layer.weight.grad.dtype == torch.float32 and layer.bias.grad.dtype == torch.float32
@@ -110,6 +110,25 @@ def test_fp16_linear_module():
     assert fresh.weight.abs().max() <= 1 / 45**0.5  # nn.Linear's init bound
     with pytest.raises(ValueError, match="compute_dtype must be float16 or bfloat16"):
         Fp16Linear(4, 4, compute_dtype=torch.float32)
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_fp16_linear_output_takes_in_place_ops_under_autograd(activation):
+    """The output is no view of the op's (M, N) result (autograd forbids in-place ops on views made inside a custom
+    Function), and relu / relu6 keep their derivative as a mask, so an in-place op after a fused relu does not
+    invalidate what backward reads. Gradients equal those of the same ops out of place."""
+    x = torch.randn(2, 3, 45, dtype=torch.float16)
+    w, b = torch.randn(37, 45, dtype=torch.float16) / 6, torch.randn(37)
+    grads = []
+    for inplace in (False, True):
+        xs, ws, bs = (t.clone().requires_grad_() for t in (x, w, b))
+        y = lowp.fp16_linear(xs, ws, bs, activation=activation, out_dtype=torch.float32)
+        y = torch.nn.functional.silu(y, inplace=inplace)
+        y = y.mul_(2) if inplace else y * 2
+        y.sum().backward()
+        grads.append((xs.grad, ws.grad, bs.grad))
+    for got, want in zip(*grads, strict=True):
+        assert_bitwise_equal(got, want)
 
 
 @pytest.mark.parametrize("call, exc, match", [

@@ -47,6 +47,38 @@ def test_opcheck(name, args, kwargs):
     torch.library.opcheck(op, args, kwargs)
 
 
+def _grad_cases():
+    """Each int8 / e4m3 op with a float input that requires grad (x, or the bias of the *_mm ops)."""
+    x, w, ws, wb, _ = _linear_case()
+    a, b, sa, sb = int8(13, 45), int8(37, 45), torch.rand(13) * 0.01 + 1e-3, torch.rand(37) * 0.01 + 1e-3
+    f8 = quant.quantize_tensor(torch.randn(37, 45), quant.Fp8Spec(granularity="per_channel", axis=0))
+    a8 = quant.quantize_tensor(torch.randn(13, 45), quant.Fp8Spec(granularity="per_token"))
+    conv_w = int8(8, 3, 3, 3).contiguous(memory_format=torch.channels_last)
+    grad = lambda t: t.clone().requires_grad_()  # noqa: E731
+    return {
+        "int8_linear": ("Int8Linear", lambda: lowp.int8_linear(grad(x), w, ws, wb)),
+        "int8_mm": ("Int8Linear", lambda: lowp.int8_mm(a, b, sa, sb, grad(wb))),
+        "int8_conv2d": ("Int8Conv2d", lambda: lowp.int8_conv2d(grad(torch.randn(2, 3, 6, 6)), conv_w, [1, 1], [1, 1],
+                                                               [1, 1], 1, weight_scale=torch.full((8,), 0.01))),
+        "fp8_linear": ("Fp8Linear", lambda: lowp.fp8_linear(grad(x), f8.qdata, f8.scale.reshape(-1), wb)),
+        "fp8_mm": ("Fp8Linear", lambda: lowp.fp8_mm(a8.qdata, f8.qdata, a8.scale.reshape(-1), f8.scale.reshape(-1),
+                                                    grad(wb))),
+    }
+
+
+@pytest.mark.parametrize("name", list(_grad_cases()))
+def test_backward_through_an_inference_op_names_prepare_qat(name):
+    layer, call = _grad_cases()[name]
+    y = call()
+    assert y.requires_grad
+    y = torch.relu_(y)  # an in-place op after it is legal: only backward is refused
+    with pytest.raises(RuntimeError, match=rf"lowp.{name}: {layer} and this op are inference-only: .* use "
+                                           rf"lowp_ops.prepare_qat\(model\) .* then lowp_ops.convert"):
+        y.sum().backward()
+    with torch.no_grad():  # no grad, no autograd node
+        assert call().grad_fn is None
+
+
 def test_schemas_are_typed():
     schema = str(lowp.int8_mm.default._schema)
     assert "Tensor? a_scale=None" in schema and 'str activation="none"' in schema
