@@ -15,8 +15,9 @@ without one it falls back to weaker analyses, and the report says so.
 from __future__ import annotations
 
 import copy
+import functools
 import warnings
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -28,7 +29,7 @@ from . import graph
 from .configs import CONFIG_NAMES, Int8StaticConfig, LowpConfig
 from .fusion import apply_fusions, int8_outputs
 from .handlers import LayerContext, QParams, registered_types
-from .plan import LOWP_MODULES, FilterFn, check_common, check_overrides, deferred, plan
+from .plan import LOWP_MODULES, FilterFn, check_common, check_mapping, check_overrides, deferred, plan
 from .swap import SwapReport, swap
 
 
@@ -97,10 +98,15 @@ def quantize(model: nn.Module, config: LowpConfig, *, filter_fn: FilterFn | None
                      arguments), for torch.export to read the model's graph; without it the analysis falls back to
                      torch.fx or nn.Sequential order, which may fuse less.
 
-    Linear / Conv2d (and registered types) are replaced; a BatchNorm2d after a converted conv is folded into it and
-    a relu after a converted layer fused into it (static INT8: at convert). Fp8DynamicConfig and Fp16Config convert
-    Linear only: convs, and the BatchNorm after them, stay float. The result's `lowp_report` (after convert, for
-    static / QAT) says what was converted, what was not and why.
+    Linear / Conv2d (and registered types, transformers' Conv1D among them) are replaced; a BatchNorm2d after a
+    converted conv is folded into it and a relu after a converted layer fused into it (static INT8: at convert).
+    Fp8DynamicConfig and Fp16Config convert Linear only: convs, and the BatchNorm after them, stay float. Left float
+    too, the rest converting: a layer the handler refuses (INT8: a conv padding Int8Conv2d does not take, K above the
+    int32 accumulator's bound), nn.MultiheadAttention's (its forward never calls them), and a layer whose weight is
+    tied to a module left float (a tied lm_head: converting it would add a copy; name it in overrides to convert it
+    anyway). The result's `lowp_report` (after convert, for static / QAT) says what was converted, what was not and
+    why. An overrides key that matches no layer is a ValueError. A transformers model's save_pretrained refuses on
+    the result: from_pretrained would rebuild it float.
 
     >>> import torch, lowp_ops
     >>> model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
@@ -116,9 +122,11 @@ def quantize(model: nn.Module, config: LowpConfig, *, filter_fn: FilterFn | None
 
 
 def apply_config(caller: str, model: nn.Module, config: LowpConfig, *, filter_fn, overrides, example_inputs,
-                 inplace: bool) -> nn.Module:
+                 inplace: bool, named: Collection[str] | None = None) -> nn.Module:
     """What quantize does, with errors naming `caller` (the workflow the user called): check the arguments, plan
-    the layers, then convert them (configs applied at once) or prepare them (static: observers; QAT: QAT modules)."""
+    the layers, then convert them (configs applied at once) or prepare them (static: observers; QAT: QAT modules).
+    named: the layer names the user gave (default: the overrides keys), which convert a layer tied to a float
+    module anyway (see plan)."""
     check_common(caller, model, filter_fn, inplace)
     overrides = check_overrides(caller, config, overrides)
     example = as_example(caller, example_inputs)
@@ -126,15 +134,18 @@ def apply_config(caller: str, model: nn.Module, config: LowpConfig, *, filter_fn
     if getattr(model, "qconfig", None) is not None:
         report.notes.append(f"{caller}: model.qconfig (torch.ao's) is not read; lowp takes its config as an argument")
     # planned on the model as given, so that filter_fn sees the user's own modules
-    configs = plan(caller, model, config, overrides, filter_fn, report)
+    configs = plan(caller, model, config, overrides, filter_fn, report, overrides if named is None else named)
     model = model if inplace else copy.deepcopy(model)
     kind = deferred(config)
     if kind is Int8StaticConfig:
         _attach_observers(model, configs)
     else:
         analysis = _analyse(model, set(configs), example, report, caller)
+        if kind is None:
+            _say_batchnorm_mode(caller, model, analysis, report)
         activations = apply_fusions(model, analysis, report)
         swap(model, configs, report, lambda fqn: LayerContext(activation=activations.get(fqn, "none")), caller)
+    _refuse_save_pretrained_on(model)
     if kind is None:
         model.lowp_report = report
         return model
@@ -142,6 +153,38 @@ def apply_config(caller: str, model: nn.Module, config: LowpConfig, *, filter_fn
     if example is None:  # convert's analysis will use the first calibration (or training) call
         model.register_forward_pre_hook(_record_example, with_kwargs=True)
     return model
+
+
+def _say_batchnorm_mode(caller: str, model: nn.Module, analysis: graph.Analysis, report: SwapReport) -> None:
+    """A warning and a note when a BatchNorm about to be folded is in training mode: folding uses its running
+    statistics (what eval mode computes), never the batch statistics training mode would use, so the converted
+    model computes as model.eval() did. Converting a model in training mode is allowed (torch.ao's quantize_dynamic
+    does not look at the mode either); saying so is what keeps it from being a surprise."""
+    training = [f.batchnorm for f in analysis.fusions
+                if f.batchnorm is not None and model.get_submodule(f.batchnorm).training]
+    if training:
+        message = (f"{caller}: the model is in training mode, but BatchNorm {', '.join(training)} "
+                   f"{'was' if len(training) == 1 else 'were'} folded with running statistics (as in eval mode, not "
+                   f"the batch statistics training mode uses): the converted model computes as model.eval() does; "
+                   f"call model.eval() before converting to silence this")
+        report.notes.append(message)
+        warnings.warn(message, UserWarning, stacklevel=4)  # the caller of the workflow
+
+
+def _refuse_save_pretrained(model_type: str, *args, **kwargs):
+    raise ValueError(f"{model_type}.save_pretrained: this model was prepared or converted by lowp; transformers' "
+                     f"from_pretrained would rebuild the float architecture and read lowp's int8 / e4m3 tensors as "
+                     f"float weights or leave them at random init: a wrong model. Save it whole (torch.save(model)) "
+                     f"or its state_dict (safetensors.torch.save_model) and load that into the model converted the "
+                     f"same way; or save the float model and convert it after from_pretrained")
+
+
+def _refuse_save_pretrained_on(model: nn.Module) -> None:
+    """A transformers model's save_pretrained (and push_to_hub, which calls it) refuses: no round trip through
+    from_pretrained exists for lowp's modules. An instance attribute shadowing the method; a partial of a module
+    function, so the model still pickles and deep-copies."""
+    if callable(getattr(type(model), "save_pretrained", None)):
+        model.save_pretrained = functools.partial(_refuse_save_pretrained, type(model).__name__)
 
 
 # -------------------------------------------------------------------------------- static: observers and example
@@ -183,9 +226,11 @@ def _remove_hooks(module: nn.Module, hook) -> None:
 # ------------------------------------------------------------------------------------------------- convert
 
 
-def convert(model: nn.Module, *, inplace: bool = False) -> nn.Module:
+def convert(model: nn.Module, mapping=None, inplace: bool = False) -> nn.Module:
     """Static INT8, last step: a prepared-and-calibrated (or QAT-trained) model -> Int8Linear / Int8Conv2d with
-    fixed input scales. The model is copied first unless inplace=True.
+    fixed input scales. The model is copied first unless inplace=True. torch.ao's positional form
+    convert(model, None, True) works; mapping (torch.ao's float -> quantized module table) must be None: lowp's
+    handlers do that job (lowp_ops.register).
 
     After static prepare, BatchNorm is folded and relu fused now, from one analysis of the model on its first
     calibration call (or prepare's example_inputs). Where every call of a converted layer hands its output to the
@@ -207,6 +252,7 @@ def convert(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"convert: model must be a torch.nn.Module, got {type(model).__name__}")
+    check_mapping("convert", mapping)
     if not isinstance(inplace, bool):
         raise TypeError(f"convert: inplace must be a bool, got {type(inplace).__name__} {inplace!r}")
     state = getattr(model, "_lowp_prepared", None)
@@ -238,6 +284,8 @@ def convert(model: nn.Module, *, inplace: bool = False) -> nn.Module:
                             output_qparams=outputs.get(fqn))
 
     swap(model, state.configs, report, context, "convert")
+    for producer in outputs:  # its consumer now reads int8 codes, and looks int8 to code that casts to weight.dtype
+        model.get_submodule(analysis.edges[producer].consumer).int8_input = True
     del model._lowp_prepared
     model.lowp_report = report
     return model

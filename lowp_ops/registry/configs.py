@@ -74,8 +74,8 @@ class Int8DynamicConfig(Int8Config):
 
     >>> import torch, lowp_ops
     >>> q = lowp_ops.quantize(torch.nn.Sequential(torch.nn.Linear(8, 4)), lowp_ops.Int8DynamicConfig())
-    >>> q[0].weight.dtype
-    torch.int8
+    >>> q[0].qweight.dtype, q[0](torch.randn(2, 8)).dtype
+    (torch.int8, torch.float32)
     """
 
 
@@ -137,7 +137,8 @@ class Fp16Config(LowpConfig):
     """Linear layers on lowp's float16 / bfloat16 Tensor Core GEMM (Fp16Linear), float32 master weights: trains
     with torch.amp.GradScaler, serves as is.
 
-    compute_dtype:  torch.float16 (default) or torch.bfloat16; the layer's output dtype as well.
+    compute_dtype:  torch.float16 (default) or torch.bfloat16, what the GEMM multiplies in; the layer returns
+                    its input's dtype (a float32 model stays float32 around it).
 
     >>> import torch, lowp_ops
     >>> lowp_ops.Fp16Config(compute_dtype=torch.bfloat16).compute_dtype
@@ -166,7 +167,7 @@ class Fp8DynamicConfig(LowpConfig):
 
     >>> import torch, lowp_ops
     >>> q = lowp_ops.quantize(torch.nn.Sequential(torch.nn.Linear(8, 4)), lowp_ops.Fp8DynamicConfig())
-    >>> q[0].weight.dtype, q.lowp_report.swapped["0"]
+    >>> q[0].qweight.dtype, q.lowp_report.swapped["0"]
     (torch.float8_e4m3fn, 'Fp8Linear by linear_to_fp8_dynamic')
     """
 

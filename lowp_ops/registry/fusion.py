@@ -9,15 +9,17 @@ from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from ..quant import QuantSpec
 from .configs import LowpConfig
-from .graph import Analysis
+from .graph import Analysis, after_fold
 from .handlers import QParams
 from .swap import SwapReport, places, replace
 
 
 def apply_fusions(model: nn.Module, analysis: Analysis, report: SwapReport) -> dict[str, str]:
     """Fold each BatchNorm2d of analysis.fusions into its conv (running statistics, so the model must be used for
-    inference or with frozen BatchNorm statistics from here on), replace it and each fused activation module by
-    nn.Identity; return the activation to fuse per layer (fqn -> "relu" / "relu6")."""
+    inference or with frozen BatchNorm statistics from here on) and replace it by nn.Identity (a timm
+    BatchNormAct2d by its activation, where that is not fused: graph.after_fold), each fused activation module by
+    nn.Identity; make each activation module of analysis.partly_fused run out of place; return the activation to
+    fuse per layer (fqn -> "relu" / "relu6")."""
     names = places(model)
     # a BatchNorm may be folded into several layers (one after each): look them all up before replacing any
     batchnorms = {f.batchnorm: model.get_submodule(f.batchnorm) for f in analysis.fusions if f.batchnorm is not None}
@@ -30,8 +32,23 @@ def apply_fusions(model: nn.Module, analysis: Analysis, report: SwapReport) -> d
             report.notes.append(f"folded {f.batchnorm} into {f.layer}")
         if f.activation != "none":
             activations[f.layer] = f.activation
-    for module in [*batchnorms, *analysis.fused_modules]:
+    for name, bn in batchnorms.items():
+        rest = after_fold(bn)
+        replace(model, name, rest, names)
+        if not isinstance(rest, nn.Identity):
+            report.notes.append(f"{name}: its {type(rest).__name__} stays, after the conv it is folded into")
+    for module in analysis.fused_modules:
         replace(model, module, nn.Identity(), names)
+    # A relu module fused into the layer before some of its calls still runs there (for its other calls). In place
+    # it would overwrite that layer's output, which the fused relu saved for backward (torchvision's BasicBlock
+    # calls one nn.ReLU(inplace=True) after bn1 and after the residual add; QAT failed at the first backward).
+    # Out of place it only costs a copy there: relu after relu changes nothing.
+    for module in analysis.partly_fused:
+        act = model.get_submodule(module)
+        if getattr(act, "inplace", False):
+            act.inplace = False
+            report.notes.append(f"{module} runs out of place from now on: in place it would overwrite the output of "
+                                f"the layers it is fused into, which their backward needs")
     return activations
 
 

@@ -4,8 +4,11 @@ fuse them) and which quantized layer feeds which (to hand int8 between them). an
 The graph comes from torch.export when an example input is given (it captures models whose Python control flow
 torch.fx cannot trace: transformers' ResNet, BERT), else from a torch.fx symbolic trace. Either is read as one
 module-call graph (_CallGraph): a node per call of a module kept opaque (a layer to convert, a torch.nn module such
-as BatchNorm2d / ReLU / Dropout, a lowp module) and a node per other op; the fusion and hand-off rules run on that.
-Nothing is converted here: conversion still swaps modules in the eager model, by name.
+as BatchNorm2d / ReLU / Dropout, timm's BatchNormAct2d, a lowp module) and a node per other op; the fusion and
+hand-off rules run on that. A node inside a module call that only passes the call's input through (a cast, a view,
+an in-place op) is that input to whoever reads it from outside the call (see _input_aliases): an int8 hand-off is
+made only where the consumer layer is truly the producer's only reader. Nothing is converted here: conversion still
+swaps modules in the eager model, by name.
 
 Everything is decided per call site. A module called at more than one place (a layer applied in a loop, one
 instance filling two slots of an nn.Sequential) has one node per call, all named by the module's first name, but
@@ -49,6 +52,11 @@ _FX_METHODS = {"relu": "relu", "relu_": "relu", "view": "safe", "reshape": "safe
 # (x[0], x[:, :4], x[idx]) is select / slice / index there.
 _ATEN_OPS = {"relu": "relu", "relu_": "relu", "relu6": "relu6", "flatten": "safe", "reshape": "safe", "view": "safe",
              "_unsafe_view": "safe", "contiguous": "safe", "select": "safe", "slice": "safe", "index": "safe"}
+# aten ops whose result is their first argument, or a cast, copy, view or fake-quantization of it (in-place ops too,
+# by their trailing "_"): inside a module call, such a node may stand for the call's input (see _input_aliases)
+_PASS_THROUGH = {"to", "_to_copy", "type_as", "contiguous", "clone", "detach", "alias", "lift_fresh_copy", "view",
+                 "_unsafe_view", "reshape", "flatten", "expand", "squeeze", "unsqueeze", "permute", "transpose", "t",
+                 "select", "slice", "fake_quantize_per_tensor_affine", "fake_quantize_per_channel_affine"}
 # aten ops torch.export adds to check shapes and dtypes; they compute nothing, and would count as users
 _CHECKS = ("_assert", "sym_constrain_range")
 
@@ -70,6 +78,8 @@ class Fusions:
     # nn.ReLU / nn.ReLU6 modules every call of which is fused into the layer before it: to replace by nn.Identity.
     # One that also runs elsewhere stays (relu after a fused relu changes nothing), and so does a functional relu.
     fused_modules: list[str] = field(default_factory=list)
+    # Those that stay, fused into the layer before some of their calls: to run out of place (see apply_fusions)
+    partly_fused: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
 
@@ -91,6 +101,44 @@ class _Site:
     activation_module: str | None = None
 
 
+def is_batchnorm_act(module: nn.Module) -> bool:
+    """Whether the module is timm's BatchNormAct2d (timm.layers.norm_act): a BatchNorm2d whose forward normalises,
+    then runs its `drop` child (nn.Identity or a dropout), then its `act` child (an activation module, nn.Identity
+    when apply_act=False). Known by its name and children, timm being optional: another subclass with other
+    children may run something else after its normalisation, and stays opaque to lowp."""
+    return isinstance(module, nn.BatchNorm2d) and type(module).__name__ == "BatchNormAct2d" \
+        and all(isinstance(getattr(module, child, None), nn.Module) for child in ("drop", "act"))
+
+
+def _inside(bn: nn.Module) -> str | None:
+    """What a BatchNorm2d runs after its normalisation, for folding it: "none" (nothing: a BatchNorm2d, or a
+    BatchNormAct2d whose drop and act are nn.Identity), "relu" / "relu6" (a BatchNormAct2d's act, fused with the
+    fold), or None (a drop, or an act lowp does not fuse: it stays, after the folded conv; see after_fold)."""
+    if not is_batchnorm_act(bn):
+        return "none"
+    if type(bn.drop) is not nn.Identity:  # dropout commutes with relu, not with relu6: one rule for both, not fused
+        return None
+    return "none" if type(bn.act) is nn.Identity else _RELU_MODULES.get(type(bn.act))
+
+
+def after_fold(bn: nn.Module) -> nn.Module:
+    """What takes a BatchNorm2d's place once it is folded into the conv before it: nn.Identity, or a
+    BatchNormAct2d's drop and act where they are not fused (see _inside), in its order."""
+    if _inside(bn) is not None:
+        return nn.Identity()
+    rest = [m for m in (bn.drop, bn.act) if type(m) is not nn.Identity]
+    return rest[0] if len(rest) == 1 else nn.Sequential(*rest)
+
+
+def _bn_site(bn_name: str, bn: nn.Module) -> _Site | None:
+    """The site of a layer whose BatchNorm2d is bn, when that settles it (an activation inside a BatchNormAct2d, or
+    something kept after it); None when what follows the BatchNorm decides (a relu after it, or none)."""
+    inside = _inside(bn)
+    if inside == "none":
+        return None
+    return _Site(bn_name) if inside is None else _Site(bn_name, inside)
+
+
 # ------------------------------------------------------------------------------------- the module-call graph
 
 
@@ -102,6 +150,7 @@ class _Node:
     module: str | None = None  # the called module's first name; None for an op
     inputs: list[_Node] = field(default_factory=list)  # whose outputs it reads (parameters and buffers left out)
     users: list[_Node] = field(default_factory=list)  # who reads its output; the graph's output is one
+    inplace: bool = False  # an op that writes its result into its input (torch.relu_, F.relu(x, inplace=True))
 
 
 @dataclass
@@ -120,7 +169,9 @@ class _Tracer(fx.Tracer):
         self.leaves, self.layers = leaves, layers
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, self.leaves) or qualname in self.layers or super().is_leaf_module(m, qualname)
+        # timm's BatchNormAct2d is a BatchNorm2d to fold, with its activation: one call, as an nn.BatchNorm2d is
+        return isinstance(m, self.leaves) or qualname in self.layers or is_batchnorm_act(m) \
+            or super().is_leaf_module(m, qualname)
 
 
 def _module_kind(name: str, module: nn.Module, layers: set[str]) -> str:
@@ -135,15 +186,21 @@ def _module_kind(name: str, module: nn.Module, layers: set[str]) -> str:
     return "safe" if isinstance(module, (nn.Identity, nn.Flatten)) else "other"
 
 
-def _link(graph: fx.Graph, owner: dict[fx.Node, _Node], modules: dict[str, nn.Module]) -> _CallGraph:
+def _link(graph: fx.Graph, owner: dict[fx.Node, _Node], modules: dict[str, nn.Module],
+          aliases: dict[fx.Node, fx.Node] | None = None) -> _CallGraph:
     """Connect the _Nodes that own the graph's nodes (owner: graph node -> _Node; several nodes of one module call
-    share one _Node; nodes without one are parameters, buffers and checks, not dataflow)."""
+    share one _Node; nodes without one are parameters, buffers and checks, not dataflow). aliases: a node of a
+    module call that stands for the call's input (see _input_aliases) -> that input; whoever reads it from outside
+    the call reads the input's owner."""
+    aliases = aliases or {}
     for n in graph.nodes:
         dst = owner.get(n)
         if dst is None:
             continue
         for arg in n.all_input_nodes:
             src = owner.get(arg)
+            if src is not dst and arg in aliases:
+                src = owner[aliases[arg]]
             if src is None or src is dst:
                 continue
             if src not in dst.inputs:
@@ -168,9 +225,12 @@ def _from_fx(graph: fx.Graph, modules: dict[str, nn.Module], layers: set[str]) -
             else:
                 owner[n] = _Node(_module_kind(n.target, module, layers), n.target)
         elif n.op == "call_function":
-            owner[n] = _Node(_FX_FUNCTIONS.get(n.target, "other"))
+            inplace = n.target is torch.relu_ or n.kwargs.get("inplace") is True or \
+                (n.target in (F.relu, F.relu6) and len(n.args) > 1 and n.args[1] is True)
+            owner[n] = _Node(_FX_FUNCTIONS.get(n.target, "other"), inplace=inplace)
         elif n.op == "call_method":
-            owner[n] = _Node(_FX_METHODS.get(n.target, "other"))
+            inplace = n.target.endswith("_") and not n.target.startswith("_")
+            owner[n] = _Node(_FX_METHODS.get(n.target, "other"), inplace=inplace)
         elif n.op in ("placeholder", "output"):
             owner[n] = _Node("input" if n.op == "placeholder" else "output")
     return _link(graph, owner, modules)
@@ -194,6 +254,38 @@ def _first_names(model: nn.Module) -> dict[str, str]:
 def _op_name(node: fx.Node) -> str | None:
     packet = getattr(node.target, "overloadpacket", None)  # an aten (or lowp) OpOverload
     return packet.__name__ if packet is not None else None
+
+
+def _passes_input(node: fx.Node) -> bool:
+    """Whether the node's result is its first argument, or a cast, copy, view or fake-quantization of it."""
+    name = _op_name(node) or ""
+    return (name in _PASS_THROUGH or (name.endswith("_") and not name.startswith("_"))) \
+        and bool(node.args) and isinstance(node.args[0], fx.Node)
+
+
+def _input_aliases(graph: fx.Graph, owner: dict[fx.Node, _Node]) -> dict[fx.Node, fx.Node]:
+    """The nodes of module calls that stand for the call's input rather than its output -> that input (a node
+    outside the call).
+
+    x.to(dtype) returns x itself when x has that dtype already (so does an in-place op), and the export tracer then
+    records every later use of x as a use of the .to node: a residual add after `y = self.a(x); self.b(y) + y`
+    reads, in the graph, the cast a QATLinear b makes of its input inside its fake quantization, as though it read
+    b's output. A node of a call that passes the call's input through (casts, copies, views, in-place ops, fake
+    quantization: _passes_input) and is not the call's last node (its output; an nn.Flatten's one view, an inplace
+    nn.ReLU's relu_) is the input, to whoever reads it from outside the call."""
+    last = {}
+    for n in graph.nodes:
+        if n in owner:
+            last[owner[n]] = n
+    aliases: dict[fx.Node, fx.Node] = {}
+    for n in graph.nodes:  # in execution order: an alias of an alias is resolved already
+        call = owner.get(n)
+        if call is None or call.module is None or last[call] is n or not _passes_input(n):
+            continue
+        src = aliases.get(n.args[0], n.args[0])
+        if src in owner and owner[src] is not call:
+            aliases[n] = src
+    return aliases
 
 
 def _from_export(program: torch.export.ExportedProgram, model: nn.Module, layers: set[str],
@@ -233,12 +325,13 @@ def _from_export(program: torch.export.ExportedProgram, model: nn.Module, layers
                 break
         if here is None:
             key = None
-            owner[n] = _Node(_ATEN_OPS.get(_op_name(n), "other"))
+            name = _op_name(n) or ""
+            owner[n] = _Node(_ATEN_OPS.get(name, "other"), inplace=name.endswith("_") and not name.startswith("_"))
         else:
             if here[0] != key:
                 key, call = here[0], _Node(_module_kind(here[1], modules[here[1]], layers), here[1])
             owner[n] = call
-    return _link(program.graph, owner, modules)
+    return _link(program.graph, owner, modules, _input_aliases(program.graph, owner))
 
 
 # --------------------------------------------------------------------------------------- fusion and hand-off
@@ -254,8 +347,13 @@ def _site(call: _Node, modules: dict[str, nn.Module]) -> _Site:
     if isinstance(modules[call.module], nn.Conv2d) and nxt is not None and nxt.kind == "batchnorm" \
             and nxt.inputs == [cur]:
         bn, cur = nxt.module, nxt
+        settled = _bn_site(bn, modules[bn])
+        if settled is not None:
+            return settled
         nxt = _single_user(cur)
-    if nxt is None or nxt.kind not in ("relu", "relu6") or nxt.inputs != [cur]:
+    # A functional in-place relu stays in the model: after a fused relu it would rewrite in place the output that
+    # relu saved for backward (QAT, Fp16Linear training fail there), so it is not fused.
+    if nxt is None or nxt.kind not in ("relu", "relu6") or nxt.inputs != [cur] or nxt.inplace:
         return _Site(bn)
     return _Site(bn, nxt.kind, nxt.module)
 
@@ -291,6 +389,7 @@ def _agree(sites: dict[str, list[_Site | None]], uses: dict[str, int]) -> Fusion
         if n == uses[module]:
             out.fused_modules.append(module)
         else:
+            out.partly_fused.append(module)
             out.notes.append(f"{module} also runs after other ops: it stays, after the layers it is fused into")
     return out
 
@@ -352,6 +451,35 @@ def _edges(graph: _CallGraph, layers: set[str], replaced: set[str]) -> tuple[dic
     return edges, notes
 
 
+def _why_unfolded(bn: str, graph: _CallGraph | None) -> str:
+    """Why the BatchNorm2d called bn (first name) is not folded, read off the graph (None: none was read)."""
+    if graph is None:
+        return "no graph of the model was read, and in nn.Sequential order it does not follow a converted Conv2d alone"
+    calls = graph.calls.get(bn, [])
+    if not calls:
+        return "the forward that was read does not call it (or calls it inside a torch.no_grad region)"
+    for call in calls:
+        src = call.inputs[0] if len(call.inputs) == 1 else None
+        if src is None or src.module is None or not isinstance(graph.modules[src.module], nn.Conv2d):
+            return f"it {'also ' * (len(calls) > 1)}runs where it does not read a Conv2d's output"
+        if src.kind != "layer":
+            return f"{src.module}, the Conv2d before it, is not converted"
+        if src.users != [call]:
+            return f"the output of {src.module}, the Conv2d before it, is read by more than it"
+    return "a Conv2d before it is called at several places, not all followed by it (see the note on it)"
+
+
+def _unfolded_notes(model: nn.Module, fusions: list[Fusion], graph: _CallGraph | None) -> list[str]:
+    """A note for each BatchNorm of the model that is not folded, saying why: it stays, and runs as it did."""
+    folded, notes = {f.batchnorm for f in fusions}, []
+    for name, m in model.named_modules():  # first names, as everywhere else
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and name not in folded:
+            why = (_why_unfolded(name, graph) if isinstance(m, nn.BatchNorm2d) else
+                   "lowp folds a BatchNorm2d into the Conv2d before it, no other BatchNorm")
+            notes.append(f"{name} ({type(m).__name__}) is not folded: {why}")
+    return notes
+
+
 def _sequential_fusions(model: nn.Module, layers: set[str]) -> Fusions:
     """The fusions of a model no graph was read of, from nn.Sequential order: a layer's call sites are the slots it
     fills, and its followers are the slots after it. A module that also fills a slot outside an nn.Sequential is
@@ -372,6 +500,10 @@ def _sequential_fusions(model: nn.Module, layers: set[str]) -> Fusions:
             bn, j = None, i + 1
             if isinstance(child, nn.Conv2d) and j < len(kids) and isinstance(kids[j], nn.BatchNorm2d):
                 bn, j = names[id(kids[j])], j + 1
+                settled = _bn_site(bn, kids[j - 1])
+                if settled is not None:
+                    sites[name].append(settled)
+                    continue
             kind = _RELU_MODULES.get(type(kids[j])) if j < len(kids) else None
             sites[name].append(_Site(bn, kind, names[id(kids[j])]) if kind else _Site(bn))
     return _agree({layer: sites[layer] for layer in sorted(sites)}, slots)
@@ -387,13 +519,15 @@ Example = tuple[tuple, dict]
 @dataclass
 class Analysis:
     """What analyse found. source: which graph was read ("torch.export", "torch.fx" or "nn.Sequential");
-    fusions / fused_modules as in Fusions; edges: producer -> Int8Edge (always empty for "nn.Sequential")."""
+    fusions / fused_modules / partly_fused as in Fusions; edges: producer -> Int8Edge (always empty for
+    "nn.Sequential"); notes: what was not folded, fused or handed on, and why."""
 
     source: str
     fusions: list[Fusion] = field(default_factory=list)
     fused_modules: list[str] = field(default_factory=list)
     edges: dict[str, Int8Edge] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    partly_fused: list[str] = field(default_factory=list)
 
 
 @contextlib.contextmanager
@@ -438,7 +572,9 @@ def analyse(model: nn.Module, layers: set[str], *, example: Example | None = Non
     """The fusions and int8 edges of `layers` (first names, as named_modules() gives them, of the modules to
     convert), read off torch.export's graph when `example` ((args, kwargs) of one model call) is given and export
     captures the model, else off a torch.fx trace, else from nn.Sequential order; a note says why a graph was not
-    read. `leaves`: module types to keep opaque (lowp's own modules), as torch's own modules are.
+    read. `leaves`: module types to keep opaque (lowp's own modules), as torch's own modules are. A BatchNorm2d
+    (and timm's BatchNormAct2d, with the relu inside it) is folded into the Conv2d whose output only it reads; the
+    notes say why each BatchNorm that is not folded stays.
 
     Edges are as if the fusions were applied: a producer's int8 path starts after its folded BatchNorm and fused
     activation; a fused relu module (replaced by nn.Identity) is no relu on the path, a functional relu (it stays)
@@ -473,9 +609,15 @@ def analyse(model: nn.Module, layers: set[str], *, example: Example | None = Non
             found = _sequential_fusions(model, layers)
             notes.append(f"the model could not be traced by torch.fx ({_why(e)}): BatchNorm / ReLU fused only inside "
                          f"nn.Sequential, and no int8 hand-off between layers")
-            return Analysis("nn.Sequential", found.fusions, found.fused_modules, {}, notes + found.notes)
+            return Analysis("nn.Sequential", found.fusions, found.fused_modules, {},
+                            notes + found.notes + _unfolded_notes(model, found.fusions, None), found.partly_fused)
         graph, source = _from_fx(traced, dict(model.named_modules()), layers), "torch.fx"
     found = _fusions(graph, layers)
-    replaced = {f.batchnorm for f in found.fusions if f.batchnorm is not None} | set(found.fused_modules)
-    edges, edge_notes = _edges(graph, layers, replaced)
-    return Analysis(source, found.fusions, found.fused_modules, edges, notes + found.notes + edge_notes)
+    # what becomes nn.Identity: folded BatchNorms (a BatchNormAct2d's kept activation is no int8-safe op) and
+    # fused relu modules
+    replaced = {f.batchnorm for f in found.fusions
+                if f.batchnorm is not None and _inside(model.get_submodule(f.batchnorm)) is not None}
+    edges, edge_notes = _edges(graph, layers, replaced | set(found.fused_modules))
+    return Analysis(source, found.fusions, found.fused_modules, edges,
+                    notes + found.notes + edge_notes + _unfolded_notes(model, found.fusions, graph),
+                    found.partly_fused)

@@ -78,8 +78,9 @@ def swap(model: nn.Module, configs: dict[str, LowpConfig], report: SwapReport,
     share_tied(model, originals, report)
 
 
-# A converted module's tensors that stand for its float weight / bias: shared when the float ones were
-_TIED = {"weight": ("weight", "weight_scale", "weight_sum"), "bias": ("bias",)}
+# A converted module's tensors that stand for its float weight / bias: shared when the float ones were. "weight" is
+# the master Parameter of QAT / Fp16 modules; quantized ones hold "qweight" (their `weight` is a property, not held)
+_TIED = {"weight": ("weight", "qweight", "weight_scale", "weight_sum"), "bias": ("bias",)}
 
 
 def share_tied(model: nn.Module, originals: dict[str, nn.Module], report: SwapReport) -> None:
@@ -103,17 +104,22 @@ def share_tied(model: nn.Module, originals: dict[str, nn.Module], report: SwapRe
             if all(_same(owner, other, names) for other in others):
                 for other in others:
                     for name in names:
-                        if getattr(owner, name, None) is not None:
-                            setattr(other, name, getattr(owner, name))
+                        if _held(owner, name) is not None:
+                            setattr(other, name, _held(owner, name))
                 report.notes.append(f"{', '.join(fqns)} share one {attr}, and still do after conversion")
             else:
                 report.notes.append(f"{', '.join(fqns)} shared one {attr} but were converted differently: each "
                                     f"holds its own copy")
 
 
+def _held(module: nn.Module, name: str) -> torch.Tensor | None:
+    """The parameter or buffer `name` of module (None: it holds none; a quantized layer's `weight` is a property)."""
+    return module._parameters.get(name, module._buffers.get(name))
+
+
 def _same(a: nn.Module, b: nn.Module, names: tuple[str, ...]) -> bool:
     for name in names:
-        x, y = getattr(a, name, None), getattr(b, name, None)
+        x, y = _held(a, name), _held(b, name)
         if x is None and y is None:
             continue
         if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor) and x.dtype == y.dtype

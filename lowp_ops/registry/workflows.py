@@ -38,7 +38,7 @@ from .configs import (
     QATConfig,
     check_compute_dtype,
 )
-from .plan import FilterFn, check_common, check_overrides, deferred, matches
+from .plan import FilterFn, check_common, check_mapping, check_names, check_overrides, deferred, matches
 
 # the workflow that takes each config, for the messages that point a config to its workflow
 _WORKFLOW = {Int8DynamicConfig: "lowp_ops.quantize_dynamic(model, config=config)",
@@ -74,8 +74,8 @@ def _config(caller: str, config, wanted: type[LowpConfig]) -> LowpConfig:
     return config
 
 
-def quantize_dynamic(model: nn.Module, qconfig_spec=None, dtype: torch.dtype = torch.qint8, *, inplace: bool = False,
-                     config: Int8DynamicConfig | Fp16Config | Fp8DynamicConfig | None = None,
+def quantize_dynamic(model: nn.Module, qconfig_spec=None, dtype: torch.dtype = torch.qint8, mapping=None,
+                     inplace: bool = False, *, config: Int8DynamicConfig | Fp16Config | Fp8DynamicConfig | None = None,
                      filter_fn: FilterFn | None = None, overrides: Mapping[str, LowpConfig | None] | None = None,
                      example_inputs=None) -> nn.Module:
     """Weights converted now, activations handled at run time: torch.ao.quantization.quantize_dynamic's call,
@@ -91,14 +91,18 @@ def quantize_dynamic(model: nn.Module, qconfig_spec=None, dtype: torch.dtype = t
                      and / or layer names: those layers, and the modules inside named ones. A dict of those keys to
                      a lowp config (Int8DynamicConfig, Fp8DynamicConfig or Fp16Config) or None (leave float); a
                      layer's own name wins over its type, which wins over an enclosing module's entry. torch.ao's
-                     QConfig values are refused: lowp's configs replace them.
+                     QConfig values are refused: lowp's configs replace them. A name that is no layer of the
+                     model is a ValueError (a misspelt name would leave its layer converted).
+    mapping:         torch.ao's float -> quantized module table: must be None (lowp's handlers pick the modules);
+                     there so that torch.ao's positional call quantize_dynamic(m, spec, dtype, None, True) works.
     inplace:         convert `model` itself rather than a copy.
     config:          the config for dtype (Int8DynamicConfig for qint8, Fp16Config for float16, Fp8DynamicConfig
                      for float8_e4m3fn) given to every layer qconfig_spec selects (all of them when it is None);
                      not with a dict qconfig_spec.
     filter_fn, overrides, example_inputs:  as lowp_ops.quantize; overrides win over qconfig_spec.
 
-    Returns the converted model; its `lowp_report` says what was converted and what was not.
+    Returns the converted model; its `lowp_report` says what was converted and what was not. A model in training
+    mode is converted as in eval mode (BatchNorm folded with its running statistics), with a warning and a note.
 
     >>> import torch, lowp_ops
     >>> model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
@@ -110,6 +114,7 @@ def quantize_dynamic(model: nn.Module, qconfig_spec=None, dtype: torch.dtype = t
     ['Fp8Linear', 'Identity', 'Fp8Linear']
     """
     caller = "quantize_dynamic"
+    check_mapping(caller, mapping)
     check_common(caller, model, filter_fn, inplace)
     wanted = next((kind for d, kind in _DYNAMIC_DTYPES.items() if dtype is d), None)
     if wanted is None:
@@ -125,14 +130,17 @@ def quantize_dynamic(model: nn.Module, qconfig_spec=None, dtype: torch.dtype = t
                          f"with it")
     config_given = config is not None
     config = _config(caller, config, wanted)
+    named = None
     if qconfig_spec is not None:
         overrides = check_overrides(caller, config, overrides)
         per_layer = _from_qconfig_spec(caller, model, qconfig_spec, config, config_given)
+        # the layers the user named (not those a type key selects) convert even when tied to a float module
+        named = {*overrides, *(key for key in qconfig_spec if isinstance(key, str))}
         # overrides win: a layer one of their keys covers gets no entry from qconfig_spec
         overrides.update({fqn: cfg for fqn, cfg in per_layer.items()
-                          if not any(matches(key, fqn) for key in overrides)})
+                          if fqn and not any(matches(key, fqn) for key in overrides)})
     return apply_config(caller, model, config, filter_fn=filter_fn, overrides=overrides,
-                        example_inputs=example_inputs, inplace=inplace)
+                        example_inputs=example_inputs, inplace=inplace, named=named)
 
 
 def _from_qconfig_spec(caller: str, model: nn.Module, spec, config: LowpConfig,
@@ -153,6 +161,8 @@ def _from_qconfig_spec(caller: str, model: nn.Module, spec, config: LowpConfig,
                         f"those to lowp configs, got {type(spec).__name__}")
     for key, value in spec.items():
         _check_spec_entry(caller, key, value, config)
+    # torch.ao matches names exactly; a type that matches no layer is fine ({nn.Linear, nn.Conv2d} on any model)
+    check_names(caller, model, [key for key in spec if isinstance(key, str)], "qconfig_spec name", patterns=False)
     per_layer: dict[str, LowpConfig | None] = {}
     for fqn, module in model.named_modules(remove_duplicate=False):  # every name: shared modules have several
         inherited = per_layer.get(fqn.rpartition(".")[0]) if fqn else None
@@ -224,13 +234,13 @@ def to_fp16(model: nn.Module, compute_dtype: torch.dtype = torch.float16, *, inp
             filter_fn: FilterFn | None = None, overrides: Mapping[str, LowpConfig | None] | None = None,
             example_inputs=None) -> nn.Module:
     """Linear layers -> Fp16Linear: float32 master weights, compute in compute_dtype (torch.float16 or
-    torch.bfloat16) on lowp's Tensor Core GEMM, a following relu fused (training works, with
-    torch.amp.GradScaler). lowp_ops.quantize(model, Fp16Config(compute_dtype=...)); arguments as there.
+    torch.bfloat16) on lowp's Tensor Core GEMM, output in the input's dtype, a following relu fused (training
+    works, with torch.amp.GradScaler). lowp_ops.quantize(model, Fp16Config(compute_dtype=...)); arguments as there.
 
     >>> import torch, lowp_ops
     >>> h = lowp_ops.to_fp16(torch.nn.Sequential(torch.nn.Linear(8, 4)), torch.bfloat16)
-    >>> h(torch.randn(2, 8)).dtype
-    torch.bfloat16
+    >>> h[0].compute_dtype, h(torch.randn(2, 8)).dtype
+    (torch.bfloat16, torch.float32)
     """
     check_compute_dtype("to_fp16", compute_dtype)
     return apply_config("to_fp16", model, Fp16Config(compute_dtype=compute_dtype), filter_fn=filter_fn,

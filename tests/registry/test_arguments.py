@@ -1,12 +1,16 @@
-"""The workflows' arguments: TypeErrors naming the workflow and the argument, the batch forms calibrate takes, and
-quantize_dynamic refusing a static config rather than ignoring it."""
+"""The workflows' arguments: TypeErrors naming the workflow and the argument, the batch forms calibrate takes,
+quantize_dynamic refusing a static config rather than ignoring it, torch.ao's positional forms, and a model
+converted in training mode."""
+
+import warnings
 
 import pytest
 import torch
 from torch import nn
 
 import lowp_ops
-from lowp_ops import Fp16Config, Int8DynamicConfig, Int8StaticConfig, LayerContext, QATConfig
+from lowp_ops import Fp16Config, Int8DynamicConfig, Int8StaticConfig, LayerContext, QATConfig, quant
+from lowp_ops.nn import Int8Linear
 
 
 def _model():
@@ -199,3 +203,49 @@ def test_calibrate_rejects_a_single_batch_as_data():
         lowp_ops.calibrate(prepared, {"input": torch.randn(4, 8)}, progress=False)
     with pytest.raises(TypeError, match="calibrate: max_batches must be None or an int >= 0, got -1"):
         lowp_ops.calibrate(prepared, [torch.randn(4, 8)], max_batches=-1, progress=False)
+
+
+def test_torch_ao_positional_forms():
+    """torch.ao's quantize_dynamic(model, qconfig_spec, dtype, mapping, inplace) and convert(module, mapping,
+    inplace), positionally; a mapping (torch.ao's module table) is refused, not ignored."""
+    model = _model()
+    q = lowp_ops.quantize_dynamic(model, {nn.Linear}, torch.qint8, None, True)
+    assert q is model and type(model[0]) is Int8Linear  # inplace=True, positionally
+    prepared = lowp_ops.prepare(_model())
+    lowp_ops.calibrate(prepared, [torch.randn(8, 8)], progress=False)
+    q = lowp_ops.convert(prepared, None, True)
+    assert q is prepared and type(prepared[2]) is Int8Linear and not hasattr(prepared, "_lowp_prepared")
+    with pytest.raises(TypeError, match=r"quantize_dynamic: mapping \(torch.ao's float -> quantized module table\) "
+                                        r"must be None, got dict; lowp's handlers pick each layer's replacement: add "
+                                        r"one with @lowp_ops.register"):
+        lowp_ops.quantize_dynamic(_model(), {nn.Linear}, torch.qint8, {nn.Linear: nn.Linear})
+    prepared = lowp_ops.prepare(_model())
+    lowp_ops.calibrate(prepared, [torch.randn(8, 8)], progress=False)
+    with pytest.raises(TypeError, match=r"convert: mapping \(torch.ao's float -> quantized module table\) must be "
+                                        r"None, got dict"):
+        lowp_ops.convert(prepared, {nn.Linear: nn.Linear})
+    assert hasattr(prepared, "_lowp_prepared")  # refused before anything was done
+
+
+def _conv_bn():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 4))
+    with torch.no_grad():
+        model[1].running_mean.uniform_(-0.5, 0.5)
+        model[1].running_var.uniform_(0.5, 2.0)
+    return model
+
+
+def test_quantize_dynamic_in_training_mode_says_batchnorm_folded_with_running_statistics():
+    model = _conv_bn().train()
+    with pytest.warns(UserWarning, match=r"quantize_dynamic: the model is in training mode, but BatchNorm 1 was "
+                                         r"folded with running statistics .* computes as model.eval\(\) does") as seen:
+        q = lowp_ops.quantize_dynamic(model)
+    assert seen[0].filename == __file__  # points at the user's call
+    assert any(n.startswith("quantize_dynamic: the model is in training mode") for n in q.lowp_report.notes)
+    x = torch.randn(4, 3, 8, 8)
+    assert quant.sqnr_db(model.eval()(x), q(x)) > 25  # what eval mode computes
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*training mode")
+        q = lowp_ops.quantize_dynamic(_conv_bn().eval())
+    assert not any("training mode" in n for n in q.lowp_report.notes)

@@ -201,7 +201,7 @@ def test_tied_weights_become_one_converted_weight(workflow):
         assert type(qat.a) is QATLinear and qat.a.weight is qat.b.weight  # one parameter to train, as before
         qat(x)
         q = lowp_ops.convert(qat.eval())
-    assert q.a.weight is q.b.weight and q.a.weight_scale is q.b.weight_scale
+    assert q.a.qweight is q.b.qweight and q.a.weight_scale is q.b.weight_scale
     assert q.a.bias is not q.b.bias  # only the weight was tied
     assert "a, b share one weight, and still do after conversion" in q.lowp_report.notes
     assert sum(t.dtype == torch.int8 for t in q.state_dict().values()) == 2  # two keys ...
@@ -213,8 +213,11 @@ def test_weight_tied_to_a_float_module_is_reported():
     torch.manual_seed(0)
     emb, head = nn.Embedding(32, 16), nn.Linear(16, 32, bias=False)
     head.weight = emb.weight
-    model = nn.Sequential(emb, head)
-    q = lowp_ops.quantize_dynamic(model)
+    model = nn.Sequential(emb, head, nn.Linear(32, 4))
+    q = lowp_ops.quantize_dynamic(model)  # a tied head stays float by default, and says why
+    assert type(q[1]) is nn.Linear and q[1].weight is q[0].weight and type(q[2]) is Int8Linear
+    assert q.lowp_report.skipped["1"].startswith("its weight is tied to 0 (Embedding), which stays float")
+    q = lowp_ops.quantize_dynamic(model, overrides={"1": Int8DynamicConfig()})  # named: converted anyway
     assert type(q[1]) is Int8Linear and type(q[0]) is nn.Embedding
     assert "1 shares its weight with 0.weight, which stays float: the converted copy is separate" \
         in q.lowp_report.notes

@@ -112,7 +112,8 @@ class SharedBatchNorm(nn.Module):
 def test_batchnorm_not_folded_ends_the_path():
     found = _both(SharedBatchNorm().eval(), torch.randn(1, 4, 8, 8))
     assert found.fusions == [] and found.edges == {}
-    assert found.notes == ["bn also runs apart from c1: it is not folded into c1"]
+    assert found.notes == ["bn also runs apart from c1: it is not folded into c1",
+                           "bn (BatchNorm2d) is not folded: it also runs where it does not read a Conv2d's output"]
 
 
 def test_relu_like_modules_of_transformers():
@@ -296,9 +297,13 @@ def test_hf_resnet(layer_type):
 
     untraced = analyse(model, layers)  # no example: fx fails on its control flow, and nn.Sequential order is blind
     assert untraced.source == "nn.Sequential" and untraced.fusions == [] and untraced.edges == {}
-    assert untraced.notes == ["the model could not be traced by torch.fx (TraceError: symbolically traced variables "
-                              "cannot be used as inputs to control flow): BatchNorm / ReLU fused only inside "
-                              "nn.Sequential, and no int8 hand-off between layers"]
+    assert untraced.notes[0] == ("the model could not be traced by torch.fx (TraceError: symbolically traced variables "
+                                 "cannot be used as inputs to control flow): BatchNorm / ReLU fused only inside "
+                                 "nn.Sequential, and no int8 hand-off between layers")
+    # and each BatchNorm it leaves is named, with why
+    assert untraced.notes[1:] == [f"{name} (BatchNorm2d) is not folded: no graph of the model was read, and in "
+                                  f"nn.Sequential order it does not follow a converted Conv2d alone"
+                                  for name, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
 
 
 def test_hf_resnet_in_training_mode_is_read_alike():

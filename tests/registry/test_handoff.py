@@ -1,0 +1,182 @@
+"""int8 hand-offs proven on the exported graph whatever wraps the nodes (graph._input_aliases): a producer hands
+int8 to a consumer only when the consumer is the only reader of its output, also where the consumer's forward
+casts its input first (a QATLinear's fake quantization: x.to(float32) returns x itself, and the export tracer
+records a later residual read of x as a read of that cast, inside the consumer)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import lowp_ops
+from lowp_ops import quant
+from lowp_ops.registry import graph
+from lowp_ops.registry.graph import Int8Edge, analyse
+
+# A converted model against the QAT model it came from: the same integers and scales, so only float rounding
+# (accumulation order, the requantization of a hand-off) separates them: 134 dB and more measured (seed 0). 40 dB
+# fails a hand-off into a residual by far: int8 codes added to float activations gave -3.7 dB (issue 20).
+_QAT_MIN_SQNR_DB = 40
+
+
+class Res(nn.Module):
+    """The issue's model: b reads a's output, and so does the residual add."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(16, 16), nn.Linear(16, 16)
+
+    def forward(self, x):
+        y = self.a(x)
+        return self.b(y) + y
+
+
+class Chain(nn.Module):
+    """Res without the residual: b is a's only reader, a hand-off is right."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(16, 16), nn.Linear(16, 16)
+
+    def forward(self, x):
+        return self.b(self.a(x))
+
+
+def _qat(model: nn.Module, batches: list[torch.Tensor], **kw) -> nn.Module:
+    """prepare_qat, a few SGD steps on batches, eval mode (frozen scales)."""
+    qat = lowp_ops.prepare_qat(model, **kw).train()
+    opt = torch.optim.SGD(qat.parameters(), lr=0.01)
+    for x in batches:
+        opt.zero_grad()
+        out = qat(x)
+        (out if isinstance(out, torch.Tensor) else out.last_hidden_state).square().mean().backward()
+        opt.step()
+    return qat.eval()
+
+
+@pytest.mark.parametrize("example", [False, True], ids=["recorded", "example_inputs"])
+def test_qat_residual_keeps_a_float_output(example):
+    torch.manual_seed(0)
+    x = torch.randn(32, 16)
+    qat = _qat(Res(), [torch.randn(32, 16) for _ in range(3)], example_inputs=x if example else None)
+    q = lowp_ops.convert(qat)
+    assert "a hands int8 to b" not in q.lowp_report.notes and q.a.output_scale is None
+    with torch.no_grad():
+        assert quant.sqnr_db(qat(x), q(x)) >= _QAT_MIN_SQNR_DB  # was max |diff| 126 where |output| <= 1.5
+
+
+def test_qat_chain_still_hands_int8():
+    """The positive control: without the residual the hand-off is right, and made."""
+    torch.manual_seed(0)
+    x = torch.randn(32, 16)
+    qat = _qat(Chain(), [torch.randn(32, 16) for _ in range(3)])
+    q = lowp_ops.convert(qat)
+    assert "a hands int8 to b" in q.lowp_report.notes and q.a.output_scale is not None
+    with torch.no_grad():
+        assert quant.sqnr_db(qat(x), q(x)) >= _QAT_MIN_SQNR_DB
+
+
+def test_static_residual_keeps_a_float_output():
+    torch.manual_seed(0)
+    model, x = Res().eval(), torch.randn(32, 16)
+    prepared = lowp_ops.prepare(model)
+    lowp_ops.calibrate(prepared, [torch.randn(32, 16) for _ in range(4)], progress=False)
+    q = lowp_ops.convert(prepared)
+    assert "a hands int8 to b" not in q.lowp_report.notes and q.a.output_scale is None
+    assert quant.sqnr_db(model(x), q(x)) >= 30  # two int8 layers in series: ~40 dB measured
+
+
+class CastsItsInput(nn.Module):
+    """A layer (as a user's registered type would be) whose forward casts and views its input before using it,
+    as third-party layers do: x.float() of a float32 x is x itself."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(16, 16) / 4)
+
+    def forward(self, x):
+        return F.linear(x.float().reshape(-1, 16), self.weight)
+
+
+class Wrapped(nn.Module):
+    def __init__(self, residual: bool):
+        super().__init__()
+        self.a, self.b, self.residual = nn.Linear(16, 16), CastsItsInput(), residual
+
+    def forward(self, x):
+        y = self.a(x)
+        return self.b(y) + y if self.residual else self.b(y)
+
+
+@pytest.mark.parametrize("residual", [True, False])
+def test_reader_through_a_cast_inside_the_consumer_is_a_reader_of_the_producer(residual):
+    model = Wrapped(residual).eval()
+    example = ((torch.randn(4, 16),), {})
+    exported, traced = analyse(model, {"a", "b"}, example=example), analyse(model, {"a", "b"})
+    assert (exported.source, traced.source) == ("torch.export", "torch.fx")
+    assert exported.edges == traced.edges == ({} if residual else {"a": Int8Edge("b", False, set())})
+    # the graph does record the residual add as reading b's cast: the alias is what tells them apart
+    calls = graph._from_export(graph._export(model, example), model, {"a", "b"}, ()).calls
+    assert [u.module for u in calls["a"][0].users] == (["b", None] if residual else ["b"])
+
+
+def test_qat_mobilenet_v2_residuals():
+    """transformers' MobileNetV2 (tiny config): a block's input feeds its expand conv and its residual add. Before,
+    QAT handed int8 from the previous block's reduce conv into every residual."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.MobileNetV2Config(depth_multiplier=0.25, image_size=32, tf_padding=False)
+    model = transformers.MobileNetV2Model(config).eval()
+    x = torch.randn(2, 3, 32, 32)
+    qat = _qat(model, [torch.randn(2, 3, 32, 32) for _ in range(2)], example_inputs=x)
+    q = lowp_ops.convert(qat)
+    residual = [name for name, m in model.named_modules()
+                if type(m).__name__ == "MobileNetV2InvertedResidual" and m.use_residual]
+    assert residual
+    for block in residual:  # the block's input is read twice: its expand conv is handed float
+        assert not any(n.endswith(f"hands int8 to {block}.expand_1x1.convolution") for n in q.lowp_report.notes)
+    assert sum("hands int8 to" in n for n in q.lowp_report.notes) > 0  # the hand-offs inside blocks are kept
+    with torch.no_grad():
+        ref, out = qat(x), q(x)
+    assert out.last_hidden_state.dtype == torch.float32
+    assert quant.sqnr_db(ref.last_hidden_state, out.last_hidden_state) >= _QAT_MIN_SQNR_DB
+    assert quant.sqnr_db(ref.pooler_output, out.pooler_output) >= _QAT_MIN_SQNR_DB
+
+
+
+class CastsToWeightDtype(nn.Module):
+    """transformers' T5DenseActDense: wo's input is cast to wo.weight.dtype unless that is int8 (``t5``), or cast
+    unconditionally as ViT's patch embedding does."""
+
+    def __init__(self, t5: bool):
+        super().__init__()
+        self.wi, self.wo, self.t5 = nn.Linear(16, 32), nn.Linear(32, 16), t5
+
+    def forward(self, x):
+        h = F.relu(self.wi(x))
+        if not self.t5 or self.wo.weight.dtype != torch.int8:
+            h = h.to(self.wo.weight.dtype)
+        return self.wo(h)
+
+
+@pytest.mark.parametrize("t5", [True, False], ids=["t5", "vit"])
+def test_cast_to_the_weight_dtype_between_layers(t5):
+    # The cast reads wi's output, so wi hands no int8 to wo, and wo's weight looks float to the cast
+    torch.manual_seed(0)
+    model, x = CastsToWeightDtype(t5).eval(), torch.randn(32, 16)
+    prepared = lowp_ops.prepare(model)
+    lowp_ops.calibrate(prepared, [torch.randn(32, 16) for _ in range(4)], progress=False)
+    q = lowp_ops.convert(prepared)
+    assert "wi hands int8 to wo" not in q.lowp_report.notes and q.wo.weight.dtype == torch.float32
+    assert quant.sqnr_db(model(x), q(x)) >= 30  # two int8 layers in series: ~40 dB
+
+
+def test_a_layer_handed_int8_looks_int8():
+    # Code that casts b's input to b.weight.dtype must leave the codes a hands it as they are
+    torch.manual_seed(0)
+    model = Chain().eval()
+    prepared = lowp_ops.prepare(model)
+    lowp_ops.calibrate(prepared, [torch.randn(32, 16) for _ in range(4)], progress=False)
+    q = lowp_ops.convert(prepared)
+    assert "a hands int8 to b" in q.lowp_report.notes
+    assert q.b.int8_input and q.b.weight.dtype == torch.int8 and q.a.weight.dtype == torch.float32
