@@ -137,8 +137,9 @@ class Fp16Config(LowpConfig):
     """Linear layers on lowp's float16 / bfloat16 Tensor Core GEMM (Fp16Linear), float32 master weights: trains
     with torch.amp.GradScaler, serves as is.
 
-    compute_dtype:  torch.float16 (default) or torch.bfloat16, what the GEMM multiplies in; the layer returns
-                    its input's dtype (a float32 model stays float32 around it).
+    compute_dtype:  torch.float16 (default) or torch.bfloat16, what the GEMM multiplies in.
+    out_dtype:      float dtype of the layer's output: None (default: its input's dtype, so a float32 model stays
+                    float32 around it), torch.float16, torch.bfloat16 or torch.float32.
 
     >>> import torch, lowp_ops
     >>> lowp_ops.Fp16Config(compute_dtype=torch.bfloat16).compute_dtype
@@ -146,9 +147,11 @@ class Fp16Config(LowpConfig):
     """
 
     compute_dtype: torch.dtype = torch.float16
+    out_dtype: torch.dtype | None = None
 
     def __post_init__(self) -> None:
         check_compute_dtype("Fp16Config", self.compute_dtype)
+        _check_out_dtype("Fp16Config", self.out_dtype)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -299,7 +299,8 @@ def qat_conv2d_to_int8(module: QATConv2d, config: QATConfig, context: LayerConte
 @register(nn.Linear, Fp16Config)
 def linear_to_fp16(module: nn.Linear, config: Fp16Config, context: LayerContext) -> Fp16Linear:
     """nn.Linear -> Fp16Linear computing in config.compute_dtype, float32 master weights copied from the layer."""
-    return Fp16Linear.from_linear(module, compute_dtype=config.compute_dtype, activation=context.activation)
+    return Fp16Linear.from_linear(module, compute_dtype=config.compute_dtype, activation=context.activation,
+                                  out_dtype=config.out_dtype)
 
 
 @register(nn.Linear, Fp8DynamicConfig)

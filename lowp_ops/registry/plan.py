@@ -166,15 +166,6 @@ def plan(caller: str, model: nn.Module, config: LowpConfig, overrides: dict[str,
         else:
             chosen[fqn] = cfg
     chosen = _untie(model, chosen, names, set(named), report)
-    for fqn, module in model.named_modules():
-        if not isinstance(module, nn.TransformerEncoderLayer):
-            continue
-        inside = [f"{fqn}.{child}" for child in ("linear1", "linear2") if f"{fqn}.{child}" in chosen]
-        if inside:
-            report.notes.append(f"{fqn} is an nn.TransformerEncoderLayer: its inference fast path (eval mode, no grad) "
-                                f"reads {' and '.join(inside)}'s .weight into torch._transformer_encoder_layer_fwd "
-                                f"instead of calling them, computing with the dequantized weight on torch's kernels; "
-                                f"torch.backends.mha.set_fastpath_enabled(False) makes it call lowp's")
     if chosen:
         return chosen
     if report.skipped and all(r.startswith(("filtered out", "config None", "its weight is tied"))

@@ -76,6 +76,21 @@ def swap(model: nn.Module, configs: dict[str, LowpConfig], report: SwapReport,
             report.notes.append(f"{fqn} is one module at {len(names[fqn])} places ({', '.join(names[fqn])}): "
                                 f"converted once, the same {type(new).__name__} fills each")
     share_tied(model, originals, report)
+    call_converted(model, report)
+
+
+def call_converted(model: nn.Module, report: SwapReport) -> None:
+    """nn.TransformerEncoderLayer's inference fast path (eval mode, no grad) hands linear1 / linear2's .weight to one
+    fused torch kernel instead of calling them: with converted layers there it would compute on their dequantized
+    (or, for QAT / Fp16 layers, float32 master) weights, skipping lowp's kernels, slower than float. Its own switch
+    (activation_relu_or_gelu, read by the fast paths of the layer and of nn.TransformerEncoder only) turns them off,
+    so the layer calls what lowp put there."""
+    for fqn, module in model.named_modules():
+        if isinstance(module, nn.TransformerEncoderLayer) and getattr(module, "activation_relu_or_gelu", 0) and (
+                type(module.linear1) is not nn.Linear or type(module.linear2) is not nn.Linear):
+            module.activation_relu_or_gelu = 0
+            report.notes.append(f"{fqn or '(root)'}: nn.TransformerEncoderLayer's fast path is off, so that it calls "
+                                f"the converted linear1 / linear2 rather than reading their weights")
 
 
 # A converted module's tensors that stand for its float weight / bias: shared when the float ones were. "weight" is

@@ -8,7 +8,7 @@ from torch import nn
 
 from lowp_ops import quant
 from lowp_ops.nn import Int8Conv2d, Int8Linear
-from util import assert_bitwise_equal, reference_path
+from util import assert_bitwise_equal, reference_path, trained_batchnorms
 
 lowp = torch.ops.lowp
 CL = torch.channels_last
@@ -16,13 +16,7 @@ CL = torch.channels_last
 
 def _conv_bn():
     conv = nn.Conv2d(5, 16, 3, padding=1)
-    bn = nn.BatchNorm2d(16).eval()
-    with torch.no_grad():
-        bn.running_mean.uniform_(-0.5, 0.5)
-        bn.running_var.uniform_(0.5, 2.0)
-        bn.weight.uniform_(0.5, 1.5)
-        bn.bias.uniform_(-0.2, 0.2)
-    return conv, bn
+    return conv, trained_batchnorms(nn.BatchNorm2d(16))
 
 
 @pytest.mark.parametrize("static", [False, True])

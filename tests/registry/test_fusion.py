@@ -6,10 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from zoo_models import BasicBlock  # torchvision's: one nn.ReLU(inplace=True) after bn1 and after the residual add
 
 import lowp_ops
 from lowp_ops import quant
 from lowp_ops.registry.graph import Fusion, Int8Edge, analyse
+from util import trained_batchnorms
 
 # int8 against float on these random-weight models (BatchNorm statistics randomised so that folding matters): 45 to
 # 62 dB measured (seed 0). 20 dB is the issue's bound for INT8 on random-weight models.
@@ -17,17 +19,6 @@ _MIN_SQNR_DB = 20
 # a converted model against its own QAT model: the same integers and scales, only float rounding between them
 # (147 dB measured on TimmNet)
 _QAT_MIN_SQNR_DB = 40
-
-
-def _randomise_batchnorms(model: nn.Module) -> nn.Module:
-    with torch.no_grad():
-        for bn in model.modules():
-            if isinstance(bn, nn.BatchNorm2d):
-                bn.running_mean.uniform_(-0.5, 0.5)
-                bn.running_var.uniform_(0.5, 2.0)
-                bn.weight.uniform_(0.5, 1.5)
-                bn.bias.uniform_(-0.2, 0.2)
-    return model.eval()
 
 
 def _static(model: nn.Module, data: list[torch.Tensor], **kw) -> nn.Module:
@@ -48,29 +39,9 @@ def _qat_step(model: nn.Module, x: torch.Tensor, **kw) -> nn.Module:
 # ------------------------------------------------------------------ an in-place relu shared by two call sites
 
 
-class BasicBlock(nn.Module):
-    """torchvision.models.resnet.BasicBlock (no downsample): one nn.ReLU(inplace=True) called after bn1 and after
-    the residual add."""
-
-    def __init__(self, channels: int = 8):
-        super().__init__()
-        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(channels)
-        self.relu = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(channels)
-
-    def forward(self, x):
-        identity = x
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        out += identity
-        return self.relu(out)
-
-
 def _block() -> nn.Module:
     torch.manual_seed(0)
-    return _randomise_batchnorms(BasicBlock())
+    return trained_batchnorms(BasicBlock(8))
 
 
 @pytest.mark.parametrize("example", [False, True], ids=["fx", "export"])
@@ -113,7 +84,7 @@ def test_inplace_functional_relu_is_not_fused(example):
     """Fused, the relu that stays would rewrite the fused relu's saved output in place: it is left to run alone
     (the BatchNorm is still folded, and int8 still passes the relu)."""
     torch.manual_seed(0)
-    model, x = _randomise_batchnorms(InplaceFunctional()), torch.randn(2, 8, 8, 8)
+    model, x = trained_batchnorms(InplaceFunctional()), torch.randn(2, 8, 8, 8)
     found = analyse(model, {"conv1", "conv2"}, example=((x,), {}) if example else None)
     assert found.fusions == [Fusion("conv1", "bn1", "none")]
     assert found.edges == {"conv1": Int8Edge("conv2", True, set())}
@@ -167,7 +138,7 @@ class TimmNet(nn.Module):
 
 def _timm() -> nn.Module:
     torch.manual_seed(0)
-    return _randomise_batchnorms(TimmNet())
+    return trained_batchnorms(TimmNet())
 
 
 _LAYERS = {"stem", "dw", "pw", "last"}
@@ -202,7 +173,7 @@ def test_batchnorm_act_in_an_untraceable_sequential():
             return self.seq(x) if x.sum() > 0 else self.seq(-x)
 
     torch.manual_seed(0)
-    model = _randomise_batchnorms(Untraceable())
+    model = trained_batchnorms(Untraceable())
     found = analyse(model, {"seq.0", "seq.3"})
     assert found.source == "nn.Sequential"
     assert found.fusions == [Fusion("seq.0", "seq.1", "none"), Fusion("seq.3", "seq.4", "relu")]
@@ -260,7 +231,7 @@ class Unfoldable(nn.Module):
 @pytest.mark.parametrize("example", [False, True], ids=["fx", "export"])
 def test_every_batchnorm_left_unfolded_is_reported(example):
     torch.manual_seed(0)
-    model, x = _randomise_batchnorms(Unfoldable()), torch.randn(2, 3, 8, 8)
+    model, x = trained_batchnorms(Unfoldable()), torch.randn(2, 3, 8, 8)
     q = lowp_ops.quantize_dynamic(model, filter_fn=lambda m, fqn: fqn != "c3", example_inputs=x if example else None)
     assert [type(q.get_submodule(f"bn{i}")) for i in range(1, 5)] == [nn.BatchNorm2d, nn.BatchNorm2d, BatchNormAct2d,
                                                                        nn.BatchNorm1d]

@@ -16,6 +16,7 @@ from lowp_ops.examples import ConvNet
 from lowp_ops.nn import Fp8Linear, Fp16Linear, Int8Conv2d, Int8Linear, QATConv2d, QATLinear
 from lowp_ops.registry import graph
 from lowp_ops.registry.graph import Fusion, Int8Edge, analyse
+from util import trained_batchnorms
 
 LOWP = (Int8Linear, Int8Conv2d, Fp8Linear, Fp16Linear, QATLinear, QATConv2d)  # the leaves the registry passes
 
@@ -262,15 +263,7 @@ def _resnet(layer_type: str):
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     config = transformers.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type=layer_type)
-    model = transformers.ResNetModel(config).eval()
-    with torch.no_grad():  # statistics that make folding matter (fresh ones are mean 0, var 1)
-        for bn in model.modules():
-            if isinstance(bn, nn.BatchNorm2d):
-                bn.running_mean.uniform_(-0.5, 0.5)
-                bn.running_var.uniform_(0.5, 2.0)
-                bn.weight.uniform_(0.5, 1.5)
-                bn.bias.uniform_(-0.2, 0.2)
-    return model
+    return trained_batchnorms(transformers.ResNetModel(config))
 
 
 @pytest.mark.parametrize("layer_type", ["basic", "bottleneck"])

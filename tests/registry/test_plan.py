@@ -141,9 +141,26 @@ def test_multihead_attention_stays_float_with_its_reason():
         "nn.MultiheadAttention passes out_proj.weight to F.multi_head_attention_forward and never calls out_proj: "
         "converting it would change nothing; left float")
     assert report.skipped["enc.self_attn"].startswith("nn.MultiheadAttention runs its in-projection")
-    assert any(n.startswith("enc is an nn.TransformerEncoderLayer: its inference fast path") for n in report.notes)
     x = torch.randn(2, 10, 32)
     assert quant.sqnr_db(model(x), q(x)) > 25
+
+
+@pytest.mark.parametrize("workflow", ["dynamic", "qat", "fp16"])
+def test_transformer_encoder_layer_calls_its_converted_linears(workflow, monkeypatch):
+    # Its inference fast path would read linear1 / linear2's weights into one fused kernel, never calling lowp's
+    torch.manual_seed(0)
+    model, x = Encoder().eval(), torch.randn(2, 10, 32)
+    convert = {"dynamic": lowp_ops.quantize_dynamic, "qat": lowp_ops.prepare_qat, "fp16": lowp_ops.to_fp16}[workflow]
+    q = convert(model).eval()
+    assert q.enc.activation_relu_or_gelu == 0 and model.enc.activation_relu_or_gelu == 1
+    if workflow != "qat":  # a prepared model's report comes with convert
+        assert "enc: nn.TransformerEncoderLayer's fast path is off" in " ".join(q.lowp_report.notes)
+    calls = []
+    kind = type(q.enc.linear1)
+    monkeypatch.setattr(kind, "forward", lambda self, x, f=kind.forward: calls.append(self) or f(self, x))
+    with torch.no_grad():
+        assert quant.sqnr_db(model(x), q(x)) > 25
+    assert q.enc.linear1 in calls and q.enc.linear2 in calls
 
 
 def _tied():

@@ -258,7 +258,11 @@ def test_to_fp16():
     assert type(h.fc1) is Fp16Linear and h.fc1.compute_dtype == torch.bfloat16 and type(h.conv1) is nn.Conv2d
     assert h.fc1.activation == "relu" and type(h.bn1) is nn.BatchNorm2d  # no FP16 conv: nothing folds into it
     x = _x()
-    assert quant.sqnr_db(net(x), h(x).float()) > 25
+    assert h(x).dtype == torch.float32 and quant.sqnr_db(net(x), h(x)) > 25  # the input's dtype, like autocast
+    h16 = lowp_ops.quantize(net, Fp16Config(out_dtype=torch.float16))
+    assert h16.fc1.out_dtype == torch.float16 and h16(x).dtype == torch.float16
+    with pytest.raises(ValueError, match=r"Fp16Config: out_dtype must be None, float16, bfloat16 or float32"):
+        Fp16Config(out_dtype=torch.int8)
 
 
 # ------------------------------------------------------------------------------------- torch.ao-shaped calls
