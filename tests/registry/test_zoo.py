@@ -11,16 +11,24 @@ the converted model is the model QAT trained, so it must match that one to >= 40
 Training moves a model away from FP32 by design (three SGD steps move EfficientNet's FP32 model itself to -12 dB),
 so the trained model is not held to FP32.
 
-transformers' EfficientNet fails the INT8 bound (16-18 dB): one depthwise conv alone costs it 20.5 dB with per-tensor
-int8 input, 30.2 dB with per-channel (simulated), since each of its BatchNorms rescales a channel of small variance
-to unit variance, noise and all. Its cells are expected failures (strict: they must fail until lowp quantizes a
-depthwise conv's input per channel).
+timm's EfficientNet-B0 (zoo_models.TimmEfficientNet: BatchNormAct2d, SiLU, squeeze-excitation, depthwise convs)
+holds every bound (INT8 26-28 dB). transformers' EfficientNet, at these sizes and random weights, amplifies any
+perturbation: Gaussian noise at 40 dB on its input leaves 22-36 dB at its logits (batches 0-5), where every other
+vision model here keeps >= 36 dB. Its INT8 cells measure 8-22 dB over batches 0-11 (median 15.8), as a
+fake-quantized simulation of the same per-tensor scheme does (median 15.3 over batches 0-7); no finer activation
+scheme rescues it (simulated, median / worst of batches 0-7: per-channel int8 input to the depthwise convs
+17.2 / 10.6 dB; per-image and per-channel there with per-pixel input to the 1x1 convs 20.6 / 11.5 dB). Its INT8
+cells are expected failures (strict: a lowp change that lifts them must say so here).
+
+A converted model's state_dict loads into another conversion and reproduces it exactly, and torch.export of it
+gives its eager output exactly, for every model and workflow.
 """
 
 from __future__ import annotations
 
 import copy
 import functools
+import inspect
 import math
 from dataclasses import dataclass
 
@@ -100,6 +108,13 @@ def _train_qat(name: str, qat: nn.Module) -> None:
 def run(name: str, workflow: str) -> Outcome:
     """`workflow` on the zoo model `name`, as a user calls it; exceptions propagate."""
     model, expected = _float(name)
+    converted, qat_output, prepared_output = _convert(name, workflow, model)
+    return Outcome(converted, _call(name, converted, 0).detach(), expected, qat_output, prepared_output)
+
+
+def _convert(name: str, workflow: str, model: nn.Module, train: bool = True):
+    """(converted model, the trained QAT model's output or None, the prepared QAT model's output or None); QAT
+    converts the prepared model as it is when not `train`."""
     inputs = zoo_models.MODELS[name].inputs
     qat_output = prepared_output = None
     if workflow == "dynamic":
@@ -114,7 +129,8 @@ def run(name: str, workflow: str) -> Outcome:
         qat = lowp_ops.prepare_qat(model, example_inputs=inputs(0))
         with torch.no_grad():
             prepared_output = _call(name, qat, 0)
-        _train_qat(name, qat)
+        if train:
+            _train_qat(name, qat)
         with torch.no_grad():
             qat_output = _call(name, qat, 0)
         converted = lowp_ops.convert(qat)
@@ -124,7 +140,7 @@ def run(name: str, workflow: str) -> Outcome:
         converted = lowp_ops.to_fp16(model)
     else:
         raise ValueError(f"unknown workflow {workflow!r}")
-    return Outcome(converted, _call(name, converted, 0).detach(), expected, qat_output, prepared_output)
+    return converted, qat_output, prepared_output
 
 
 def _left_float(model: nn.Module) -> list[str]:
@@ -140,8 +156,9 @@ def _transformers():
     run.cache_clear()
 
 
-_DEPTHWISE = pytest.mark.xfail(strict=True, reason="per-tensor int8 input to depthwise convs: 16-18 dB (module doc)")
-CASES = [pytest.param(name, workflow, marks=_DEPTHWISE if name == "efficientnet" and workflow in
+_CHAOTIC = pytest.mark.xfail(strict=True, reason="transformers' EfficientNet amplifies any perturbation: 8-22 dB "
+                             "(module doc)")
+CASES = [pytest.param(name, workflow, marks=_CHAOTIC if name == "efficientnet" and workflow in
                       ("dynamic", "dynamic_example", "static", "qat") else ())
          for name in zoo_models.MODELS for workflow in WORKFLOWS]
 
@@ -158,6 +175,43 @@ def test_zoo(name, workflow):
     if got.qat_output is not None:
         match = sqnr_db(got.qat_output, got.output)
         assert match >= QAT_MATCH_DB, f"{name}: converted vs its QAT model {match:.1f} dB (at least {QAT_MATCH_DB})"
+
+
+@pytest.mark.parametrize("workflow", ("dynamic", "dynamic_example", "static", "qat"))
+def test_timm_efficientnet_folds_every_batchnorm_act(workflow):
+    """timm's BatchNormAct2d (a BatchNorm2d with its SiLU inside): every one folded into the conv before it, each
+    fold in the report (issue 20: timm's efficientnet_b0 had 0 of 49 folded, the report silent)."""
+    model = run("timm_efficientnet", workflow).model
+    assert not [fqn for fqn, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
+    assert sum(note.startswith("folded ") for note in model.lowp_report.notes) == 13
+
+
+ROUND_TRIPS = ("dynamic", "static", "qat", "fp8", "fp16")
+
+
+@pytest.mark.parametrize("workflow", ROUND_TRIPS)
+@pytest.mark.parametrize("name", zoo_models.MODELS)
+def test_zoo_state_dict_and_export_reproduce_the_model(name, workflow):
+    """A converted model's state_dict, loaded into the same workflow's conversion of other weights, and its
+    torch.export program both give its output exactly (with the text models' KV cache off: transformers' cache
+    objects are no pytree, for the float model too)."""
+    got = run(name, workflow)
+    float_model = _float(name)[0]
+    other = copy.deepcopy(float_model)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    fresh = _convert(name, workflow, other, train=False)[0]
+    fresh.load_state_dict(got.model.state_dict())
+    with torch.no_grad():  # T5's float output itself differs in its last bits with and without grad
+        assert torch.equal(_call(name, fresh, 0), _call(name, got.model, 0)), f"{name} {workflow}: state_dict"
+        inputs = zoo_models.MODELS[name].inputs(0)
+        if "use_cache" in inspect.signature(float_model.forward).parameters:
+            inputs["use_cache"] = False
+        program = torch.export.export(got.model, (), inputs)
+        exported = zoo_models.MODELS[name].output(program.module()(**inputs))
+        assert torch.equal(exported, zoo_models.MODELS[name].output(got.model(**inputs))), f"{name} {workflow}: export"
 
 
 def test_zoo_checks_can_fail():

@@ -7,7 +7,8 @@ torchvision and timm are not here: the only torchvision wheel for torch 2.13 on 
 imports torchvision wherever it is installed: every transformers model then fails to import. Their block types
 come from transformers' ResNet, ConvNext, EfficientNet and ViT instead, and two models below copy the torchvision
 blocks transformers has no twin of (BasicBlock's ReLU shared by two call sites; MobileNetV3's in-place Hardswish,
-squeeze-excitation and in-place Dropout after a Linear).
+squeeze-excitation and in-place Dropout after a Linear), and one copies timm's EfficientNet-B0 blocks (its
+BatchNormAct2d, with SiLU inside, and its He-normal init).
 
 transformers' MobileNetV2 is not here: with random weights it is chaotic (noise at 40 dB on its input leaves
 10 dB at its logits once its BatchNorms hold statistics of its inputs; at their initial ones its logits are 1e-27),
@@ -127,6 +128,82 @@ class TvMobileNetV3(nn.Module):
         return self.classifier(torch.flatten(self.last(x).mean((2, 3), keepdim=True), 1))
 
 
+# ------------------------------------------------------------------------------------- timm's blocks, copied
+
+
+class BatchNormAct2d(nn.BatchNorm2d):
+    """timm.layers.norm_act.BatchNormAct2d: a BatchNorm2d that runs its `drop` child, then its `act` child, after
+    normalising (lowp knows it by this name and these children)."""
+
+    def __init__(self, channels: int, act: bool = True):
+        super().__init__(channels)
+        self.drop = nn.Identity()
+        self.act = nn.SiLU(inplace=True) if act else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.drop(super().forward(x)))
+
+
+class SqueezeExcite(nn.Module):
+    """timm.models._efficientnet_blocks.SqueezeExcite: x * sigmoid(conv_expand(silu(conv_reduce(mean(x)))))."""
+
+    def __init__(self, channels: int, reduced: int):
+        super().__init__()
+        self.conv_reduce = nn.Conv2d(channels, reduced, 1)
+        self.act1 = nn.SiLU(inplace=True)
+        self.conv_expand = nn.Conv2d(reduced, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate = self.conv_expand(self.act1(self.conv_reduce(x.mean((2, 3), keepdim=True))))
+        return x * gate.sigmoid()
+
+
+class InvertedResidual(nn.Module):
+    """timm's InvertedResidual (MBConv): 1x1 expand / BatchNormAct2d (SiLU), 3x3 depthwise / BatchNormAct2d (SiLU),
+    squeeze-excitation, 1x1 project / BatchNormAct2d without activation, and the residual when shapes allow;
+    expand=1 is timm's DepthwiseSeparableConv (no expansion conv)."""
+
+    def __init__(self, cin: int, cout: int, expand: int, stride: int = 1):
+        super().__init__()
+        mid = cin * expand
+        self.conv_pw = nn.Conv2d(cin, mid, 1, bias=False) if expand > 1 else nn.Identity()
+        self.bn1 = BatchNormAct2d(mid) if expand > 1 else nn.Identity()
+        self.conv_dw = nn.Conv2d(mid, mid, 3, stride, 1, groups=mid, bias=False)
+        self.bn2 = BatchNormAct2d(mid)
+        self.se = SqueezeExcite(mid, max(1, cin // 4))
+        self.conv_pwl = nn.Conv2d(mid, cout, 1, bias=False)
+        self.bn3 = BatchNormAct2d(cout, act=False)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.bn3(self.conv_pwl(self.se(self.bn2(self.conv_dw(self.bn1(self.conv_pw(x)))))))
+        return x + y if self.residual else y
+
+
+class TimmEfficientNet(nn.Module):
+    """timm's efficientnet_b0 in small: stem conv / BatchNormAct2d, a depthwise-separable block and three
+    inverted residuals (one strided), head conv / BatchNormAct2d, pooling, classifier. timm initialises its convs
+    He-normal (fan_out), which keeps activations at unit scale through the blocks.
+    pixel_values: (N, 3, H, W) float32 -> (N, 10) float32 logits."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv_stem = nn.Conv2d(3, 16, 3, 2, 1, bias=False)
+        self.bn1 = BatchNormAct2d(16)
+        self.blocks = nn.Sequential(InvertedResidual(16, 16, 1), InvertedResidual(16, 24, 4, stride=2),
+                                    InvertedResidual(24, 24, 4), InvertedResidual(24, 32, 4, stride=2))
+        self.conv_head = nn.Conv2d(32, 64, 1, bias=False)
+        self.bn2 = BatchNormAct2d(64)
+        self.classifier = nn.Linear(64, 10)
+        for conv in self.modules():
+            if isinstance(conv, nn.Conv2d):
+                nn.init.kaiming_normal_(conv.weight, mode="fan_out")
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        x = self.blocks(self.bn1(self.conv_stem(pixel_values)))
+        return self.classifier(self.bn2(self.conv_head(x)).mean((2, 3)))
+
+
 # ----------------------------------------------------------------------------- transformers, from tiny configs
 
 
@@ -143,6 +220,7 @@ _TEXT = dict(vocab_size=VOCAB)
 MODELS: dict[str, Zoo] = {
     "tv_resnet": Zoo(TvResNet, _image, _logits),
     "tv_mobilenet_v3": Zoo(TvMobileNetV3, _image, _logits),
+    "timm_efficientnet": Zoo(TimmEfficientNet, _image, _logits),
     "resnet": Zoo(_hf("ResNetForImageClassification", "ResNetConfig", embedding_size=16, hidden_sizes=[16, 32],
                       depths=[1, 1], layer_type="basic", num_labels=10), _image, _logits),
     # layer_scale 1: at its default 1e-6 a block's branch adds nothing, and the residual stream hides any error
