@@ -16,6 +16,7 @@ $(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) "$(TORCH)"
 	$(PIP) -e ".[dev]"
+	$(PY) -m lowp_ops.cpu.native  # the C++ CPU kernels, built once (~30 s); without a compiler lowp warns and goes on
 	touch $@
 
 demo: $(VENV)/.installed

@@ -1,6 +1,7 @@
 """int8_gemm on the CPU: the exact accumulator from oneDNN's int8 matmul (or torch._int_mm), then
-lowp_ops.reference's epilogue — the same torch ops in the same order, so every output (float, int8 requant, int32)
-is bit-exact with the reference. fp8_gemm: e4m3 values widened to float32 (exactly) and a float32 matmul; this CPU
+lowp_ops.reference's epilogue — the same float32 operations in the same order, in one C++ pass (native.cpp) or as
+torch ops, so every output (float, int8 requant, int32) is bit-exact with the reference.
+fp8_gemm: e4m3 values widened to float32 (exactly) and a float32 matmul; this CPU
 has no fp8 arithmetic (torch._scaled_mm on it ran no faster than that: 137 vs 124 ms at M=256, K=N=4096).
 
 Which accumulator, ms on the CI machine (AMD EPYC, avx512_vnni, 2 threads, torch 2.13, 2026-11-25),
@@ -19,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from .. import reference
-from . import support
+from . import native, support
 from .support import as_uint8, exact_integers, fall_back, packed, traced
 
 _QLINEAR_MIN_WEIGHT = 2**21  # N·K from which oneDNN's qlinear beats torch._int_mm (module docstring)
@@ -48,6 +49,29 @@ def _qlinear_acc(a: torch.Tensor, b: torch.Tensor, zero_point: int):
     return acc if exact_integers(acc) else None
 
 
+_NATIVE_ACTIVATIONS = {"none": 0, "relu": 1, "relu6": 2}  # native.cpp's epilogue codes; gelu stays with torch
+_ABSENT = torch.empty(0)
+
+
+def fused_epilogue(acc: torch.Tensor, *, out_dtype, a_scale=None, b_scale=None, bias=None, a_zero_point=None,
+                   b_sum=None, activation_name="none", out_scale=None, out_zero_point=None) -> torch.Tensor:
+    """reference.gemm_epilogue of an int32 accumulator, in one C++ pass (native.cpp) where it applies, bit-exact
+    with the reference's torch ops."""
+    cpp = native.load() if activation_name in _NATIVE_ACTIVATIONS and out_dtype != torch.int32 \
+        and not traced(acc) else None
+    if cpp is None:
+        return reference.gemm_epilogue(acc, out_dtype=out_dtype, a_scale=a_scale, b_scale=b_scale, bias=bias,
+                                       a_zero_point=a_zero_point, b_sum=b_sum, activation_name=activation_name,
+                                       out_scale=out_scale, out_zero_point=out_zero_point)
+    requant = out_dtype == torch.int8
+    y = cpp.gemm_epilogue(acc, _ABSENT if a_scale is None else a_scale, _ABSENT if b_scale is None else b_scale,
+                          _ABSENT if bias is None else bias.float(), _ABSENT if a_zero_point is None else a_zero_point,
+                          _ABSENT if b_sum is None else b_sum, _NATIVE_ACTIVATIONS[activation_name],
+                          out_scale.item() if requant else -1.0,
+                          int(out_zero_point.item()) if requant and out_zero_point is not None else 0)
+    return y if out_dtype in (torch.float32, torch.int8) else y.to(out_dtype)
+
+
 def fp8_gemm(a: torch.Tensor, b: torch.Tensor, *, out_dtype=torch.float32, activation="none", fast_accum=False,
              **epilogue) -> torch.Tensor:
     """a float8_e4m3fn (M, K), b float8_e4m3fn (N, K) -> epilogue(a · bᵀ) (M, N); keyword arguments as
@@ -73,5 +97,4 @@ def int8_gemm(a: torch.Tensor, b: torch.Tensor, *, out_dtype=torch.int32, activa
             if out_dtype == torch.int32:
                 return acc.to(torch.int32)
             return reference.gemm_epilogue(acc, out_dtype=out_dtype, **epilogue)
-    return reference.gemm_epilogue(int_mm(a, b), out_dtype=out_dtype, a_zero_point=a_zero_point, b_sum=b_sum,
-                                   **epilogue)
+    return fused_epilogue(int_mm(a, b), out_dtype=out_dtype, a_zero_point=a_zero_point, b_sum=b_sum, **epilogue)

@@ -1,4 +1,5 @@
-"""Activation quantization on the CPU: the reference's arithmetic (lowp_ops.quant) in a few vectorized passes.
+"""Activation quantization on the CPU: native.cpp's one-pass loops for float32 input to int8 (lowp_ops/cpu/native.py),
+else the reference's arithmetic (lowp_ops.quant) in a few vectorized torch ops.
 
 Bit-exact with lowp_ops.reference: the same float32 operations — scale = max(max(-min, max) / QMAX, min_scale),
 q = clamp(round_half_even(x · (1/scale)) + zero_point) — done with one min and one max reduction (no |x| copy)
@@ -15,7 +16,15 @@ import math
 import torch
 
 from .. import quant, reference
+from . import native
 from .support import traced
+
+
+def _cpp(x: torch.Tensor, dtype: torch.dtype = torch.int8):
+    """native.cpp's module where it serves x: float32 on the CPU, int8 codes, data to read (not traced)."""
+    if x.dtype != torch.float32 or dtype != torch.int8 or traced(x):
+        return None
+    return native.load()
 
 
 def _round_clamp(v: torch.Tensor, zero_point, qmin: int, qmax: int) -> torch.Tensor:
@@ -39,6 +48,12 @@ def _encode(v: torch.Tensor, zero_point, spec, dtype: torch.dtype) -> torch.Tens
 def quantize_rows(x: torch.Tensor, *, scale=None, zero_point=None, min_scale=None, dtype=torch.int8):
     """x (M, K) float -> (q (M, K) int8 or float8_e4m3fn, scale float32); arguments and results as
     kernels.quantize_rows."""
+    cpp = _cpp(x, dtype)
+    if cpp is not None and scale is None and x.shape[1] and x.is_contiguous():
+        return tuple(cpp.quantize_rows_dynamic(x, min_scale))
+    if cpp is not None and scale is not None:
+        zp = 0 if zero_point is None else int(zero_point.item())
+        return cpp.quantize_per_tensor(x, scale.item(), zp, False), scale
     dynamic_spec, static_spec = reference.ROW_SPECS[dtype]
     if scale is None:
         M, K = x.shape
@@ -54,6 +69,9 @@ def quantize_rows(x: torch.Tensor, *, scale=None, zero_point=None, min_scale=Non
 
 def quantize_channels_last(x: torch.Tensor, *, scale, zero_point=None) -> torch.Tensor:
     """x (N, C, H, W) float -> int8 (N, C, H, W) channels_last; arguments as kernels.quantize_channels_last."""
+    cpp = _cpp(x)
+    if cpp is not None:
+        return cpp.quantize_per_tensor(x, scale.item(), 0 if zero_point is None else int(zero_point.item()), True)
     spec = reference.INT8_AFFINE
     v = _round_clamp(torch.mul(x, 1.0 / scale), zero_point, spec.qmin, spec.qmax)
     return v.to(torch.int8, memory_format=torch.channels_last)

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .. import quant
+from ..ops.fp8 import eager_fp8_linear, eager_fp8_mm
 from ._base import SCALE, _QuantModule
 
 WEIGHT_SPEC = quant.Fp8Spec(granularity="per_channel", axis=0)  # e4m3, one scale = amax / 448 per output channel
@@ -70,12 +71,11 @@ class Fp8Linear(_QuantModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, out_dtype = self._linear_input(x)
-        kw = {"activation": self.activation, "out_dtype": self._kernel_dtype(out_dtype),
-              "use_fast_accum": self.use_fast_accum}
-        if x.dtype == FP8:
-            y = torch.ops.lowp.fp8_mm(x, self.qweight, self.input_scale, self.weight_scale, self.bias, **kw)
-        else:
-            y = torch.ops.lowp.fp8_linear(x, self.qweight, self.weight_scale, self.bias, self.input_scale, **kw)
+        rest = (self.activation, self._kernel_dtype(out_dtype), self.use_fast_accum)
+        if x.dtype == FP8:  # torch.ops.lowp.fp8_mm, or its eager lane
+            y = eager_fp8_mm(self, x, self.qweight, self.input_scale, self.weight_scale, self.bias, *rest)
+        else:  # torch.ops.lowp.fp8_linear, or its eager lane
+            y = eager_fp8_linear(self, x, self.qweight, self.weight_scale, self.bias, self.input_scale, *rest)
         return y.to(out_dtype)
 
     def extra_repr(self) -> str:

@@ -15,6 +15,8 @@ from torch.nn.modules.utils import _pair
 
 from .. import quant
 from .._validate import INT8_RANGE
+from ..ops.conv import eager_int8_conv2d
+from ..ops.int8 import eager_int8_linear, eager_int8_mm
 from ._base import SCALE, Buffer, _QuantModule
 
 WEIGHT_SPEC = quant.per_channel(axis=0)  # symmetric int8 [-127, 127], one scale per output channel
@@ -125,14 +127,13 @@ class Int8Linear(_Int8Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, out_dtype = self._linear_input(x)
-        kw = {"activation": self.activation, "out_dtype": self._kernel_dtype(out_dtype),
-              "out_scale": self.output_scale, "out_zero_point": self.output_zero_point}
-        if x.dtype == torch.int8:
-            y = torch.ops.lowp.int8_mm(x, self.qweight, self.input_scale, self.weight_scale, self.bias,
-                                       self.input_zero_point, self.weight_sum, **kw)
-        else:
-            y = torch.ops.lowp.int8_linear(x, self.qweight, self.weight_scale, self.bias, self.input_scale,
-                                           self.input_zero_point, self.weight_sum, **kw)
+        epilogue = (self.activation, self._kernel_dtype(out_dtype), self.output_scale, self.output_zero_point)
+        if x.dtype == torch.int8:  # torch.ops.lowp.int8_mm, or its eager lane
+            y = eager_int8_mm(self, x, self.qweight, self.input_scale, self.weight_scale, self.bias,
+                              self.input_zero_point, self.weight_sum, *epilogue)
+        else:  # torch.ops.lowp.int8_linear, or its eager lane
+            y = eager_int8_linear(self, x, self.qweight, self.weight_scale, self.bias, self.input_scale,
+                                  self.input_zero_point, self.weight_sum, *epilogue)
         return y.to(out_dtype)
 
     def extra_repr(self) -> str:
@@ -232,12 +233,12 @@ class Int8Conv2d(_Int8Module):
         x, out_dtype = self._prepare_input(x)
         if x.dtype == torch.int8:  # ops between int8 layers (relu, dropout) may hand it back in NCHW order
             x = x.contiguous(memory_format=torch.channels_last)
-        # float x is quantized inside the op: dynamically without input_scale, else with it
-        y = torch.ops.lowp.int8_conv2d(
-            x, self.qweight, self.stride, self.padding, self.dilation, self.groups, self.input_scale,
-            self.weight_scale, self.bias, self.input_zero_point, self.weight_sum, activation=self.activation,
-            out_dtype=self._kernel_dtype(out_dtype), out_scale=self.output_scale,
-            out_zero_point=self.output_zero_point)
+        # torch.ops.lowp.int8_conv2d, or its eager lane; float x is quantized inside the op: dynamically without
+        # input_scale, else with it
+        y = eager_int8_conv2d(self, x, self.qweight, self.stride, self.padding, self.dilation, self.groups,
+                              self.input_scale, self.weight_scale, self.bias, self.input_zero_point, self.weight_sum,
+                              self.activation, self._kernel_dtype(out_dtype), self.output_scale,
+                              self.output_zero_point)
         return y.to(out_dtype)
 
     def extra_repr(self) -> str:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 import math
+import weakref
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -109,3 +112,61 @@ def check_static_qparams(op: str, x: Tensor, scale: Tensor, zero_point: Tensor |
     in [-128, 127])."""
     check_scale(op, "scale", scale, ("x", x), required=True)
     check_zero_point(op, "zero_point", zero_point, ("x", x))
+
+
+def _signature(args: tuple) -> tuple | None:
+    """What an op's validation depends on: x's dtype, shape, strides and device, and for every other argument its
+    value, or for a tensor its identity and version (an in-place write moves the version; None where a tensor has
+    no version counter: made under torch.inference_mode, so its writes go unseen, or not a plain tensor)."""
+    x = args[0]
+    key = [x.dtype, x.shape, x.stride(), x.device]
+    for a in args[1:]:
+        if isinstance(a, Tensor):
+            if type(a) is not Tensor or a.is_inference():
+                return None
+            key.append((id(a), a._version))
+        else:
+            key.append(a)
+    return tuple(key)
+
+
+def _eager_plain(x) -> bool:
+    """Whether a call on x runs eagerly on a plain CPU tensor, with nothing that must see the op: no autograd
+    through it (its backward says the op is inference-only), no tracing (torch.compile / export put the op in their
+    graphs), no dispatch or torch-function mode (fake tensors, FlopCounterMode, proxies), no tensor subclass or
+    functorch wrapper. CUDA calls keep the op's own path until the kernels have run on a card."""
+    return (type(x) is Tensor and x.device.type == "cpu" and not (x.requires_grad and torch.is_grad_enabled())
+            and not torch.compiler.is_compiling() and not torch._C._len_torch_dispatch_stack()
+            and not torch._C._is_torch_function_mode_enabled()
+            and not torch._C._functorch.is_functorch_wrapped_tensor(x))
+
+
+class Lane:
+    """An op's eager shortcut for the module that calls it with the same constant arguments every time (its own
+    weight, scales, zero points, geometry): the op's body directly, without torch.library's dispatch (autograd
+    and Python kernels, ~40 us a call), and its validation run once per signature (_signature) rather than on every
+    call. The result is the op's own: the same body, on arguments the same checks passed. Anything _eager_plain
+    refuses, or a signature it cannot stamp, goes through the op.
+
+    op: the torch.ops.lowp op; check(*args) -> the output dtype (None resolved), raising on bad arguments, as the
+    op does first (it may take only the op's leading arguments); body(*args) the rest of the op, with out_dtype
+    resolved. Lanes are remembered per owner (the
+    module) for its last signature, holding the argument tensors so that their ids stay theirs."""
+
+    def __init__(self, op, check: Callable, body: Callable) -> None:
+        self.op, self.check, self.body = op, check, body
+        self.out_index = list(inspect.signature(body).parameters).index("out_dtype")
+        self.checked = len(inspect.signature(check).parameters)  # the op's leading arguments check() takes
+        self._validated: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # owner -> (signature, dtype, args)
+
+    def __call__(self, owner: object, *args) -> Tensor:
+        if not _eager_plain(args[0]):
+            return self.op(*args)
+        key = _signature(args)
+        if key is None:
+            return self.op(*args)
+        seen = self._validated.get(owner)
+        if seen is None or seen[0] != key:
+            seen = self._validated[owner] = (key, self.check(*args[:self.checked]), args[1:])
+        i = self.out_index
+        return self.body(*args[:i], seen[1], *args[i + 1:])

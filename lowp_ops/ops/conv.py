@@ -22,6 +22,7 @@ from .._validate import (
 )
 from ..kernels.conv import conv_output_size
 from ._common import (
+    Lane,
     check_epilogue,
     check_int8_output,
     check_out_dtype,
@@ -149,6 +150,13 @@ def int8_conv2d(x: Tensor, weight: Tensor, stride: Sequence[int], padding: Seque
     """
     out_dtype = _check_int8_conv2d(x, weight, stride, padding, dilation, groups, x_scale, weight_scale, bias,
                                    x_zero_point, weight_sum, activation, out_dtype, out_scale, out_zero_point)
+    return _int8_conv2d(x, weight, stride, padding, dilation, groups, x_scale, weight_scale, bias, x_zero_point,
+                        weight_sum, activation, out_dtype, out_scale, out_zero_point)
+
+
+def _int8_conv2d(x, weight, stride, padding, dilation, groups, x_scale, weight_scale, bias, x_zero_point, weight_sum,
+                 activation, out_dtype, out_scale, out_zero_point) -> Tensor:
+    """int8_conv2d after validation, out_dtype resolved (the op, and its Lane)."""
     if x.dtype != torch.int8:
         if x_scale is None:  # a NaN / inf in x keeps the scale finite and poisons the bias instead (reference.py)
             x_scale, bias = dispatch("int8_conv2d", "per_tensor_qparams", x, bias=bias, channels=weight.shape[0])
@@ -163,6 +171,7 @@ def int8_conv2d(x: Tensor, weight: Tensor, stride: Sequence[int], padding: Seque
 
 
 inference_only(int8_conv2d, "Int8Conv2d")
+eager_int8_conv2d = Lane(int8_conv2d, _check_int8_conv2d, _int8_conv2d)
 
 
 @int8_conv2d.register_fake

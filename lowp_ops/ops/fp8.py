@@ -16,6 +16,7 @@ from torch.library import triton_op
 from .._validate import FLOAT_DTYPES, check_scale
 from ..quant import MIN_SCALE
 from ._common import (
+    Lane,
     check_epilogue,
     check_fp8_device,
     check_linear_operands,
@@ -63,6 +64,11 @@ def fp8_mm(a: Tensor, b: Tensor, a_scale: Tensor, b_scale: Tensor, bias: Tensor 
     True
     """
     out_dtype = _check_fp8_mm(a, b, a_scale, b_scale, bias, activation, out_dtype)
+    return _fp8_mm(a, b, a_scale, b_scale, bias, activation, out_dtype, use_fast_accum)
+
+
+def _fp8_mm(a, b, a_scale, b_scale, bias, activation, out_dtype, use_fast_accum) -> Tensor:
+    """fp8_mm after validation, out_dtype resolved (the op, and its Lane)."""
     M, K = rows(a)
     out = dispatch("fp8_mm", "fp8_gemm", a.reshape(M, K), b, a_scale=flat(a_scale), b_scale=flat(b_scale),
                    bias=flat(bias), activation=activation, out_dtype=out_dtype, fast_accum=use_fast_accum)
@@ -110,6 +116,11 @@ def fp8_linear(x: Tensor, weight: Tensor, weight_scale: Tensor, bias: Tensor | N
     True
     """
     out_dtype = _check_fp8_linear(x, weight, weight_scale, bias, x_scale, activation, out_dtype)
+    return _fp8_linear(x, weight, weight_scale, bias, x_scale, activation, out_dtype, use_fast_accum)
+
+
+def _fp8_linear(x, weight, weight_scale, bias, x_scale, activation, out_dtype, use_fast_accum) -> Tensor:
+    """fp8_linear after validation, out_dtype resolved (the op, and its Lane)."""
     M, K = rows(x)
     x2 = x.reshape(M, K)
     if x_scale is None:
@@ -131,3 +142,5 @@ def _fp8_linear_fake(x, weight, weight_scale, bias=None, x_scale=None, activatio
 
 inference_only(fp8_mm, "Fp8Linear")
 inference_only(fp8_linear, "Fp8Linear")
+eager_fp8_mm = Lane(fp8_mm, _check_fp8_mm, _fp8_mm)
+eager_fp8_linear = Lane(fp8_linear, _check_fp8_linear, _fp8_linear)

@@ -10,6 +10,7 @@ from torch.library import triton_op
 from .._validate import FLOAT_DTYPES, check_reduction_length, check_scale, check_zero_point, fail
 from ..quant import MIN_SCALE
 from ._common import (
+    Lane,
     check_epilogue,
     check_int8_output,
     check_linear_operands,
@@ -90,6 +91,13 @@ def int8_mm(a: Tensor, b: Tensor, a_scale: Tensor | None = None, b_scale: Tensor
     """
     out_dtype = _check_int8_mm(a, b, a_scale, b_scale, bias, a_zero_point, b_sum, activation, out_dtype,
                                out_scale, out_zero_point)
+    return _int8_mm(a, b, a_scale, b_scale, bias, a_zero_point, b_sum, activation, out_dtype, out_scale,
+                    out_zero_point)
+
+
+def _int8_mm(a, b, a_scale, b_scale, bias, a_zero_point, b_sum, activation, out_dtype, out_scale,
+             out_zero_point) -> Tensor:
+    """int8_mm after validation, out_dtype resolved (the op, and its Lane)."""
     M, K = rows(a)
     if a_zero_point is not None and b_sum is None:
         b_sum = b.sum(dim=1, dtype=torch.int32)
@@ -154,6 +162,13 @@ def int8_linear(x: Tensor, weight: Tensor, weight_scale: Tensor, bias: Tensor | 
     """
     out_dtype = _check_int8_linear(x, weight, weight_scale, bias, x_scale, x_zero_point, weight_sum, activation,
                                    out_dtype, out_scale, out_zero_point)
+    return _int8_linear(x, weight, weight_scale, bias, x_scale, x_zero_point, weight_sum, activation, out_dtype,
+                        out_scale, out_zero_point)
+
+
+def _int8_linear(x, weight, weight_scale, bias, x_scale, x_zero_point, weight_sum, activation, out_dtype, out_scale,
+                 out_zero_point) -> Tensor:
+    """int8_linear after validation, out_dtype resolved (the op, and its Lane)."""
     M, K = rows(x)
     x2 = x.reshape(M, K)
     if x_scale is None:
@@ -179,3 +194,5 @@ def _int8_linear_fake(x, weight, weight_scale, bias=None, x_scale=None, x_zero_p
 
 inference_only(int8_mm, "Int8Linear")
 inference_only(int8_linear, "Int8Linear")
+eager_int8_mm = Lane(int8_mm, _check_int8_mm, _int8_mm)
+eager_int8_linear = Lane(int8_linear, _check_int8_linear, _int8_linear)

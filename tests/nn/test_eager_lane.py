@@ -1,0 +1,154 @@
+"""The modules' eager lane (lowp_ops.ops._common.Lane): a plain eager CPU call runs the op's body without
+torch.library's dispatch and validates the module's constant arguments once per signature. Its output is the op's,
+bit for bit; every call that something must see (autograd, tracing, dispatch modes) goes through the op; and no
+change to the module's tensors escapes validation."""
+
+import gc
+
+import pytest
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from lowp_ops.nn import Fp8Linear, Int8Conv2d, Int8Linear
+from lowp_ops.ops.conv import eager_int8_conv2d
+from lowp_ops.ops.int8 import eager_int8_linear
+from util import assert_bitwise_equal
+
+_STATIC = {"input_scale": 0.03, "input_zero_point": -5}
+_INT8_OUT = {**_STATIC, "output_scale": 0.05, "output_zero_point": 7}
+
+
+def _linear(K=19, N=13, **kw) -> Int8Linear:
+    torch.manual_seed(0)
+    return Int8Linear.from_float(nn.Linear(K, N), **kw)
+
+
+def _conv(**kw) -> Int8Conv2d:
+    torch.manual_seed(0)
+    return Int8Conv2d.from_float(nn.Conv2d(3, 5, 3, padding=1, stride=2), **kw)
+
+
+def _ops_called(fn) -> list[str]:
+    """Names of the torch.ops.lowp ops that fn() went through (the profiler watches without a dispatch mode)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return sorted({e.key for e in prof.key_averages() if e.key.startswith("lowp::")})
+
+
+def _by_op(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """module(x) through torch.ops.lowp (a dispatch mode that passes every call on closes the lane)."""
+    class Through(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    with Through():
+        return module(x)
+
+
+LINEARS = [({}, "dynamic"), (_STATIC, "static"), (_INT8_OUT, "static int8 out"),
+           ({"activation": "relu"}, "relu")]
+
+
+@pytest.mark.parametrize(("kw", "what"), LINEARS, ids=[w for _, w in LINEARS])
+@pytest.mark.parametrize("M", [1, 13, 67])
+def test_linear_lane_is_the_op(kw, what, M):
+    layer = _linear(**kw)
+    x = torch.randn(M, 19)
+    assert _ops_called(lambda: layer(x)) == []
+    assert_bitwise_equal(layer(x), _by_op(layer, x))
+    assert _ops_called(lambda: _by_op(layer, x))  # the control: the op ran there
+
+
+def test_linear_lane_on_int8_input_is_the_op():
+    layer = _linear(**_STATIC)
+    x = torch.randint(-128, 128, (13, 19), dtype=torch.int8)
+    assert _ops_called(lambda: layer(x)) == []
+    assert_bitwise_equal(layer(x), _by_op(layer, x))
+
+
+@pytest.mark.parametrize("static", [False, True])
+def test_fp8_linear_lane_is_the_op(static):
+    torch.manual_seed(0)
+    layer = Fp8Linear.from_float(nn.Linear(19, 13), **({"input_scale": 0.02} if static else {}))
+    x = torch.randn(13, 19)
+    assert _ops_called(lambda: layer(x)) == []
+    assert_bitwise_equal(layer(x), _by_op(layer, x))
+    if static:
+        q = (x / 0.02).to(torch.float8_e4m3fn)
+        assert_bitwise_equal(layer(q), _by_op(layer, q))
+
+
+CONVS = [({}, "dynamic"), (_STATIC, "static"), (_INT8_OUT, "static int8 out"), ({"activation": "relu"}, "relu")]
+
+
+@pytest.mark.parametrize(("kw", "what"), CONVS, ids=[w for _, w in CONVS])
+@pytest.mark.parametrize("shape", [(1, 3, 7, 9), (3, 3, 13, 5)])
+def test_conv_lane_is_the_op(kw, what, shape):
+    layer = _conv(**kw)
+    x = torch.randn(shape)
+    assert _ops_called(lambda: layer(x)) == []
+    assert_bitwise_equal(layer(x), _by_op(layer, x))
+
+
+@pytest.mark.parametrize("make", [_linear, _conv])
+def test_calls_that_must_see_the_op_go_through_it(make):
+    layer = make(**_STATIC)
+    x = torch.randn(2, 19) if isinstance(layer, Int8Linear) else torch.randn(2, 3, 6, 6)
+    assert _ops_called(lambda: layer(x.requires_grad_())), "autograd must reach the op's inference-only backward"
+    with pytest.raises(RuntimeError, match="inference-only"):
+        layer(x).sum().backward()
+    with torch.no_grad():
+        assert _ops_called(lambda: layer(x)) == []  # no grad: nothing to say
+
+
+def test_a_scale_written_in_place_is_validated_again():
+    layer = _linear(**_STATIC)
+    x = torch.randn(3, 19)
+    layer(x)
+    with torch.no_grad():
+        layer.input_scale.fill_(float("nan"))  # the version counter moves: the lane checks again
+    with pytest.raises(ValueError, match="int8_linear.*x_scale"):
+        layer(x)
+
+
+def test_a_replaced_buffer_is_validated_again():
+    layer = _conv(**_STATIC)
+    x = torch.randn(1, 3, 6, 6)
+    layer(x)
+    layer.input_zero_point = torch.tensor(300, dtype=torch.int32)  # a new tensor: a new identity
+    with pytest.raises(ValueError, match="int8_conv2d.*x_zero_point"):
+        layer(x)
+
+
+def test_a_new_input_shape_is_validated_again():
+    layer = _linear()
+    layer(torch.randn(3, 19))
+    with pytest.raises(ValueError, match="in_features=19"):
+        layer(torch.randn(3, 18))
+    x = torch.randn(3, 2, 19)  # a new shape passes the op's checks once, then runs the lane
+    assert_bitwise_equal(layer(x), _by_op(layer, x))
+
+
+def test_buffers_made_in_inference_mode_take_the_op_every_call():
+    """They keep no version counter, so an in-place write would go unseen: no lane."""
+    with torch.inference_mode():
+        layer = _linear(**_STATIC)
+        x = torch.randn(3, 19)
+        assert _ops_called(lambda: layer(x)) == ["lowp::int8_linear"]
+        layer.input_scale.fill_(float("nan"))
+        with pytest.raises(ValueError, match="x_scale"):
+            layer(x)
+
+
+def test_lanes_are_per_module():
+    """Two modules of one shape keep their own validated signatures, and a dead module's entry goes with it."""
+    a, b = _linear(**_STATIC), _linear()
+    x = torch.randn(2, 19)
+    a(x), b(x)
+    assert a in eager_int8_linear._validated and b in eager_int8_linear._validated
+    assert b not in eager_int8_conv2d._validated
+    before = len(eager_int8_linear._validated)
+    del a
+    gc.collect()
+    assert len(eager_int8_linear._validated) == before - 1 and b in eager_int8_linear._validated
