@@ -19,7 +19,7 @@ import math
 import torch
 
 from .. import reference
-from . import support
+from . import gemm, native, support
 from .support import as_uint8, exact_integers, fall_back, packed, traced
 
 # lowp activation -> oneDNN post-op (name, scalars); gelu is not a qconv2d post-op in torch 2.13.
@@ -43,6 +43,53 @@ def _finite(a_scale: torch.Tensor, bias: torch.Tensor | None) -> bool:
     return math.isfinite(a_scale.item()) and (bias is None or math.isfinite(bias.sum(dtype=torch.float32).item()))
 
 
+# Small convolutions run as one int8 GEMM over their patches (torch._int_mm, then native.cpp's epilogue): oneDNN's
+# qconv2d_pointwise costs ~40 us a call whatever the size (primitive set-up inside the op), more than the whole
+# conv at batch 1. ConvNet at batch 1 on the CI machine (AMD EPYC, avx512_vnni, 2 threads, torch 2.13,
+# 2026-12-06), GEMM / oneDNN: conv1 (1 -> 32, 3x3, 28x28) 14 / 47 us, conv2 (32 -> 64, 26x26) 41 / 77 us; conv2
+# at batch 8 (1.3 MB of patches) 0.4 / 0.4 ms; at batch 256 oneDNN is twice as fast. The patches (N·OH·OW rows of
+# R·S·C int8) are copied once, so the bound is on their bytes.
+_GEMM_MAX_PATCHES = 2**20
+
+
+def _patch_bytes(x: torch.Tensor, w: torch.Tensor, stride, padding, dilation) -> int:
+    K, C, R, S = w.shape
+    oh, ow = (reference.conv_output_size(x.shape[d + 2], w.shape[d + 2], stride[d], padding[d], dilation[d])
+              for d in (0, 1))
+    return x.shape[0] * oh * ow * R * S * C
+
+
+def _conv_as_gemm(x, w, stride, padding, dilation, a_zero_point, b_sum, epilogue) -> torch.Tensor:
+    """int8_conv2d (groups 1) as a GEMM: the patches of x (padded with its zero point, which the epilogue's
+    zero_point · Σw term cancels, as the kernels do) times the (K, R·S·C) weight, exact int32, then the GEMM
+    epilogue on the (pixels, channels) matrix, which is the NHWC output."""
+    N, C, H, W = x.shape
+    K, _, R, S = w.shape
+    zp = 0 if a_zero_point is None else int(a_zero_point.item())
+    oh, ow = (reference.conv_output_size(x.shape[d + 2], w.shape[d + 2], stride[d], padding[d], dilation[d])
+              for d in (0, 1))
+    cpp = native.load()
+    if cpp is not None:
+        patches = cpp.im2col(x, R, S, *stride, *padding, *dilation, zp)
+    else:
+        nhwc = x.permute(0, 2, 3, 1)  # a view: x is channels_last
+        if any(padding):
+            nhwc = torch.nn.functional.pad(nhwc, (0, 0, padding[1], padding[1], padding[0], padding[0]), value=zp)
+        n_, h_, w_, c_ = nhwc.stride()
+        (sh, sw), (dh, dw) = stride, dilation
+        patches = nhwc.as_strided((N, oh, ow, R, S, C), (n_, h_ * sh, w_ * sw, h_ * dh, w_ * dw, c_))
+    acc = gemm.int_mm(patches.reshape(N * oh * ow, R * S * C), w.permute(0, 2, 3, 1).reshape(K, R * S * C))
+    a_scale = epilogue.pop("a_scale")
+    if a_scale is not None and a_scale.numel() != 1:  # one per image, repeated over its pixels
+        a_scale = a_scale.reshape(-1).repeat_interleave(oh * ow)
+    activation, out_dtype = epilogue.pop("activation"), epilogue["out_dtype"]
+    if a_zero_point is not None and b_sum is None:
+        b_sum = w.sum(dim=(1, 2, 3), dtype=torch.int32)
+    y = acc if out_dtype == torch.int32 else gemm.fused_epilogue(
+        acc, a_scale=a_scale, a_zero_point=a_zero_point, b_sum=b_sum, activation_name=activation, **epilogue)
+    return y.reshape(N, oh, ow, K).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+
+
 def int8_conv2d(x: torch.Tensor, w: torch.Tensor, *, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1,
                 a_scale=None, b_scale=None, bias=None, a_zero_point=None, b_sum=None, activation="none",
                 out_dtype=torch.int32, out_scale=None, out_zero_point=None) -> torch.Tensor:
@@ -60,6 +107,8 @@ def int8_conv2d(x: torch.Tensor, w: torch.Tensor, *, stride=(1, 1), padding=(0, 
         return reference.int8_conv2d(x, w, stride=stride, padding=padding, dilation=dilation, groups=groups,
                                      a_zero_point=a_zero_point, b_sum=b_sum, **epilogue)
     K = w.shape[0]
+    if groups == 1 and _patch_bytes(x, w, stride, padding, dilation) <= _GEMM_MAX_PATCHES:
+        return _conv_as_gemm(x, w, stride, padding, dilation, a_zero_point, b_sum, epilogue)
     # packed for this input shape: oneDNN then picks the weight layout for it (ConvNet conv2 at batch 1:
     # 0.057 ms vs 0.078 ms packed without a shape; batch 256: 8.7 vs 9.3 ms; CI machine, 2026-11-25)
     weight, ones, zeros = packed(w, ("qconv", *map(tuple, geometry[:3]), groups, tuple(x.shape)), lambda: (

@@ -22,7 +22,9 @@
 
 namespace {
 
-constexpr int64_t kGrain = 2048;  // elements per parallel task below which one thread does the work
+// elements per parallel task: below it one thread does the work (an OpenMP fork and join costs a few us,
+// more than a batch-1 layer's pass)
+constexpr int64_t kGrain = 32768;
 using Vec = at::vec::Vectorized<float>;
 using IVec = at::vec::Vectorized<int32_t>;
 constexpr int64_t kW = Vec::size();
@@ -163,10 +165,46 @@ at::Tensor gemm_epilogue(const at::Tensor& acc, const at::Tensor& a_scale, const
   return y;
 }
 
+// x (N, C, H, W) int8 channels_last -> its patches (N·OH·OW, R·S·C) int8, rows in (n, oh, ow) order, columns in
+// (r, s, c) order (a channels_last weight's), out-of-bounds taps filled with pad_value (x's zero point)
+at::Tensor im2col(const at::Tensor& x, int64_t R, int64_t S, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
+                  int64_t dh, int64_t dw, int64_t pad_value) {
+  TORCH_CHECK(x.dim() == 4 && x.scalar_type() == at::kChar && x.is_contiguous(at::MemoryFormat::ChannelsLast),
+              "lowp native: x (N, C, H, W) int8 channels_last");
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  const int64_t OH = (H + 2 * ph - dh * (R - 1) - 1) / sh + 1, OW = (W + 2 * pw - dw * (S - 1) - 1) / sw + 1;
+  auto out = at::empty({N * OH * OW, R * S * C}, x.options().memory_format(at::MemoryFormat::Contiguous));
+  const int8_t* xp = x.data_ptr<int8_t>();
+  int8_t* op = out.data_ptr<int8_t>();
+  const int64_t cols = R * S * C;
+  at::parallel_for(0, N * OH * OW, std::max<int64_t>(1, kGrain / std::max<int64_t>(cols, 1)),
+                   [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t n = row / (OH * OW), oh = row / OW % OH, ow = row % OW;
+      int8_t* dst = op + row * cols;
+      for (int64_t r = 0; r < R; ++r) {
+        const int64_t ih = oh * sh - ph + r * dh;
+        for (int64_t s = 0; s < S; ++s, dst += C) {
+          const int64_t iw = ow * sw - pw + s * dw;
+          if (ih < 0 || ih >= H || iw < 0 || iw >= W) {
+            for (int64_t c = 0; c < C; ++c) dst[c] = static_cast<int8_t>(pad_value);
+          } else {
+            const int8_t* src = xp + ((n * H + ih) * W + iw) * C;
+            for (int64_t c = 0; c < C; ++c) dst[c] = src[c];  // C is often small (1, 3): no memcpy call
+          }
+        }
+      }
+    }
+  });
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("quantize_rows_dynamic", &quantize_rows_dynamic);
   m.def("quantize_per_tensor", &quantize_per_tensor);
   m.def("gemm_epilogue", &gemm_epilogue);
+  m.def("im2col", &im2col);
+  m.def("vector_width", [] { return kW; }, "floats per vector register in this build (1: scalar code)");
 }

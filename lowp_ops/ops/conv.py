@@ -163,11 +163,14 @@ def _int8_conv2d(x, weight, stride, padding, dilation, groups, x_scale, weight_s
         x = dispatch("int8_conv2d", "quantize_channels_last", x, scale=flat(x_scale), zero_point=flat(x_zero_point))
     if x_zero_point is not None and weight_sum is None:
         weight_sum = weight.sum(dim=(1, 2, 3), dtype=torch.int32)
-    return dispatch("int8_conv2d", "int8_conv2d", x, weight, stride=list(stride), padding=list(padding),
-                    dilation=list(dilation), groups=groups, a_scale=flat(x_scale),
-                    b_scale=flat(weight_scale), bias=flat(bias), a_zero_point=flat(x_zero_point),
-                    b_sum=flat(weight_sum), activation=activation, out_dtype=out_dtype, out_scale=flat(out_scale),
-                    out_zero_point=flat(out_zero_point))
+    out = dispatch("int8_conv2d", "int8_conv2d", x, weight, stride=list(stride), padding=list(padding),
+                   dilation=list(dilation), groups=groups, a_scale=flat(x_scale),
+                   b_scale=flat(weight_scale), bias=flat(bias), a_zero_point=flat(x_zero_point),
+                   b_sum=flat(weight_sum), activation=activation, out_dtype=out_dtype, out_scale=flat(out_scale),
+                   out_zero_point=flat(out_zero_point))
+    # not a view (the CPU's GEMM path returns its (pixels, channels) matrix permuted): in-place ops after it stay
+    # legal with grad on, as after int8_mm
+    return out.detach()
 
 
 inference_only(int8_conv2d, "Int8Conv2d")

@@ -1,4 +1,6 @@
-"""lowp_ops/cpu/conv.py (oneDNN qconv2d) against lowp_ops.reference, on the kernels' conv geometries.
+"""lowp_ops/cpu/conv.py against lowp_ops.reference, on the kernels' conv geometries, along both of its paths (every
+test runs twice): oneDNN's qconv2d, and the GEMM over patches it takes for small convolutions (bit-exact: torch's
+exact int32 product and the reference's epilogue, in C++).
 
 Tolerances: int32 outputs bit-exact. Epilogues oneDNN cannot express (a scale per image, gelu) run the
 reference's float32 operations on oneDNN's exact accumulator: bit-exact. Fused epilogues run inside oneDNN in its
@@ -9,6 +11,7 @@ machine).
 """
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -19,6 +22,13 @@ from util import CONV_GEOMETRIES, assert_bitwise_equal, assert_onednn_close
 
 pytestmark = pytest.mark.skipif(support.missing() is not None, reason=f"no native CPU path: {support.missing()}")
 CL = torch.channels_last
+
+
+@pytest.fixture(autouse=True, params=["onednn", "gemm"])
+def path(request, monkeypatch):
+    """Which path the convolutions below take: the bound on patch bytes set to route every one of them."""
+    monkeypatch.setattr(cpu.conv, "_GEMM_MAX_PATCHES", -1 if request.param == "onednn" else 2**62)
+    return request.param
 
 
 def _case(name, *, per_image=False, zero_point=True):
@@ -45,13 +55,18 @@ def test_int32_output_bit_exact(name):
 @pytest.mark.parametrize("out_dtype", [torch.float32, torch.float16, torch.bfloat16, torch.int8])
 @pytest.mark.parametrize("activation", ["none", "relu", "relu6"])
 @pytest.mark.parametrize("name", CONV_GEOMETRIES)
-def test_fused_epilogue(name, activation, out_dtype):
+def test_fused_epilogue(name, activation, out_dtype, path):
     x, w, kw, epilogue = _case(name)
     kw.update(epilogue, activation=activation, out_dtype=out_dtype)
     if out_dtype == torch.int8:
         y = reference.int8_conv2d(x, w, **dict(kw, out_dtype=torch.float32))
         kw.update(out_scale=(y.abs().amax() / 90).reshape(1), out_zero_point=torch.tensor([7], dtype=torch.int32))
-    assert_onednn_close(cpu.int8_conv2d(x, w, **kw), reference.int8_conv2d(x, w, **kw))
+    out, expected = cpu.int8_conv2d(x, w, **kw), reference.int8_conv2d(x, w, **kw)
+    assert out.is_contiguous(memory_format=CL)
+    if path == "gemm" and kw["groups"] == 1:
+        assert_bitwise_equal(out, expected)
+    else:
+        assert_onednn_close(out, expected)
 
 
 @pytest.mark.parametrize("per_image, activation", [(True, "relu"), (False, "gelu"), (True, "gelu")])
@@ -67,14 +82,18 @@ def test_unfused_epilogue_bit_exact(name, out_dtype, per_image, activation):
     assert_bitwise_equal(out, reference.int8_conv2d(x, w, **kw))
 
 
-def test_accumulator_beyond_float32_falls_back_with_one_warning(monkeypatch):
-    # 128 · 128 · (C·R·S = 1152) > 2^24: oneDNN's float32 output cannot hold the raw int32 accumulator exactly
+def test_accumulator_beyond_float32_falls_back_with_one_warning(monkeypatch, path):
+    # 128 · 128 · (C·R·S = 1152) > 2^24: oneDNN's float32 output cannot hold the raw int32 accumulator exactly; the
+    # GEMM path's int32 one can
     monkeypatch.setattr(support, "_warned", set())  # said once per process: earlier tests may have said it
     x = torch.full((1, 128, 5, 5), -128, dtype=torch.int8).contiguous(memory_format=CL)
     w = torch.full((4, 128, 3, 3), -128, dtype=torch.int8).contiguous(memory_format=CL)
     kw = dict(stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1)
-    with pytest.warns(RuntimeWarning, match="int8_conv2d: no native CPU path .*2\\^24"):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         out = cpu.int8_conv2d(x, w, **kw)
+    said = [str(w.message) for w in caught if "2^24" in str(w.message)]
+    assert len(said) == (path == "onednn"), said
     assert (out == 128 * 128 * 1152).all()
 
 
@@ -90,6 +109,7 @@ def test_prepacked_weight_follows_in_place_writes():
 def test_traced_conv_says_it_holds_the_reference(monkeypatch):
     # aot_eager traces the op's body with fake tensors, as torch.compile and export do
     monkeypatch.setattr(support, "_warned", set())
+    torch._dynamo.reset()  # trace again: the other path's run of this test compiled the same graph
     x, w, kw, epilogue = _case("3x3 pad1 13x13")
     geometry = (kw["stride"], kw["padding"], kw["dilation"], kw["groups"])
     args = (x, w, *geometry, epilogue["a_scale"], epilogue["b_scale"], epilogue["bias"], epilogue["a_zero_point"])
