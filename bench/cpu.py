@@ -232,6 +232,7 @@ def bench_convnet(b: Bench) -> None:
                   "torch.ao static x86": ao_static_convnet(fp32, calib),
                   "lowp dynamic": lowp_ops.quantize_dynamic(fp32),
                   "lowp static": lowp_static(fp32, calib)}
+        models["lowp static compile"] = torch.compile(models["lowp static"], dynamic=False)
     runs = [(name, model, "native") for name, model in models.items()]
     runs += [(f"{name} (reference)", models[name], "reference") for name in ("lowp dynamic", "lowp static")]
     accs: dict[str, float] = {}

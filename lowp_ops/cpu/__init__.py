@@ -2,17 +2,20 @@
 through the libraries torch ships, peer of the Triton kernels (lowp_ops.kernels) under the ops layer.
 
 Same launcher names and signatures as lowp_ops.kernels (less `wrap`), arguments already validated by lowp_ops.ops:
-    quantize_rows(x, ...)            per-token / static quantization to int8 or e4m3: torch reductions + in-place
-                                     elementwise ops
+    quantize_rows(x, ...)            per-token / static quantization to int8 or e4m3: float32 to int8 in one C++ pass
+                                     (native.cpp), else torch reductions + in-place elementwise ops
     quantize_channels_last(x, ...)   float NCHW -> int8 NHWC, the layout change folded into the int8 cast
     per_tensor_qparams(x, ...)       int8_conv2d's dynamic per-tensor scale, computed on the host (no kernel has it:
                                      on CUDA the ops run the reference's)
     int8_gemm(a, b, ...)             oneDNN int8 matmul (qlinear) or torch._int_mm for the exact accumulator, then
-                                     lowp_ops.reference's epilogue: bit-exact with the reference on every output
+                                     lowp_ops.reference's epilogue (one C++ pass): bit-exact with the reference
     fp8_gemm(a, b, ...)              e4m3 operands widened to float32 and a float32 matmul (no fp8 arithmetic on CPUs),
                                      then the reference's epilogue
-    int8_conv2d(x, w, ...)           oneDNN int8 convolution (qconv2d) with the epilogue fused where oneDNN can
-                                     express it (requant may differ from the reference by 1 LSB; tested)
+    int8_conv2d(x, w, ...)           small convolutions: one GEMM over the patches, bit-exact; others: oneDNN's int8
+                                     convolution (qconv2d) with the epilogue fused where oneDNN can express it
+                                     (requant may differ from the reference by 1 LSB; tested)
+native.py builds native.cpp (the C++ passes) on first use; without a compiler the torch-op paths serve, slower at
+small sizes. Under torch.compile / torch.export the launchers run as opaque ops (lowp_cpu::*, ops/backends.py).
 The fp16 ops have no native CPU path here: they run lowp_ops.reference (float32 arithmetic) on CPU tensors.
 Where the CPU lacks int8 dot products (no VNNI) the GEMM and the convolution fall back to the reference, with one
 warning; the quantize ops need no special instructions.

@@ -18,6 +18,7 @@ import torch
 
 from lowp_ops import cpu, reference
 from lowp_ops.cpu import support
+from lowp_ops.cpu.support import traced
 from util import CONV_GEOMETRIES, assert_bitwise_equal, assert_onednn_close
 
 pytestmark = pytest.mark.skipif(support.missing() is not None, reason=f"no native CPU path: {support.missing()}")
@@ -106,20 +107,26 @@ def test_prepacked_weight_follows_in_place_writes():
     assert_bitwise_equal(cpu.int8_conv2d(x, w, **kw), reference.int8_conv2d(x, w, **kw))
 
 
-def test_traced_conv_says_it_holds_the_reference(monkeypatch):
-    # aot_eager traces the op's body with fake tensors, as torch.compile and export do
+def test_compiled_conv_runs_the_native_launcher(monkeypatch, path):
+    """torch.compile traces the op's body with fake tensors; the graph holds lowp_cpu::int8_conv2d (backends.py),
+    which runs this launcher when the compiled function runs: no reference fallback, the eager op's output."""
     monkeypatch.setattr(support, "_warned", set())
     torch._dynamo.reset()  # trace again: the other path's run of this test compiled the same graph
     x, w, kw, epilogue = _case("3x3 pad1 13x13")
     geometry = (kw["stride"], kw["padding"], kw["dilation"], kw["groups"])
     args = (x, w, *geometry, epilogue["a_scale"], epilogue["b_scale"], epilogue["bias"], epilogue["a_zero_point"])
+    calls = []
+    launcher = cpu.int8_conv2d
+    monkeypatch.setattr(cpu, "int8_conv2d", lambda *a, **k: calls.append(traced(a[0])) or launcher(*a, **k))
 
     def conv(*args):
         return torch.ops.lowp.int8_conv2d(*args, activation="relu")
 
-    with pytest.warns(RuntimeWarning, match="int8_conv2d: no native CPU path \\(traced by torch.compile / export"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "no native CPU path" fallback
         out = torch.compile(conv, backend="aot_eager", fullgraph=True)(*args)
-    assert_bitwise_equal(out, reference.int8_conv2d(x, w, **kw, **epilogue, activation="relu", out_dtype=out.dtype))
+    assert calls and not any(calls), "the compiled graph must call the launcher on real tensors"
+    assert_bitwise_equal(out, conv(*args))
 
 
 @pytest.mark.parametrize("out_dtype", [torch.float32, torch.int8])

@@ -123,3 +123,24 @@ def test_conv_ops_match_the_reference(groups, zero_point):
         assert_bitwise_equal(q, lowp_ops.quantize_channels_last(x, scale, zp))
         ref = lowp_ops.int8_conv2d(q, w, *args, activation="relu")
     assert_onednn_close(y, ref)
+
+
+@native
+def test_the_native_launchers_in_graphs_pass_opcheck():
+    """lowp_cpu::* (backends.py): what a compiled or exported graph calls for CPU tensors."""
+    from lowp_ops.ops import backends
+
+    a, b = int8(13, 19), int8(7, 19)
+    x = torch.randn(2, 5, 7, 9)
+    scale, zp = torch.tensor([0.03]), torch.tensor([-4], dtype=torch.int32)
+    conv_w = int8(6, 5, 3, 3).contiguous(memory_format=CL)
+    cases = [(backends._quantize_rows, (torch.randn(13, 19),), {"min_scale": quant.MIN_SCALE}),
+             (backends._quantize_rows, (torch.randn(13, 19), scale, zp), {}),
+             (backends._quantize_channels_last, (x, scale, zp), {}),
+             (backends._int8_gemm, (a, b), {}),
+             (backends._int8_gemm, (a, b, torch.rand(13), torch.rand(7), torch.randn(7)),
+              {"activation": "relu", "out_dtype": torch.float32}),
+             (backends._int8_conv2d, (int8(2, 5, 7, 9).contiguous(memory_format=CL), conv_w, [1, 1], [1, 1], [1, 1], 1,
+                                      scale, torch.rand(6), torch.randn(6), zp), {"out_dtype": torch.float32})]
+    for op, args, kwargs in cases:
+        torch.library.opcheck(op, args, kwargs)
