@@ -142,8 +142,8 @@ def convnet_section(device: str, args, report: pathlib.Path, timer, ran: str, is
               for r in rows]
     if is_speed and any(r.speedup_b1 < 1 for r in rows if r.name.startswith("int8")):
         batch1 = (f"Note: INT8 loses at batch 1 here because the FP32 forward is only {base.ms_b1:.2f} ms of work: "
-                  f"each int8 layer carries a fixed per-call cost (the custom op's Python dispatch, quantizing the "
-                  f"activations, the library call) that outweighs the arithmetic it saves. INT8 pays off once the "
+                  f"each int8 layer carries a fixed per-call cost (the Python around each library call, quantizing "
+                  f"the activations) that outweighs the arithmetic it saves. INT8 pays off once the "
                   f"arithmetic dominates: batch {args.batch} above, and the linear layer below.")
         lines += ["", batch1]
     if emulated:

@@ -46,20 +46,20 @@ def _finite(a_scale: torch.Tensor, bias: torch.Tensor | None) -> bool:
     return math.isfinite(a_scale.item()) and (bias is None or math.isfinite(bias.sum(dtype=torch.float32).item()))
 
 
-# Small convolutions run as one int8 GEMM over their patches (torch._int_mm, then native.cpp's epilogue): oneDNN's
-# qconv2d_pointwise costs ~40 us a call whatever the size (primitive set-up inside the op), more than the whole
-# conv at batch 1. ConvNet at batch 1 on the CI machine (AMD EPYC, avx512_vnni, 2 threads, torch 2.13,
-# 2026-12-06), GEMM / oneDNN: conv1 (1 -> 32, 3x3, 28x28) 14 / 47 us, conv2 (32 -> 64, 26x26) 41 / 77 us; conv2
-# at batch 8 (1.3 MB of patches) 0.4 / 0.4 ms; at batch 256 oneDNN is twice as fast. The patches (N·OH·OW rows of
-# R·S·C int8) are copied once, so the bound is on their bytes.
-_GEMM_MAX_PATCHES = 2**20
+# Small convolutions run as one int8 GEMM over their patches (native im2col, torch._int_mm, native.cpp's epilogue):
+# oneDNN's qconv2d_pointwise costs ~40 us a call whatever the size (primitive set-up inside the op), more than the
+# whole convolution at batch 1. Where the two cross goes with the output pixels N·OH·OW (the GEMM's rows), us per call
+# on the CI machine (AMD EPYC, avx512_vnni, 2 threads, torch 2.13, 2026-12-06; int8 out + relu; GEMM / oneDNN,
+# medians of 5 interleaved runs, the machine busy):
+#     ConvNet conv1 (1 -> 32, 3x3, 28x28):  b1 (676 px) 61 / 106, b2 75 / 110, b4 (2704 px) 122 / 120, b8 156 / 135
+#     ConvNet conv2 (32 -> 64, 3x3, 26x26): b1 (576 px) 75 / 140, b2 119 / 166, b4 (2304 px) 209 / 225, b8 385 / 333
+_GEMM_MAX_PIXELS = 2048
 
 
-def _patch_bytes(x: torch.Tensor, w: torch.Tensor, stride, padding, dilation) -> int:
-    K, C, R, S = w.shape
+def _output_pixels(x: torch.Tensor, w: torch.Tensor, stride, padding, dilation) -> int:
     oh, ow = (reference.conv_output_size(x.shape[d + 2], w.shape[d + 2], stride[d], padding[d], dilation[d])
               for d in (0, 1))
-    return x.shape[0] * oh * ow * R * S * C
+    return x.shape[0] * oh * ow
 
 
 def _conv_as_gemm(x, w, stride, padding, dilation, a_zero_point, b_sum, epilogue) -> torch.Tensor:
@@ -110,7 +110,7 @@ def int8_conv2d(x: torch.Tensor, w: torch.Tensor, *, stride=(1, 1), padding=(0, 
         return reference.int8_conv2d(x, w, stride=stride, padding=padding, dilation=dilation, groups=groups,
                                      a_zero_point=a_zero_point, b_sum=b_sum, **epilogue)
     K = w.shape[0]
-    if groups == 1 and _patch_bytes(x, w, stride, padding, dilation) <= _GEMM_MAX_PATCHES:
+    if groups == 1 and _output_pixels(x, w, stride, padding, dilation) <= _GEMM_MAX_PIXELS:
         return _conv_as_gemm(x, w, stride, padding, dilation, a_zero_point, b_sum, epilogue)
     # packed for this input shape: oneDNN then picks the weight layout for it (ConvNet conv2 at batch 1:
     # 0.057 ms vs 0.078 ms packed without a shape; batch 256: 8.7 vs 9.3 ms; CI machine, 2026-11-25)

@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <vector>
 #include <cmath>
+#include <cstring>
 #include <limits>
 
 namespace {
@@ -187,10 +188,12 @@ at::Tensor im2col(const at::Tensor& x, int64_t R, int64_t S, int64_t sh, int64_t
         for (int64_t s = 0; s < S; ++s, dst += C) {
           const int64_t iw = ow * sw - pw + s * dw;
           if (ih < 0 || ih >= H || iw < 0 || iw >= W) {
-            for (int64_t c = 0; c < C; ++c) dst[c] = static_cast<int8_t>(pad_value);
-          } else {
+            std::memset(dst, static_cast<int>(pad_value), C);
+          } else if (C >= 16) {
+            std::memcpy(dst, xp + ((n * H + ih) * W + iw) * C, C);
+          } else {  // a stem's 1 or 3 channels: a call per tap would cost more than the copy
             const int8_t* src = xp + ((n * H + ih) * W + iw) * C;
-            for (int64_t c = 0; c < C; ++c) dst[c] = src[c];  // C is often small (1, 3): no memcpy call
+            for (int64_t c = 0; c < C; ++c) dst[c] = src[c];
           }
         }
       }

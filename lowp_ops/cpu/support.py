@@ -50,8 +50,9 @@ def fall_back(op: str, reason: str) -> None:
 def traced(*tensors: torch.Tensor) -> bool:
     """True while torch.compile, torch.export or opcheck trace an op: tensors hold no data to read or cache.
     (torch._guards.detect_fake_mode says the same at ~30 us a call; this costs ~1 us, which batch 1 notices.)"""
-    return (torch.compiler.is_compiling() or torch._C._get_dispatch_mode(_FAKE_MODE) is not None
-            or any(isinstance(t, FakeTensor) for t in tensors))
+    if torch._C._get_dispatch_mode(_FAKE_MODE) is not None or torch.compiler.is_compiling():
+        return True
+    return any(type(t) is not torch.Tensor and isinstance(t, FakeTensor) for t in tensors)  # plain ones first
 
 
 _packs = WeakIdKeyDictionary()

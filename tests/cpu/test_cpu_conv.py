@@ -27,8 +27,8 @@ CL = torch.channels_last
 
 @pytest.fixture(autouse=True, params=["onednn", "gemm"])
 def path(request, monkeypatch):
-    """Which path the convolutions below take: the bound on patch bytes set to route every one of them."""
-    monkeypatch.setattr(cpu.conv, "_GEMM_MAX_PATCHES", -1 if request.param == "onednn" else 2**62)
+    """Which path the convolutions below take: the bound on output pixels set to route every one of them."""
+    monkeypatch.setattr(cpu.conv, "_GEMM_MAX_PIXELS", -1 if request.param == "onednn" else 2**62)
     return request.param
 
 
