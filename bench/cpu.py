@@ -114,10 +114,13 @@ def ao_dynamic(model: nn.Module) -> nn.Module:
         return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
 
 
-def lowp_static(model: nn.Module, calib: list[torch.Tensor]) -> nn.Module:
+def lowp_static(model: nn.Module, calib: list[torch.Tensor], time_layers: torch.Tensor | None = None) -> nn.Module:
+    """prepare / calibrate / convert; time_layers: an input to time each layer on (convert's time_layers)."""
     prepared = lowp_ops.prepare(model)
     lowp_ops.calibrate(prepared, calib, progress=False)
-    return lowp_ops.convert(prepared)
+    if time_layers is None:
+        return lowp_ops.convert(prepared)
+    return lowp_ops.convert(prepared, time_layers=True, example_inputs=time_layers)
 
 
 _CALLS_PER_TURN = 3  # timed calls a row makes in its turn, after one untimed call that warms its caches again
@@ -233,6 +236,8 @@ def bench_convnet(b: Bench) -> None:
                   "lowp dynamic": lowp_ops.quantize_dynamic(fp32),
                   "lowp static": lowp_static(fp32, calib)}
         models["lowp static compile"] = torch.compile(models["lowp static"], dynamic=False)
+        # layers timed against float at batch 1 on this machine; the slower stay float (kept for both batches)
+        models["lowp static time_layers@b1"] = lowp_static(fp32, calib, time_layers=vx[:1])
     runs = [(name, model, "native") for name, model in models.items()]
     runs += [(f"{name} (reference)", models[name], "reference") for name in ("lowp dynamic", "lowp static")]
     accs: dict[str, float] = {}

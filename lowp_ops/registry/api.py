@@ -25,7 +25,7 @@ from torch import nn
 from torch.utils._pytree import tree_map
 
 from ..quant.observers import OBSERVERS
-from . import graph
+from . import graph, timing
 from .configs import CONFIG_NAMES, Int8StaticConfig, LowpConfig
 from .fusion import apply_fusions, int8_outputs
 from .handlers import LayerContext, QParams, registered_types
@@ -81,7 +81,7 @@ def _analyse(model: nn.Module, layers: set[str], example: graph.Example | None, 
 
 def quantize(model: nn.Module, config: LowpConfig, *, filter_fn: FilterFn | None = None,
              overrides: Mapping[str, LowpConfig | None] | None = None, example_inputs=None,
-             inplace: bool = False) -> nn.Module:
+             inplace: bool = False, time_layers: bool = False) -> nn.Module:
     """Convert (or, for static and QAT configs, prepare) every layer a handler converts under `config`.
 
     model:           any nn.Module. Copied first unless inplace=True (torchao's quantize_ works in place and
@@ -97,6 +97,10 @@ def quantize(model: nn.Module, config: LowpConfig, *, filter_fn: FilterFn | None
     example_inputs:  one call's inputs (a tensor, a tuple of positional arguments, or a dict of keyword
                      arguments), for torch.export to read the model's graph; without it the analysis falls back to
                      torch.fx or nn.Sequential order, which may fuse less.
+    time_layers:     time each converted layer against its float original on this machine at example_inputs'
+                     shapes (required then), and leave float every layer that is slower converted, with both times
+                     in lowp_report (registry/timing.py). For the configs converted at once; for static INT8 pass it
+                     to convert.
 
     Linear / Conv2d (and registered types, transformers' Conv1D among them) are replaced; a BatchNorm2d after a
     converted conv is folded into it and a relu after a converted layer fused into it (static INT8: at convert).
@@ -118,18 +122,32 @@ def quantize(model: nn.Module, config: LowpConfig, *, filter_fn: FilterFn | None
         raise TypeError(f"quantize: config must be a lowp config ({CONFIG_NAMES}), got {type(config).__name__} "
                         f"{config!r}")
     return apply_config("quantize", model, config, filter_fn=filter_fn, overrides=overrides,
-                        example_inputs=example_inputs, inplace=inplace)
+                        example_inputs=example_inputs, inplace=inplace, time_layers=time_layers)
 
 
 def apply_config(caller: str, model: nn.Module, config: LowpConfig, *, filter_fn, overrides, example_inputs,
-                 inplace: bool, named: Collection[str] | None = None) -> nn.Module:
+                 inplace: bool, named: Collection[str] | None = None, time_layers: bool = False) -> nn.Module:
     """What quantize does, with errors naming `caller` (the workflow the user called): check the arguments, plan
     the layers, then convert them (configs applied at once) or prepare them (static: observers; QAT: QAT modules).
     named: the layer names the user gave (default: the overrides keys), which convert a layer tied to a float
-    module anyway (see plan)."""
+    module anyway (see plan). time_layers: convert a copy first, time it layer by layer against model, and convert
+    again with the slower layers left float (timing.py)."""
     check_common(caller, model, filter_fn, inplace)
     overrides = check_overrides(caller, config, overrides)
     example = as_example(caller, example_inputs)
+    if time_layers:
+        trial, slow = _slower_layers(caller, model, config, example, lambda m: apply_config(
+            caller, m, config, filter_fn=filter_fn, overrides=overrides, example_inputs=example_inputs,
+            inplace=True, named=named))
+        if set(slow) >= set(trial.lowp_report.swapped):  # nothing pays here: the model as it was, saying why
+            kept = model if inplace else copy.deepcopy(model)
+            kept.lowp_report = SwapReport(skipped={**trial.lowp_report.skipped, **slow})
+            return kept
+        converted = apply_config(caller, model, config, filter_fn=filter_fn,
+                                 overrides={**overrides, **dict.fromkeys(slow)}, example_inputs=example_inputs,
+                                 inplace=inplace, named=overrides if named is None else named)
+        converted.lowp_report.skipped.update(slow)
+        return converted
     report = SwapReport()
     if getattr(model, "qconfig", None) is not None:
         report.notes.append(f"{caller}: model.qconfig (torch.ao's) is not read; lowp takes its config as an argument")
@@ -153,6 +171,20 @@ def apply_config(caller: str, model: nn.Module, config: LowpConfig, *, filter_fn
     if example is None:  # convert's analysis will use the first calibration (or training) call
         model.register_forward_pre_hook(_record_example, with_kwargs=True)
     return model
+
+
+def _slower_layers(caller: str, model: nn.Module, config: LowpConfig, example: graph.Example | None,
+                   convert_copy) -> tuple[nn.Module, dict[str, str]]:
+    """(the trial conversion, name -> why it stays float (timing.slower_than_float)), for a workflow that converts
+    at once: convert_copy converts a copy of model in place, which is timed against model."""
+    if deferred(config) is not None:
+        raise ValueError(f"{caller}: time_layers times converted layers, and {type(config).__name__} converts at "
+                         f"lowp_ops.convert: pass time_layers=True there")
+    if example is None:
+        raise ValueError(f"{caller}: time_layers=True times each layer at the shapes of one call: give "
+                         f"example_inputs= (a call's inputs at the batch size you will serve)")
+    trial = convert_copy(copy.deepcopy(model))
+    return trial, timing.slower_than_float(trial, model, trial.lowp_report.swapped, example)
 
 
 def _say_batchnorm_mode(caller: str, model: nn.Module, analysis: graph.Analysis, report: SwapReport) -> None:
@@ -226,7 +258,8 @@ def _remove_hooks(module: nn.Module, hook) -> None:
 # ------------------------------------------------------------------------------------------------- convert
 
 
-def convert(model: nn.Module, mapping=None, inplace: bool = False) -> nn.Module:
+def convert(model: nn.Module, mapping=None, inplace: bool = False, *, time_layers: bool = False,
+            example_inputs=None) -> nn.Module:
     """Static INT8, last step: a prepared-and-calibrated (or QAT-trained) model -> Int8Linear / Int8Conv2d with
     fixed input scales. The model is copied first unless inplace=True. torch.ao's positional form
     convert(model, None, True) works; mapping (torch.ao's float -> quantized module table) must be None: lowp's
@@ -241,6 +274,10 @@ def convert(model: nn.Module, mapping=None, inplace: bool = False) -> nn.Module:
 
     Refuses (ValueError) a layer whose observer saw NaN or inf; warns about a layer whose calibration inputs were a
     single value (all zero, a constant), whose scale would saturate every other input.
+
+    time_layers (static INT8): time each converted layer against its float original on this machine, on
+    example_inputs (default: the first calibration call; give one at the batch size you will serve), and leave
+    float every layer that is slower converted, with both times in lowp_report (registry/timing.py).
 
     >>> import torch, lowp_ops
     >>> prepared = lowp_ops.prepare(torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(),
@@ -261,6 +298,22 @@ def convert(model: nn.Module, mapping=None, inplace: bool = False) -> nn.Module:
                          "lowp_ops.calibrate(model, data), or lowp_ops.prepare_qat(model) and train, first")
     static = state.kind is Int8StaticConfig
     _check_observed(model, state.configs, static)
+    slow = {}
+    if time_layers:
+        if not static:
+            raise ValueError("convert: time_layers times converted layers against their float originals, and a "
+                             "QAT model's layers are fake-quantized, not float: time the float model's layers "
+                             "instead (lowp_ops.quantize(..., time_layers=True) or a static prepare)")
+        example = state.example if example_inputs is None else as_example("convert", example_inputs)
+        if example is None:
+            raise ValueError("convert: time_layers=True times each layer at the shapes of one call: calibrate first, "
+                             "or give example_inputs=")
+        float_twin = _without_observers(copy.deepcopy(model), state)
+        del float_twin._lowp_prepared
+        slow = timing.slower_than_float(convert(copy.deepcopy(model)), float_twin, state.configs, example)
+    elif example_inputs is not None:
+        raise ValueError("convert: example_inputs is the call time_layers=True times layers on; without it, "
+                         "convert reads the model on its first calibration call (or prepare's example_inputs)")
     model = (model if inplace else copy.deepcopy(model)).eval()
     report = copy.deepcopy(state.report)
     qparams = {}
@@ -268,26 +321,35 @@ def convert(model: nn.Module, mapping=None, inplace: bool = False) -> nn.Module:
         qparams[fqn] = _input_qparams(fqn, model.get_submodule(fqn), static)
     # The calibration machinery goes before the analysis: torch.export runs the forward, and observers must not
     # see its tracing tensors. (A QAT module's observer is its own, frozen in eval mode.)
-    _remove_hooks(model, _record_example)
-    for fqn in state.configs:
-        layer = model.get_submodule(fqn)
-        _remove_hooks(layer, _observe_input)
-        if static:
-            del layer.input_observer
-    analysis = _analyse(model, set(state.configs), state.example, report, "convert")
+    _without_observers(model, state)
+    configs = {fqn: cfg for fqn, cfg in state.configs.items() if fqn not in slow}
+    report.skipped.update(slow)
+    analysis = _analyse(model, set(configs), state.example, report, "convert")
     # after prepare_qat (which folded and fused already) this normally finds nothing left to do
     activations = apply_fusions(model, analysis, report)
-    outputs = int8_outputs(model, analysis, state.configs, qparams, report, trained=not static)
+    outputs = int8_outputs(model, analysis, configs, qparams, report, trained=not static)
 
     def context(fqn: str) -> LayerContext:
         return LayerContext(activation=activations.get(fqn, "none"), input_qparams=qparams[fqn],
                             output_qparams=outputs.get(fqn))
 
-    swap(model, state.configs, report, context, "convert")
+    swap(model, configs, report, context, "convert")
     for producer in outputs:  # its consumer now reads int8 codes, and looks int8 to code that casts to weight.dtype
         model.get_submodule(analysis.edges[producer].consumer).int8_input = True
     del model._lowp_prepared
     model.lowp_report = report
+    return model
+
+
+def _without_observers(model: nn.Module, state: _Prepared) -> nn.Module:
+    """A prepared model without its calibration hooks and observers (QAT modules keep theirs): the float model
+    for static INT8."""
+    _remove_hooks(model, _record_example)
+    for fqn in state.configs:
+        layer = model.get_submodule(fqn)
+        _remove_hooks(layer, _observe_input)
+        if state.kind is Int8StaticConfig:
+            del layer.input_observer
     return model
 
 

@@ -77,7 +77,7 @@ def _config(caller: str, config, wanted: type[LowpConfig]) -> LowpConfig:
 def quantize_dynamic(model: nn.Module, qconfig_spec=None, dtype: torch.dtype = torch.qint8, mapping=None,
                      inplace: bool = False, *, config: Int8DynamicConfig | Fp16Config | Fp8DynamicConfig | None = None,
                      filter_fn: FilterFn | None = None, overrides: Mapping[str, LowpConfig | None] | None = None,
-                     example_inputs=None) -> nn.Module:
+                     example_inputs=None, time_layers: bool = False) -> nn.Module:
     """Weights converted now, activations handled at run time: torch.ao.quantization.quantize_dynamic's call,
     on lowp's modules.
 
@@ -99,7 +99,7 @@ def quantize_dynamic(model: nn.Module, qconfig_spec=None, dtype: torch.dtype = t
     config:          the config for dtype (Int8DynamicConfig for qint8, Fp16Config for float16, Fp8DynamicConfig
                      for float8_e4m3fn) given to every layer qconfig_spec selects (all of them when it is None);
                      not with a dict qconfig_spec.
-    filter_fn, overrides, example_inputs:  as lowp_ops.quantize; overrides win over qconfig_spec.
+    filter_fn, overrides, example_inputs, time_layers:  as lowp_ops.quantize; overrides win over qconfig_spec.
 
     Returns the converted model; its `lowp_report` says what was converted and what was not. A model in training
     mode is converted as in eval mode (BatchNorm folded with its running statistics), with a warning and a note.
@@ -140,7 +140,7 @@ def quantize_dynamic(model: nn.Module, qconfig_spec=None, dtype: torch.dtype = t
         overrides.update({fqn: cfg for fqn, cfg in per_layer.items()
                           if fqn and not any(matches(key, fqn) for key in overrides)})
     return apply_config(caller, model, config, filter_fn=filter_fn, overrides=overrides,
-                        example_inputs=example_inputs, inplace=inplace, named=named)
+                        example_inputs=example_inputs, inplace=inplace, named=named, time_layers=time_layers)
 
 
 def _from_qconfig_spec(caller: str, model: nn.Module, spec, config: LowpConfig,
