@@ -26,7 +26,9 @@ from .._validate import (
 
 def flat(t: Tensor | None) -> Tensor | None:
     """Per-row / per-column / per-tensor parameters as the contiguous 1-D vectors the kernels index."""
-    return None if t is None else t.reshape(-1).contiguous()
+    if t is None or (t.ndim == 1 and t.is_contiguous()):  # a module's scales already are: no view ops per call
+        return t
+    return t.reshape(-1).contiguous()
 
 
 def rows(x: Tensor) -> tuple[int, int]:

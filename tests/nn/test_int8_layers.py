@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import lowp_ops
 from lowp_ops import quant
 from lowp_ops.nn import Int8Conv2d, Int8Linear
 from util import assert_bitwise_equal, reference_path, trained_batchnorms
@@ -88,6 +89,30 @@ def test_compile_fullgraph_int8_model():
     torch._dynamo.reset()
     compiled = torch.compile(model, fullgraph=True)
     torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("static", [False, True])
+def test_compile_dynamic_one_graph_for_every_batch(static):
+    """torch.compile(dynamic=True) of a converted model: one graph for M = 2..64 (dynamo gives size 1 a graph of
+    its own), each call the eager model's output; the native launchers run inside it (ops/backends.py)."""
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(0)
+    float_model = nn.Sequential(nn.Linear(64, 96), nn.ReLU(), nn.Linear(96, 10)).eval()
+    if static:
+        prepared = lowp_ops.prepare(float_model)
+        lowp_ops.calibrate(prepared, [torch.randn(32, 64)], progress=False)
+        model = lowp_ops.convert(prepared)
+    else:
+        model = lowp_ops.quantize_dynamic(float_model)
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(model, dynamic=True)
+    with torch.no_grad():
+        for m in (2, 3, 5, 9, 17, 64):
+            x = torch.randn(m, 64)
+            assert_bitwise_equal(compiled(x), model(x))
+    assert counters["stats"]["unique_graphs"] == 1
 
 
 def test_int8_linear_module_static_and_int8_input():
