@@ -16,7 +16,8 @@ $(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) "$(TORCH)"
 	$(PIP) -e ".[dev]"
-	$(PY) -m lowp_ops.cpu.native  # the C++ CPU kernels, built once (~30 s); without a compiler lowp warns and goes on
+	# the C++ CPU kernels (lowp_ops/cpu/native.py), built once (~30 s); without a compiler lowp warns and goes on
+	$(PY) -c "from lowp_ops.cpu import native; print('lowp C++ CPU kernels:', 'built' if native.load() else 'not built')"
 	touch $@
 
 demo: $(VENV)/.installed

@@ -52,6 +52,3 @@ def load():
                       RuntimeWarning, stacklevel=2)
         return None
 
-
-if __name__ == "__main__":  # `python -m lowp_ops.cpu.native`: build it now (make does, after installing)
-    print("lowp C++ CPU kernels:", "built" if load() is not None else "unavailable (see the warning)")

@@ -116,20 +116,22 @@ def check_static_qparams(op: str, x: Tensor, scale: Tensor, zero_point: Tensor |
     check_zero_point(op, "zero_point", zero_point, ("x", x))
 
 
-def _signature(args: tuple) -> tuple | None:
+def _signature(args: tuple) -> tuple[tuple, list[Tensor]] | None:
     """What an op's validation depends on: x's dtype, shape, strides and device, and for every other argument its
-    value, or for a tensor its identity and version (an in-place write moves the version; None where a tensor has
-    no version counter: made under torch.inference_mode, so its writes go unseen, or not a plain tensor)."""
+    value, or for a tensor its identity and version (an in-place write moves the version); with the tensors. None
+    where a tensor has no version counter (made under torch.inference_mode, so its writes go unseen) or is not a
+    plain tensor."""
     x = args[0]
-    key = [x.dtype, x.shape, x.stride(), x.device]
+    key, tensors = [x.dtype, x.shape, x.stride(), x.device], []
     for a in args[1:]:
         if isinstance(a, Tensor):
             if type(a) is not Tensor or a.is_inference():
                 return None
             key.append((id(a), a._version))
+            tensors.append(a)
         else:
             key.append(a)
-    return tuple(key)
+    return tuple(key), tensors
 
 
 def _eager_plain(x) -> bool:
@@ -152,23 +154,27 @@ class Lane:
 
     op: the torch.ops.lowp op; check(*args) -> the output dtype (None resolved), raising on bad arguments, as the
     op does first (it may take only the op's leading arguments); body(*args) the rest of the op, with out_dtype
-    resolved. Lanes are remembered per owner (the
-    module) for its last signature, holding the argument tensors so that their ids stay theirs."""
+    resolved. Lanes are remembered per owner (the module) for its last signature, with weak references to the
+    argument tensors: an id is a tensor's only while it lives, and a lane must not keep a module's old weights
+    alive after .to(device) replaced them."""
 
     def __init__(self, op, check: Callable, body: Callable) -> None:
         self.op, self.check, self.body = op, check, body
         self.out_index = list(inspect.signature(body).parameters).index("out_dtype")
         self.checked = len(inspect.signature(check).parameters)  # the op's leading arguments check() takes
-        self._validated: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # owner -> (signature, dtype, args)
+        # owner -> (signature, output dtype, weak references to the signature's tensors)
+        self._validated: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     def __call__(self, owner: object, *args) -> Tensor:
         if not _eager_plain(args[0]):
             return self.op(*args)
-        key = _signature(args)
-        if key is None:
+        signed = _signature(args)
+        if signed is None:
             return self.op(*args)
+        key, tensors = signed
         seen = self._validated.get(owner)
-        if seen is None or seen[0] != key:
-            seen = self._validated[owner] = (key, self.check(*args[:self.checked]), args[1:])
+        if seen is None or seen[0] != key or any(ref() is not t for ref, t in zip(seen[2], tensors, strict=True)):
+            seen = (key, self.check(*args[:self.checked]), tuple(weakref.ref(t) for t in tensors))
+            self._validated[owner] = seen
         i = self.out_index
         return self.body(*args[:i], seen[1], *args[i + 1:])

@@ -4,6 +4,7 @@ bit for bit; every call that something must see (autograd, tracing, dispatch mod
 change to the module's tensors escapes validation."""
 
 import gc
+import weakref
 
 import pytest
 import torch
@@ -152,3 +153,16 @@ def test_lanes_are_per_module():
     del a
     gc.collect()
     assert len(eager_int8_linear._validated) == before - 1 and b in eager_int8_linear._validated
+
+
+def test_a_lane_keeps_no_tensor_alive():
+    """After the module's buffers are replaced (.to(device), load_state_dict(assign=True), assignment), the lane
+    holds only weak references to the old ones: their memory goes."""
+    layer = _linear(**_STATIC)
+    layer(torch.randn(2, 19))
+    old = weakref.ref(layer.qweight)
+    layer.qweight = layer.qweight.clone()
+    gc.collect()
+    assert old() is None
+    x = torch.randn(2, 19)
+    assert_bitwise_equal(layer(x), _by_op(layer, x))  # validated again with the new buffer
