@@ -36,14 +36,18 @@ def dispatched_ops(model: nn.Module, x: torch.Tensor) -> Counter:
 
 
 def convert_all(fp32: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, *, qat_epochs: int = 1,
-                calibration_batches: int = 8, seed: int = 0) -> dict[str, nn.Module]:
+                calibration_batches: int = 8, seed: int = 0,
+                time_at: torch.Tensor | None = None) -> dict[str, nn.Module]:
     """A trained FP32 model -> {scheme: model}: FP32 itself, INT8 dynamic, INT8 static (calibrated on the first
     calibration_batches x 64 training images), INT8 QAT (fine-tuned from the FP32 weights at a tenth of the
-    learning rate), FP16. `qat_epochs=0` leaves QAT out."""
+    learning rate), FP16. `qat_epochs=0` leaves QAT out. time_at: an input batch; adds "int8 static, timed", INT8
+    static converted with time_layers=True on it (the layers slower than FP32 there stay FP32)."""
     models = {"fp32": fp32, "int8 dynamic": registry.quantize_dynamic(fp32)}
     prepared = registry.prepare(fp32)
     registry.calibrate(prepared, (train_x[i:i + 64] for i in range(0, 64 * calibration_batches, 64)), progress=False)
     models["int8 static"] = registry.convert(prepared)
+    if time_at is not None:
+        models["int8 static, timed"] = registry.convert(prepared, time_layers=True, example_inputs=time_at)
     if qat_epochs:
         qat = registry.prepare_qat(fp32)
         train(qat, train_x, train_y, epochs=qat_epochs, lr=1e-4, seed=seed + 1)
