@@ -39,26 +39,37 @@ def int_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch._int_mm(_dense(a), _dense(b).T)
 
 
-def _qlinear_acc(a: torch.Tensor, b: torch.Tensor, zero_point: int):
-    """Σ_k (a[m, k] − zero_point) · b[n, k] as float32 from oneDNN, or None when a value is too large to be exact."""
+def _qlinear_acc(a: torch.Tensor, b: torch.Tensor, zero_point: int) -> torch.Tensor:
+    """Σ_k (a[m, k] − zero_point) · b[n, k] as float32 from oneDNN, exact only while every value stays below 2^24
+    (exact_integers, or native.cpp's epilogue, checks)."""
     N = b.shape[0]
     weight, ones, zeros = packed(b, ("qlinear",), lambda: (torch.ops.onednn.qlinear_prepack(_dense(b), None),
                                                            torch.ones(N), torch.zeros(N, dtype=torch.int64)))
-    acc = torch.ops.onednn.qlinear_pointwise(as_uint8(a), 1.0, zero_point + 128, weight, ones, zeros, None, 1.0, 0,
-                                             torch.float32, "none", [], "")
-    return acc if exact_integers(acc) else None
+    return torch.ops.onednn.qlinear_pointwise(as_uint8(a), 1.0, zero_point + 128, weight, ones, zeros, None, 1.0, 0,
+                                              torch.float32, "none", [], "")
 
 
-_NATIVE_ACTIVATIONS = {"none": 0, "relu": 1, "relu6": 2}  # native.cpp's epilogue codes; gelu stays with torch
+_NATIVE_ACTIVATIONS = {"none": 0, "relu": 1, "relu6": 2}  # native.cpp's epilogue codes
 _ABSENT = torch.empty(0)
+
+
+def _cpp_for(acc: torch.Tensor, activation: str, out_dtype: torch.dtype):
+    """native.cpp's module where it finishes this epilogue: relu-type activations to any output, gelu (torch's, after
+    the C++ pass) to a float one; none for the raw int32 accumulator or a traced call."""
+    if out_dtype == torch.int32 or traced(acc):
+        return None
+    if activation in _NATIVE_ACTIVATIONS or (activation == "gelu" and out_dtype != torch.int8):
+        return native.load()
+    return None
 
 
 def fused_epilogue(acc: torch.Tensor, *, out_dtype, a_scale=None, b_scale=None, bias=None, a_zero_point=None,
                    b_sum=None, activation_name="none", out_scale=None, out_zero_point=None) -> torch.Tensor:
-    """reference.gemm_epilogue of an int32 accumulator, in one C++ pass (native.cpp) where it applies, bit-exact
-    with the reference's torch ops."""
-    cpp = native.load() if activation_name in _NATIVE_ACTIVATIONS and out_dtype != torch.int32 \
-        and not traced(acc) else None
+    """reference.gemm_epilogue of an int32 accumulator (or oneDNN's float32 one, zero point subtracted), in one C++
+    pass (native.cpp) where it applies, bit-exact with the reference's torch ops (gelu: the reference's, on the C++
+    pass's float32 output). A float32 accumulator holding a value of 2^24 or more (inexact) gives an empty tensor
+    from the C++ pass: the caller recomputes in int32."""
+    cpp = _cpp_for(acc, activation_name, out_dtype)
     if cpp is None:
         return reference.gemm_epilogue(acc, out_dtype=out_dtype, a_scale=a_scale, b_scale=b_scale, bias=bias,
                                        a_zero_point=a_zero_point, b_sum=b_sum, activation_name=activation_name,
@@ -66,9 +77,13 @@ def fused_epilogue(acc: torch.Tensor, *, out_dtype, a_scale=None, b_scale=None, 
     requant = out_dtype == torch.int8
     y = cpp.gemm_epilogue(acc, _ABSENT if a_scale is None else a_scale, _ABSENT if b_scale is None else b_scale,
                           _ABSENT if bias is None else bias.float(), _ABSENT if a_zero_point is None else a_zero_point,
-                          _ABSENT if b_sum is None else b_sum, _NATIVE_ACTIVATIONS[activation_name],
+                          _ABSENT if b_sum is None else b_sum, _NATIVE_ACTIVATIONS.get(activation_name, 0),
                           out_scale.item() if requant else -1.0,
                           int(out_zero_point.item()) if requant and out_zero_point is not None else 0)
+    if y.numel() != acc.numel():  # inexact float accumulator
+        return y
+    if activation_name == "gelu":
+        y = reference.activation(y, "gelu")
     return y if out_dtype in (torch.float32, torch.int8) else y.to(out_dtype)
 
 
@@ -92,9 +107,12 @@ def int8_gemm(a: torch.Tensor, b: torch.Tensor, *, out_dtype=torch.int32, activa
     per_tensor_zp = a_zero_point is None or a_zero_point.numel() == 1
     if per_tensor_zp and M >= 2 and N * K >= _QLINEAR_MIN_WEIGHT and not traced(a, b):
         zp = 0 if a_zero_point is None else int(a_zero_point.item())
-        acc = _qlinear_acc(a, b, zp)
-        if acc is not None:  # the zero point is already subtracted
-            if out_dtype == torch.int32:
-                return acc.to(torch.int32)
-            return reference.gemm_epilogue(acc, out_dtype=out_dtype, **epilogue)
+        acc = _qlinear_acc(a, b, zp)  # the zero point is already subtracted
+        if _cpp_for(acc, epilogue["activation_name"], out_dtype) is not None:  # exactness checked on the way
+            y = fused_epilogue(acc, out_dtype=out_dtype, **epilogue)
+            if y.numel() == acc.numel():
+                return y
+        elif exact_integers(acc):
+            return acc.to(torch.int32) if out_dtype == torch.int32 else reference.gemm_epilogue(
+                acc, out_dtype=out_dtype, **epilogue)
     return fused_epilogue(int_mm(a, b), out_dtype=out_dtype, a_zero_point=a_zero_point, b_sum=b_sum, **epilogue)

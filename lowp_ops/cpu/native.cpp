@@ -16,6 +16,7 @@
 #include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
+#include <atomic>
 #include <vector>
 #include <cmath>
 #include <cstring>
@@ -116,14 +117,22 @@ at::Tensor quantize_per_tensor(const at::Tensor& x, double scale, int64_t zero_p
 //   y = ((acc − a_zp[m] · b_sum[n]) · a_scale[m]) · b_scale[n] + bias[n], then none / relu / relu6
 // (reference.gemm_epilogue's order of float32 operations). a_scale / a_zp: M values or one; b_scale: N or one;
 // bias, b_sum: N values; empty tensors for absent ones. activation: 0 none, 1 relu, 2 relu6.
+// acc may also be float32 holding integers (oneDNN's int8 matmul with unit scales, zero point already subtracted):
+// it is then checked on the way, and an empty tensor comes back if a value reaches 2^24, beyond which float32
+// holds no exact integer (the caller takes the int32 path instead).
 at::Tensor gemm_epilogue(const at::Tensor& acc, const at::Tensor& a_scale, const at::Tensor& b_scale,
                          const at::Tensor& bias, const at::Tensor& a_zp, const at::Tensor& b_sum, int64_t activation,
                          double out_scale, int64_t out_zero_point) {
-  TORCH_CHECK(acc.dim() == 2 && acc.scalar_type() == at::kInt && acc.is_contiguous(), "lowp native: acc int32");
+  const bool exact = acc.scalar_type() == at::kInt;
+  TORCH_CHECK(acc.dim() == 2 && (exact || acc.scalar_type() == at::kFloat) && acc.is_contiguous(),
+              "lowp native: acc (M, N) int32 or float32");
+  TORCH_CHECK(exact || !a_zp.numel(), "lowp native: a float acc has its zero point subtracted already");
   const int64_t M = acc.size(0), N = acc.size(1);
   const bool requant = out_scale > 0;
   auto y = at::empty({M, N}, acc.options().dtype(requant ? at::kChar : at::kFloat));
-  const int32_t* ap = acc.data_ptr<int32_t>();
+  const int32_t* ap = exact ? acc.data_ptr<int32_t>() : nullptr;
+  const float* af = exact ? nullptr : acc.data_ptr<float>();
+  std::atomic<bool> inexact{false};
   const float* as = a_scale.numel() ? a_scale.data_ptr<float>() : nullptr;
   const float* bs = b_scale.numel() ? b_scale.data_ptr<float>() : nullptr;
   const float* bp = bias.numel() ? bias.data_ptr<float>() : nullptr;
@@ -138,17 +147,25 @@ at::Tensor gemm_epilogue(const at::Tensor& acc, const at::Tensor& a_scale, const
   at::parallel_for(0, M, std::max<int64_t>(1, kGrain / std::max<int64_t>(N, 1)), [&](int64_t begin, int64_t end) {
     std::vector<float> buffer(requant ? N : 0);
     const Vec zero(0.0f), six(6.0f), inv(inv_out);
+    Vec largest(0.0f);  // of |float acc|
     for (int64_t m = begin; m < end; ++m) {
-      const int32_t* row = ap + m * N;
+      const int32_t* row = exact ? ap + m * N : nullptr;
+      const float* row_f = exact ? nullptr : af + m * N;
       const IVec row_zp(zp ? zp[m * zp_step] : 0);
       const Vec row_scale(as ? as[m * as_step] : 1.0f);
       float* v = requant ? buffer.data() : yf + m * N;
       // one pass: each vector of the row through every step, in the reference's order
       auto step = [&](int64_t n, int64_t count) {
         const bool full = count == kW;
-        IVec a = full ? IVec::loadu(row + n) : IVec::loadu(row + n, count);
-        if (zp) a = a - row_zp * (full ? IVec::loadu(sum + n) : IVec::loadu(sum + n, count));
-        Vec y = at::vec::convert_to_fp_of_same_size<float>(a);
+        Vec y;
+        if (exact) {
+          IVec a = full ? IVec::loadu(row + n) : IVec::loadu(row + n, count);
+          if (zp) a = a - row_zp * (full ? IVec::loadu(sum + n) : IVec::loadu(sum + n, count));
+          y = at::vec::convert_to_fp_of_same_size<float>(a);
+        } else {
+          y = full ? Vec::loadu(row_f + n) : Vec::loadu(row_f + n, count);
+          largest = at::vec::maximum(largest, y.abs());
+        }
         if (as) y = y * row_scale;
         if (bs) y = y * (bs_step == 0 ? Vec(bs[0]) : full ? Vec::loadu(bs + n) : Vec::loadu(bs + n, count));
         if (bp) y = y + (full ? Vec::loadu(bp + n) : Vec::loadu(bp + n, count));
@@ -162,8 +179,13 @@ at::Tensor gemm_epilogue(const at::Tensor& acc, const at::Tensor& a_scale, const
       if (n < N) step(n, N - n);
       if (requant) narrow(v, yq + m * N, N);
     }
+    float lanes[kW];
+    largest.store(lanes);
+    for (int64_t i = 0; i < kW; ++i) {
+      if (!(lanes[i] < 16777216.0f)) inexact = true;  // 2^24
+    }
   });
-  return y;
+  return inexact ? at::empty({0}, y.options()) : y;
 }
 
 // x (N, C, H, W) int8 channels_last -> its patches (N·OH·OW, R·S·C) int8, rows in (n, oh, ow) order, columns in

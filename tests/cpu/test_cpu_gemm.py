@@ -45,18 +45,25 @@ def test_epilogue_outputs_bit_exact(M, K, N, out_dtype, activation, zero_point, 
     assert_bitwise_equal(cpu.int8_gemm(a, b, **kw), reference.int8_gemm(a, b, **kw))
 
 
-def test_large_accumulators_take_the_exact_int_mm_route(monkeypatch):
+@pytest.mark.parametrize("out_dtype", [torch.int32, torch.float32, torch.int8])
+def test_large_accumulators_take_the_exact_int_mm_route(monkeypatch, out_dtype):
     # (-128) · (-128) · 1100 = 18,022,400 > 2^24: oneDNN's float32 accumulator cannot hold it exactly, so the
-    # qlinear result is rejected and torch._int_mm recomputes it
+    # qlinear result is rejected (by exact_integers, or by native.cpp's epilogue on the way) and torch._int_mm
+    # recomputes it
     a = torch.full((3, 1100), -128, dtype=torch.int8)
     b = torch.full((2100, 1100), -128, dtype=torch.int8)  # N·K above the qlinear threshold
+    a[1, :7] = 5  # rows that differ
+    kw = {} if out_dtype == torch.int32 else dict(a_scale=torch.rand(3) + 0.5, b_scale=torch.rand(2100) * 1e-6,
+                                                  out_dtype=out_dtype)
+    if out_dtype == torch.int8:
+        kw.update(out_scale=torch.tensor([0.5]), out_zero_point=torch.tensor([-9], dtype=torch.int32))
     calls = []
     monkeypatch.setattr(cpu_gemm, "int_mm", lambda *args: calls.append(1) or reference.int8_gemm(*args))
-    out = cpu.int8_gemm(a, b)
-    assert calls and (out == 128 * 128 * 1100).all()
-    calls.clear()
-    cpu.int8_gemm(a[:, :1000], b[:, :1000])  # 16,384,000 < 2^24: oneDNN's answer stands
-    assert not calls
+    for k in (1100, 1000):  # 16,384,000 < 2^24 at K = 1000: oneDNN's answer stands
+        calls.clear()
+        ka, kb = a[:, :k].contiguous(), b[:, :k].contiguous()
+        assert_bitwise_equal(cpu.int8_gemm(ka, kb, **kw), reference.int8_gemm(ka, kb, **kw))
+        assert bool(calls) == (k == 1100)
 
 
 @pytest.mark.parametrize("zero_point, per_row", [(False, True), (True, False)], ids=["per-token", "static zp"])

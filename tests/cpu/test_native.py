@@ -97,7 +97,7 @@ def _epilogue_args(M, N, per_row: bool, per_col: bool, zero_point: str, bias_dty
 
 
 @pytest.mark.parametrize("out_dtype", [torch.float32, torch.int8, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("activation", ["none", "relu", "relu6"])
+@pytest.mark.parametrize("activation", ["none", "relu", "relu6", "gelu"])
 @pytest.mark.parametrize(("per_row", "per_col", "zero_point", "bias_dtype"),
                          [(True, True, "none", torch.float32), (False, False, "per_tensor", None),
                           (True, False, "per_row", torch.float16), (False, True, "per_tensor", torch.bfloat16)])
@@ -116,7 +116,7 @@ def test_gemm_epilogue(M, N, per_row, per_col, zero_point, bias_dtype, activatio
 
 
 @pytest.mark.parametrize("out_dtype", [torch.float32, torch.int8])
-@pytest.mark.parametrize("activation", ["none", "relu", "relu6"])
+@pytest.mark.parametrize("activation", ["none", "relu", "relu6", "gelu"])
 def test_gemm_epilogue_non_finite(activation, out_dtype):
     """A NaN row scale (a dynamic row that held NaN or ±inf) and ±inf / NaN in the bias, as the reference."""
     acc, kw = _epilogue_args(4, 37, True, True, "none", torch.float32)
@@ -176,3 +176,19 @@ def test_lowp_cpu_cpp_0_turns_it_off(monkeypatch):
         assert native.load() is None
     finally:
         native.load.cache_clear()
+
+
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.int8])
+def test_gemm_epilogue_on_a_float_accumulator(cpp, out_dtype):
+    """oneDNN's float32 accumulator (integers, zero point subtracted): the same epilogue, checked for exactness on
+    the way; one value at 2^24 (in a vector tail) and the result is empty, for the caller to recompute in int32."""
+    acc, kw = _epilogue_args(13, 37, True, True, "none", torch.float32)
+    kw.pop("a_zero_point", None), kw.pop("b_sum", None)
+    if out_dtype == torch.int8:
+        kw |= {"out_scale": torch.tensor([0.05]), "out_zero_point": torch.tensor([4], dtype=torch.int32)}
+    facc = acc.float()
+    got = cpu.gemm.fused_epilogue(facc.clone(), out_dtype=out_dtype, activation_name="relu", **kw)
+    assert_bitwise_equal(got, reference.gemm_epilogue(facc.clone(), out_dtype=out_dtype, activation_name="relu",
+                                                      **kw))
+    facc[12, 36] = 2.0**24
+    assert cpu.gemm.fused_epilogue(facc, out_dtype=out_dtype, activation_name="relu", **kw).numel() == 0
