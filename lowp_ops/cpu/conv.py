@@ -56,10 +56,9 @@ def _finite(a_scale: torch.Tensor, bias: torch.Tensor | None) -> bool:
 _GEMM_MAX_PIXELS = 2048
 
 
-def _output_pixels(x: torch.Tensor, w: torch.Tensor, stride, padding, dilation) -> int:
-    oh, ow = (reference.conv_output_size(x.shape[d + 2], w.shape[d + 2], stride[d], padding[d], dilation[d])
-              for d in (0, 1))
-    return x.shape[0] * oh * ow
+def _output_hw(x: torch.Tensor, w: torch.Tensor, stride, padding, dilation) -> tuple[int, int]:
+    return tuple(reference.conv_output_size(x.shape[d + 2], w.shape[d + 2], stride[d], padding[d], dilation[d])
+                 for d in (0, 1))
 
 
 def _conv_as_gemm(x, w, stride, padding, dilation, a_zero_point, b_sum, epilogue) -> torch.Tensor:
@@ -69,8 +68,7 @@ def _conv_as_gemm(x, w, stride, padding, dilation, a_zero_point, b_sum, epilogue
     N, C, H, W = x.shape
     K, _, R, S = w.shape
     zp = 0 if a_zero_point is None else int(a_zero_point.item())
-    oh, ow = (reference.conv_output_size(x.shape[d + 2], w.shape[d + 2], stride[d], padding[d], dilation[d])
-              for d in (0, 1))
+    oh, ow = _output_hw(x, w, stride, padding, dilation)
     cpp = native.load()
     if cpp is not None:
         patches = cpp.im2col(x, R, S, *stride, *padding, *dilation, zp)
@@ -110,7 +108,7 @@ def int8_conv2d(x: torch.Tensor, w: torch.Tensor, *, stride=(1, 1), padding=(0, 
         return reference.int8_conv2d(x, w, stride=stride, padding=padding, dilation=dilation, groups=groups,
                                      a_zero_point=a_zero_point, b_sum=b_sum, **epilogue)
     K = w.shape[0]
-    if groups == 1 and _output_pixels(x, w, stride, padding, dilation) <= _GEMM_MAX_PIXELS:
+    if groups == 1 and x.shape[0] * math.prod(_output_hw(x, w, stride, padding, dilation)) <= _GEMM_MAX_PIXELS:
         return _conv_as_gemm(x, w, stride, padding, dilation, a_zero_point, b_sum, epilogue)
     # packed for this input shape: oneDNN then picks the weight layout for it (ConvNet conv2 at batch 1:
     # 0.057 ms vs 0.078 ms packed without a shape; batch 256: 8.7 vs 9.3 ms; CI machine, 2026-11-25)

@@ -29,6 +29,8 @@ _QLINEAR_MIN_WEIGHT = 2**21  # N·K from which oneDNN's qlinear beats torch._int
 def _dense(t: torch.Tensor) -> torch.Tensor:
     # torch._int_mm (https://github.com/pytorch/pytorch/issues/194682) and onednn.qlinear_prepack return wrong
     # results for zero-stride operands
+    if t.is_contiguous():  # no zero stride on a dim of more than one element: the common case, one C call
+        return t
     return t.contiguous() if any(s == 0 and n > 1 for n, s in zip(t.shape, t.stride(), strict=True)) else t
 
 

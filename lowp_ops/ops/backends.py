@@ -134,6 +134,9 @@ _GRAPH_OPS = {"quantize_rows": _quantize_rows, "quantize_channels_last": _quanti
               "int8_gemm": _int8_gemm, "int8_conv2d": _int8_conv2d}
 
 
+_LAUNCHERS = {backend: frozenset(backend.__all__) for backend in (kernels, *_CPU_BACKENDS.values())}
+
+
 def dispatch(op: str, launcher: str, *args, **kwargs):
     """Run the launcher named `launcher` for the device of args[0]. A backend without it runs the reference's: the
     native CPU backend has no fp16 GEMM, and int8_conv2d's dynamic per-tensor scale (per_tensor_qparams) is plain
@@ -142,7 +145,7 @@ def dispatch(op: str, launcher: str, *args, **kwargs):
     if device not in ("cuda", "cpu"):
         fail(op, f"tensors on {args[0].device} are not supported: use cuda (Triton kernels) or cpu")
     backend = kernels if device == "cuda" else _CPU_BACKENDS[_cpu_backend]
-    if launcher not in backend.__all__:  # (lowp_ops.cpu.gemm is a module, not a launcher: ask __all__)
+    if launcher not in _LAUNCHERS[backend]:  # (lowp_ops.cpu.gemm is a module, not a launcher: ask __all__)
         return getattr(reference, launcher)(*args, **kwargs)
     if device == "cuda":
         kwargs["wrap"] = wrap_triton  # torch.compile sees through the launch
