@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import platform
+import threading
 import warnings
 from collections.abc import Callable
 
@@ -47,9 +48,17 @@ def fall_back(op: str, reason: str) -> None:
                       f"but several times slower", RuntimeWarning, stacklevel=4)
 
 
+# Set while an eager Lane (lowp_ops/ops/_common.py) runs an op's body: the Lane has checked that nothing traces
+# or intercepts the call (no compile, no dispatch mode, plain tensors), so the backends need not ask again.
+plain_eager = threading.local()
+
+
 def traced(*tensors: torch.Tensor) -> bool:
     """True while torch.compile, torch.export or opcheck trace an op: tensors hold no data to read or cache.
-    (torch._guards.detect_fake_mode says the same at ~30 us a call; this costs ~1 us, which batch 1 notices.)"""
+    (torch._guards.detect_fake_mode says the same at ~30 us a call; this costs ~1 us, which batch 1 notices, and
+    nothing inside an eager Lane.)"""
+    if getattr(plain_eager, "on", False):
+        return False
     if torch._C._get_dispatch_mode(_FAKE_MODE) is not None or torch.compiler.is_compiling():
         return True
     return any(type(t) is not torch.Tensor and isinstance(t, FakeTensor) for t in tensors)  # plain ones first

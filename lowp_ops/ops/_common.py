@@ -22,6 +22,7 @@ from .._validate import (
     fail,
     fp8_supported,
 )
+from ..cpu.support import plain_eager
 
 
 def flat(t: Tensor | None) -> Tensor | None:
@@ -177,4 +178,8 @@ class Lane:
             seen = (key, self.check(*args[:self.checked]), tuple(weakref.ref(t) for t in tensors))
             self._validated[owner] = seen
         i = self.out_index
-        return self.body(*args[:i], seen[1], *args[i + 1:])
+        outer, plain_eager.on = getattr(plain_eager, "on", False), True
+        try:
+            return self.body(*args[:i], seen[1], *args[i + 1:])
+        finally:
+            plain_eager.on = outer
