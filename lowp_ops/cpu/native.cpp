@@ -202,20 +202,31 @@ at::Tensor im2col(const at::Tensor& x, int64_t R, int64_t S, int64_t sh, int64_t
   const int64_t cols = R * S * C;
   at::parallel_for(0, N * OH * OW, std::max<int64_t>(1, kGrain / std::max<int64_t>(cols, 1)),
                    [&](int64_t begin, int64_t end) {
+    // bytes from src to dst: a loop for the few bytes of a stem's taps (a call would cost more), memcpy beyond
+    auto copy = [](int8_t* dst, const int8_t* src, int64_t bytes) {
+      if (bytes < 16) {
+        for (int64_t i = 0; i < bytes; ++i) dst[i] = src[i];
+      } else {
+        std::memcpy(dst, src, bytes);
+      }
+    };
     for (int64_t row = begin; row < end; ++row) {
       const int64_t n = row / (OH * OW), oh = row / OW % OH, ow = row % OW;
+      const int64_t ih0 = oh * sh - ph, iw0 = ow * sw - pw;
       int8_t* dst = op + row * cols;
+      // a window wholly inside x with dilation 1 along W: each of its R rows is S·C contiguous bytes of x
+      if (dw == 1 && ih0 >= 0 && ih0 + (R - 1) * dh < H && iw0 >= 0 && iw0 + S - 1 < W) {
+        for (int64_t r = 0; r < R; ++r, dst += S * C) copy(dst, xp + ((n * H + ih0 + r * dh) * W + iw0) * C, S * C);
+        continue;
+      }
       for (int64_t r = 0; r < R; ++r) {
-        const int64_t ih = oh * sh - ph + r * dh;
+        const int64_t ih = ih0 + r * dh;
         for (int64_t s = 0; s < S; ++s, dst += C) {
-          const int64_t iw = ow * sw - pw + s * dw;
+          const int64_t iw = iw0 + s * dw;
           if (ih < 0 || ih >= H || iw < 0 || iw >= W) {
             std::memset(dst, static_cast<int>(pad_value), C);
-          } else if (C >= 16) {
-            std::memcpy(dst, xp + ((n * H + ih) * W + iw) * C, C);
-          } else {  // a stem's 1 or 3 channels: a call per tap would cost more than the copy
-            const int8_t* src = xp + ((n * H + ih) * W + iw) * C;
-            for (int64_t c = 0; c < C; ++c) dst[c] = src[c];
+          } else {
+            copy(dst, xp + ((n * H + ih) * W + iw) * C, C);
           }
         }
       }

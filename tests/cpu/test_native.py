@@ -192,3 +192,23 @@ def test_gemm_epilogue_on_a_float_accumulator(cpp, out_dtype):
                                                       **kw))
     facc[12, 36] = 2.0**24
     assert cpu.gemm.fused_epilogue(facc, out_dtype=out_dtype, activation_name="relu", **kw).numel() == 0
+
+
+@pytest.mark.parametrize(("C", "H", "W", "R", "S", "stride", "padding", "dilation"), [
+    (1, 9, 11, 3, 3, (1, 1), (0, 0), (1, 1)),    # a stem: 3-byte window rows
+    (20, 7, 6, 3, 3, (1, 1), (1, 1), (2, 1)),    # dilated along H only: whole-row copies; padding: per tap
+    (3, 13, 12, 5, 2, (2, 3), (2, 0), (1, 1)),   # strided, rectangular kernel
+    (16, 6, 9, 2, 3, (1, 2), (1, 1), (1, 2)),    # dilated along W: per tap
+])
+def test_im2col_through_the_gemm_conv(cpp, monkeypatch, C, H, W, R, S, stride, padding, dilation):
+    """native.cpp's im2col (the window-row copies inside x, the per-tap path at its borders) under cpu/conv.py's
+    GEMM route, bit-exact with the reference convolution, the zero point reading as padding."""
+    monkeypatch.setattr(cpu.conv, "_GEMM_MAX_PIXELS", 2**62)
+    x = torch.randint(-128, 128, (2, C, H, W), dtype=torch.int8).contiguous(memory_format=torch.channels_last)
+    w = torch.randint(-127, 128, (5, C, R, S), dtype=torch.int8).contiguous(memory_format=torch.channels_last)
+    kw = dict(stride=stride, padding=padding, dilation=dilation, groups=1, a_zero_point=torch.tensor([-7],
+              dtype=torch.int32), b_sum=w.sum(dim=(1, 2, 3), dtype=torch.int32), a_scale=torch.tensor([0.02]),
+              b_scale=torch.rand(5) * 1e-2, out_dtype=torch.float32)
+    assert_bitwise_equal(cpu.int8_conv2d(x, w, **kw), reference.int8_conv2d(x, w, **kw))
+    raw = dict(stride=stride, padding=padding, dilation=dilation, groups=1)  # the int32 accumulator, padding 0
+    assert_bitwise_equal(cpu.int8_conv2d(x, w, **raw), reference.int8_conv2d(x, w, **raw))
