@@ -214,3 +214,13 @@ def trained_batchnorms(model: nn.Module) -> nn.Module:
                 bn.weight.uniform_(0.5, 1.5)
                 bn.bias.uniform_(-0.2, 0.2)
     return model.eval()
+
+
+def static_int8(model: nn.Module, data, config=None, **prepare_kw) -> nn.Module:
+    """model through lowp's static INT8 workflow: prepare (config: an Int8StaticConfig, default the default;
+    prepare_kw: its other arguments), calibrate on data (a list of inputs), convert."""
+    import lowp_ops
+
+    prepared = lowp_ops.prepare(model, config, **prepare_kw)
+    lowp_ops.calibrate(prepared, data, progress=False)
+    return lowp_ops.convert(prepared)

@@ -10,13 +10,7 @@ import lowp_ops
 from lowp_ops import Int8DynamicConfig, Int8StaticConfig, quant
 from lowp_ops.nn import Int8Linear, QATLinear
 from lowp_ops.registry.graph import analyse
-from util import assert_bitwise_equal
-
-
-def _static(model, data, **kw):
-    prepared = lowp_ops.prepare(model, Int8StaticConfig(**kw))
-    lowp_ops.calibrate(prepared, data, progress=False)
-    return lowp_ops.convert(prepared)
+from util import assert_bitwise_equal, static_int8
 
 
 class Loop(nn.Module):
@@ -48,14 +42,14 @@ def test_layer_in_a_loop_keeps_a_float_interface():
     torch.manual_seed(0)
     model = Loop().eval()
     data = [torch.randn(32, 8) for _ in range(4)]
-    q = _static(model, data)
+    q = static_int8(model, data)
     # lin's calls read inp, lin and lin, and feed lin, lin and out: no single scale serves a hand-off
     assert all(q.get_submodule(n).output_scale is None for n in ("inp", "lin", "out"))
     assert q.lin.activation == "relu"  # every call of lin is followed by a relu: that fusion is sound
     assert any("lin is called at 3 places" in n and "output stays float" in n for n in q.lowp_report.notes)
     # with nothing to hand off, chaining changes nothing: bit for bit the chain_int8=False model
     x = torch.randn(64, 8)
-    assert_bitwise_equal(q(x), _static(model, data, chain_int8=False)(x))
+    assert_bitwise_equal(q(x), static_int8(model, data, Int8StaticConfig(chain_int8=False))(x))
     assert quant.sqnr_db(model(x), q(x)) > 30  # was 6 dB when the calls were taken for one
 
 
@@ -66,7 +60,7 @@ def test_relu_after_only_one_call_is_not_fused():
     dynamic = lowp_ops.quantize_dynamic(model)
     assert dynamic.lin.activation == "none" and "lin is called at 2 places" in str(dynamic.lowp_report)
     assert quant.sqnr_db(model(x), dynamic(x)) > 30  # fusing clipped the second call too
-    static = _static(model, [torch.randn(32, 16) for _ in range(2)])
+    static = static_int8(model, [torch.randn(32, 16) for _ in range(2)])
     assert static.lin.output_scale is None and static.lin.activation == "none"
     y = static(x)
     assert y.dtype == torch.float32 and quant.sqnr_db(model(x), y) > 30  # it returned int8 codes
@@ -79,7 +73,7 @@ def test_one_module_in_two_slots_of_a_sequential(workflow):
     model = nn.Sequential(lin, nn.ReLU(), lin).eval()
     x = torch.randn(32, 16)
     q = (lowp_ops.quantize_dynamic(model) if workflow == "dynamic"
-         else _static(model, [torch.randn(32, 16) for _ in range(2)]))
+         else static_int8(model, [torch.randn(32, 16) for _ in range(2)]))
     assert type(q[0]) is Int8Linear and q[2] is q[0] and type(q[1]) is nn.ReLU
     assert q[0].activation == "none" and q[0].output_scale is None
     assert "0 is one module at 2 places (0, 2): converted once, the same Int8Linear fills each" in q.lowp_report.notes
@@ -195,7 +189,7 @@ def test_tied_weights_become_one_converted_weight(workflow):
     if workflow == "dynamic":
         q = lowp_ops.quantize_dynamic(model)
     elif workflow == "static":
-        q = _static(model, [torch.randn(32, 16) for _ in range(2)])
+        q = static_int8(model, [torch.randn(32, 16) for _ in range(2)])
     else:
         qat = lowp_ops.prepare_qat(model)
         assert type(qat.a) is QATLinear and qat.a.weight is qat.b.weight  # one parameter to train, as before

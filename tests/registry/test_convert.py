@@ -12,7 +12,7 @@ from torch import nn
 import lowp_ops
 from lowp_ops import Int8StaticConfig, quant
 from lowp_ops.registry import graph
-from util import assert_bitwise_equal
+from util import assert_bitwise_equal, static_int8
 
 
 def _mlp():
@@ -133,9 +133,7 @@ class FunctionalDropout(nn.Module):
 def test_functional_dropout_ends_the_int8_hand_off():
     torch.manual_seed(0)
     model = FunctionalDropout().eval()
-    prepared = lowp_ops.prepare(model)
-    lowp_ops.calibrate(prepared, [torch.randn(16, 8) for _ in range(2)], progress=False)
-    q = lowp_ops.convert(prepared)
+    q = static_int8(model, [torch.randn(16, 8) for _ in range(2)])
     # F.dropout reads self.training at run time, so convert cannot pin it: a float edge, which dropout can scale
     assert q.a.output_scale is None
     q.train()

@@ -11,7 +11,7 @@ from zoo_models import BasicBlock  # torchvision's: one nn.ReLU(inplace=True) af
 import lowp_ops
 from lowp_ops import quant
 from lowp_ops.registry.graph import Fusion, Int8Edge, analyse
-from util import trained_batchnorms
+from util import static_int8, trained_batchnorms
 
 # int8 against float on these random-weight models (BatchNorm statistics randomised so that folding matters): 45 to
 # 62 dB measured (seed 0). 20 dB is the bound for INT8 on random-weight models.
@@ -19,12 +19,6 @@ _MIN_SQNR_DB = 20
 # a converted model against its own QAT model: the same integers and scales, only float rounding between them
 # (147 dB measured on TimmNet)
 _QAT_MIN_SQNR_DB = 40
-
-
-def _static(model: nn.Module, data: list[torch.Tensor], **kw) -> nn.Module:
-    prepared = lowp_ops.prepare(model, **kw)
-    lowp_ops.calibrate(prepared, data, progress=False)
-    return lowp_ops.convert(prepared)
 
 
 def _qat_step(model: nn.Module, x: torch.Tensor, **kw) -> nn.Module:
@@ -61,7 +55,7 @@ def test_basic_block_qat_trains_and_converts(example):
 def test_basic_block_converts_right(workflow):
     model, x = _block(), torch.randn(2, 8, 8, 8)
     q = (lowp_ops.quantize_dynamic(model, example_inputs=x) if workflow == "dynamic"
-         else _static(model, [torch.randn(2, 8, 8, 8) for _ in range(4)], example_inputs=x))
+         else static_int8(model, [torch.randn(2, 8, 8, 8) for _ in range(4)], example_inputs=x))
     assert not any(isinstance(m, nn.BatchNorm2d) for m in q.modules()) and q.conv1.activation == "relu"
     assert not q.relu.inplace
     assert quant.sqnr_db(model(x.clone()), q(x)) >= _MIN_SQNR_DB
@@ -190,7 +184,7 @@ def test_batchnorm_act_workflows(workflow):
     if workflow == "dynamic":
         q = lowp_ops.quantize_dynamic(model, example_inputs=x)
     elif workflow == "static":
-        q = _static(model, [torch.randn(2, 3, 16, 16) for _ in range(4)], example_inputs=x)
+        q = static_int8(model, [torch.randn(2, 3, 16, 16) for _ in range(4)], example_inputs=x)
     else:
         qat = _qat_step(model, x, example_inputs=x)
         q = lowp_ops.convert(qat)

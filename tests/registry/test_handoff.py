@@ -12,6 +12,7 @@ import lowp_ops
 from lowp_ops import quant
 from lowp_ops.registry import graph
 from lowp_ops.registry.graph import Int8Edge, analyse
+from util import static_int8
 
 # A converted model against the QAT model it came from: the same integers and scales, so only float rounding
 # (accumulation order, the requantization of a hand-off) separates them: 134 dB and more measured (seed 0). 40 dB
@@ -79,9 +80,7 @@ def test_qat_chain_still_hands_int8():
 def test_static_residual_keeps_a_float_output():
     torch.manual_seed(0)
     model, x = Res().eval(), torch.randn(32, 16)
-    prepared = lowp_ops.prepare(model)
-    lowp_ops.calibrate(prepared, [torch.randn(32, 16) for _ in range(4)], progress=False)
-    q = lowp_ops.convert(prepared)
+    q = static_int8(model, [torch.randn(32, 16) for _ in range(4)])
     assert "a hands int8 to b" not in q.lowp_report.notes and q.a.output_scale is None
     assert quant.sqnr_db(model(x), q(x)) >= 30  # two int8 layers in series: ~40 dB measured
 
@@ -164,9 +163,7 @@ def test_cast_to_the_weight_dtype_between_layers(t5):
     # The cast reads wi's output, so wi hands no int8 to wo, and wo's weight looks float to the cast
     torch.manual_seed(0)
     model, x = CastsToWeightDtype(t5).eval(), torch.randn(32, 16)
-    prepared = lowp_ops.prepare(model)
-    lowp_ops.calibrate(prepared, [torch.randn(32, 16) for _ in range(4)], progress=False)
-    q = lowp_ops.convert(prepared)
+    q = static_int8(model, [torch.randn(32, 16) for _ in range(4)])
     assert "wi hands int8 to wo" not in q.lowp_report.notes and q.wo.weight.dtype == torch.float32
     assert quant.sqnr_db(model(x), q(x)) >= 30  # two int8 layers in series: ~40 dB
 
@@ -175,8 +172,6 @@ def test_a_layer_handed_int8_looks_int8():
     # Code that casts b's input to b.weight.dtype must leave the codes a hands it as they are
     torch.manual_seed(0)
     model = Chain().eval()
-    prepared = lowp_ops.prepare(model)
-    lowp_ops.calibrate(prepared, [torch.randn(32, 16) for _ in range(4)], progress=False)
-    q = lowp_ops.convert(prepared)
+    q = static_int8(model, [torch.randn(32, 16) for _ in range(4)])
     assert "a hands int8 to b" in q.lowp_report.notes
     assert q.b.int8_input and q.b.weight.dtype == torch.int8 and q.a.weight.dtype == torch.float32

@@ -11,7 +11,7 @@ from lowp_ops import Fp16Config, Int8DynamicConfig, Int8StaticConfig, QATConfig,
 from lowp_ops.examples import ConvNet
 from lowp_ops.nn import Fp16Linear, Int8Conv2d, Int8Linear, QATConv2d, QATLinear
 from lowp_ops.registry import handlers
-from util import SmallNet, assert_bitwise_equal
+from util import SmallNet, assert_bitwise_equal, static_int8
 
 
 def _net():
@@ -153,9 +153,7 @@ def test_register_a_user_module():
 
 
 def _static(net, **kw):
-    prepared = lowp_ops.prepare(net, Int8StaticConfig(**kw))
-    lowp_ops.calibrate(prepared, [_x() for _ in range(4)], progress=False)
-    return lowp_ops.convert(prepared)
+    return static_int8(net, [_x() for _ in range(4)], Int8StaticConfig(**kw))
 
 
 @pytest.mark.parametrize("observer", ["minmax", "moving_average", "percentile", "mse"])
