@@ -61,14 +61,13 @@ def _output_hw(x: torch.Tensor, w: torch.Tensor, stride, padding, dilation) -> t
                  for d in (0, 1))
 
 
-def _conv_as_gemm(x, w, stride, padding, dilation, a_zero_point, b_sum, epilogue) -> torch.Tensor:
+def _conv_as_gemm(x, w, oh, ow, stride, padding, dilation, a_zero_point, b_sum, epilogue) -> torch.Tensor:
     """int8_conv2d (groups 1) as a GEMM: the patches of x (padded with its zero point, which the epilogue's
     zero_point · Σw term cancels, as the kernels do) times the (K, R·S·C) weight, exact int32, then the GEMM
     epilogue on the (pixels, channels) matrix, which is the NHWC output."""
     N, C, H, W = x.shape
     K, _, R, S = w.shape
     zp = 0 if a_zero_point is None else int(a_zero_point.item())
-    oh, ow = _output_hw(x, w, stride, padding, dilation)
     cpp = native.load()
     if cpp is not None:
         patches = cpp.im2col(x, R, S, *stride, *padding, *dilation, zp)
@@ -108,8 +107,9 @@ def int8_conv2d(x: torch.Tensor, w: torch.Tensor, *, stride=(1, 1), padding=(0, 
         return reference.int8_conv2d(x, w, stride=stride, padding=padding, dilation=dilation, groups=groups,
                                      a_zero_point=a_zero_point, b_sum=b_sum, **epilogue)
     K = w.shape[0]
-    if groups == 1 and x.shape[0] * math.prod(_output_hw(x, w, stride, padding, dilation)) <= _GEMM_MAX_PIXELS:
-        return _conv_as_gemm(x, w, stride, padding, dilation, a_zero_point, b_sum, epilogue)
+    oh, ow = _output_hw(x, w, stride, padding, dilation)
+    if groups == 1 and x.shape[0] * oh * ow <= _GEMM_MAX_PIXELS:
+        return _conv_as_gemm(x, w, oh, ow, stride, padding, dilation, a_zero_point, b_sum, epilogue)
     # packed for this input shape: oneDNN then picks the weight layout for it (ConvNet conv2 at batch 1:
     # 0.057 ms vs 0.078 ms packed without a shape; batch 256: 8.7 vs 9.3 ms; CI machine, 2026-11-25)
     weight, ones, zeros = packed(w, ("qconv", *map(tuple, geometry[:3]), groups, tuple(x.shape)), lambda: (

@@ -70,9 +70,11 @@ def fused_epilogue(acc: torch.Tensor, *, out_dtype, a_scale=None, b_scale=None, 
     """reference.gemm_epilogue of an int32 accumulator (or oneDNN's float32 one, zero point subtracted), in one C++
     pass (native.cpp) where it applies, bit-exact with the reference's torch ops (gelu: the reference's, on the C++
     pass's float32 output). A float32 accumulator holding a value of 2^24 or more (inexact) gives an empty tensor
-    from the C++ pass: the caller recomputes in int32."""
+    (the C++ pass checks on the way, the torch ops first): the caller recomputes in int32."""
     cpp = _cpp_for(acc, activation_name, out_dtype)
     if cpp is None:
+        if acc.is_floating_point() and not exact_integers(acc):
+            return acc.new_empty(0)
         return reference.gemm_epilogue(acc, out_dtype=out_dtype, a_scale=a_scale, b_scale=b_scale, bias=bias,
                                        a_zero_point=a_zero_point, b_sum=b_sum, activation_name=activation_name,
                                        out_scale=out_scale, out_zero_point=out_zero_point)
@@ -110,11 +112,11 @@ def int8_gemm(a: torch.Tensor, b: torch.Tensor, *, out_dtype=torch.int32, activa
     if per_tensor_zp and M >= 2 and N * K >= _QLINEAR_MIN_WEIGHT and not traced(a, b):
         zp = 0 if a_zero_point is None else int(a_zero_point.item())
         acc = _qlinear_acc(a, b, zp)  # the zero point is already subtracted
-        if _cpp_for(acc, epilogue["activation_name"], out_dtype) is not None:  # exactness checked on the way
+        if out_dtype == torch.int32:
+            if exact_integers(acc):
+                return acc.to(torch.int32)
+        else:
             y = fused_epilogue(acc, out_dtype=out_dtype, **epilogue)
-            if y.numel() == acc.numel():
+            if y.numel() == acc.numel():  # empty: not exact
                 return y
-        elif exact_integers(acc):
-            return acc.to(torch.int32) if out_dtype == torch.int32 else reference.gemm_epilogue(
-                acc, out_dtype=out_dtype, **epilogue)
     return fused_epilogue(int_mm(a, b), out_dtype=out_dtype, a_zero_point=a_zero_point, b_sum=b_sum, **epilogue)

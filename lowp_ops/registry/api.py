@@ -310,7 +310,8 @@ def convert(model: nn.Module, mapping=None, inplace: bool = False, *, time_layer
                              "or give example_inputs=")
         float_twin = _without_observers(copy.deepcopy(model), state)
         del float_twin._lowp_prepared
-        slow = timing.slower_than_float(convert(copy.deepcopy(model)), float_twin, state.configs, example)
+        slow = timing.slower_than_float(convert(copy.deepcopy(model), inplace=True), float_twin, state.configs,
+                                        example)
     elif example_inputs is not None:
         raise ValueError("convert: example_inputs is the call time_layers=True times layers on; without it, "
                          "convert reads the model on its first calibration call (or prepare's example_inputs)")
