@@ -1,6 +1,6 @@
 // lowp's CPU passes in C++: per-row and per-tensor int8 quantization, and the int8 GEMM epilogue, each one loop
 // over its tensor where the pure-torch backend takes five to seven torch ops (a pass over memory and ~3 us of
-// Python each). Bit-exact with lowp_ops.reference: the same float32 operations in the same order (no FMA
+// Python each); im2col; and Plan, a module's whole int8 layer in one call. Bit-exact with lowp_ops.reference: the same float32 operations in the same order (no FMA
 // contraction: built with -ffp-contract=off), round half to even (std::nearbyint in the default rounding mode),
 // NaN and ±inf as the reference maps them. Built on first use by lowp_ops/cpu/native.py.
 // ATen's vector types take their instruction set from CPU_CAPABILITY_*, which ATen's build sets per kernel file:
@@ -13,6 +13,7 @@
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
+#include <torch/csrc/Dtype.h>
 #include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
@@ -113,37 +114,45 @@ at::Tensor quantize_per_tensor(const at::Tensor& x, double scale, int64_t zero_p
   return q;
 }
 
-// acc (M, N) int32 -> y float32 (M, N), or int8 requantized when out_scale > 0:
-//   y = ((acc − a_zp[m] · b_sum[n]) · a_scale[m]) · b_scale[n] + bias[n], then none / relu / relu6
-// (reference.gemm_epilogue's order of float32 operations). a_scale / a_zp: M values or one; b_scale: N or one;
-// bias, b_sum: N values; empty tensors for absent ones. activation: 0 none, 1 relu, 2 relu6.
+// The GEMM epilogue's operands: y = ((acc − a_zp[m] · b_sum[n]) · a_scale[m]) · b_scale[n] + bias[n], then
+// activation (0 none, 1 relu, 2 relu6), then requantized to int8 when out_scale > 0. A null pointer: the term is
+// absent; a step of 0: one value for every row (a_scale, a_zp) or column (b_scale).
+struct Epilogue {
+  const float* a_scale = nullptr;
+  int64_t a_step = 1;
+  const float* b_scale = nullptr;
+  int64_t b_step = 1;
+  const float* bias = nullptr;
+  const int32_t* a_zp = nullptr;
+  int64_t zp_step = 1;
+  const int32_t* b_sum = nullptr;
+  int64_t activation = 0;
+  float out_scale = -1.0f;
+  float out_zp = 0.0f;
+};
+
+// acc (M, N) int32 -> y float32 (M, N), or int8 requantized (reference.gemm_epilogue's order of float32 operations).
 // acc may also be float32 holding integers (oneDNN's int8 matmul with unit scales, zero point already subtracted):
 // it is then checked on the way, and an empty tensor comes back if a value reaches 2^24, beyond which float32
 // holds no exact integer (the caller takes the int32 path instead).
-at::Tensor gemm_epilogue(const at::Tensor& acc, const at::Tensor& a_scale, const at::Tensor& b_scale,
-                         const at::Tensor& bias, const at::Tensor& a_zp, const at::Tensor& b_sum, int64_t activation,
-                         double out_scale, int64_t out_zero_point) {
+at::Tensor run_epilogue(const at::Tensor& acc, const Epilogue& e) {
   const bool exact = acc.scalar_type() == at::kInt;
   TORCH_CHECK(acc.dim() == 2 && (exact || acc.scalar_type() == at::kFloat) && acc.is_contiguous(),
               "lowp native: acc (M, N) int32 or float32");
-  TORCH_CHECK(exact || !a_zp.numel(), "lowp native: a float acc has its zero point subtracted already");
+  TORCH_CHECK(exact || !e.a_zp, "lowp native: a float acc has its zero point subtracted already");
   const int64_t M = acc.size(0), N = acc.size(1);
-  const bool requant = out_scale > 0;
+  const bool requant = e.out_scale > 0;
   auto y = at::empty({M, N}, acc.options().dtype(requant ? at::kChar : at::kFloat));
   const int32_t* ap = exact ? acc.data_ptr<int32_t>() : nullptr;
   const float* af = exact ? nullptr : acc.data_ptr<float>();
   std::atomic<bool> inexact{false};
-  const float* as = a_scale.numel() ? a_scale.data_ptr<float>() : nullptr;
-  const float* bs = b_scale.numel() ? b_scale.data_ptr<float>() : nullptr;
-  const float* bp = bias.numel() ? bias.data_ptr<float>() : nullptr;
-  const int32_t* zp = a_zp.numel() ? a_zp.data_ptr<int32_t>() : nullptr;
-  const int32_t* sum = b_sum.numel() ? b_sum.data_ptr<int32_t>() : nullptr;
-  const int64_t as_step = a_scale.numel() == 1 ? 0 : 1, bs_step = b_scale.numel() == 1 ? 0 : 1;
-  const int64_t zp_step = a_zp.numel() == 1 ? 0 : 1;
+  const float *as = e.a_scale, *bs = e.b_scale, *bp = e.bias;
+  const int32_t *zp = e.a_zp, *sum = e.b_sum;
+  const int64_t activation = e.activation;
   int8_t* yq = requant ? y.data_ptr<int8_t>() : nullptr;
   float* yf = requant ? nullptr : y.data_ptr<float>();
-  const float inv_out = requant ? 1.0f / static_cast<float>(out_scale) : 0.0f;
-  const float out_zp = static_cast<float>(out_zero_point);
+  const float inv_out = requant ? 1.0f / e.out_scale : 0.0f;
+  const float out_zp = e.out_zp;
   at::parallel_for(0, M, std::max<int64_t>(1, kGrain / std::max<int64_t>(N, 1)), [&](int64_t begin, int64_t end) {
     std::vector<float> buffer(requant ? N : 0);
     const Vec zero(0.0f), six(6.0f), inv(inv_out);
@@ -151,8 +160,8 @@ at::Tensor gemm_epilogue(const at::Tensor& acc, const at::Tensor& a_scale, const
     for (int64_t m = begin; m < end; ++m) {
       const int32_t* row = exact ? ap + m * N : nullptr;
       const float* row_f = exact ? nullptr : af + m * N;
-      const IVec row_zp(zp ? zp[m * zp_step] : 0);
-      const Vec row_scale(as ? as[m * as_step] : 1.0f);
+      const IVec row_zp(zp ? zp[m * e.zp_step] : 0);
+      const Vec row_scale(as ? as[m * e.a_step] : 1.0f);
       float* v = requant ? buffer.data() : yf + m * N;
       // one pass: each vector of the row through every step, in the reference's order
       auto step = [&](int64_t n, int64_t count) {
@@ -167,7 +176,7 @@ at::Tensor gemm_epilogue(const at::Tensor& acc, const at::Tensor& a_scale, const
           largest = at::vec::maximum(largest, y.abs());
         }
         if (as) y = y * row_scale;
-        if (bs) y = y * (bs_step == 0 ? Vec(bs[0]) : full ? Vec::loadu(bs + n) : Vec::loadu(bs + n, count));
+        if (bs) y = y * (e.b_step == 0 ? Vec(bs[0]) : full ? Vec::loadu(bs + n) : Vec::loadu(bs + n, count));
         if (bp) y = y + (full ? Vec::loadu(bp + n) : Vec::loadu(bp + n, count));
         if (activation == 1) y = Vec::blendv(y, zero, y < zero);  // NaN stays NaN, -0 stays -0, as torch.relu
         if (activation == 2) y = Vec::blendv(Vec::blendv(y, zero, y < zero), six, y > six);  // torch.clamp(y, 0, 6)
@@ -186,6 +195,26 @@ at::Tensor gemm_epilogue(const at::Tensor& acc, const at::Tensor& a_scale, const
     }
   });
   return inexact ? at::empty({0}, y.options()) : y;
+}
+
+// gemm_epilogue from Python (lowp_ops.cpu.gemm.fused_epilogue): a_scale / a_zp: M values or one; b_scale: N or one;
+// bias, b_sum: N values; empty tensors for absent ones; out_scale > 0 requantizes.
+at::Tensor gemm_epilogue(const at::Tensor& acc, const at::Tensor& a_scale, const at::Tensor& b_scale,
+                         const at::Tensor& bias, const at::Tensor& a_zp, const at::Tensor& b_sum, int64_t activation,
+                         double out_scale, int64_t out_zero_point) {
+  Epilogue e;
+  e.a_scale = a_scale.numel() ? a_scale.data_ptr<float>() : nullptr;
+  e.a_step = a_scale.numel() == 1 ? 0 : 1;
+  e.b_scale = b_scale.numel() ? b_scale.data_ptr<float>() : nullptr;
+  e.b_step = b_scale.numel() == 1 ? 0 : 1;
+  e.bias = bias.numel() ? bias.data_ptr<float>() : nullptr;
+  e.a_zp = a_zp.numel() ? a_zp.data_ptr<int32_t>() : nullptr;
+  e.zp_step = a_zp.numel() == 1 ? 0 : 1;
+  e.b_sum = b_sum.numel() ? b_sum.data_ptr<int32_t>() : nullptr;
+  e.activation = activation;
+  e.out_scale = static_cast<float>(out_scale);
+  e.out_zp = static_cast<float>(out_zero_point);
+  return run_epilogue(acc, e);
 }
 
 // x (N, C, H, W) int8 channels_last -> its patches (N·OH·OW, R·S·C) int8, rows in (n, oh, ow) order, columns in
@@ -235,6 +264,253 @@ at::Tensor im2col(const at::Tensor& x, int64_t R, int64_t S, int64_t sh, int64_t
   return out;
 }
 
+
+// ------------------------------------------------------------------------------------------------ eager plans
+// A module calls its op with the same constant arguments every time (its weight, scales, zero points, geometry).
+// A Plan holds those arguments, checked once by the op's own validation in Python (lowp_ops/ops/_common.py, Lane),
+// and per call checks only that each is still the same object (a tensor also at the same version: an in-place
+// write moves it) and that x is one it serves; then it runs the native CPU backend's route for the call (quantize,
+// im2col, torch._int_mm, the epilogue) without returning to Python: the same functions the Python route calls, so
+// the output is the same, bit for bit. A call it does not serve returns None and takes the Python route.
+// Served: int8_linear (float32 x), int8_mm (int8 a) and int8_conv2d (float32 or int8 x, groups 1) with per-tensor
+// static or dynamic activation scales, none / relu / relu6, float32 or int8 output, on the routes that use
+// torch._int_mm (lowp_ops/cpu/gemm.py: M = 1 or N·K < 2^21; lowp_ops/cpu/conv.py: N·OH·OW <= 2048 output pixels).
+
+enum class Op { kLinear = 0, kMm = 1, kConv = 2 };
+
+constexpr int64_t kQlinearMinWeight = int64_t{1} << 21;  // lowp_ops/cpu/gemm.py's _QLINEAR_MIN_WEIGHT
+constexpr int64_t kGemmMaxPixels = 2048;                 // lowp_ops/cpu/conv.py's _GEMM_MAX_PIXELS
+constexpr double kMinScale = 1.1754943508222875e-38;      // 2^-126, lowp_ops.quant.MIN_SCALE
+
+// an argument as a CPU tensor of `dtype` with `numel` elements (-1: any), contiguous; or undefined for None
+bool as_tensor(PyObject* arg, at::ScalarType dtype, int64_t numel, at::Tensor& out) {
+  if (arg == Py_None) return true;
+  if (!THPVariable_Check(arg)) return false;
+  const at::Tensor& t = THPVariable_Unpack(arg);
+  if (t.device().type() != at::kCPU || t.scalar_type() != dtype || (numel >= 0 && t.numel() != numel) ||
+      t.is_inference()) {
+    return false;
+  }
+  out = t;
+  return true;
+}
+
+class Plan {
+ public:
+  // args: the op's arguments, x first, as the Lane passes them; out_dtype: the output dtype the op's validation
+  // resolved them to. None where not served.
+  static py::object make(int64_t op, const py::tuple& args, const py::object& out_dtype) {
+    auto plan = std::make_unique<Plan>();
+    return plan->build(static_cast<Op>(op), args, out_dtype.ptr()) ? py::cast(std::move(plan)) : py::none();
+  }
+
+  // the op's output for these arguments, or None where this plan does not serve them
+  py::object run(const py::tuple& args) {
+    return same(args) ? run_x(PyTuple_GET_ITEM(args.ptr(), 0)) : py::none();
+  }
+
+  // the op's output for x with the arguments the plan holds, or None where it does not serve x or a held tensor was
+  // written since (its version moved, or its data was swapped through .data): for an owner that drops its plan
+  // whenever it changes an argument otherwise (lowp_ops/nn/_base.py, _QuantModule)
+  py::object run_x(PyObject* arg) {
+    if (!THPVariable_CheckExact(arg) || !current()) return py::none();
+    const at::Tensor& x = THPVariable_Unpack(arg);
+    if (x.device().type() != at::kCPU) return py::none();
+    at::Tensor y = op_ == Op::kConv ? conv(x) : linear(x);
+    if (!y.defined()) return py::none();
+    return py::reinterpret_steal<py::object>(THPVariable_Wrap(std::move(y)));
+  }
+
+  int64_t op() const { return static_cast<int64_t>(op_); }
+
+ private:
+  bool build(Op op, const py::tuple& args, PyObject* resolved) {
+    op_ = op;
+    const size_t n = op == Op::kConv ? 15 : 11;
+    if (args.size() != n) return false;
+    auto arg = [&](size_t i) { return PyTuple_GET_ITEM(args.ptr(), i); };
+    // the arguments' positions in each op's schema (lowp_ops/ops/int8.py, conv.py)
+    size_t w, w_scale, bias, x_scale, x_zp, w_sum, act, out_scale, out_zp;
+    if (op == Op::kLinear) {
+      w = 1, w_scale = 2, bias = 3, x_scale = 4, x_zp = 5, w_sum = 6, act = 7, out_scale = 9, out_zp = 10;
+    } else if (op == Op::kMm) {
+      w = 1, x_scale = 2, w_scale = 3, bias = 4, x_zp = 5, w_sum = 6, act = 7, out_scale = 9, out_zp = 10;
+    } else {
+      w = 1, x_scale = 6, w_scale = 7, bias = 8, x_zp = 9, w_sum = 10, act = 11, out_scale = 13, out_zp = 14;
+    }
+    at::Tensor weight, in_scale, in_zp, o_scale, o_zp;
+    if (!as_tensor(arg(w), at::kChar, -1, weight) || !weight.defined() || weight.numel() == 0) return false;
+    const int64_t N = weight.size(0);
+    if (!as_tensor(arg(w_scale), at::kFloat, -1, w_scale_) || !w_scale_.defined() || !w_scale_.is_contiguous() ||
+        (w_scale_.numel() != N && w_scale_.numel() != 1) || !as_tensor(arg(bias), at::kFloat, N, bias_) ||
+        (bias_.defined() && !bias_.is_contiguous()) || !as_tensor(arg(x_scale), at::kFloat, 1, in_scale) ||
+        !as_tensor(arg(x_zp), at::kInt, 1, in_zp) || !as_tensor(arg(w_sum), at::kInt, N, w_sum_) ||
+        !as_tensor(arg(out_scale), at::kFloat, 1, o_scale) || !as_tensor(arg(out_zp), at::kInt, 1, o_zp)) {
+      return false;
+    }
+    if (in_zp.defined() != w_sum_.defined() || (w_sum_.defined() && !w_sum_.is_contiguous())) return false;
+    if (op == Op::kMm && !in_scale.defined()) return false;  // int8 a: static scales only
+    // activation and output dtype
+    if (!PyUnicode_Check(arg(act)) || !THPDtype_Check(resolved)) return false;
+    const std::string activation = PyUnicode_AsUTF8(arg(act));
+    if (activation == "none") {
+      epilogue_.activation = 0;
+    } else if (activation == "relu") {
+      epilogue_.activation = 1;
+    } else if (activation == "relu6") {
+      epilogue_.activation = 2;
+    } else {
+      return false;  // gelu: torch's, after the C++ pass, in Python
+    }
+    const auto out = reinterpret_cast<THPDtype*>(resolved)->scalar_type;
+    if (out != at::kFloat && !(out == at::kChar && o_scale.defined())) return false;
+    if (out == at::kChar) {
+      epilogue_.out_scale = o_scale.item<float>();
+      epilogue_.out_zp = o_zp.defined() ? static_cast<float>(o_zp.item<int32_t>()) : 0.0f;
+    }
+    if (in_scale.defined()) {
+      static_ = true;
+      in_scale_ = in_scale.item<float>();
+      in_zp_ = in_zp.defined() ? in_zp.item<int32_t>() : 0;
+    }
+    // the weight as torch._int_mm's (K, N) operand
+    if (op == Op::kConv) {
+      auto geometry = [&](size_t i, int64_t& a, int64_t& b) {
+        py::sequence s = py::reinterpret_borrow<py::sequence>(arg(i));
+        if (s.size() != 2) return false;
+        a = s[0].cast<int64_t>(), b = s[1].cast<int64_t>();
+        return true;
+      };
+      if (weight.dim() != 4 || !weight.is_contiguous(at::MemoryFormat::ChannelsLast) ||
+          !geometry(2, sh_, sw_) || !geometry(3, ph_, pw_) || !geometry(4, dh_, dw_) ||
+          py::reinterpret_borrow<py::object>(arg(5)).cast<int64_t>() != 1) {
+        return false;
+      }
+      C_ = weight.size(1), R_ = weight.size(2), S_ = weight.size(3);
+      K_ = C_ * R_ * S_;
+      w_t_ = weight.permute({0, 2, 3, 1}).reshape({N, K_}).t();  // a view: the weight is channels_last
+    } else {
+      if (weight.dim() != 2 || !weight.is_contiguous()) return false;
+      K_ = weight.size(1);
+      w_t_ = weight.t();
+    }
+    if (K_ < 2) return false;  // torch._int_mm is wrong for K = 1 (lowp_ops/cpu/gemm.py): the Python route
+    N_ = N;
+    epilogue_.b_scale = w_scale_.data_ptr<float>();
+    epilogue_.b_step = w_scale_.numel() == 1 ? 0 : 1;
+    epilogue_.bias = bias_.defined() ? bias_.data_ptr<float>() : nullptr;
+    epilogue_.b_sum = w_sum_.defined() ? w_sum_.data_ptr<int32_t>() : nullptr;
+    epilogue_.a_step = epilogue_.zp_step = 0;
+    // what run() compares: every argument after x; the tensors' versions and data
+    for (size_t i = 1; i < n; ++i) {
+      PyObject* a = arg(i);
+      held_.push_back(py::reinterpret_borrow<py::object>(a));
+      if (THPVariable_Check(a)) {
+        const at::Tensor& t = THPVariable_Unpack(a);
+        tensors_.push_back({t, t._version(), t.data_ptr()});
+      }
+    }
+    return true;
+  }
+
+  // every held tensor unwritten since: the same version, the same data
+  bool current() const {
+    for (const auto& h : tensors_) {
+      if (h.tensor._version() != h.version || h.tensor.data_ptr() != h.data) return false;
+    }
+    return true;
+  }
+
+  // every argument after x is the one validated: the same tensor objects, unwritten, and equal other values
+  bool same(const py::tuple& args) const {
+    if (static_cast<size_t>(PyTuple_GET_SIZE(args.ptr())) != held_.size() + 1) return false;
+    for (size_t i = 0; i < held_.size(); ++i) {
+      PyObject* a = PyTuple_GET_ITEM(args.ptr(), i + 1);
+      if (THPVariable_Check(held_[i].ptr())) {
+        if (a != held_[i].ptr()) return false;
+      } else if (a != held_[i].ptr()) {
+        const int equal = PyObject_RichCompareBool(a, held_[i].ptr(), Py_EQ);
+        if (equal != 1) {
+          PyErr_Clear();
+          return false;
+        }
+      }
+    }
+    return true;
+  }
+
+  // the GEMM and its epilogue on q (rows, K) int8, with x's scale (one value: a_scale / zero point per tensor) or
+  // the per-row scales of dynamic quantization
+  at::Tensor gemm(const at::Tensor& q, const float* a_scale, int64_t a_step) const {
+    Epilogue e = epilogue_;
+    e.a_scale = a_scale, e.a_step = a_step;
+    if (w_sum_.defined()) e.a_zp = &in_zp_, e.zp_step = 0;
+    return run_epilogue(at::_int_mm(q, w_t_), e);
+  }
+
+  // int8_linear / int8_mm: x (..., K) float32 / int8, contiguous
+  at::Tensor linear(const at::Tensor& x) const {
+    const auto dtype = op_ == Op::kLinear ? at::kFloat : at::kChar;
+    if (x.scalar_type() != dtype || x.dim() < 1 || x.size(-1) != K_ || !x.is_contiguous()) return {};
+    const int64_t M = x.numel() / K_;
+    if (M == 0 || (M >= 2 && N_ * K_ >= kQlinearMinWeight)) return {};  // oneDNN's qlinear route, in Python
+    const at::Tensor x2 = x.view({M, K_});
+    at::Tensor y;
+    if (op_ == Op::kMm) {
+      y = gemm(x2, &in_scale_, 0);
+    } else if (static_) {
+      y = gemm(quantize_per_tensor(x2, in_scale_, in_zp_, false), &in_scale_, 0);
+    } else {
+      const auto qs = quantize_rows_dynamic(x2, kMinScale);
+      y = gemm(qs[0], qs[1].data_ptr<float>(), 1);
+    }
+    auto shape = x.sizes().vec();
+    shape.back() = N_;
+    return y.view(shape);
+  }
+
+  // int8_conv2d: x (N, C, H, W) float32 (any layout) or int8 channels_last -> (N, K, OH, OW) channels_last
+  at::Tensor conv(const at::Tensor& x) const {
+    if (x.dim() != 4 || x.size(1) != C_ || (x.scalar_type() != at::kFloat && x.scalar_type() != at::kChar)) return {};
+    if (x.scalar_type() == at::kChar && !static_) return {};
+    const int64_t B = x.size(0), H = x.size(2), W = x.size(3);
+    const int64_t OH = (H + 2 * ph_ - dh_ * (R_ - 1) - 1) / sh_ + 1, OW = (W + 2 * pw_ - dw_ * (S_ - 1) - 1) / sw_ + 1;
+    if (H + 2 * ph_ < dh_ * (R_ - 1) + 1 || W + 2 * pw_ < dw_ * (S_ - 1) + 1) return {};  // the op says why
+    if (B * OH * OW == 0 || B * OH * OW > kGemmMaxPixels || x.numel() == 0) return {};  // oneDNN's route, in Python
+    at::Tensor q;
+    float scale = in_scale_;
+    if (x.scalar_type() == at::kChar) {
+      q = x.contiguous(at::MemoryFormat::ChannelsLast);
+    } else {
+      if (!static_) {  // one symmetric scale for the call (lowp_ops.cpu.quantize.per_tensor_qparams)
+        const auto range = at::aminmax(x);
+        const double lo = std::get<0>(range).item<float>(), hi = std::get<1>(range).item<float>();
+        if (!std::isfinite(lo) || !std::isfinite(hi)) return {};  // poisons the bias: the Python route
+        scale = static_cast<float>(std::max(-lo, hi) / 127.0);
+        scale = std::max(scale, static_cast<float>(kMinScale));
+      }
+      q = quantize_per_tensor(x, scale, static_ ? in_zp_ : 0, true);
+    }
+    const at::Tensor patches = im2col(q, R_, S_, sh_, sw_, ph_, pw_, dh_, dw_, static_ ? in_zp_ : 0);
+    return gemm(patches, &scale, 0).view({B, OH, OW, N_}).permute({0, 3, 1, 2});
+  }
+
+  Op op_ = Op::kLinear;
+  struct Held {
+    at::Tensor tensor;
+    uint32_t version;
+    const void* data;
+  };
+  std::vector<py::object> held_;  // the arguments after x
+  std::vector<Held> tensors_;     // the tensors among them, as validated
+  at::Tensor w_t_, w_scale_, bias_, w_sum_;
+  Epilogue epilogue_;
+  bool static_ = false;
+  float in_scale_ = 1.0f;
+  int32_t in_zp_ = 0;
+  int64_t K_ = 0, N_ = 0, C_ = 0, R_ = 1, S_ = 1, sh_ = 1, sw_ = 1, ph_ = 0, pw_ = 0, dh_ = 1, dw_ = 1;
+};
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -242,5 +518,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("quantize_per_tensor", &quantize_per_tensor);
   m.def("gemm_epilogue", &gemm_epilogue);
   m.def("im2col", &im2col);
+  py::class_<Plan>(m, "Plan")
+      .def_static("make", &Plan::make, "Plan.make(op, args, out_dtype): op 0 int8_linear, 1 int8_mm, 2 int8_conv2d; None if not served")
+      .def("run", &Plan::run, "run(args) -> the op's output, or None where this plan does not serve the call")
+      .def("run_x", [](Plan& p, py::handle x) { return p.run_x(x.ptr()); },
+           "run_x(x) -> the op's output for x with the held arguments, or None")
+      .def_property_readonly("op", &Plan::op);
   m.def("vector_width", [] { return kW; }, "floats per vector register in this build (1: scalar code)");
 }

@@ -20,6 +20,7 @@ from torch import nn
 
 from .. import quant
 from .._validate import ACTIVATIONS, SCALE_RANGE, outside
+from ..ops._common import forget_plans
 
 # Float dtypes a cast (.half(), .to(dtype)) may give a quantized layer's float output; float64 is computed in float32
 CAST_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -170,6 +171,14 @@ class _QuantModule(nn.Module):
         scale = self.weight_scale.reshape(-1, *(1,) * (self.qweight.ndim - 1))
         return (self.qweight.float() * scale).to(self.out_dtype or torch.float32)
 
+    def __setattr__(self, name: str, value) -> None:
+        forget_plans(self)  # a plan it trusted held the arguments this attribute may have been (ops/_common.py)
+        super().__setattr__(name, value)
+
+    def __delattr__(self, name: str) -> None:
+        forget_plans(self)
+        super().__delattr__(name)
+
     def _apply(self, fn, recurse=True):
         """.to(device) / .cuda() / .cpu() move the buffers. A float dtype cast never touches them — the kernels
         need the quantized weight and float32 scales — and sets the layer's float output dtype instead:
@@ -177,6 +186,7 @@ class _QuantModule(nn.Module):
             .float() / .to(torch.float32)                    ->  out_dtype = as built (None: follow the input)
         float32 is what the layer already computes in, so casting to it undoes earlier casts: m.half().float()
         behaves exactly as m. An int8 output (Int8*'s output_scale set) stays int8 whatever the cast."""
+        forget_plans(self)  # they hold the tensors about to be replaced
         cast, device = float_cast(fn, self.qweight.device)
         if cast is None:
             return super()._apply(_tied(fn, fn), recurse)
@@ -246,6 +256,7 @@ class _QuantModule(nn.Module):
         """The state to pickle, a float8 weight as its bytes: pickle.loads cannot rebuild a float8 tensor (torch
         2.13's non-torch.save path looks for a typed storage, which float8 has none of: AttributeError
         'UntypedStorage' has no attribute 'dtype'). torch.save and deepcopy would manage; this serves all three."""
+        forget_plans(self)  # C++ objects: neither picklable nor worth copying
         state = super().__getstate__()
         weight = state["_buffers"].get("qweight")
         if weight is not None and weight.is_floating_point() and weight.element_size() == 1:

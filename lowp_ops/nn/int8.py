@@ -15,6 +15,7 @@ from torch.nn.modules.utils import _pair
 
 from .. import quant
 from .._validate import INT8_RANGE
+from ..ops._common import run_plan, trust_plan
 from ..ops.conv import eager_int8_conv2d
 from ..ops.int8 import eager_int8_linear, eager_int8_mm
 from ._base import SCALE, Buffer, _QuantModule
@@ -79,6 +80,13 @@ class _Int8Module(_QuantModule):
     def _output_dtype(self, x: torch.Tensor) -> torch.dtype:
         return torch.int8 if self.output_scale is not None else super()._output_dtype(x)
 
+    def _trust_plan(self, out_dtype: torch.dtype) -> None:
+        """Let the next calls run the plan the lane just made, on x alone (ops/_common.py, run_plan): this module
+        drops it whenever an attribute is set or its tensors move (_QuantModule), and for an x the plan serves
+        (float32 and contiguous, or int8) forward changes neither x nor the output, unless the output is widened
+        after the op (float64)."""
+        trust_plan(self, out_dtype == self._kernel_dtype(out_dtype))
+
     def _scheme(self) -> str:
         act = (f"static int8 (scale={self.input_scale.item():.4g}, zero_point="
                f"{0 if self.input_zero_point is None else int(self.input_zero_point.item())})"
@@ -126,6 +134,9 @@ class Int8Linear(_Int8Module):
         return cls(linear.weight, linear.bias, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = run_plan(self, x)  # the last call's C++ plan, where it serves x (see _trust_plan)
+        if y is not None:
+            return y
         x, out_dtype = self._linear_input(x)
         epilogue = (self.activation, self._kernel_dtype(out_dtype), self.output_scale, self.output_zero_point)
         if x.dtype == torch.int8:  # torch.ops.lowp.int8_mm, or its eager lane
@@ -134,6 +145,7 @@ class Int8Linear(_Int8Module):
         else:  # torch.ops.lowp.int8_linear, or its eager lane
             y = eager_int8_linear(self, x, self.qweight, self.weight_scale, self.bias, self.input_scale,
                                   self.input_zero_point, self.weight_sum, *epilogue)
+        self._trust_plan(out_dtype)
         return y.to(out_dtype)
 
     def extra_repr(self) -> str:
@@ -222,6 +234,9 @@ class Int8Conv2d(_Int8Module):
         self.qweight = self.qweight.contiguous(memory_format=torch.channels_last)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = run_plan(self, x)  # the last call's C++ plan, where it serves x (see _trust_plan)
+        if y is not None:
+            return y
         if x.ndim not in (3, 4) or x.shape[-3] != self.in_channels:
             raise ValueError(f"Int8Conv2d: input must be (N, C, H, W) or unbatched (C, H, W) with C = in_channels "
                              f"= {self.in_channels}, got shape {tuple(x.shape)}")
@@ -239,6 +254,7 @@ class Int8Conv2d(_Int8Module):
                               self.input_scale, self.weight_scale, self.bias, self.input_zero_point, self.weight_sum,
                               self.activation, self._kernel_dtype(out_dtype), self.output_scale,
                               self.output_zero_point)
+        self._trust_plan(out_dtype)
         return y.to(out_dtype)
 
     def extra_repr(self) -> str:

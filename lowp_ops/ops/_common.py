@@ -22,7 +22,9 @@ from .._validate import (
     fail,
     fp8_supported,
 )
+from ..cpu import native, support
 from ..cpu.support import plain_eager
+from .backends import cpu_backend
 
 
 def flat(t: Tensor | None) -> Tensor | None:
@@ -138,12 +140,42 @@ def _signature(args: tuple) -> tuple[tuple, list[Tensor]] | None:
 def _eager_plain(x) -> bool:
     """Whether a call on x runs eagerly on a plain CPU tensor, with nothing that must see the op: no autograd
     through it (its backward says the op is inference-only), no tracing (torch.compile / export put the op in their
-    graphs), no dispatch or torch-function mode (fake tensors, FlopCounterMode, proxies), no tensor subclass or
-    functorch wrapper. CUDA calls keep the op's own path until the kernels have run on a card."""
+    graphs, torch.jit.trace records the aten ops it sees), no dispatch or torch-function mode (fake tensors,
+    FlopCounterMode, proxies), no tensor subclass or functorch wrapper. CUDA calls keep the op's own path until the
+    kernels have run on a card."""
     return (type(x) is Tensor and x.device.type == "cpu" and not (x.requires_grad and torch.is_grad_enabled())
             and not torch.compiler.is_compiling() and not torch._C._len_torch_dispatch_stack()
-            and not torch._C._is_torch_function_mode_enabled()
+            and not torch._C._is_torch_function_mode_enabled() and torch._C._get_tracing_state() is None
             and not torch._C._functorch.is_functorch_wrapped_tensor(x))
+
+
+# owner.__dict__ keys: PLAN, the native plan a Lane made at the owner's last validated call (checked against each
+# call's arguments); TRUSTED, that plan where the owner vouches for its arguments (trust_plan, run_plan)
+PLAN, TRUSTED = "_lowp_plan", "_lowp_trusted_plan"
+
+
+def forget_plans(owner: object) -> None:
+    """Drop the native plans an owner holds: before pickling or copying it (a plan is a C++ object), when it moves
+    or replaces its tensors (a plan holds those it was made for), when an attribute changes (trusted plans)."""
+    owner.__dict__.pop(PLAN, None)
+    owner.__dict__.pop(TRUSTED, None)
+
+
+def trust_plan(owner: object, trusted: bool) -> None:
+    """After a call through a Lane: let run_plan use the plan it made (or kept), or not. The owner vouches that
+    every argument but x is the same as in that call until it calls forget_plans (a module: until an attribute is
+    set, or its tensors moved; in-place writes the plan sees itself), and that what it does around the op is
+    nothing for an x the plan serves (no cast of x or of the output)."""
+    owner.__dict__[TRUSTED] = (owner.__dict__.get(PLAN) or None) if trusted else None  # False: declined
+
+
+def run_plan(owner: object, x) -> Tensor | None:
+    """The owner's trusted plan on x alone (native.cpp's Plan.run_x: the held tensors' versions checked, nothing
+    else), or None where there is none or it does not serve x: a batch-1 module's whole call in C++."""
+    plan = owner.__dict__.get(TRUSTED)
+    if plan is None or not _eager_plain(x) or not _native_backend():
+        return None
+    return plan.run_x(x)
 
 
 class Lane:
@@ -153,14 +185,22 @@ class Lane:
     call. The result is the op's own: the same body, on arguments the same checks passed. Anything _eager_plain
     refuses, or a signature it cannot stamp, goes through the op.
 
+    Under the native CPU backend, once validation has passed, the owner also gets a plan (native.cpp's Plan, in
+    owner.__dict__[PLAN]): the arguments after x held in C++, each call checked there to be the same objects at the same
+    versions, and the backend's route for the call run there — quantize, im2col, torch._int_mm, the epilogue, the
+    same C++ and ATen functions the Python route calls — so a batch-1 layer costs one call out of Python
+    (Int8Linear (1, 64) x (64, 64): 37 -> ~8 us on the CI machine, 2026-12-06). A call the plan does not serve
+    (a route through oneDNN, gelu, a changed argument) comes back None and takes the path below.
+
     op: the torch.ops.lowp op; check(*args) -> the output dtype (None resolved), raising on bad arguments, as the
     op does first (it may take only the op's leading arguments); body(*args) the rest of the op, with out_dtype
-    resolved. Lanes are remembered per owner (the module) for its last signature, with weak references to the
-    argument tensors: an id is a tensor's only while it lives, and a lane must not keep a module's old weights
-    alive after .to(device) replaced them."""
+    resolved; plan: the op's number in native.cpp's Plan.make, None for an op without a plan. Lanes are remembered
+    per owner (the module) for its last signature, with weak references to the argument tensors: an id is a
+    tensor's only while it lives, and a lane must not keep a module's old weights alive after .to(device) replaced
+    them."""
 
-    def __init__(self, op, check: Callable, body: Callable) -> None:
-        self.op, self.check, self.body = op, check, body
+    def __init__(self, op, check: Callable, body: Callable, plan: int | None = None) -> None:
+        self.op, self.check, self.body, self.plan = op, check, body, plan
         self.out_index = list(inspect.signature(body).parameters).index("out_dtype")
         self.checked = len(inspect.signature(check).parameters)  # the op's leading arguments check() takes
         # owner -> (signature, output dtype, weak references to the signature's tensors)
@@ -169,6 +209,14 @@ class Lane:
     def __call__(self, owner: object, *args) -> Tensor:
         if not _eager_plain(args[0]):
             return self.op(*args)
+        native_backend = _native_backend()
+        # the plan: a native.cpp Plan, False where Plan.make declined these arguments, None (absent) after
+        # forget_plans or before the first call
+        plan = owner.__dict__.get(PLAN) if native_backend else None
+        if plan and plan.op == self.plan:
+            y = plan.run(args)
+            if y is not None:
+                return y
         signed = _signature(args)
         if signed is None:
             return self.op(*args)
@@ -177,9 +225,17 @@ class Lane:
         if seen is None or seen[0] != key or any(ref() is not t for ref, t in zip(seen[2], tensors, strict=True)):
             seen = (key, self.check(*args[:self.checked]), tuple(weakref.ref(t) for t in tensors))
             self._validated[owner] = seen
+            plan = None  # made for other arguments
+        if native_backend and self.plan is not None and (plan is None or (plan and plan.op != self.plan)):
+            owner.__dict__[PLAN] = native.load().Plan.make(self.plan, args, seen[1]) or False
         i = self.out_index
         outer, plain_eager.on = getattr(plain_eager, "on", False), True
         try:
             return self.body(*args[:i], seen[1], *args[i + 1:])
         finally:
             plain_eager.on = outer
+
+
+def _native_backend() -> bool:
+    """Whether CPU calls run the native backend with its C++ passes (where plans run)."""
+    return cpu_backend() == "native" and support.missing() is None and native.load() is not None

@@ -174,7 +174,7 @@ def _int8_conv2d(x, weight, stride, padding, dilation, groups, x_scale, weight_s
 
 
 inference_only(int8_conv2d, "Int8Conv2d")
-eager_int8_conv2d = Lane(int8_conv2d, _check_int8_conv2d, _int8_conv2d)
+eager_int8_conv2d = Lane(int8_conv2d, _check_int8_conv2d, _int8_conv2d, plan=2)
 
 
 @int8_conv2d.register_fake

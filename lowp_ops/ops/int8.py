@@ -194,5 +194,5 @@ def _int8_linear_fake(x, weight, weight_scale, bias=None, x_scale=None, x_zero_p
 
 inference_only(int8_mm, "Int8Linear")
 inference_only(int8_linear, "Int8Linear")
-eager_int8_mm = Lane(int8_mm, _check_int8_mm, _int8_mm)
-eager_int8_linear = Lane(int8_linear, _check_int8_linear, _int8_linear)
+eager_int8_mm = Lane(int8_mm, _check_int8_mm, _int8_mm, plan=1)
+eager_int8_linear = Lane(int8_linear, _check_int8_linear, _int8_linear, plan=0)

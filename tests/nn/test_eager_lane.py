@@ -3,7 +3,10 @@ torch.library's dispatch and validates the module's constant arguments once per 
 bit for bit; every call that something must see (autograd, tracing, dispatch modes) goes through the op; and no
 change to the module's tensors escapes validation."""
 
+import contextlib
+import copy
 import gc
+import pickle
 import weakref
 
 import pytest
@@ -11,7 +14,10 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from lowp_ops import use_cpu_backend
+from lowp_ops.cpu import native, support
 from lowp_ops.nn import Fp8Linear, Int8Conv2d, Int8Linear
+from lowp_ops.ops._common import TRUSTED, Lane
 from lowp_ops.ops.conv import eager_int8_conv2d
 from lowp_ops.ops.int8 import eager_int8_linear
 from util import assert_bitwise_equal
@@ -166,3 +172,151 @@ def test_a_lane_keeps_no_tensor_alive():
     assert old() is None
     x = torch.randn(2, 19)
     assert_bitwise_equal(layer(x), _by_op(layer, x))  # validated again with the new buffer
+
+
+# ---------------------------------------------------------------------------------------------------- native plans
+# Under the native CPU backend a module's first lane call leaves a C++ plan (native.cpp's Plan) that later calls run
+# on x alone (ops/_common.py: run_plan). Its output is the Python route's and the reference's, bit for bit; a call it
+# does not serve, or any change to the module since, goes back through the lane.
+
+needs_native = pytest.mark.skipif(native.load() is None or support.missing() is not None,
+                                  reason="no native CPU backend here (no C++ compiler, or no int8 dot products)")
+
+
+def _trusted(layer: nn.Module):
+    return layer.__dict__.get(TRUSTED)
+
+
+@contextlib.contextmanager
+def _no_lane(monkeypatch):
+    """Inside: a call that reaches a lane (or the op) fails, so what runs is the plan."""
+    def boom(*args, **kwargs):
+        raise AssertionError("the call went through the lane, not the module's plan")
+
+    with monkeypatch.context() as m:
+        m.setattr(Lane, "__call__", boom)
+        yield
+
+
+def _served(layer: nn.Module, x: torch.Tensor, monkeypatch) -> torch.Tensor:
+    """layer(x) twice: the first through the lane (it makes the plan), the second by the plan alone, equal to the
+    first and to the reference backend's output, bit for bit."""
+    first = layer(x)
+    assert _trusted(layer), "no plan after the first call"
+    with _no_lane(monkeypatch):
+        y = layer(x)
+    assert_bitwise_equal(y, first)
+    with use_cpu_backend("reference"):
+        assert_bitwise_equal(y, layer(x))
+    return y
+
+
+PLANNED_LINEARS = LINEARS + [({"activation": "relu6", **_INT8_OUT}, "relu6 int8 out")]
+
+
+@needs_native
+@pytest.mark.parametrize(("kw", "what"), PLANNED_LINEARS, ids=[w for _, w in PLANNED_LINEARS])
+@pytest.mark.parametrize("shape", [(1, 19), (13, 19), (67, 19), (2, 7, 19)])
+def test_linear_plan_is_the_op_and_the_reference(kw, what, shape, monkeypatch):
+    _served(_linear(**kw), torch.randn(shape), monkeypatch)
+
+
+@needs_native
+def test_linear_plan_on_int8_input(monkeypatch):
+    """A layer fed the int8 codes of the layer before (int8_mm's plan)."""
+    _served(_linear(**_INT8_OUT), torch.randint(-128, 128, (13, 19), dtype=torch.int8), monkeypatch)
+
+
+PLANNED_CONVS = CONVS + [({"activation": "relu6", **_INT8_OUT}, "relu6 int8 out")]
+
+
+@needs_native
+@pytest.mark.parametrize(("kw", "what"), PLANNED_CONVS, ids=[w for _, w in PLANNED_CONVS])
+@pytest.mark.parametrize("shape", [(1, 3, 7, 9), (3, 3, 13, 5)])
+def test_conv_plan_is_the_op_and_the_reference(kw, what, shape, monkeypatch):
+    _served(_conv(**kw), torch.randn(shape), monkeypatch)
+
+
+@needs_native
+def test_conv_plan_on_int8_input_and_dilation(monkeypatch):
+    torch.manual_seed(0)
+    layer = Int8Conv2d.from_float(nn.Conv2d(4, 6, 3, padding=2, dilation=2), **_INT8_OUT)
+    x = torch.randint(-128, 128, (2, 4, 9, 11), dtype=torch.int8).contiguous(memory_format=torch.channels_last)
+    _served(layer, x, monkeypatch)
+    _served(layer, torch.randint(-128, 128, (2, 4, 9, 11), dtype=torch.int8), monkeypatch)  # NCHW int8 too
+
+
+@needs_native
+def test_calls_a_plan_does_not_serve_take_the_lane():
+    """Each of these calls finds the plan, which declines it: the lane's output, the op's."""
+    torch.manual_seed(0)
+    big = Int8Linear.from_float(nn.Linear(2048, 1024))  # N·K = 2^21: oneDNN's qlinear from M = 2
+    big(torch.randn(1, 2048))
+    assert _trusted(big)
+    for x in (torch.randn(2, 2048), torch.randn(4, 2048).T.contiguous().T[:, :2048][:3]):
+        assert_bitwise_equal(big(x), _by_op(big, x))
+    conv = _conv(**_STATIC)
+    conv(torch.randn(1, 3, 8, 8))
+    x = torch.randn(3, 3, 64, 64)  # 3 x 32 x 32 output pixels: more than the GEMM route takes (oneDNN's)
+    assert_bitwise_equal(conv(x), _by_op(conv, x))
+    layer = _linear(**_STATIC)
+    layer(torch.randn(3, 19))
+    for x in (torch.randn(3, 19, dtype=torch.float16), torch.randn(19, 3).T, torch.randn(3, 19, dtype=torch.float64)):
+        assert_bitwise_equal(layer(x), _by_op(layer, x))
+    gelu = _linear(activation="gelu")
+    gelu(torch.randn(3, 19))
+    assert not _trusted(gelu)  # gelu is torch's, after the C++ pass: no plan
+
+
+@needs_native
+def test_a_plan_follows_every_change_to_its_module():
+    layer = _linear(**_INT8_OUT)
+    x = torch.randn(5, 19)
+    layer(x), layer(x)
+
+    def check():
+        assert_bitwise_equal(layer(x), _by_op(layer, x))
+        assert_bitwise_equal(layer(x), _by_op(layer, x))  # the second call: the plan made again
+
+    with torch.no_grad():
+        layer.input_scale.mul_(2)  # in place: the version moves
+    check()
+    layer.weight_scale.data = layer.weight_scale * 0.5  # .data: new memory, no version bump
+    check()
+    layer.activation = "relu"  # an attribute
+    check()
+    layer.output_scale = torch.tensor([0.5])  # a replaced buffer
+    check()
+    layer.double()  # float64 output: computed in float32, widened after the op
+    assert layer(x).dtype == torch.int8  # int8 output stays int8
+    layer.output_scale = layer.output_zero_point = None
+    assert layer(x).dtype == torch.float64
+    check()
+    layer.float()
+    check()
+    assert _trusted(layer)
+
+
+@needs_native
+def test_modules_with_plans_copy_and_pickle():
+    layer = _conv(**_STATIC)
+    x = torch.randn(2, 3, 9, 9)
+    y = layer(x)
+    assert _trusted(layer)
+    for twin in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):
+        assert _trusted(twin) is None
+        assert_bitwise_equal(twin(x), y)
+    assert_bitwise_equal(layer(x), y)
+
+
+@needs_native
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::torch.jit.TracerWarning")
+def test_jit_trace_records_the_op():
+    """torch.jit.trace records the aten and custom ops it sees: C++ plans (and lanes) stand aside while it runs."""
+    layer = _linear(**_STATIC)
+    x = torch.randn(3, 19)
+    layer(x), layer(x)
+    with torch.no_grad():
+        traced = torch.jit.trace(layer, x)
+    assert "lowp::int8_linear" in str(traced.graph)
+    assert_bitwise_equal(traced(x), layer(x))
