@@ -37,10 +37,11 @@ inspect: $(VENV)/.installed
 	$(PY) tools/inspect_kernels.py
 
 # Re-pin to what pip resolves today: a throwaway venv, unpinned install, its versions written to $(LOCK). Then
-# `make test` (it reinstalls) and commit the file if it passes.
+# `make test` (it reinstalls) and commit the file if it passes. The peers extra (the CPU bench's ONNX Runtime and
+# OpenVINO rows) is pinned too, for `pip install --constraint constraints.txt -e ".[peers]"`; make installs only dev.
 lock:
 	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
-	.venv-lock/bin/python -m pip install --quiet --disable-pip-version-check "$(TORCH)" -e ".[dev]"
+	.venv-lock/bin/python -m pip install --quiet --disable-pip-version-check "$(TORCH)" -e ".[dev,peers]"
 	.venv-lock/bin/python tools/lock.py > $(or $(LOCK),constraints.txt)
 	rm -rf .venv-lock
 

@@ -47,8 +47,9 @@ def main(argv=None) -> int:
                         help="tiny shapes on CPU: build and check every case, time nothing (what CI runs)")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
-                        help="cpu: the CPU benchmarks of bench/cpu.py (models, Linear, BERT vs FP32 / torch.compile / "
-                             "torch.ao), which take --out, --smoke, --repeats and --system-allocator only")
+                        help="cpu: the CPU benchmarks of bench/cpu.py (ConvNet, Linear, BERT-base, MiniLM vs FP32 / "
+                             "torch.compile / torch.ao / ONNX Runtime / OpenVINO), which take --out, --smoke, "
+                             "--repeats and --system-allocator only")
     parser.add_argument("--repeats", type=int, help="--device cpu: most timed calls per row (default 20)")
     parser.add_argument("--system-allocator", action="store_true",
                         help="--device cpu: keep glibc's default allocator settings (see bench/cpu.py)")
