@@ -9,8 +9,10 @@ torch._int_mm / onednn.qlinear (u8 input shift included):
     K = N = 4096:       M=1 0.20 / 0.22, M=2 3.0 / 0.22, M=32 4.2 / 1.6, M=256 14.6 / 10.2   (FP32 M=256: 59)
     K=9216, N=128:      M=1 0.015 / 0.056, M=32 0.22 / 0.22, M=256 0.82 / 1.0
     K=768, N=768/3072:  M=8 0.036 / 0.083, M=1024 1.8 / 1.6 and 6.0 / 6.4; K=3072, N=768, M=1024: 6.6 / 5.7
-qlinear pays a ~40 us fixed cost and wins big only on large weights; _int_mm has a fast M = 1 path. So: qlinear
-for M >= 2 and N·K >= 2^21, else _int_mm. qlinear takes one zero point per tensor and returns float32, exact only
+Again on 2026-12-06 (same machine, medians of 20), GMAC/s: M=1024, K=768, N=3072: 430 / 402 (K=3072, N=768: 430 /
+408); M=2048, K=384, N=1536: 417 / 355; M=256, K=N=4096: 331 / 418.
+qlinear pays a ~40 us fixed cost and wins only on large weights; _int_mm has a fast M = 1 path. So: qlinear
+for M >= 2 and N·K >= 2^23, else _int_mm. qlinear takes one zero point per tensor and returns float32, exact only
 below 2^24: it runs with unit scales and is kept only when its output proves exact; otherwise, and while an op is
 traced (torch.compile, export), _int_mm.
 """
@@ -23,7 +25,7 @@ from .. import reference
 from . import native, support
 from .support import as_uint8, exact_integers, fall_back, packed, traced
 
-_QLINEAR_MIN_WEIGHT = 2**21  # N·K from which oneDNN's qlinear beats torch._int_mm (module docstring)
+_QLINEAR_MIN_WEIGHT = 2**23  # N·K from which oneDNN's qlinear beats torch._int_mm (module docstring)
 
 
 def _dense(t: torch.Tensor) -> torch.Tensor:

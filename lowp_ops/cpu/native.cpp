@@ -274,11 +274,11 @@ at::Tensor im2col(const at::Tensor& x, int64_t R, int64_t S, int64_t sh, int64_t
 // the output is the same, bit for bit. A call it does not serve returns None and takes the Python route.
 // Served: int8_linear (float32 x), int8_mm (int8 a) and int8_conv2d (float32 or int8 x, groups 1) with per-tensor
 // static or dynamic activation scales, none / relu / relu6, float32 or int8 output, on the routes that use
-// torch._int_mm (lowp_ops/cpu/gemm.py: M = 1 or N·K < 2^21; lowp_ops/cpu/conv.py: N·OH·OW <= 2048 output pixels).
+// torch._int_mm (lowp_ops/cpu/gemm.py: M = 1 or N·K below its qlinear threshold; lowp_ops/cpu/conv.py: N·OH·OW <=
+// 2048 output pixels).
 
 enum class Op { kLinear = 0, kMm = 1, kConv = 2 };
 
-constexpr int64_t kQlinearMinWeight = int64_t{1} << 21;  // lowp_ops/cpu/gemm.py's _QLINEAR_MIN_WEIGHT
 constexpr int64_t kGemmMaxPixels = 2048;                 // lowp_ops/cpu/conv.py's _GEMM_MAX_PIXELS
 constexpr double kMinScale = 1.1754943508222875e-38;      // 2^-126, lowp_ops.quant.MIN_SCALE
 
@@ -298,9 +298,11 @@ bool as_tensor(PyObject* arg, at::ScalarType dtype, int64_t numel, at::Tensor& o
 class Plan {
  public:
   // args: the op's arguments, x first, as the Lane passes them; out_dtype: the output dtype the op's validation
-  // resolved them to. None where not served.
-  static py::object make(int64_t op, const py::tuple& args, const py::object& out_dtype) {
+  // resolved them to; qlinear_min_weight: N·K from which lowp_ops/cpu/gemm.py takes oneDNN's qlinear at M >= 2 (a
+  // route this plan leaves to Python). None where not served.
+  static py::object make(int64_t op, const py::tuple& args, const py::object& out_dtype, int64_t qlinear_min_weight) {
     auto plan = std::make_unique<Plan>();
+    plan->qlinear_min_weight_ = qlinear_min_weight;
     return plan->build(static_cast<Op>(op), args, out_dtype.ptr()) ? py::cast(std::move(plan)) : py::none();
   }
 
@@ -453,7 +455,7 @@ class Plan {
     const auto dtype = op_ == Op::kLinear ? at::kFloat : at::kChar;
     if (x.scalar_type() != dtype || x.dim() < 1 || x.size(-1) != K_ || !x.is_contiguous()) return {};
     const int64_t M = x.numel() / K_;
-    if (M == 0 || (M >= 2 && N_ * K_ >= kQlinearMinWeight)) return {};  // oneDNN's qlinear route, in Python
+    if (M == 0 || (M >= 2 && N_ * K_ >= qlinear_min_weight_)) return {};  // oneDNN's qlinear route, in Python
     const at::Tensor x2 = x.view({M, K_});
     at::Tensor y;
     if (op_ == Op::kMm) {
@@ -508,6 +510,7 @@ class Plan {
   bool static_ = false;
   float in_scale_ = 1.0f;
   int32_t in_zp_ = 0;
+  int64_t qlinear_min_weight_ = 0;
   int64_t K_ = 0, N_ = 0, C_ = 0, R_ = 1, S_ = 1, sh_ = 1, sw_ = 1, ph_ = 0, pw_ = 0, dh_ = 1, dw_ = 1;
 };
 
@@ -519,7 +522,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gemm_epilogue", &gemm_epilogue);
   m.def("im2col", &im2col);
   py::class_<Plan>(m, "Plan")
-      .def_static("make", &Plan::make, "Plan.make(op, args, out_dtype): op 0 int8_linear, 1 int8_mm, 2 int8_conv2d; None if not served")
+      .def_static("make", &Plan::make, "Plan.make(op, args, out_dtype, qlinear_min_weight): op 0 int8_linear, 1 int8_mm, 2 int8_conv2d; None if "
+           "not served")
       .def("run", &Plan::run, "run(args) -> the op's output, or None where this plan does not serve the call")
       .def("run_x", [](Plan& p, py::handle x) { return p.run_x(x.ptr()); },
            "run_x(x) -> the op's output for x with the held arguments, or None")

@@ -22,6 +22,7 @@ from .._validate import (
     fail,
     fp8_supported,
 )
+from ..cpu import gemm as cpu_gemm
 from ..cpu import native, support
 from ..cpu.support import plain_eager
 from .backends import cpu_backend
@@ -227,7 +228,8 @@ class Lane:
             self._validated[owner] = seen
             plan = None  # made for other arguments
         if native_backend and self.plan is not None and (plan is None or (plan and plan.op != self.plan)):
-            owner.__dict__[PLAN] = native.load().Plan.make(self.plan, args, seen[1]) or False
+            owner.__dict__[PLAN] = native.load().Plan.make(self.plan, args, seen[1],
+                                                           cpu_gemm._QLINEAR_MIN_WEIGHT) or False
         i = self.out_index
         outer, plain_eager.on = getattr(plain_eager, "on", False), True
         try:

@@ -45,6 +45,14 @@ def test_epilogue_outputs_bit_exact(M, K, N, out_dtype, activation, zero_point, 
     assert_bitwise_equal(cpu.int8_gemm(a, b, **kw), reference.int8_gemm(a, b, **kw))
 
 
+@pytest.fixture
+def small_qlinear(monkeypatch):
+    """oneDNN's qlinear route from N·K = 2^21 (its threshold is 2^23): the route's tests keep weights of ~2M values,
+    whose float64 reference stays quick."""
+    monkeypatch.setattr(cpu_gemm, "_QLINEAR_MIN_WEIGHT", 2**21)
+
+
+@pytest.mark.usefixtures("small_qlinear")
 @pytest.mark.parametrize("cpp", [True, False], ids=["native.cpp", "torch ops"])
 @pytest.mark.parametrize("out_dtype", [torch.int32, torch.float32, torch.int8])
 def test_large_accumulators_take_the_exact_int_mm_route(monkeypatch, out_dtype, cpp):
@@ -69,11 +77,12 @@ def test_large_accumulators_take_the_exact_int_mm_route(monkeypatch, out_dtype, 
         assert bool(calls) == (k == 1100)
 
 
+@pytest.mark.usefixtures("small_qlinear")
 @pytest.mark.parametrize("zero_point, per_row", [(False, True), (True, False)], ids=["per-token", "static zp"])
 @pytest.mark.parametrize("out_dtype", [torch.int32, torch.float32, torch.bfloat16, torch.int8])
 @pytest.mark.parametrize("M", [2, 13, 67])
 def test_onednn_route_bit_exact(M, out_dtype, zero_point, per_row, monkeypatch):
-    # weights large enough (N·K >= 2^21) for oneDNN's qlinear; _int_mm must not be needed
+    # weights large enough (N·K >= 2^21, the threshold here) for oneDNN's qlinear; _int_mm must not be needed
     K, N = 1100, 1907
     monkeypatch.setattr(cpu_gemm, "int_mm", lambda *args: pytest.fail("took the _int_mm route"))
     a, b = int8(M, K), int8(N, K, low=-127)

@@ -15,6 +15,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from lowp_ops import use_cpu_backend
+from lowp_ops.cpu import gemm as cpu_gemm
 from lowp_ops.cpu import native, support
 from lowp_ops.nn import Fp8Linear, Int8Conv2d, Int8Linear
 from lowp_ops.ops._common import TRUSTED, Lane
@@ -247,10 +248,11 @@ def test_conv_plan_on_int8_input_and_dilation(monkeypatch):
 
 
 @needs_native
-def test_calls_a_plan_does_not_serve_take_the_lane():
+def test_calls_a_plan_does_not_serve_take_the_lane(monkeypatch):
     """Each of these calls finds the plan, which declines it: the lane's output, the op's."""
     torch.manual_seed(0)
-    big = Int8Linear.from_float(nn.Linear(2048, 1024))  # N·K = 2^21: oneDNN's qlinear from M = 2
+    monkeypatch.setattr(cpu_gemm, "_QLINEAR_MIN_WEIGHT", 2**21)  # N·K from which oneDNN's qlinear runs at M >= 2
+    big = Int8Linear.from_float(nn.Linear(2048, 1024))
     big(torch.randn(1, 2048))
     assert _trusted(big)
     for x in (torch.randn(2, 2048), torch.randn(4, 2048).T.contiguous().T[:, :2048][:3]):
