@@ -16,7 +16,7 @@ from .kernels.conv import conv_output_size
 from .quant import Fp8Spec, Granularity, QuantSpec
 
 __all__ = ["activation", "conv_epilogue", "fp8_gemm", "gemm", "gemm_epilogue", "int8_conv2d", "int8_gemm",
-           "per_tensor_qparams", "quantize_channels_last", "quantize_rows"]
+           "int8_max_pool2d", "per_tensor_qparams", "quantize_channels_last", "quantize_rows"]
 
 # The activation specs the kernels implement.
 INT8_PER_TOKEN = QuantSpec(bits=8, symmetric=True, granularity=Granularity.PER_TOKEN)  # dynamic, [-127, 127]
@@ -203,3 +203,10 @@ def conv_epilogue(acc: torch.Tensor, *, a_scale=None, activation="none", out_dty
                       out_dtype=out_dtype, **epilogue)
     # already channels_last (no copy) unless a dim is 0, when the reshapes leave strides channels_last rejects
     return y.reshape(n, oh, ow, k).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+
+
+def int8_max_pool2d(x: torch.Tensor, *, kernel_size, stride, padding, dilation, ceil_mode=False) -> torch.Tensor:
+    """x int8 (N, C, H, W) -> (N, C, OH, OW) int8 channels_last; arguments as kernels.int8_max_pool2d. torch's
+    float max-pool on the codes (exact: float32 holds every int8 value), back to int8."""
+    y = F.max_pool2d(x.float(), tuple(kernel_size), tuple(stride), tuple(padding), tuple(dilation), ceil_mode)
+    return y.to(torch.int8).contiguous(memory_format=torch.channels_last)

@@ -39,7 +39,7 @@ def test_gemm_tiles_use_wgmma_without_spilling(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     # every kernel variant the ops can launch compiles (the interpreter would not catch a compile error)
     assert report["compile_check"] and all(r["ok"] for r in report["compile_check"]), report["compile_check"]
-    assert {r["kernel"] for r in report["compile_check"]} == {"gemm", "conv2d", "quantize"}
+    assert {r["kernel"] for r in report["compile_check"]} == {"gemm", "conv2d", "quantize", "max_pool2d"}
     assert {"e4m3 dynamic bf16, two pass", "fp8 fast fp16+bias"} <= {r["variant"] for r in report["compile_check"]}
     rows = report["rows"]
     assert len(rows) >= 12

@@ -33,7 +33,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from lowp_ops.kernels import gemm, int8_conv2d, quantize_channels_last, quantize_rows
+from lowp_ops.kernels import gemm, int8_conv2d, int8_max_pool2d, quantize_channels_last, quantize_rows
 from lowp_ops.quant import MIN_SCALE
 
 I8, I32, F16, BF16, F32 = torch.int8, torch.int32, torch.float16, torch.bfloat16, torch.float32
@@ -195,6 +195,13 @@ _QUANTIZE_VARIANTS = {
                                         zero_point=_t(1, dtype=I32)),
     "NCHW fp16 -> NHWC int8, C loop": _quantize(quantize_channels_last, _t(2, 128, 8, 8, dtype=F16), scale=_t(1)),
 }
+# int8_max_pool2d: the window unrolled (a constexpr), channels_last or NCHW input, channel tails masked.
+_POOL_VARIANTS = {
+    "2x2, channels_last": _quantize(int8_max_pool2d, _t(2, 64, 24, 24, dtype=I8, memory_format=torch.channels_last),
+                                    kernel_size=(2, 2), stride=(2, 2), padding=(0, 0), dilation=(1, 1)),
+    "3x3 s2 p1 ceil, NCHW, channel tail": _quantize(int8_max_pool2d, _t(2, 70, 13, 13, dtype=I8), kernel_size=(3, 3),
+                                                    stride=(2, 2), padding=(1, 1), dilation=(1, 1), ceil_mode=True),
+}
 
 
 @dataclass
@@ -326,6 +333,7 @@ def compile_check(arch: int = 90) -> list[dict]:
     jobs += [("conv2d", name, call, (*_SIZE,), {"config": _SMALL})
              for name, call in {**_CONV_VARIANTS, **_CONV_EXTRA}.items()]
     jobs += [("quantize", name, call, (), {}) for name, call in _QUANTIZE_VARIANTS.items()]
+    jobs += [("max_pool2d", name, call, (), {}) for name, call in _POOL_VARIANTS.items()]
     rows = []
     for kernel, name, call, args, kwargs in jobs:
         try:

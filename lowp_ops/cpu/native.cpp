@@ -1,6 +1,6 @@
 // lowp's CPU passes in C++: per-row and per-tensor int8 quantization, and the int8 GEMM epilogue, each one loop
 // over its tensor where the pure-torch backend takes five to seven torch ops (a pass over memory and ~3 us of
-// Python each); im2col; and Plan, a module's whole int8 layer in one call. Bit-exact with lowp_ops.reference: the same float32 operations in the same order (no FMA
+// Python each); im2col; the int8 max-pool; and Plan, a module's whole int8 layer in one call. Bit-exact with lowp_ops.reference: the same float32 operations in the same order (no FMA
 // contraction: built with -ffp-contract=off), round half to even (std::nearbyint in the default rounding mode),
 // NaN and ±inf as the reference maps them. Built on first use by lowp_ops/cpu/native.py.
 // ATen's vector types take their instruction set from CPU_CAPABILITY_*, which ATen's build sets per kernel file:
@@ -265,6 +265,49 @@ at::Tensor im2col(const at::Tensor& x, int64_t R, int64_t S, int64_t sh, int64_t
 }
 
 
+// x (N, C, H, W) int8 channels_last -> its max-pool (N, C, OH, OW) int8 channels_last (lowp_ops/cpu/pool.py): per
+// output pixel, the channel-wise max over the window's in-bounds taps (at least one: PyTorch's padding rule), each
+// tap a contiguous run of C codes, a vector of channels at a time
+at::Tensor max_pool2d(const at::Tensor& x, int64_t KH, int64_t KW, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
+                      int64_t dh, int64_t dw, int64_t OH, int64_t OW) {
+  TORCH_CHECK(x.dim() == 4 && x.scalar_type() == at::kChar && x.is_contiguous(at::MemoryFormat::ChannelsLast),
+              "lowp native: x (N, C, H, W) int8 channels_last");
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  auto y = at::empty({N, C, OH, OW}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  const int8_t* xp = x.data_ptr<int8_t>();
+  int8_t* yp = y.data_ptr<int8_t>();
+  using CVec = at::vec::Vectorized<int8_t>;
+  constexpr int64_t kCW = CVec::size();
+  at::parallel_for(0, N * OH * OW, std::max<int64_t>(1, kGrain / std::max<int64_t>(C * KH * KW, 1)),
+                   [&](int64_t begin, int64_t end) {
+    std::vector<const int8_t*> taps(KH * KW);
+    for (int64_t px = begin; px < end; ++px) {
+      const int64_t n = px / (OH * OW), oh = px / OW % OH, ow = px % OW;
+      int64_t count = 0;  // the window's in-bounds taps, each a run of C codes
+      for (int64_t i = 0; i < KH; ++i) {
+        const int64_t h = oh * sh - ph + i * dh;
+        for (int64_t j = 0; j < KW && h >= 0 && h < H; ++j) {
+          const int64_t w = ow * sw - pw + j * dw;
+          if (w >= 0 && w < W) taps[count++] = xp + ((n * H + h) * W + w) * C;
+        }
+      }
+      int8_t* out = yp + px * C;
+      int64_t c = 0;
+      for (; c + kCW <= C; c += kCW) {  // a vector of channels kept in a register over the taps
+        CVec best(std::numeric_limits<int8_t>::min());
+        for (int64_t t = 0; t < count; ++t) best = at::vec::maximum(best, CVec::loadu(taps[t] + c));
+        best.store(out + c);
+      }
+      for (; c < C; ++c) {
+        int8_t best = std::numeric_limits<int8_t>::min();
+        for (int64_t t = 0; t < count; ++t) best = std::max(best, taps[t][c]);
+        out[c] = best;
+      }
+    }
+  });
+  return y;
+}
+
 // ------------------------------------------------------------------------------------------------ eager plans
 // A module calls its op with the same constant arguments every time (its weight, scales, zero points, geometry).
 // A Plan holds those arguments, checked once by the op's own validation in Python (lowp_ops/ops/_common.py, Lane),
@@ -521,6 +564,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("quantize_per_tensor", &quantize_per_tensor);
   m.def("gemm_epilogue", &gemm_epilogue);
   m.def("im2col", &im2col);
+  m.def("max_pool2d", &max_pool2d);
   py::class_<Plan>(m, "Plan")
       .def_static("make", &Plan::make, "Plan.make(op, args, out_dtype, qlinear_min_weight): op 0 int8_linear, 1 int8_mm, 2 int8_conv2d; None if "
            "not served")

@@ -3,6 +3,7 @@
 from .fp8 import Fp8Linear
 from .fp16 import Fp16Linear
 from .int8 import Int8Conv2d, Int8Linear
+from .pool import Int8MaxPool2d
 from .qat import QATConv2d, QATLinear
 
-__all__ = ["Fp8Linear", "Fp16Linear", "Int8Conv2d", "Int8Linear", "QATConv2d", "QATLinear"]
+__all__ = ["Fp8Linear", "Fp16Linear", "Int8Conv2d", "Int8Linear", "Int8MaxPool2d", "QATConv2d", "QATLinear"]

@@ -15,6 +15,7 @@ autograd; fp16_linear has autograd.
     int8_conv2d(x, weight, stride, padding, ...)  float NCHW (quantized per tensor inside) or int8 NHWC x, implicit
                                                   GEMM conv, same epilogue -> (N, K, OH, OW)
     quantize_channels_last(x, scale, zero_point)  float NCHW -> int8 NHWC in one pass
+    int8_max_pool2d(x, kernel_size, stride, ...)  int8 (N, C, H, W) -> max-pooled int8 NHWC (hand-offs through pools)
     fp16_mm(a, b, bias, activation)               f16/bf16 (M, K) x (K, N), any strides -> (M, N)
     fp16_mm_accumulate_(c, a, b)                  c float32 (M, N) += a · b
     fp16_linear(x, weight, bias, activation)      f16/bf16 (..., K) x (N, K)ᵀ -> (..., N), with autograd
@@ -24,7 +25,8 @@ from .conv import int8_conv2d, quantize_channels_last
 from .fp8 import fp8_linear, fp8_mm
 from .fp16 import fp16_linear, fp16_mm, fp16_mm_accumulate_
 from .int8 import int8_linear, int8_mm
+from .pool import int8_max_pool2d
 from .quantize import quantize_per_tensor, quantize_per_token
 
 __all__ = ["fp8_linear", "fp8_mm", "fp16_linear", "fp16_mm", "fp16_mm_accumulate_", "int8_conv2d", "int8_linear",
-           "int8_mm", "quantize_channels_last", "quantize_per_tensor", "quantize_per_token"]
+           "int8_max_pool2d", "int8_mm", "quantize_channels_last", "quantize_per_tensor", "quantize_per_token"]

@@ -129,9 +129,20 @@ _int8_conv2d.register_fake(
         bias=bias, a_zero_point=a_zero_point, b_sum=b_sum, activation=activation, out_dtype=out_dtype,
         out_scale=out_scale, out_zero_point=out_zero_point))
 
+@custom_op("lowp_cpu::int8_max_pool2d", mutates_args=())
+def _int8_max_pool2d(x: Tensor, kernel_size: list[int], stride: list[int], padding: list[int], dilation: list[int],
+                     ceil_mode: bool = False) -> Tensor:
+    return cpu.int8_max_pool2d(x, kernel_size=kernel_size, stride=stride, padding=padding, dilation=dilation,
+                               ceil_mode=ceil_mode)
+
+
+_int8_max_pool2d.register_fake(
+    lambda x, kernel_size, stride, padding, dilation, ceil_mode=False: reference.int8_max_pool2d(
+        x, kernel_size=kernel_size, stride=stride, padding=padding, dilation=dilation, ceil_mode=ceil_mode))
+
 # launcher -> its opaque op; the others (per_tensor_qparams, fp8_gemm) are plain torch ops when traced
 _GRAPH_OPS = {"quantize_rows": _quantize_rows, "quantize_channels_last": _quantize_channels_last,
-              "int8_gemm": _int8_gemm, "int8_conv2d": _int8_conv2d}
+              "int8_gemm": _int8_gemm, "int8_conv2d": _int8_conv2d, "int8_max_pool2d": _int8_max_pool2d}
 
 
 _LAUNCHERS = {backend: frozenset(backend.__all__) for backend in (kernels, *_CPU_BACKENDS.values())}

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
+from ..nn.pool import Int8MaxPool2d
 from ..quant import QuantSpec
 from .configs import LowpConfig
 from .graph import Analysis, after_fold
@@ -67,7 +68,8 @@ def int8_outputs(model: nn.Module, analysis: Analysis, configs: dict[str, LowpCo
     the consumer reads the codes as they are; through a relu they must have zero point 0 (relu clamps codes at 0):
     qparams[consumer] is then made symmetric, unless `trained` (QAT), whose learned scales are kept and the edge
     left float. Dropouts on a hand-off become nn.Identity (int8 codes pass, and the converted model is
-    inference-only). Edges are those of the model with analysis.fusions applied (graph.analyse's contract)."""
+    inference-only), max-pools Int8MaxPool2d (which pools the codes). Edges are those of the model with
+    analysis.fusions applied (graph.analyse's contract)."""
     names, outputs = places(model), {}
     for producer, edge in analysis.edges.items():
         consumer = edge.consumer
@@ -83,4 +85,9 @@ def int8_outputs(model: nn.Module, analysis: Analysis, configs: dict[str, LowpCo
             replace(model, dropout, nn.Identity(), names)
             report.notes.append(f"{dropout} -> Identity: int8 codes pass it, and dropout is the identity at "
                                 f"inference (the converted model is inference-only)")
+        for pool in sorted(edge.pools):
+            module = model.get_submodule(pool)
+            if not isinstance(module, Int8MaxPool2d):
+                replace(model, pool, Int8MaxPool2d.from_float(module), names)
+                report.notes.append(f"{pool} -> Int8MaxPool2d: it max-pools the int8 codes it is handed")
     return outputs

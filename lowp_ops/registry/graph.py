@@ -42,8 +42,10 @@ _RELU_MODULES = {nn.ReLU: "relu", nn.ReLU6: "relu6"}
 _DROPOUTS = (nn.Dropout, nn.Dropout2d)
 
 # Op kinds. "safe": gives the same answer on int8 codes as on the real values they stand for, so an int8 tensor may
-# flow through it unchanged; so does "relu", with a zero point of 0. max_pool2d would qualify numerically, but its
-# int8 support on CUDA is unverified, so it ends an int8 hand-off for now. relu6 clamps at 6, not at code 6: not safe.
+# flow through it unchanged; so does "relu", with a zero point of 0. "pool": an nn.MaxPool2d module, which max-pools
+# codes once convert makes it lowp_ops.nn.Int8MaxPool2d (torch's own max-pool refuses int8 channels_last input, CUDA
+# has none): a functional max_pool2d, which convert cannot replace, ends a hand-off. relu6 clamps at 6, not at code
+# 6: not safe.
 _FX_FUNCTIONS = {F.relu: "relu", torch.relu: "relu", torch.relu_: "relu", F.relu6: "relu6",
                  torch.flatten: "safe", torch.reshape: "safe", operator.getitem: "safe"}
 _FX_METHODS = {"relu": "relu", "relu_": "relu", "view": "safe", "reshape": "safe", "flatten": "safe",
@@ -90,6 +92,7 @@ class Int8Edge:
     consumer: str
     through_relu: bool  # a relu sits on some path: the consumer's zero point must be 0
     dropouts: set[str] = field(default_factory=set)  # nn.Dropout modules on the paths, to replace by nn.Identity
+    pools: set[str] = field(default_factory=set)  # nn.MaxPool2d modules on the paths, to make Int8MaxPool2d
 
 
 @dataclass(frozen=True)
@@ -146,7 +149,8 @@ def _bn_site(bn_name: str, bn: nn.Module) -> _Site | None:
 class _Node:
     """One call of a module kept opaque, or one other op."""
 
-    kind: str  # "layer" (to convert), "batchnorm", "relu", "relu6", "dropout", "safe", "other", "input", "output"
+    kind: str  # "layer" (to convert), "batchnorm", "relu", "relu6", "dropout", "pool", "safe", "other", "input",
+    # "output"
     module: str | None = None  # the called module's first name; None for an op
     inputs: list[_Node] = field(default_factory=list)  # whose outputs it reads (parameters and buffers left out)
     users: list[_Node] = field(default_factory=list)  # who reads its output; the graph's output is one
@@ -183,6 +187,8 @@ def _module_kind(name: str, module: nn.Module, layers: set[str]) -> str:
         return "batchnorm"
     if isinstance(module, _DROPOUTS):
         return "dropout"
+    if isinstance(module, nn.MaxPool2d) and not module.return_indices:
+        return "pool"
     return "safe" if isinstance(module, (nn.Identity, nn.Flatten)) else "other"
 
 
@@ -403,13 +409,13 @@ def _fusions(graph: _CallGraph, layers: set[str]) -> Fusions:
 
 
 def _hop(call: _Node, replaced: set[str]):
-    """(consumer call, through_relu, dropouts) when this call's output reaches a call of a quantized layer as its
-    only input through int8-safe ops only, each used once; else None. Modules in `replaced` (folded BatchNorms,
+    """(consumer call, through_relu, dropouts, pools) when this call's output reaches a call of a quantized layer as
+    its only input through int8-safe ops only, each used once; else None. Modules in `replaced` (folded BatchNorms,
     fused relu modules) count as the nn.Identity they become."""
-    cur, through_relu, dropouts = call, False, set()
+    cur, through_relu, dropouts, pools = call, False, set(), set()
     while (nxt := _single_user(cur)) is not None:
         if nxt.kind == "layer":
-            return (nxt, through_relu, dropouts) if nxt.inputs == [cur] else None
+            return (nxt, through_relu, dropouts, pools) if nxt.inputs == [cur] else None
         if nxt.inputs != [cur]:
             return None
         if nxt.module is not None and nxt.module in replaced:
@@ -418,6 +424,8 @@ def _hop(call: _Node, replaced: set[str]):
             through_relu = True
         elif nxt.kind == "dropout":
             dropouts.add(nxt.module)
+        elif nxt.kind == "pool":
+            pools.add(nxt.module)
         elif nxt.kind != "safe":
             return None
         cur = nxt
@@ -447,7 +455,8 @@ def _edges(graph: _CallGraph, layers: set[str], replaced: set[str]) -> tuple[dic
             notes.append(f"{consumer} is called at {len(calls[consumer])} places, not all reading {producer}: "
                          f"{producer} hands it float, and {consumer} keeps a float input")
             continue
-        edges[producer] = Int8Edge(consumer, any(end[1] for end in ends), set().union(*(end[2] for end in ends)))
+        edges[producer] = Int8Edge(consumer, any(end[1] for end in ends), set().union(*(end[2] for end in ends)),
+                                   set().union(*(end[3] for end in ends)))
     return edges, notes
 
 
@@ -587,7 +596,7 @@ def analyse(model: nn.Module, layers: set[str], *, example: Example | None = Non
     >>> found.source, found.fusions, found.fused_modules
     ('torch.export', [Fusion(layer='0', batchnorm='1', activation='relu')], ['2'])
     >>> found.edges  # 1 and 2 become nn.Identity: 0 hands int8 straight to 3
-    {'0': Int8Edge(consumer='3', through_relu=False, dropouts=set())}
+    {'0': Int8Edge(consumer='3', through_relu=False, dropouts=set(), pools=set())}
     """
     if example is not None and not (isinstance(example, tuple) and len(example) == 2
                                     and isinstance(example[0], (tuple, list)) and isinstance(example[1], dict)):

@@ -175,3 +175,45 @@ def test_a_layer_handed_int8_looks_int8():
     q = static_int8(model, [torch.randn(32, 16) for _ in range(4)])
     assert "a hands int8 to b" in q.lowp_report.notes
     assert q.b.int8_input and q.b.weight.dtype == torch.int8 and q.a.weight.dtype == torch.float32
+
+
+def _vgg() -> nn.Module:
+    """VGG-style features: conv, relu, max-pool twice (one pool in ceil mode), then flatten, dropout, a Linear."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 16, 3, padding=1),
+                         nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True), nn.Flatten(), nn.Dropout(),
+                         nn.Linear(16 * 4 * 4, 10)).eval()
+
+
+def test_int8_hands_off_through_max_pool_modules():
+    """Each conv hands int8 codes through its nn.MaxPool2d (made Int8MaxPool2d) to the next layer; max commutes with
+    quantization, so the output is the one of the same conversion with float hand-offs, bit for bit."""
+    data = [torch.randn(4, 3, 15, 15) for _ in range(3)]
+    q = static_int8(_vgg(), data)
+    notes = q.lowp_report.notes
+    assert "0 hands int8 to 3" in notes and "3 hands int8 to 8" in notes
+    assert isinstance(q[2], lowp_ops.nn.Int8MaxPool2d) and isinstance(q[5], lowp_ops.nn.Int8MaxPool2d)
+    float_edges = static_int8(_vgg(), data, lowp_ops.Int8StaticConfig(chain_int8=False))
+    assert isinstance(float_edges[2], nn.MaxPool2d) and not isinstance(float_edges[2], lowp_ops.nn.Int8MaxPool2d)
+    x = torch.randn(3, 3, 15, 15)
+    with torch.no_grad():
+        assert q[0](x).dtype == torch.int8
+        torch.testing.assert_close(q(x), float_edges(x), rtol=0, atol=0)
+
+
+def test_a_functional_max_pool_ends_the_hand_off():
+    """torch's max-pool refuses int8 channels_last input and convert cannot replace a function call: the layer
+    before F.max_pool2d keeps a float output."""
+    class Functional(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = nn.Conv2d(3, 8, 3), nn.Linear(8 * 3 * 3, 4)
+
+        def forward(self, x):
+            return self.fc(torch.flatten(F.max_pool2d(self.conv(x), 2), 1))
+
+    torch.manual_seed(0)
+    q = static_int8(Functional().eval(), [torch.randn(2, 3, 8, 8)])
+    assert not any("hands int8" in n for n in q.lowp_report.notes)
+    with torch.no_grad():
+        assert q.conv(torch.randn(2, 3, 8, 8)).dtype == torch.float32
