@@ -99,8 +99,8 @@ def quantize(model: nn.Module, config: LowpConfig, *, filter_fn: FilterFn | None
                      torch.fx or nn.Sequential order, which may fuse less.
     time_layers:     time each converted layer against its float original on this machine at example_inputs'
                      shapes (required then), and leave float every layer that is slower converted, with both times
-                     in lowp_report (registry/timing.py). For the configs converted at once; for static INT8 pass it
-                     to convert.
+                     in lowp_report, unless the whole model runs faster with them converted (registry/timing.py).
+                     For the configs converted at once; for static INT8 pass it to convert.
 
     Linear / Conv2d (and registered types, transformers' Conv1D among them) are replaced; a BatchNorm2d after a
     converted conv is folded into it and a relu after a converted layer fused into it (static INT8: at convert).
@@ -136,16 +136,25 @@ def apply_config(caller: str, model: nn.Module, config: LowpConfig, *, filter_fn
     overrides = check_overrides(caller, config, overrides)
     example = as_example(caller, example_inputs)
     if time_layers:
-        trial, slow = _slower_layers(caller, model, config, example, lambda m: apply_config(
-            caller, m, config, filter_fn=filter_fn, overrides=overrides, example_inputs=example_inputs,
-            inplace=True, named=named))
-        if set(slow) >= set(trial.lowp_report.swapped):  # nothing pays here: the model as it was, saying why
+        def convert_with(float_too: dict, target: nn.Module, in_place: bool) -> nn.Module:
+            return apply_config(caller, target, config, filter_fn=filter_fn,
+                                overrides={**overrides, **dict.fromkeys(float_too)}, example_inputs=example_inputs,
+                                inplace=in_place, named=overrides if named is None else named)
+
+        trial, slow = _slower_layers(caller, model, config, example, lambda m: convert_with({}, m, True))
+        everything = set(slow) >= set(trial.lowp_report.swapped)
+        if slow:  # the model with them float, whole, against the trial (timing.whole_model_faster)
+            mixed = model if everything else convert_with(slow, copy.deepcopy(model), True)
+            faster, q_us, m_us = timing.whole_model_faster(trial, mixed, example)
+            if faster:
+                converted = convert_with({}, model, inplace)
+                converted.lowp_report.notes.append(timing.whole_model_note(q_us, m_us))
+                return converted
+        if everything:  # nothing pays here: the model as it was, saying why
             kept = model if inplace else copy.deepcopy(model)
             kept.lowp_report = SwapReport(skipped={**trial.lowp_report.skipped, **slow})
             return kept
-        converted = apply_config(caller, model, config, filter_fn=filter_fn,
-                                 overrides={**overrides, **dict.fromkeys(slow)}, example_inputs=example_inputs,
-                                 inplace=inplace, named=overrides if named is None else named)
+        converted = convert_with(slow, model, inplace)
         converted.lowp_report.skipped.update(slow)
         return converted
     report = SwapReport()
@@ -277,7 +286,8 @@ def convert(model: nn.Module, mapping=None, inplace: bool = False, *, time_layer
 
     time_layers (static INT8): time each converted layer against its float original on this machine, on
     example_inputs (default: the first calibration call; give one at the batch size you will serve), and leave
-    float every layer that is slower converted, with both times in lowp_report (registry/timing.py).
+    float every layer that is slower converted, with both times in lowp_report, unless the whole model runs faster
+    with them converted (registry/timing.py).
 
     >>> import torch, lowp_ops
     >>> prepared = lowp_ops.prepare(torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(),
@@ -310,11 +320,25 @@ def convert(model: nn.Module, mapping=None, inplace: bool = False, *, time_layer
                              "or give example_inputs=")
         float_twin = _without_observers(copy.deepcopy(model), state)
         del float_twin._lowp_prepared
-        slow = timing.slower_than_float(convert(copy.deepcopy(model), inplace=True), float_twin, state.configs,
-                                        example)
+        trial = convert(copy.deepcopy(model), inplace=True)
+        slow = timing.slower_than_float(trial, float_twin, state.configs, example)
+        if slow:  # the model with them float, whole, against the trial (timing.whole_model_faster)
+            faster, q_us, m_us = timing.whole_model_faster(
+                trial, _convert_prepared(copy.deepcopy(model), state, slow, inplace=True), example)
+            if faster:
+                converted = _convert_prepared(model, state, {}, inplace)
+                converted.lowp_report.notes.append(timing.whole_model_note(q_us, m_us))
+                return converted
     elif example_inputs is not None:
         raise ValueError("convert: example_inputs is the call time_layers=True times layers on; without it, "
                          "convert reads the model on its first calibration call (or prepare's example_inputs)")
+    return _convert_prepared(model, state, slow, inplace)
+
+
+def _convert_prepared(model: nn.Module, state: _Prepared, slow: dict[str, str], inplace: bool) -> nn.Module:
+    """convert's work on a checked prepared model: every layer of state.configs but those in slow (name -> why it
+    stays float) converted, fused and handed int8 as the analysis allows."""
+    static = state.kind is Int8StaticConfig
     model = (model if inplace else copy.deepcopy(model)).eval()
     report = copy.deepcopy(state.report)
     qparams = {}

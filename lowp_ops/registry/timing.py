@@ -9,6 +9,12 @@ Each layer is timed on the inputs it receives in its own model (the converted la
 hands it: int8 codes after a hand-off), the two alternating in rounds so that a busy machine slows both alike; the
 median round decides. A converted layer runs whatever was fused into it (a folded BatchNorm, a relu) and its float
 original does not: the comparison leans towards float, which is the side "never slower than float" errs on.
+
+Layers also cost each other: a layer left float hands the next one float, which that one must quantize (and it
+loses the int8 hand-off). So when some layers lose alone, the model with them float is timed, whole, against the
+model with every layer converted, and the faster is kept (whole_model_faster): on the seed ConvNet at batch 1 the
+first conv loses alone (34.7 vs 20.0 us) while conv2 reading its int8 codes takes 49 instead of 72 us, and the whole
+model 162 us converted against 187 us with that conv float (CI machine, 2026-12-06).
 """
 
 from __future__ import annotations
@@ -81,3 +87,16 @@ def slower_than_float(converted: nn.Module, original: nn.Module, names: Iterable
                           f"{type(converted.get_submodule(name)).__name__} {q_us:.1f} us vs "
                           f"{type(original.get_submodule(name)).__name__} {f_us:.1f} us a call (time_layers=True)")
     return slow
+
+
+def whole_model_faster(converted: nn.Module, mixed: nn.Module, example: Example) -> tuple[bool, float, float]:
+    """(whether `converted` runs example faster than `mixed`, both median µs per call): the model with every layer
+    converted against the one with the layers slower alone left float, timed as the per-layer rounds are."""
+    q_us, m_us = median_us(converted, mixed, example, example)
+    return q_us < m_us, q_us, m_us
+
+
+def whole_model_note(q_us: float, m_us: float) -> str:
+    return (f"time_layers: kept every layer converted: the model runs faster whole ({q_us:.1f} us a call) than with "
+            f"the layers slower alone left float ({m_us:.1f} us), as they hand int8 on and spare the next layer a "
+            f"quantization")

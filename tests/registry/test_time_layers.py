@@ -37,11 +37,15 @@ _NAMES = {tuple(m.weight.shape): name for name, m in _net().named_children()}
 
 @pytest.fixture
 def timings(monkeypatch):
-    """Layer name -> (converted, float) µs a call, as median_us reports them; layers not named: converted wins."""
+    """Layer name -> (converted, float) µs a call, as median_us reports them; layers not named: converted wins.
+    "whole": (every layer converted, the slower ones float) for the whole-model check; not named: the latter wins."""
     given: dict[str, tuple[float, float]] = {}
     timed = []
 
     def median_us(converted, original, q_in, f_in):
+        if not hasattr(original, "weight"):  # two whole models (timing.whole_model_faster)
+            timed.append("whole")
+            return given.get("whole", (2.0, 1.0))
         timed.append(_NAMES[tuple(original.weight.shape)])
         return given.get(timed[-1], (1.0, 2.0))
 
@@ -54,7 +58,7 @@ def test_quantize_dynamic_keeps_the_slower_layers_float(timings):
     given["fc2"] = (40.0, 6.0)
     model = _net()
     q = lowp_ops.quantize_dynamic(model, example_inputs=X, time_layers=True)
-    assert sorted(timed) == ["conv", "fc1", "fc2"]
+    assert sorted(timed) == ["conv", "fc1", "fc2", "whole"]
     assert type(q.fc2) is nn.Linear and isinstance(q.fc1, Int8Linear) and isinstance(q.conv, Int8Conv2d)
     reason = q.lowp_report.skipped["fc2"]
     assert "slower than float" in reason and "40.0 us" in reason and "6.0 us" in reason
@@ -78,6 +82,25 @@ def test_convert_keeps_the_slower_layers_float_and_hands_off_around_them(timings
     with torch.no_grad():
         assert_bitwise_equal(q(X), lowp_ops.convert(named)(X))
     assert isinstance(lowp_ops.convert(prepared).fc1, Int8Linear)  # the prepared model is untouched
+
+
+def test_a_model_faster_whole_keeps_every_layer_converted(timings):
+    """fc1 loses alone, but the model with it converted runs faster whole (it hands int8 on, its reader skips a
+    quantization): every layer converts, and the report says why."""
+    given, timed = timings
+    given.update(fc1=(50.0, 20.0), whole=(100.0, 130.0))
+    data = [torch.randn(4, 3, 8, 8) for _ in range(3)]
+    prepared = lowp_ops.prepare(_net())
+    lowp_ops.calibrate(prepared, data, progress=False)
+    q = lowp_ops.convert(prepared, time_layers=True, example_inputs=X)
+    assert isinstance(q.fc1, Int8Linear) and not q.lowp_report.skipped and timed.count("whole") == 1
+    assert any("faster whole (100.0 us a call)" in n and "130.0 us" in n for n in q.lowp_report.notes)
+    with torch.no_grad():
+        assert_bitwise_equal(q(X), lowp_ops.convert(prepared)(X))
+    given.update(conv=(9.0, 1.0), fc2=(9.0, 1.0))  # all three lose alone; converted whole still wins
+    d = lowp_ops.quantize_dynamic(_net(), example_inputs=X, time_layers=True)
+    assert len(d.lowp_report.swapped) == 3 and not d.lowp_report.skipped
+    assert any("kept every layer converted" in n for n in d.lowp_report.notes)
 
 
 def test_every_layer_faster_converts_everything(timings):
