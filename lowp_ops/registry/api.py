@@ -403,7 +403,7 @@ def _input_qparams(fqn: str, layer: nn.Module, static: bool) -> QParams:
         warnings.warn(f"convert: layer '{fqn}' saw a single input value in calibration (range "
                       f"[{obs.min_val.min().item():.4g}, {obs.max_val.max().item():.4g}]): its input scale "
                       f"{scale.min().item():.3g} makes every other input saturate; calibrate on representative data",
-                      stacklevel=3)  # the caller of convert
+                      stacklevel=4)  # the caller of convert (convert -> _convert_prepared -> here)
     return scale, zero_point
 
 
