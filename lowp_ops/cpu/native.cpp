@@ -13,7 +13,10 @@
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
+#include <ATen/PythonTorchFunctionTLS.h>
+#include <c10/core/impl/TorchDispatchModeTLS.h>
 #include <torch/csrc/Dtype.h>
+#include <torch/csrc/jit/frontend/tracer.h>
 #include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
@@ -360,13 +363,22 @@ class Plan {
   py::object run_x(PyObject* arg) {
     if (!THPVariable_CheckExact(arg) || !current()) return py::none();
     const at::Tensor& x = THPVariable_Unpack(arg);
-    if (x.device().type() != at::kCPU) return py::none();
+    if (!plain(x)) return py::none();
     at::Tensor y = op_ == Op::kConv ? conv(x) : linear(x);
     if (!y.defined()) return py::none();
     return py::reinterpret_steal<py::object>(THPVariable_Wrap(std::move(y)));
   }
 
   int64_t op() const { return static_cast<int64_t>(op_); }
+
+  // lowp_ops/ops/_common.py's _eager_plain but for torch.compile (which Python checks): a plain CPU tensor (not a
+  // functorch wrapper: those are TensorImpl subclasses), no autograd through the op, no dispatch or torch-function
+  // mode, no torch.jit.trace
+  static bool plain(const at::Tensor& x) {
+    return x.device().type() == at::kCPU && typeid(*x.unsafeGetTensorImpl()) == typeid(c10::TensorImpl) &&
+           !(x.requires_grad() && at::GradMode::is_enabled()) && c10::impl::TorchDispatchModeTLS::stack_len() == 0 &&
+           !at::impl::torch_function_mode_enabled() && !torch::jit::tracer::isTracing();
+  }
 
  private:
   bool build(Op op, const py::tuple& args, PyObject* resolved) {

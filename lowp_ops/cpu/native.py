@@ -7,7 +7,7 @@ pass; at scale each op is a pass over memory. Measured on the CI machine (AMD EP
     gemm_epilogue float32 out, (1, 64): 1.1 / 10.5 us;  (1024, 3072): 562 / 657 us
 Both are bit-exact with lowp_ops.reference (tests/cpu/test_native.py). Plan runs a module's whole int8 layer (the
 route above, from x to the output) in one call out of Python, for the eager lanes of lowp_ops/ops/_common.py:
-Int8Linear (1, 64) x (64, 64) 37 -> 6.7 us, F.linear 4.6 us (same machine and day; tests/nn/test_eager_lane.py).
+Int8Linear (1, 64) x (64, 64) 37 -> 5.3 us, F.linear 4.6 us (same machine and day; tests/nn/test_eager_lane.py).
 The build (g++ through torch.utils.cpp_extension, ~30 s, once per source version and CPU: it is compiled for this
 CPU) lands in torch's extension cache (TORCH_EXTENSIONS_DIR, default ~/.cache/torch_extensions). Where it cannot be
 built (no compiler, no write access) lowp warns once and the torch-op path serves, with the same results, slower at

@@ -12,6 +12,7 @@ import weakref
 import pytest
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from lowp_ops import use_cpu_backend
@@ -322,3 +323,28 @@ def test_jit_trace_records_the_op():
         traced = torch.jit.trace(layer, x)
     assert "lowp::int8_linear" in str(traced.graph)
     assert_bitwise_equal(traced(x), layer(x))
+
+
+@needs_native
+@pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")
+def test_a_trusted_plan_stands_aside_for_what_must_see_the_op():
+    """native.cpp's Plan::plain: autograd, dispatch and torch-function modes, functorch's vmap reach the op even
+    where the module's plan would serve x."""
+    layer = _linear(**_STATIC)
+    x = torch.randn(3, 19)
+    y = layer(x)
+    assert _trusted(layer)
+    assert _ops_called(lambda: layer(x.clone().requires_grad_())), "autograd must reach the op"
+    assert_bitwise_equal(_by_op(layer, x), y)
+    seen = []
+
+    class Watch(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            seen.append(func)
+            return func(*args, **(kwargs or {}))
+
+    with Watch():
+        assert_bitwise_equal(layer(x), y)
+    assert torch.ops.lowp.int8_linear.default in seen
+    xs = torch.randn(4, 3, 19)
+    assert_bitwise_equal(torch.vmap(layer)(xs), torch.stack([layer(t) for t in xs]))
