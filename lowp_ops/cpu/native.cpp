@@ -1,8 +1,9 @@
 // lowp's CPU passes in C++: per-row and per-tensor int8 quantization, and the int8 GEMM epilogue, each one loop
 // over its tensor where the pure-torch backend takes five to seven torch ops (a pass over memory and ~3 us of
-// Python each); im2col; the int8 max-pool; and Plan, a module's whole int8 layer in one call. Bit-exact with lowp_ops.reference: the same float32 operations in the same order (no FMA
-// contraction: built with -ffp-contract=off), round half to even (std::nearbyint in the default rounding mode),
-// NaN and ±inf as the reference maps them. Built on first use by lowp_ops/cpu/native.py.
+// Python each); im2col; the int8 max-pool; and Plan, a module's whole int8 layer in one call. Bit-exact with
+// lowp_ops.reference: the same float32 operations in the same order (no FMA contraction: built with
+// -ffp-contract=off), round half to even (std::nearbyint in the default rounding mode), NaN and ±inf as the
+// reference maps them. Built on first use by lowp_ops/cpu/native.py.
 // ATen's vector types take their instruction set from CPU_CAPABILITY_*, which ATen's build sets per kernel file:
 // here it follows what the compiler targets (-march=native on the machine that builds it), else scalar code.
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__) && defined(__AVX512VL__)
@@ -578,8 +579,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("im2col", &im2col);
   m.def("max_pool2d", &max_pool2d);
   py::class_<Plan>(m, "Plan")
-      .def_static("make", &Plan::make, "Plan.make(op, args, out_dtype, qlinear_min_weight): op 0 int8_linear, 1 int8_mm, 2 int8_conv2d; None if "
-           "not served")
+      .def_static("make", &Plan::make,
+                  "Plan.make(op, args, out_dtype, qlinear_min_weight): op 0 int8_linear, 1 int8_mm, 2 int8_conv2d; "
+                  "None if not served")
       .def("run", &Plan::run, "run(args) -> the op's output, or None where this plan does not serve the call")
       .def("run_x", [](Plan& p, py::handle x) { return p.run_x(x.ptr()); },
            "run_x(x) -> the op's output for x with the held arguments, or None")
