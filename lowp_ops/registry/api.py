@@ -143,19 +143,16 @@ def apply_config(caller: str, model: nn.Module, config: LowpConfig, *, filter_fn
 
         trial, slow = _slower_layers(caller, model, config, example, lambda m: convert_with({}, m, True))
         everything = set(slow) >= set(trial.lowp_report.swapped)
-        if slow:  # the model with them float, whole, against the trial (timing.whole_model_faster)
-            mixed = model if everything else convert_with(slow, copy.deepcopy(model), True)
-            faster, q_us, m_us = timing.whole_model_faster(trial, mixed, example)
-            if faster:
-                converted = convert_with({}, model, inplace)
-                converted.lowp_report.notes.append(timing.whole_model_note(q_us, m_us))
-                return converted
-        if everything:  # nothing pays here: the model as it was, saying why
+        mixed = None if everything or not slow else convert_with(slow, copy.deepcopy(model), True)
+        slow, note = _whole_model_check(trial, model if everything else mixed, slow, example)
+        if slow and everything:  # nothing pays here: the model as it was, saying why
             kept = model if inplace else copy.deepcopy(model)
             kept.lowp_report = SwapReport(skipped={**trial.lowp_report.skipped, **slow})
             return kept
-        converted = convert_with(slow, model, inplace)
+        # the trial and mixed conversions are copies: kept as they are unless the user's model is to be converted
+        converted = convert_with(slow, model, True) if inplace else mixed if slow else trial
         converted.lowp_report.skipped.update(slow)
+        converted.lowp_report.notes.extend(note)
         return converted
     report = SwapReport()
     if getattr(model, "qconfig", None) is not None:
@@ -308,7 +305,7 @@ def convert(model: nn.Module, mapping=None, inplace: bool = False, *, time_layer
                          "lowp_ops.calibrate(model, data), or lowp_ops.prepare_qat(model) and train, first")
     static = state.kind is Int8StaticConfig
     _check_observed(model, state.configs, static)
-    slow = {}
+    slow, note = {}, []
     if time_layers:
         if not static:
             raise ValueError("convert: time_layers times converted layers against their float originals, and a "
@@ -320,19 +317,28 @@ def convert(model: nn.Module, mapping=None, inplace: bool = False, *, time_layer
                              "or give example_inputs=")
         float_twin = _without_observers(copy.deepcopy(model), state)
         del float_twin._lowp_prepared
-        trial = convert(copy.deepcopy(model), inplace=True)
+        trial = _convert_prepared(copy.deepcopy(model), state, {}, inplace=True)
         slow = timing.slower_than_float(trial, float_twin, state.configs, example)
-        if slow:  # the model with them float, whole, against the trial (timing.whole_model_faster)
-            faster, q_us, m_us = timing.whole_model_faster(
-                trial, _convert_prepared(copy.deepcopy(model), state, slow, inplace=True), example)
-            if faster:
-                converted = _convert_prepared(model, state, {}, inplace)
-                converted.lowp_report.notes.append(timing.whole_model_note(q_us, m_us))
-                return converted
+        mixed = _convert_prepared(copy.deepcopy(model), state, slow, inplace=True) if slow else None
+        slow, note = _whole_model_check(trial, mixed, slow, example)
+        built = mixed if slow else trial
     elif example_inputs is not None:
         raise ValueError("convert: example_inputs is the call time_layers=True times layers on; without it, "
                          "convert reads the model on its first calibration call (or prepare's example_inputs)")
-    return _convert_prepared(model, state, slow, inplace)
+    # time_layers' conversions are copies: the one chosen serves, unless the user's model is to be converted
+    converted = built if time_layers and not inplace else _convert_prepared(model, state, slow, inplace)
+    converted.lowp_report.notes.extend(note)
+    return converted
+
+
+def _whole_model_check(trial: nn.Module, mixed: nn.Module | None, slow: dict[str, str],
+                       example: graph.Example) -> tuple[dict[str, str], list[str]]:
+    """time_layers' last word: (the layers to leave float, notes). When some layers lost alone (slow), the model
+    with them float (mixed) is timed whole against the trial (every layer converted); the faster stands."""
+    if not slow:
+        return slow, []
+    faster, q_us, m_us = timing.whole_model_faster(trial, mixed, example)
+    return ({}, [timing.whole_model_note(q_us, m_us)]) if faster else (slow, [])
 
 
 def _convert_prepared(model: nn.Module, state: _Prepared, slow: dict[str, str], inplace: bool) -> nn.Module:

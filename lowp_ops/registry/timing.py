@@ -33,7 +33,9 @@ ROUND_S = 2e-3  # each round runs a layer this long, at least 3 calls
 
 
 def _inputs(model: nn.Module, names: Iterable[str], example: Example) -> dict[str, tuple[tuple, dict]]:
-    """name -> the (args, kwargs) of that layer's first call in one forward pass of model on example."""
+    """name -> the (args, kwargs) of that layer's first call in one forward pass of model on example. Under no_grad,
+    not inference_mode: the timed models may be the ones returned, and what their first calls cache (oneDNN's packed
+    weights) must not be inference tensors, which later in-place use refuses."""
     seen: dict[str, tuple[tuple, dict]] = {}
     handles = []
     for name in names:
@@ -41,7 +43,7 @@ def _inputs(model: nn.Module, names: Iterable[str], example: Example) -> dict[st
             seen.setdefault(name, (args, kwargs))
         handles.append(model.get_submodule(name).register_forward_pre_hook(hook, with_kwargs=True))
     try:
-        with torch.inference_mode():
+        with torch.no_grad():
             model(*example[0], **example[1])
     finally:
         for handle in handles:
@@ -59,7 +61,7 @@ def _per_call_us(layer: nn.Module, args: tuple, kwargs: dict, calls: int) -> flo
 def median_us(converted: nn.Module, original: nn.Module, q_in: tuple[tuple, dict],
               f_in: tuple[tuple, dict]) -> tuple[float, float]:
     """(converted, original) median µs per call over ROUNDS alternating rounds, after a warm-up call each."""
-    with torch.inference_mode():
+    with torch.no_grad():
         once = [_per_call_us(converted, *q_in, 1), _per_call_us(original, *f_in, 1)]
         calls = [max(3, int(ROUND_S / max(t * 1e-6, 1e-9))) for t in once]
         q, f = [], []

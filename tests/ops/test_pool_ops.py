@@ -59,9 +59,10 @@ def test_native_cpu_and_its_fallback(name, monkeypatch):
     assert_bitwise_equal(cpu.int8_max_pool2d(x, **kw), expected)
 
 
+@pytest.mark.parametrize("layout", ["channels_last", "nchw"])
 @pytest.mark.parametrize("name", CASES)
-def test_triton_kernel(name):
-    x, kw = _case(name)
+def test_triton_kernel(name, layout):
+    x, kw = _case(name, layout == "channels_last")
     x = x.to(DEVICE)
     assert_bitwise_equal(kernels.int8_max_pool2d(x, **kw), reference.int8_max_pool2d(x, **kw))
 

@@ -97,6 +97,10 @@ def test_a_model_faster_whole_keeps_every_layer_converted(timings):
     assert any("faster whole (100.0 us a call)" in n and "130.0 us" in n for n in q.lowp_report.notes)
     with torch.no_grad():
         assert_bitwise_equal(q(X), lowp_ops.convert(prepared)(X))
+    in_place = lowp_ops.prepare(_net())
+    lowp_ops.calibrate(in_place, data, progress=False)
+    assert lowp_ops.convert(in_place, inplace=True, time_layers=True, example_inputs=X) is in_place
+    assert isinstance(in_place.fc1, Int8Linear) and any("faster whole" in n for n in in_place.lowp_report.notes)
     given.update(conv=(9.0, 1.0), fc2=(9.0, 1.0))  # all three lose alone; converted whole still wins
     d = lowp_ops.quantize_dynamic(_net(), example_inputs=X, time_layers=True)
     assert len(d.lowp_report.swapped) == 3 and not d.lowp_report.skipped
