@@ -16,7 +16,7 @@ Same launcher names and signatures as lowp_ops.kernels (less `wrap`), arguments 
                                      (requant may differ from the reference by 1 LSB; tested)
     int8_max_pool2d(x, ...)          int8 codes max-pooled channels_last (native.cpp), exact
 native.py builds native.cpp (the C++ passes) on first use; without a compiler the torch-op paths serve, slower at
-small sizes. Under torch.compile / torch.export the launchers run as opaque ops (lowp_cpu::*, ops/backends.py).
+small sizes. Under torch.compile / torch.export the launchers run inside opaque ops (lowp_cpu::<op>, ops/_common.py).
 The fp16 ops have no native CPU path here: they run lowp_ops.reference (float32 arithmetic) on CPU tensors.
 Where the CPU lacks int8 dot products (no VNNI) the GEMM and the convolution fall back to the reference, with one
 warning; the quantize ops need no special instructions.

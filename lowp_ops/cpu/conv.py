@@ -7,8 +7,8 @@ the float operations its own way: float outputs agree with the reference to floa
 1 LSB where a value sits at a rounding tie (tests/cpu/test_cpu_conv.py holds both bounds). Otherwise (a scale per
 image, gelu, a NaN or ±inf in the bias or x's scale, the raw int32 output) oneDNN returns the exact accumulator (unit
 scales, float32, checked below 2^24) and lowp_ops.reference's epilogue finishes it, bit-exact with the reference.
-A traced call (torch.compile, export) runs the reference here; ops/backends.py keeps traced calls from coming here
-(its lowp_cpu::int8_conv2d puts this launcher in the graph instead).
+A traced call (torch.compile, export) runs the reference here; ops/_common.py keeps traced calls from coming here
+(its lowp_cpu::int8_conv2d runs the op's body, and this launcher, when the graph runs).
 
 conv2 of lowp_ops.examples.ConvNet (32 -> 64 channels, 3x3, 26x26 input, batch 256) on the CI machine (AMD EPYC,
 avx512_vnni, 2 threads, torch 2.13, 2026-11-25): FP32 channels_last 47 ms; fused int8 output + relu 8.6 ms; float32

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import weakref
@@ -24,7 +25,7 @@ from .._validate import (
 )
 from ..cpu import gemm as cpu_gemm
 from ..cpu import native, support
-from ..cpu.support import plain_eager
+from ..cpu.support import plain_eager, traced
 from .backends import cpu_backend
 
 
@@ -245,3 +246,52 @@ class Lane:
 def _native_backend() -> bool:
     """Whether CPU calls run the native backend with its C++ passes (where plans run)."""
     return cpu_backend() == "native" and support.missing() is None and native.load() is not None
+
+
+# ------------------------------------------------------------------------------------ the native backend in graphs
+# torch.compile and torch.export trace a triton_op's body with fake tensors, where the native CPU launchers have no
+# data to work on (and oneDNN's prepack no fake kernel): traced as they are, they would put torch-op stand-ins (the
+# reference's float64 arithmetic, for the conv) in the graph. So on the native backend an op's body is one opaque
+# graph op, lowp_cpu::<op> (the op's schema and fake), whose CPU kernel runs the body when the compiled model runs:
+# the same C++ and ATen calls as eager, and for the int8 GEMM ops the native plan (native.cpp's Plan, made per call,
+# ~2-4 us) where one serves. Defined with torch.library's low-level API: a Python kernel costs ~3 us a call there,
+# a custom_op ~10 us (CI machine, 2026-12-06). No autograd: the lowp ops around them have their own.
+_GRAPH_LIB = torch.library.Library("lowp_cpu", "DEF")
+
+
+def in_graphs(op, body: Callable, fake: Callable, plan: int | None = None) -> Callable:
+    """body, the triton_op `op`'s work after validation (out_dtype resolved), as the op should call it: directly,
+    or while torch.compile / torch.export trace a CPU call on the native backend, as lowp_cpu::<op>, which runs body
+    (after a native plan, for a plan op: Lane's numbering) when the graph runs. fake: the op's fake, whose defaults
+    fill the trailing arguments the dispatcher leaves out."""
+    schema = str(op._opoverload._schema)  # "lowp::name(...) -> ..."
+    name = schema[len("lowp::"):schema.index("(")]
+    _GRAPH_LIB.define(schema[len("lowp::"):])
+    defaults = tuple(p.default for p in inspect.signature(fake).parameters.values())
+    out_index = list(inspect.signature(fake).parameters).index("out_dtype") if plan is not None else None
+
+    def kernel(*args):
+        args = args + defaults[len(args):]
+        if plan is not None and _native_backend():
+            made = native.load().Plan.make(plan, args, args[out_index], cpu_gemm._QLINEAR_MIN_WEIGHT)
+            y = made.run_x(args[0]) if made else None
+            if y is not None:
+                return y
+        outer, plain_eager.on = getattr(plain_eager, "on", False), True
+        try:
+            return body(*args)
+        finally:
+            plain_eager.on = outer
+
+    _GRAPH_LIB.impl(name, kernel, "CPU")
+    torch.library.register_fake(f"lowp_cpu::{name}", fake, lib=_GRAPH_LIB)
+    graph_op = getattr(torch.ops.lowp_cpu, name).default
+
+    @functools.wraps(body)
+    def run(*args):
+        x = args[0]
+        if x.device.type == "cpu" and cpu_backend() == "native" and traced(x):
+            return graph_op(*args)
+        return body(*args)
+
+    return run

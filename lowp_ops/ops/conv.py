@@ -29,6 +29,7 @@ from ._common import (
     check_static_qparams,
     check_zero_point_sums,
     flat,
+    in_graphs,
 )
 from .backends import dispatch
 from .int8 import inference_only
@@ -173,10 +174,6 @@ def _int8_conv2d(x, weight, stride, padding, dilation, groups, x_scale, weight_s
     return out.detach()
 
 
-inference_only(int8_conv2d, "Int8Conv2d")
-eager_int8_conv2d = Lane(int8_conv2d, _check_int8_conv2d, _int8_conv2d, plan=2)
-
-
 @int8_conv2d.register_fake
 def _int8_conv2d_fake(x, weight, stride, padding, dilation, groups, x_scale=None, weight_scale=None, bias=None,
                       x_zero_point=None, weight_sum=None, activation="none", out_dtype=None, out_scale=None,
@@ -188,6 +185,11 @@ def _int8_conv2d_fake(x, weight, stride, padding, dilation, groups, x_scale=None
     OH = conv_output_size(H, R, stride[0], padding[0], dilation[0])
     OW = conv_output_size(W, S, stride[1], padding[1], dilation[1])
     return torch.empty((N, K, OH, OW), dtype=out_dtype, device=x.device, memory_format=torch.channels_last)
+
+
+inference_only(int8_conv2d, "Int8Conv2d")
+_int8_conv2d = in_graphs(int8_conv2d, _int8_conv2d, _int8_conv2d_fake, plan=2)
+eager_int8_conv2d = Lane(int8_conv2d, _check_int8_conv2d, _int8_conv2d, plan=2)
 
 
 def _check_quantize_channels_last(x, scale, zero_point) -> None:
@@ -206,6 +208,11 @@ def quantize_channels_last(x: Tensor, scale: Tensor, zero_point: Tensor | None =
     NaN / inf in x: README section "Non-finite input and overflow".
     """
     _check_quantize_channels_last(x, scale, zero_point)
+    return _quantize_channels_last(x, scale, zero_point)
+
+
+def _quantize_channels_last(x, scale, zero_point) -> Tensor:
+    """quantize_channels_last after validation."""
     return dispatch("quantize_channels_last", "quantize_channels_last", x, scale=flat(scale),
                     zero_point=flat(zero_point))
 
@@ -214,3 +221,6 @@ def quantize_channels_last(x: Tensor, scale: Tensor, zero_point: Tensor | None =
 def _quantize_channels_last_fake(x, scale, zero_point=None):
     _check_quantize_channels_last(x, scale, zero_point)
     return torch.empty(x.shape, dtype=torch.int8, device=x.device, memory_format=torch.channels_last)
+
+
+_quantize_channels_last = in_graphs(quantize_channels_last, _quantize_channels_last, _quantize_channels_last_fake)

@@ -17,6 +17,7 @@ from ._common import (
     check_out_dtype,
     check_zero_point_sums,
     flat,
+    in_graphs,
     rows,
 )
 from .backends import dispatch
@@ -194,5 +195,7 @@ def _int8_linear_fake(x, weight, weight_scale, bias=None, x_scale=None, x_zero_p
 
 inference_only(int8_mm, "Int8Linear")
 inference_only(int8_linear, "Int8Linear")
+_int8_mm = in_graphs(int8_mm, _int8_mm, _int8_mm_fake, plan=1)
+_int8_linear = in_graphs(int8_linear, _int8_linear, _int8_linear_fake, plan=0)
 eager_int8_mm = Lane(int8_mm, _check_int8_mm, _int8_mm, plan=1)
 eager_int8_linear = Lane(int8_linear, _check_int8_linear, _int8_linear, plan=0)

@@ -10,7 +10,7 @@ from torch.library import triton_op
 
 from .._validate import check_tensor, fail
 from ..kernels.pool import pool_output_size
-from ._common import _eager_plain
+from ._common import _eager_plain, in_graphs
 from .backends import dispatch
 from .conv import _check_pair
 
@@ -50,12 +50,12 @@ def int8_max_pool2d(x: Tensor, kernel_size: Sequence[int], stride: Sequence[int]
     >>> torch.ops.lowp.int8_max_pool2d(x, [2, 2], [2, 2], [0, 0], [1, 1]).tolist()
     [[[[7]]]]
     """
+    _check_int8_max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode)
     return _int8_max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode)
 
 
 def _int8_max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode) -> Tensor:
-    """The op's body: validate, run the device's backend."""
-    _check_int8_max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode)
+    """The op's body after validation: the device's backend."""
     return dispatch("int8_max_pool2d", "int8_max_pool2d", x, kernel_size=list(kernel_size), stride=list(stride),
                     padding=list(padding), dilation=list(dilation), ceil_mode=ceil_mode)
 
@@ -65,6 +65,7 @@ def eager_int8_max_pool2d(x: Tensor, kernel_size, stride, padding, dilation, cei
     (~40 us a call, more than the pool at batch 1); anything that must see the op (tracing, dispatch modes,
     subclasses: ops/_common.py, _eager_plain) goes through it."""
     if _eager_plain(x):
+        _check_int8_max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode)
         return _int8_max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode)
     return int8_max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode)
 
@@ -74,3 +75,6 @@ def _int8_max_pool2d_fake(x, kernel_size, stride, padding, dilation, ceil_mode=F
     OH, OW = _check_int8_max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode)
     return torch.empty((x.shape[0], x.shape[1], OH, OW), dtype=torch.int8, device=x.device,
                        memory_format=torch.channels_last)
+
+
+_int8_max_pool2d = in_graphs(int8_max_pool2d, _int8_max_pool2d, _int8_max_pool2d_fake)

@@ -8,7 +8,15 @@ from torch.library import triton_op
 
 from .._validate import FLOAT_DTYPES, fail
 from ..quant import MIN_SCALE
-from ._common import check_fp8_device, check_matrix_input, check_out_dtype, check_static_qparams, flat, rows
+from ._common import (
+    check_fp8_device,
+    check_matrix_input,
+    check_out_dtype,
+    check_static_qparams,
+    flat,
+    in_graphs,
+    rows,
+)
 from .backends import dispatch
 
 CODE_DTYPES = (torch.int8, torch.float8_e4m3fn)
@@ -45,6 +53,11 @@ def quantize_per_token(x: Tensor, dtype: torch.dtype = torch.int8) -> tuple[Tens
     ([[224.0, -448.0, 112.0]], [0.0022321429569274187])
     """
     _check_quantize_per_token(x, dtype)
+    return _quantize_per_token(x, dtype)
+
+
+def _quantize_per_token(x, dtype) -> tuple[Tensor, Tensor]:
+    """quantize_per_token after validation."""
     M, K = rows(x)
     q, scale = dispatch("quantize_per_token", "quantize_rows", x.reshape(M, K), min_scale=MIN_SCALE, dtype=dtype)
     return q.reshape(x.shape), scale.reshape(x.shape[:-1])
@@ -84,6 +97,11 @@ def quantize_per_tensor(x: Tensor, scale: Tensor, zero_point: Tensor | None = No
     [[0.625, 448.0, -5.0]]
     """
     _check_quantize_per_tensor(x, scale, zero_point, dtype)
+    return _quantize_per_tensor(x, scale, zero_point, dtype)
+
+
+def _quantize_per_tensor(x, scale, zero_point, dtype) -> Tensor:
+    """quantize_per_tensor after validation."""
     M, K = rows(x)
     q, _ = dispatch("quantize_per_tensor", "quantize_rows", x.reshape(M, K), scale=flat(scale),
                     zero_point=flat(zero_point), dtype=dtype)
@@ -94,3 +112,7 @@ def quantize_per_tensor(x: Tensor, scale: Tensor, zero_point: Tensor | None = No
 def _quantize_per_tensor_fake(x, scale, zero_point=None, dtype=torch.int8):
     _check_quantize_per_tensor(x, scale, zero_point, dtype)
     return x.new_empty(x.shape, dtype=dtype)
+
+
+_quantize_per_token = in_graphs(quantize_per_token, _quantize_per_token, _quantize_per_token_fake)
+_quantize_per_tensor = in_graphs(quantize_per_tensor, _quantize_per_tensor, _quantize_per_tensor_fake)

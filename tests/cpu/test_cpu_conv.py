@@ -108,7 +108,7 @@ def test_prepacked_weight_follows_in_place_writes():
 
 
 def test_compiled_conv_runs_the_native_launcher(monkeypatch, path):
-    """torch.compile traces the op's body with fake tensors; the graph holds lowp_cpu::int8_conv2d (backends.py),
+    """torch.compile traces the op's body with fake tensors; the graph holds lowp_cpu::int8_conv2d (ops/_common.py),
     which runs this launcher when the compiled function runs: no reference fallback, the eager op's output."""
     monkeypatch.setattr(support, "_warned", set())
     torch._dynamo.reset()  # trace again: the other path's run of this test compiled the same graph

@@ -125,22 +125,63 @@ def test_conv_ops_match_the_reference(groups, zero_point):
     assert_onednn_close(y, ref)
 
 
-@native
-def test_the_native_launchers_in_graphs_pass_opcheck():
-    """lowp_cpu::* (backends.py): what a compiled or exported graph calls for CPU tensors."""
-    from lowp_ops.ops import backends
-
+def _graph_op_cases():
+    """(lowp op, its arguments with out_dtype resolved, as the op's body gets them) for every lowp_cpu:: op, on
+    awkward shapes: plan-served calls (M = 1, small convs) and calls the plans decline (int32 out, gelu, 67 rows)."""
     a, b = int8(13, 19), int8(7, 19)
-    x = torch.randn(2, 5, 7, 9)
+    x4 = torch.randn(2, 5, 7, 9)
     scale, zp = torch.tensor([0.03]), torch.tensor([-4], dtype=torch.int32)
+    out_scale, out_zp = torch.tensor([0.05]), torch.tensor([3], dtype=torch.int32)
+    w, w_scale, bias = int8(7, 19), torch.rand(7) / 50, torch.randn(7)
     conv_w = int8(6, 5, 3, 3).contiguous(memory_format=CL)
-    cases = [(backends._quantize_rows, (torch.randn(13, 19),), {"min_scale": quant.MIN_SCALE}),
-             (backends._quantize_rows, (torch.randn(13, 19), scale, zp), {}),
-             (backends._quantize_channels_last, (x, scale, zp), {}),
-             (backends._int8_gemm, (a, b), {}),
-             (backends._int8_gemm, (a, b, torch.rand(13), torch.rand(7), torch.randn(7)),
-              {"activation": "relu", "out_dtype": torch.float32}),
-             (backends._int8_conv2d, (int8(2, 5, 7, 9).contiguous(memory_format=CL), conv_w, [1, 1], [1, 1], [1, 1], 1,
-                                      scale, torch.rand(6), torch.randn(6), zp), {"out_dtype": torch.float32})]
-    for op, args, kwargs in cases:
-        torch.library.opcheck(op, args, kwargs)
+    lowp = torch.ops.lowp
+    return [
+        (lowp.quantize_per_token, (torch.randn(13, 19), torch.int8)),
+        (lowp.quantize_per_tensor, (torch.randn(13, 19), scale, zp, torch.int8)),
+        (lowp.quantize_channels_last, (x4, scale, zp)),
+        (lowp.int8_max_pool2d, (int8(2, 5, 7, 9).contiguous(memory_format=CL), [3, 2], [2, 2], [1, 0], [1, 1], True)),
+        (lowp.int8_mm, (a, b, None, None, None, None, None, "none", torch.int32, None, None)),
+        (lowp.int8_mm, (a, b, torch.rand(13), torch.rand(7), torch.randn(7), None, None, "relu", torch.float32, None,
+                        None)),
+        (lowp.int8_linear, (torch.randn(1, 19), w, w_scale, bias, None, None, None, "relu6", torch.float32, None,
+                            None)),
+        (lowp.int8_linear, (torch.randn(67, 19), w, w_scale, bias, scale, zp, None, "none", torch.int8, out_scale,
+                            out_zp)),
+        (lowp.int8_linear, (torch.randn(3, 19), w, w_scale, None, None, None, None, "gelu", torch.float32, None,
+                            None)),
+        (lowp.int8_conv2d, (x4, conv_w, [1, 1], [1, 1], [1, 1], 1, scale, torch.rand(6), torch.randn(6), zp, None,
+                            "relu", torch.int8, out_scale, out_zp)),
+        (lowp.int8_conv2d, (int8(2, 5, 7, 9).contiguous(memory_format=CL), conv_w, [2, 1], [0, 1], [1, 2], 1, scale,
+                            torch.rand(6), None, None, None, "none", torch.float32, None, None)),
+    ]
+
+
+def _outputs(y):
+    return y if isinstance(y, tuple) else (y,)
+
+
+@native
+def test_the_native_backend_in_graphs_passes_opcheck_and_equals_the_op():
+    """lowp_cpu::<op> (ops/_common.py, in_graphs): what compiled and exported graphs call for a lowp op on CPU
+    tensors. Each passes opcheck and returns the lowp op's own output, bit for bit (a native plan where one serves,
+    else the op's body)."""
+    for op, args in _graph_op_cases():
+        graph_op = getattr(torch.ops.lowp_cpu, op._qualified_op_name.split("::")[1])
+        torch.library.opcheck(graph_op, args)
+        for got, expected in zip(_outputs(graph_op(*args)), _outputs(op(*args)), strict=True):
+            assert_bitwise_equal(got, expected)
+
+
+@native
+def test_compiled_ops_are_one_graph_op_each():
+    """torch.compile puts one lowp_cpu:: op in the graph for each lowp op (no launcher pieces, no reference
+    arithmetic), and the compiled function returns the eager op's output."""
+    from torch._inductor.utils import run_and_get_code
+
+    for op, args in _graph_op_cases():
+        torch._dynamo.reset()
+        name = op._qualified_op_name.split("::")[1]
+        out, (code,) = run_and_get_code(torch.compile(lambda *a, op=op: op(*a), fullgraph=True), *args)
+        assert code.count("= torch.ops.lowp_cpu.") == 1 and f"= torch.ops.lowp_cpu.{name}.default(" in code, code
+        for got, expected in zip(_outputs(out), _outputs(op(*args)), strict=True):
+            assert_bitwise_equal(got, expected)
