@@ -25,7 +25,7 @@ from torch import nn
 from torch.utils._pytree import tree_map
 
 from ..quant.observers import OBSERVERS
-from . import graph, timing
+from . import graph, rewrite, timing
 from .configs import CONFIG_NAMES, Int8StaticConfig, LowpConfig
 from .fusion import apply_fusions, int8_outputs
 from .handlers import LayerContext, QParams, registered_types
@@ -162,6 +162,7 @@ def apply_config(caller: str, model: nn.Module, config: LowpConfig, *, filter_fn
     model = model if inplace else copy.deepcopy(model)
     kind = deferred(config)
     if kind is Int8StaticConfig:
+        report.notes.extend(rewrite.modularise_pools(model))  # before the observers: they wrap the children
         _attach_observers(model, configs)
     else:
         analysis = _analyse(model, set(configs), example, report, caller)

@@ -44,8 +44,8 @@ _DROPOUTS = (nn.Dropout, nn.Dropout2d)
 # Op kinds. "safe": gives the same answer on int8 codes as on the real values they stand for, so an int8 tensor may
 # flow through it unchanged; so does "relu", with a zero point of 0. "pool": an nn.MaxPool2d module, which max-pools
 # codes once convert makes it lowp_ops.nn.Int8MaxPool2d (torch's own max-pool refuses int8 channels_last input, CUDA
-# has none): a functional max_pool2d, which convert cannot replace, ends a hand-off. relu6 clamps at 6, not at code
-# 6: not safe.
+# has none): a functional max_pool2d ends a hand-off, unless static prepare made it a module (rewrite.py). relu6
+# clamps at 6, not at code 6: not safe.
 _FX_FUNCTIONS = {F.relu: "relu", torch.relu: "relu", torch.relu_: "relu", F.relu6: "relu6",
                  torch.flatten: "safe", torch.reshape: "safe", operator.getitem: "safe"}
 _FX_METHODS = {"relu": "relu", "relu_": "relu", "view": "safe", "reshape": "safe", "flatten": "safe",

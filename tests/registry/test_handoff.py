@@ -3,6 +3,9 @@ int8 to a consumer only when the consumer is the only reader of its output, also
 casts its input first (a QATLinear's fake quantization: x.to(float32) returns x itself, and the export tracer
 records a later residual read of x as a read of that cast, inside the consumer)."""
 
+import copy
+import io
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -201,19 +204,94 @@ def test_int8_hands_off_through_max_pool_modules():
         torch.testing.assert_close(q(x), float_edges(x), rtol=0, atol=0)
 
 
-def test_a_functional_max_pool_ends_the_hand_off():
-    """torch's max-pool refuses int8 channels_last input and convert cannot replace a function call: the layer
-    before F.max_pool2d keeps a float output."""
-    class Functional(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv, self.fc = nn.Conv2d(3, 8, 3), nn.Linear(8 * 3 * 3, 4)
+class FunctionalPool(nn.Module):
+    """conv -> F.max_pool2d -> flatten -> Linear; pool="module": the same with an nn.MaxPool2d; "torch":
+    torch.max_pool2d (stride defaulting to the kernel's); "training": a functional dropout that reads the training
+    flag; "branch": control flow on the data; "shape": a kernel size read from the input's shape."""
 
-        def forward(self, x):
-            return self.fc(torch.flatten(F.max_pool2d(self.conv(x), 2), 1))
+    def __init__(self, pool: str = "functional"):
+        super().__init__()
+        self.conv, self.fc, self.pool = nn.Conv2d(3, 8, 3), nn.Linear(8 * 3 * 3, 4), pool
+        if pool == "module":
+            self.mp = nn.MaxPool2d(2)
 
+    def forward(self, x):
+        h = self.conv(x)
+        if self.pool == "module":
+            h = self.mp(h)
+        elif self.pool == "torch":
+            h = torch.max_pool2d(h, [2, 2])
+        elif self.pool == "shape":
+            h = F.max_pool2d(h, h.shape[-1] // 3)
+        else:
+            h = F.max_pool2d(h, 2)
+        if self.pool == "training":
+            h = F.dropout(h, 0.5, self.training)
+        if self.pool == "branch" and h.sum() > 1e9:
+            h = -h
+        return self.fc(torch.flatten(h, 1))
+
+
+def _functional_pool(pool: str, data) -> nn.Module:
+    model = FunctionalPool(pool).eval()
     torch.manual_seed(0)
-    q = static_int8(Functional().eval(), [torch.randn(2, 3, 8, 8)])
+    model.load_state_dict(FunctionalPool().state_dict())
+    return static_int8(model, data)
+
+
+@pytest.mark.parametrize("pool", ["functional", "torch"])
+def test_a_functional_max_pool_becomes_a_module_int8_runs_through(pool):
+    """prepare rewrites the forward (registry/rewrite.py): the call becomes an nn.MaxPool2d child, which convert
+    makes Int8MaxPool2d, and conv hands int8 through it to fc; the result is, bit for bit, the conversion of the
+    same model written with the module."""
+    torch.manual_seed(0)
+    data = [torch.randn(4, 3, 8, 8) for _ in range(3)]
+    model = FunctionalPool(pool).eval()
+    torch.manual_seed(0)
+    model.load_state_dict(FunctionalPool().state_dict())
+    prepared = lowp_ops.prepare(model)
+    x = torch.randn(5, 3, 8, 8)
+    assert isinstance(prepared.lowp_max_pool2d_0, nn.MaxPool2d) and not hasattr(model, "lowp_max_pool2d_0")
+    with torch.no_grad():
+        assert torch.equal(prepared(x), model(x))  # the same function, float, before calibration
+    q = _functional_pool(pool, data)
+    assert "conv hands int8 to fc" in q.lowp_report.notes
+    assert any("functional max_pool2d -> lowp_max_pool2d_0" in n for n in q.lowp_report.notes)
+    assert isinstance(q.lowp_max_pool2d_0, lowp_ops.nn.Int8MaxPool2d)
+    module_form = _functional_pool("module", data)
+    with torch.no_grad():
+        assert q.conv(x).dtype == torch.int8
+        torch.testing.assert_close(q(x), module_form(x), rtol=0, atol=0)
+    assert list(q.state_dict()) == list(module_form.state_dict())  # checkpoints keep their keys
+
+
+def test_a_rewritten_forward_copies_pickles_exports_and_compiles():
+    data = [torch.randn(4, 3, 8, 8) for _ in range(2)]
+    q, x = _functional_pool("functional", data), torch.randn(3, 3, 8, 8)
+    with torch.no_grad():
+        y = q(x)
+        copied = copy.deepcopy(q)
+        assert copied.forward.args[0] is copied and torch.equal(copied(x), y)
+        buffer = io.BytesIO()
+        torch.save(q, buffer)
+        buffer.seek(0)
+        loaded = torch.load(buffer, weights_only=False)
+        assert loaded.forward.args[0] is loaded and torch.equal(loaded(x), y)
+        assert torch.equal(torch.export.export(q, (x,)).module()(x), y)
+        torch._dynamo.reset()
+        assert torch.equal(torch.compile(q, fullgraph=True, backend="aot_eager")(x), y)
+
+
+@pytest.mark.parametrize("pool, why", [("training", "its forward depends on the training flag"),
+                                       ("branch", "torch.fx cannot trace its forward"),
+                                       ("shape", "its arguments are computed at run time")])
+def test_a_forward_that_cannot_be_rewritten_keeps_its_pool_and_a_float_hand_off(pool, why):
+    """A forward fx cannot trace, or whose trace changes with the training flag (the regenerated code would freeze
+    it), stays as it was, with a note saying why; a max-pool whose arguments come from the data stays a call."""
+    q = _functional_pool(pool, [torch.randn(4, 3, 8, 8)])
+    assert "forward" not in q.__dict__ and not hasattr(q, "lowp_max_pool2d_0")
     assert not any("hands int8" in n for n in q.lowp_report.notes)
+    assert any(n.startswith("FunctionalPool: its ") and "ends int8 hand-offs" in n and why in n
+               for n in q.lowp_report.notes), q.lowp_report.notes
     with torch.no_grad():
         assert q.conv(torch.randn(2, 3, 8, 8)).dtype == torch.float32
