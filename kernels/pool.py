@@ -29,7 +29,7 @@ def pool_output_size(size: int, kernel: int, stride: int, padding: int, dilation
 @triton.jit
 def _max_pool_kernel(
     x_ptr, y_ptr, C, H, W, OW, P,
-    stride_xn, stride_xc, stride_xh, stride_xw,
+    stride_xn, stride_xc, stride_xh, stride_xw, stride_yp, stride_yc,
     SH, SW, PH, PW, DH, DW,
     KH: tl.constexpr, KW: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
@@ -47,22 +47,24 @@ def _max_pool_kernel(
             offs = h.to(tl.int64) * stride_xh + w.to(tl.int64) * stride_xw
             v = tl.load(x_img + offs[:, None], mask=inside[:, None] & c_ok[None, :], other=-128)
             best = tl.maximum(best, v.to(tl.int32))
-    # y: (N, C, OH, OW) channels_last, i.e. (N, P, C) contiguous
-    y = y_ptr + n * P * C + p.to(tl.int64)[:, None] * C + c[None, :]
+    # y: (N, C, OH, OW), channels_last (pixel stride C, channel stride 1) or contiguous (1 and P)
+    y = y_ptr + n * P * C + p.to(tl.int64)[:, None] * stride_yp + c.to(tl.int64)[None, :] * stride_yc
     tl.store(y, best.to(tl.int8), mask=p_ok[:, None] & c_ok[None, :])
 
 
-def int8_max_pool2d(x, *, kernel_size, stride, padding, dilation, ceil_mode=False, wrap=direct):
+def int8_max_pool2d(x, *, kernel_size, stride, padding, dilation, ceil_mode=False, channels_last=True, wrap=direct):
     """Max-pool int8 codes; arguments assumed validated (lowp_ops.ops does that).
 
     x: (N, C, H, W) int8, any strides (channels_last reads each tap's channels contiguously). kernel_size, stride,
     padding, dilation: 2 ints each, as torch.nn.functional.max_pool2d takes them (padding at most half the dilated
-    window). Returns (N, C, OH, OW) int8 channels_last, equal to max_pool2d of x's values.
+    window). Returns (N, C, OH, OW) int8, channels_last (or contiguous: channels_last=False, the order a flatten
+    reads), equal to max_pool2d of x's values.
     """
     N, C, H, W = x.shape
     OH, OW = (pool_output_size(s, k, st, p, d, ceil_mode)
               for s, k, st, p, d in zip((H, W), kernel_size, stride, padding, dilation, strict=True))
-    y = torch.empty((N, C, OH, OW), dtype=torch.int8, device=x.device, memory_format=torch.channels_last)
+    y = torch.empty((N, C, OH, OW), dtype=torch.int8, device=x.device,
+                    memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     if y.numel() == 0:
         return y
     block_c = min(triton.next_power_of_2(C), 64)
@@ -71,6 +73,7 @@ def int8_max_pool2d(x, *, kernel_size, stride, padding, dilation, ceil_mode=Fals
     wrap(_max_pool_kernel)[grid](
         x_ptr=x, y_ptr=y, C=C, H=H, W=W, OW=OW, P=OH * OW,
         stride_xn=x.stride(0), stride_xc=x.stride(1), stride_xh=x.stride(2), stride_xw=x.stride(3),
+        stride_yp=y.stride(3), stride_yc=y.stride(1),
         SH=stride[0], SW=stride[1], PH=padding[0], PW=padding[1], DH=dilation[0], DW=dilation[1],
         KH=kernel_size[0], KW=kernel_size[1], BLOCK_P=block_p, BLOCK_C=block_c,
     )

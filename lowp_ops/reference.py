@@ -205,8 +205,10 @@ def conv_epilogue(acc: torch.Tensor, *, a_scale=None, activation="none", out_dty
     return y.reshape(n, oh, ow, k).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
 
 
-def int8_max_pool2d(x: torch.Tensor, *, kernel_size, stride, padding, dilation, ceil_mode=False) -> torch.Tensor:
-    """x int8 (N, C, H, W) -> (N, C, OH, OW) int8 channels_last; arguments as kernels.int8_max_pool2d. torch's
-    float max-pool on the codes (exact: float32 holds every int8 value), back to int8."""
+def int8_max_pool2d(x: torch.Tensor, *, kernel_size, stride, padding, dilation, ceil_mode=False,
+                    channels_last=True) -> torch.Tensor:
+    """x int8 (N, C, H, W) -> (N, C, OH, OW) int8, channels_last or contiguous; arguments as
+    kernels.int8_max_pool2d. torch's float max-pool on the codes (exact: float32 holds every int8 value), back to
+    int8."""
     y = F.max_pool2d(x.float(), tuple(kernel_size), tuple(stride), tuple(padding), tuple(dilation), ceil_mode)
-    return y.to(torch.int8).contiguous(memory_format=torch.channels_last)
+    return y.to(torch.int8).contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)

@@ -195,12 +195,16 @@ _QUANTIZE_VARIANTS = {
                                         zero_point=_t(1, dtype=I32)),
     "NCHW fp16 -> NHWC int8, C loop": _quantize(quantize_channels_last, _t(2, 128, 8, 8, dtype=F16), scale=_t(1)),
 }
-# int8_max_pool2d: the window unrolled (a constexpr), channels_last or NCHW input, channel tails masked.
+# int8_max_pool2d: the window unrolled (a constexpr), channels_last or NCHW input, channel tails masked, output
+# channels_last or contiguous.
 _POOL_VARIANTS = {
     "2x2, channels_last": _quantize(int8_max_pool2d, _t(2, 64, 24, 24, dtype=I8, memory_format=torch.channels_last),
                                     kernel_size=(2, 2), stride=(2, 2), padding=(0, 0), dilation=(1, 1)),
     "3x3 s2 p1 ceil, NCHW, channel tail": _quantize(int8_max_pool2d, _t(2, 70, 13, 13, dtype=I8), kernel_size=(3, 3),
                                                     stride=(2, 2), padding=(1, 1), dilation=(1, 1), ceil_mode=True),
+    "2x2, contiguous out (before a flatten)": _quantize(
+        int8_max_pool2d, _t(2, 64, 24, 24, dtype=I8, memory_format=torch.channels_last), kernel_size=(2, 2),
+        stride=(2, 2), padding=(0, 0), dilation=(1, 1), channels_last=False),
 }
 
 

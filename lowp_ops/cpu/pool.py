@@ -14,13 +14,15 @@ from . import native
 from .support import traced
 
 
-def int8_max_pool2d(x: torch.Tensor, *, kernel_size, stride, padding, dilation, ceil_mode=False) -> torch.Tensor:
-    """x int8 (N, C, H, W) -> (N, C, OH, OW) int8 channels_last; arguments as kernels.int8_max_pool2d."""
+def int8_max_pool2d(x: torch.Tensor, *, kernel_size, stride, padding, dilation, ceil_mode=False,
+                    channels_last=True) -> torch.Tensor:
+    """x int8 (N, C, H, W) -> (N, C, OH, OW) int8, channels_last or contiguous; arguments as
+    kernels.int8_max_pool2d."""
     cpp = None if traced(x) else native.load()
     if cpp is None or x.numel() == 0:
         return reference.int8_max_pool2d(x, kernel_size=kernel_size, stride=stride, padding=padding,
-                                         dilation=dilation, ceil_mode=ceil_mode)
+                                         dilation=dilation, ceil_mode=ceil_mode, channels_last=channels_last)
     OH, OW = (pool_output_size(s, k, st, p, d, ceil_mode)
               for s, k, st, p, d in zip(x.shape[2:], kernel_size, stride, padding, dilation, strict=True))
     return cpp.max_pool2d(x.contiguous(memory_format=torch.channels_last), *kernel_size, *stride, *padding,
-                          *dilation, OH, OW)
+                          *dilation, OH, OW, channels_last)

@@ -14,24 +14,28 @@ class Int8MaxPool2d(nn.MaxPool2d):
     torch.ops.lowp.int8_max_pool2d, and float input as nn.MaxPool2d does. Max commutes with per-tensor quantization,
     so the codes out are the codes of the pooled values: the layer after reads them with the producer's scale.
 
-    x: (N, C, H, W) or unbatched (C, H, W): int8 -> int8 channels_last (unbatched: (C, OH, OW)); float -> as
-    nn.MaxPool2d. Eager CPU calls skip torch.library's dispatch (ops/pool.py). return_indices is not supported
-    (indices of int8 codes serve no unpooling in an int8 model).
+    x: (N, C, H, W) or unbatched (C, H, W): int8 -> int8 channels_last (unbatched: (C, OH, OW)), or contiguous
+    with channels_last=False (convert sets it where a flatten into a Linear follows: flatten then reads the codes
+    without a copy); float -> as nn.MaxPool2d. Eager CPU calls skip torch.library's dispatch (ops/pool.py).
+    return_indices is not supported (indices of int8 codes serve no unpooling in an int8 model).
 
     >>> pool = Int8MaxPool2d(2)
     >>> pool(torch.tensor([[[[-5, 3], [7, -128]]]], dtype=torch.int8)).tolist()
     [[[[7]]]]
     """
 
-    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bool = False) -> None:
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bool = False, *,
+                 channels_last: bool = True) -> None:
         super().__init__(kernel_size, stride, padding, dilation, return_indices=False, ceil_mode=ceil_mode)
+        self.channels_last = channels_last
 
     @classmethod
-    def from_float(cls, pool: nn.MaxPool2d) -> Int8MaxPool2d:
+    def from_float(cls, pool: nn.MaxPool2d, *, channels_last: bool = True) -> Int8MaxPool2d:
         """The same pooling as `pool` (which must not return indices)."""
         if pool.return_indices:
             raise ValueError("Int8MaxPool2d: a max-pool returning indices cannot take int8 codes")
-        return cls(pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode)
+        return cls(pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode,
+                   channels_last=channels_last)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype != torch.int8:
@@ -39,4 +43,7 @@ class Int8MaxPool2d(nn.MaxPool2d):
         if x.ndim == 3:  # unbatched, as nn.MaxPool2d takes it
             return self.forward(x.unsqueeze(0)).squeeze(0)
         return eager_int8_max_pool2d(x, _pair(self.kernel_size), _pair(self.stride), _pair(self.padding),
-                               _pair(self.dilation), self.ceil_mode)
+                                     _pair(self.dilation), self.ceil_mode, self.channels_last)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ("" if self.channels_last else ", int8 output contiguous")

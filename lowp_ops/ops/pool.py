@@ -37,13 +37,14 @@ def _check_int8_max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode)
 
 @triton_op("lowp::int8_max_pool2d", mutates_args={})
 def int8_max_pool2d(x: Tensor, kernel_size: Sequence[int], stride: Sequence[int], padding: Sequence[int],
-                    dilation: Sequence[int], ceil_mode: bool = False) -> Tensor:
+                    dilation: Sequence[int], ceil_mode: bool = False, channels_last: bool = True) -> Tensor:
     """Max-pool int8 codes: max commutes with quantization (per tensor, scale > 0), so the codes of the pooled
     values are the pooled codes and no scale is needed.
 
     x: (N, C, H, W) int8, any memory format (channels_last, as int8_conv2d returns it, reads fastest).
     kernel_size, stride, padding, dilation: 2 ints each, as torch.nn.functional.max_pool2d takes them (all given;
-    padding at most half the kernel); ceil_mode as there. Returns (N, C, OH, OW) int8 channels_last,
+    padding at most half the kernel); ceil_mode as there. Returns (N, C, OH, OW) int8, channels_last (what the next
+    conv reads), or contiguous with channels_last=False (what a flatten before a Linear reads without a copy),
     equal to torch's max_pool2d of x's values. Padding never wins: at least one tap of every window is inside x.
 
     >>> x = torch.tensor([[[[-5, 3], [7, -128]]]], dtype=torch.int8)
@@ -51,30 +52,31 @@ def int8_max_pool2d(x: Tensor, kernel_size: Sequence[int], stride: Sequence[int]
     [[[[7]]]]
     """
     _check_int8_max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode)
-    return _int8_max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode)
+    return _int8_max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode, channels_last)
 
 
-def _int8_max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode) -> Tensor:
+def _int8_max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode, channels_last) -> Tensor:
     """The op's body after validation: the device's backend."""
     return dispatch("int8_max_pool2d", "int8_max_pool2d", x, kernel_size=list(kernel_size), stride=list(stride),
-                    padding=list(padding), dilation=list(dilation), ceil_mode=ceil_mode)
+                    padding=list(padding), dilation=list(dilation), ceil_mode=ceil_mode, channels_last=channels_last)
 
 
-def eager_int8_max_pool2d(x: Tensor, kernel_size, stride, padding, dilation, ceil_mode: bool = False) -> Tensor:
+def eager_int8_max_pool2d(x: Tensor, kernel_size, stride, padding, dilation, ceil_mode: bool = False,
+                          channels_last: bool = True) -> Tensor:
     """int8_max_pool2d for lowp's modules: a plain eager CPU call runs the op's body without torch.library's dispatch
     (~40 us a call, more than the pool at batch 1); anything that must see the op (tracing, dispatch modes,
     subclasses: ops/_common.py, _eager_plain) goes through it."""
     if _eager_plain(x):
         _check_int8_max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode)
-        return _int8_max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode)
-    return int8_max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode)
+        return _int8_max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode, channels_last)
+    return int8_max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode, channels_last)
 
 
 @int8_max_pool2d.register_fake
-def _int8_max_pool2d_fake(x, kernel_size, stride, padding, dilation, ceil_mode=False):
+def _int8_max_pool2d_fake(x, kernel_size, stride, padding, dilation, ceil_mode=False, channels_last=True):
     OH, OW = _check_int8_max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode)
     return torch.empty((x.shape[0], x.shape[1], OH, OW), dtype=torch.int8, device=x.device,
-                       memory_format=torch.channels_last)
+                       memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
 _int8_max_pool2d = in_graphs(int8_max_pool2d, _int8_max_pool2d, _int8_max_pool2d_fake)

@@ -39,19 +39,30 @@ def _torch_pool(x, kw):
     return F.max_pool2d(x.float(), kw["kernel_size"], kw["stride"], kw["padding"], kw["dilation"], kw["ceil_mode"])
 
 
+OUT = pytest.mark.parametrize("out", ["out channels_last", "out contiguous"])
+
+
+def _out(out: str) -> dict:
+    return {"channels_last": out == "out channels_last"}
+
+
+@OUT
 @pytest.mark.parametrize("layout", ["channels_last", "nchw"])
 @pytest.mark.parametrize("name", CASES)
-def test_op_is_torch_max_pool_of_the_values(name, layout):
+def test_op_is_torch_max_pool_of_the_values(name, layout, out):
     x, kw = _case(name, layout == "channels_last")
-    y = lowp_ops.int8_max_pool2d(x, **kw)
-    assert y.dtype == torch.int8 and y.is_contiguous(memory_format=CL)
+    y = lowp_ops.int8_max_pool2d(x, **kw, **_out(out))
+    assert y.dtype == torch.int8 and y.is_contiguous(memory_format=CL if _out(out)["channels_last"] else
+                                                     torch.contiguous_format)
     assert_bitwise_equal(y.float(), _torch_pool(x, kw))
-    assert_bitwise_equal(y, reference.int8_max_pool2d(x, **kw))
+    assert_bitwise_equal(y, reference.int8_max_pool2d(x, **kw, **_out(out)))
 
 
+@OUT
 @pytest.mark.parametrize("name", CASES)
-def test_native_cpu_and_its_fallback(name, monkeypatch):
+def test_native_cpu_and_its_fallback(name, out, monkeypatch):
     x, kw = _case(name)
+    kw.update(_out(out))
     expected = reference.int8_max_pool2d(x, **kw)
     if native.load() is not None:
         assert_bitwise_equal(cpu.int8_max_pool2d(x, **kw), expected)
@@ -59,11 +70,12 @@ def test_native_cpu_and_its_fallback(name, monkeypatch):
     assert_bitwise_equal(cpu.int8_max_pool2d(x, **kw), expected)
 
 
+@OUT
 @pytest.mark.parametrize("layout", ["channels_last", "nchw"])
 @pytest.mark.parametrize("name", CASES)
-def test_triton_kernel(name, layout):
+def test_triton_kernel(name, layout, out):
     x, kw = _case(name, layout == "channels_last")
-    x = x.to(DEVICE)
+    x, kw = x.to(DEVICE), {**kw, **_out(out)}
     assert_bitwise_equal(kernels.int8_max_pool2d(x, **kw), reference.int8_max_pool2d(x, **kw))
 
 
@@ -89,9 +101,11 @@ def test_errors_name_the_op_and_argument(call, exc, match):
 def test_opcheck_and_compile():
     x, kw = _case("ceil p1")
     args = (x, list(kw["kernel_size"]), list(kw["stride"]), list(kw["padding"]), list(kw["dilation"]), True)
-    torch.library.opcheck(torch.ops.lowp.int8_max_pool2d, args)
-    compiled = torch.compile(lambda t: torch.ops.lowp.int8_max_pool2d(t, *args[1:]), fullgraph=True)
-    assert_bitwise_equal(compiled(x), lowp_ops.int8_max_pool2d(*args))
+    for channels_last in (True, False):
+        torch.library.opcheck(torch.ops.lowp.int8_max_pool2d, (*args, channels_last))
+        compiled = torch.compile(lambda t, c=channels_last: torch.ops.lowp.int8_max_pool2d(t, *args[1:], c),
+                                 fullgraph=True)
+        assert_bitwise_equal(compiled(x), lowp_ops.int8_max_pool2d(*args, channels_last))
 
 
 def test_int8_max_pool2d_module():
@@ -102,7 +116,11 @@ def test_int8_max_pool2d_module():
     assert_bitwise_equal(pool(x[0]).float(), expected[0])  # unbatched, as nn.MaxPool2d takes it
     f = torch.randn(2, 3, 9, 9)
     assert_bitwise_equal(pool(f), F.max_pool2d(f, 3, 2, 1, ceil_mode=True))  # float: nn.MaxPool2d's own
+    rows = Int8MaxPool2d(3, 2, 1, ceil_mode=True, channels_last=False)  # for a flatten: the codes in its order
+    assert rows(x).is_contiguous() and torch.equal(rows(x), pool(x))
     twin = Int8MaxPool2d.from_float(torch.nn.MaxPool2d(2))
     assert repr(twin) == repr(torch.nn.MaxPool2d(2)).replace("Max", "Int8Max")
+    assert repr(Int8MaxPool2d.from_float(torch.nn.MaxPool2d(2), channels_last=False)).endswith(
+        ", int8 output contiguous)")
     with pytest.raises(ValueError, match="returning indices"):
         Int8MaxPool2d.from_float(torch.nn.MaxPool2d(2, return_indices=True))

@@ -196,6 +196,8 @@ def test_int8_hands_off_through_max_pool_modules():
     notes = q.lowp_report.notes
     assert "0 hands int8 to 3" in notes and "3 hands int8 to 8" in notes
     assert isinstance(q[2], lowp_ops.nn.Int8MaxPool2d) and isinstance(q[5], lowp_ops.nn.Int8MaxPool2d)
+    # the pool before a conv writes channels_last, the one before flatten -> Linear in flatten's order (no copy)
+    assert q[2].channels_last and not q[5].channels_last
     float_edges = static_int8(_vgg(), data, lowp_ops.Int8StaticConfig(chain_int8=False))
     assert isinstance(float_edges[2], nn.MaxPool2d) and not isinstance(float_edges[2], lowp_ops.nn.Int8MaxPool2d)
     x = torch.randn(3, 3, 15, 15)
@@ -257,7 +259,7 @@ def test_a_functional_max_pool_becomes_a_module_int8_runs_through(pool):
     q = _functional_pool(pool, data)
     assert "conv hands int8 to fc" in q.lowp_report.notes
     assert any("functional max_pool2d -> lowp_max_pool2d_0" in n for n in q.lowp_report.notes)
-    assert isinstance(q.lowp_max_pool2d_0, lowp_ops.nn.Int8MaxPool2d)
+    assert isinstance(q.lowp_max_pool2d_0, lowp_ops.nn.Int8MaxPool2d) and not q.lowp_max_pool2d_0.channels_last
     module_form = _functional_pool("module", data)
     with torch.no_grad():
         assert q.conv(x).dtype == torch.int8
