@@ -55,3 +55,35 @@ def test_workflows_on_cuda_keep_accuracy_and_compile():
     h = lowp_ops.to_fp16(model)
     assert abs(accuracy(h, vx, vy) - base) <= 0.5
     assert quant.sqnr_db(model(vx[:64]), h(vx[:64]).float()) > 30
+
+
+@pytest.mark.parametrize("layer", ["linear dynamic", "linear static", "conv static"])
+def test_eager_lane_on_cuda_launches_directly_without_host_syncs(layer, monkeypatch):
+    """A module's eager call on CUDA takes its lane (ops/_common.py, Lane): torch.library's dispatch skipped, the
+    kernels launched without wrap_triton (~65 us a launch), the op's output; after the first call, which checks the
+    scales (one device read each), no call synchronizes with the host."""
+    from lowp_ops.ops import _common, backends
+
+    torch.manual_seed(0)
+    if layer.startswith("linear"):
+        module = lowp_ops.nn.Int8Linear.from_float(
+            nn.Linear(256, 96).cuda(), **({"input_scale": 0.05} if "static" in layer else {}))
+        x = torch.randn(1, 256, device="cuda")
+    else:
+        module = Int8Conv2d.from_float(nn.Conv2d(16, 32, 3, padding=1).cuda(), activation="relu", input_scale=0.05,
+                                       output_scale=0.05)
+        x = torch.randn(2, 16, 13, 13, device="cuda")
+    with torch.no_grad():
+        with monkeypatch.context() as through_the_op:
+            through_the_op.setattr(_common, "_eager_plain", lambda x: False)
+            expected = module(x)
+        monkeypatch.setattr(backends, "wrap_triton", lambda kernel: pytest.fail("the lane wrapped a launch"))
+        assert torch.equal(module(x), expected)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            for _ in range(3):
+                y = module(x)
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+        assert torch.equal(y, expected)

@@ -140,12 +140,13 @@ def _signature(args: tuple) -> tuple[tuple, list[Tensor]] | None:
 
 
 def _eager_plain(x) -> bool:
-    """Whether a call on x runs eagerly on a plain CPU tensor, with nothing that must see the op: no autograd
-    through it (its backward says the op is inference-only), no tracing (torch.compile / export put the op in their
-    graphs, torch.jit.trace records the aten ops it sees), no dispatch or torch-function mode (fake tensors,
-    FlopCounterMode, proxies), no tensor subclass or functorch wrapper. CUDA calls keep the op's own path until the
-    kernels have run on a card."""
-    return (type(x) is Tensor and x.device.type == "cpu" and not (x.requires_grad and torch.is_grad_enabled())
+    """Whether a call on x runs eagerly on a plain CPU or CUDA tensor, with nothing that must see the op: no
+    autograd through it (its backward says the op is inference-only), no tracing (torch.compile / export put the op
+    in their graphs, torch.jit.trace records the aten ops it sees), no dispatch or torch-function mode (fake
+    tensors, FlopCounterMode, proxies), no tensor subclass or functorch wrapper. On CUDA the lane also keeps value
+    checks (a device read each) to one per signature: no host sync in the steady state."""
+    return (type(x) is Tensor and x.device.type in ("cpu", "cuda")
+            and not (x.requires_grad and torch.is_grad_enabled())
             and not torch.compiler.is_compiling() and not torch._C._len_torch_dispatch_stack()
             and not torch._C._is_torch_function_mode_enabled() and torch._C._get_tracing_state() is None
             and not torch._C._functorch.is_functorch_wrapped_tensor(x))
@@ -215,7 +216,7 @@ class Lane:
     def __call__(self, owner: object, *args) -> Tensor:
         if not _eager_plain(args[0]):
             return self.op(*args)
-        native_backend = _native_backend()
+        native_backend = args[0].device.type == "cpu" and _native_backend()
         # the plan: a native.cpp Plan, False where Plan.make declined these arguments, None (absent) after
         # forget_plans or before the first call
         plan = owner.__dict__.get(PLAN) if native_backend else None

@@ -21,6 +21,7 @@ from torch.library import wrap_triton
 
 from .. import cpu, kernels, reference
 from .._validate import fail
+from ..cpu.support import plain_eager
 
 _CPU_BACKENDS = {"native": cpu, "reference": reference, "triton": kernels}
 
@@ -74,6 +75,9 @@ def dispatch(op: str, launcher: str, *args, **kwargs):
     backend = kernels if device == "cuda" else _CPU_BACKENDS[_cpu_backend]
     if launcher not in _LAUNCHERS[backend]:  # (lowp_ops.cpu.gemm is a module, not a launcher: ask __all__)
         return getattr(reference, launcher)(*args, **kwargs)
-    if device == "cuda":
-        kwargs["wrap"] = wrap_triton  # torch.compile sees through the launch
+    if device == "cuda" and not getattr(plain_eager, "on", False):
+        # torch.compile and export see through the launch; a module's eager lane (ops/_common.py, Lane) launches
+        # the kernel itself: wrap_triton(kernel)[grid] costs ~65 us there (CI machine, torch 2.13), where the op's
+        # own path, which turns wrapping off in eager, pays nothing for it
+        kwargs["wrap"] = wrap_triton
     return getattr(backend, launcher)(*args, **kwargs)
