@@ -325,7 +325,7 @@ at::Tensor max_pool2d(const at::Tensor& x, int64_t KH, int64_t KW, int64_t sh, i
     for (int64_t t = begin; t < end; ++t) {
       const int64_t n = t / tiles, p0 = t % tiles * kPoolTile, count = std::min(kPoolTile, P - p0);
       for (int64_t q = 0; q < count; ++q) pool(n, p0 + q, tile.data() + q * C, taps);
-      for (int64_t c = 0; c < C; ++c) {  // y[n, c, p0 : p0 + count], 8 pixels' codes a store
+      for (int64_t c = 0; c < C; ++c) {  // y[n, c, p0 : p0 + count], 8 pixels' codes a (little-endian) store
         int8_t* run = yp + (n * C + c) * P + p0;
         const uint8_t* column = reinterpret_cast<const uint8_t*>(tile.data()) + c;
         int64_t q = 0;

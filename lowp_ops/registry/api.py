@@ -162,7 +162,8 @@ def apply_config(caller: str, model: nn.Module, config: LowpConfig, *, filter_fn
     model = model if inplace else copy.deepcopy(model)
     kind = deferred(config)
     if kind is Int8StaticConfig:
-        report.notes.extend(rewrite.modularise_pools(model))  # before the observers: they wrap the children
+        if any(c.chain_int8 for c in configs.values()):  # pools matter only to hand-offs
+            report.notes.extend(rewrite.modularise_pools(model))  # before the observers: they wrap the children
         _attach_observers(model, configs)
     else:
         analysis = _analyse(model, set(configs), example, report, caller)

@@ -261,6 +261,8 @@ def test_a_functional_max_pool_becomes_a_module_int8_runs_through(pool):
     assert any("functional max_pool2d -> lowp_max_pool2d_0" in n for n in q.lowp_report.notes)
     assert isinstance(q.lowp_max_pool2d_0, lowp_ops.nn.Int8MaxPool2d) and not q.lowp_max_pool2d_0.channels_last
     module_form = _functional_pool("module", data)
+    float_edges = static_int8(FunctionalPool(pool).eval(), data, lowp_ops.Int8StaticConfig(chain_int8=False))
+    assert "forward" not in float_edges.__dict__ and not hasattr(float_edges, "lowp_max_pool2d_0")  # nothing to gain
     with torch.no_grad():
         assert q.conv(x).dtype == torch.int8
         torch.testing.assert_close(q(x), module_form(x), rtol=0, atol=0)
