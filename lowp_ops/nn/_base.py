@@ -20,7 +20,7 @@ from torch import nn
 
 from .. import quant
 from .._validate import ACTIVATIONS, SCALE_RANGE, outside
-from ..ops._common import forget_plans
+from ..ops._common import WholeCall, forget_plans
 
 # Float dtypes a cast (.half(), .to(dtype)) may give a quantized layer's float output; float64 is computed in float32
 CAST_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -91,7 +91,7 @@ def float_cast(fn, device) -> tuple[torch.dtype | None, torch.device]:
     return cast, p32.device
 
 
-class _QuantModule(nn.Module):
+class _QuantModule(WholeCall, nn.Module):
     """Buffers and checks shared by the quantized modules: `weight_scale` float32 (one per output channel, or (1,)),
     `qweight` (_WEIGHT_DTYPE: the quantized weight, the float layer's weight shape), `bias` float32 or None, and each
     of _QPARAMS (float32 / int32 (1,), or None), in that order (the state_dict's keys).
@@ -159,6 +159,7 @@ class _QuantModule(nn.Module):
             self.register_buffer(key, value)
         self.activation, self.out_dtype = activation, out_dtype
         self.built_out_dtype = out_dtype  # what .float() returns to
+        self._init_whole_call()
 
     @property
     def weight(self) -> torch.Tensor:

@@ -15,6 +15,7 @@ from torch.nn.modules.utils import _pair
 
 from .. import quant
 from .._validate import INT8_RANGE
+from ..kernels.conv import conv_output_size
 from ..ops._common import run_plan, trust_plan
 from ..ops.conv import eager_int8_conv2d
 from ..ops.int8 import eager_int8_linear, eager_int8_mm
@@ -137,7 +138,11 @@ class Int8Linear(_Int8Module):
         y = run_plan(self, x)  # the last call's C++ plan, where it serves x (see _trust_plan)
         if y is not None:
             return y
+        given = x
         x, out_dtype = self._linear_input(x)
+        y = self._whole_call(given, (*given.shape[:-1], self.out_features), out_dtype)  # compiled: one graph op
+        if y is not None:
+            return y
         epilogue = (self.activation, self._kernel_dtype(out_dtype), self.output_scale, self.output_zero_point)
         if x.dtype == torch.int8:  # torch.ops.lowp.int8_mm, or its eager lane
             y = eager_int8_mm(self, x, self.qweight, self.input_scale, self.weight_scale, self.bias,
@@ -245,7 +250,14 @@ class Int8Conv2d(_Int8Module):
         return self._conv(x)
 
     def _conv(self, x: torch.Tensor) -> torch.Tensor:
+        given = x
         x, out_dtype = self._prepare_input(x)
+        (N, _, H, W), (R, S) = given.shape, self.kernel_size
+        size = (N, self.out_channels, *(conv_output_size(*a) for a in zip((H, W), (R, S), self.stride, self.padding,
+                                                                            self.dilation, strict=True)))
+        y = self._whole_call(given, size, out_dtype, channels_last=True)  # compiled: one graph op
+        if y is not None:
+            return y
         if x.dtype == torch.int8:  # ops between int8 layers (relu, dropout) may hand it back in NCHW order
             x = x.contiguous(memory_format=torch.channels_last)
         # torch.ops.lowp.int8_conv2d, or its eager lane; float x is quantized inside the op: dynamically without

@@ -6,10 +6,11 @@ import torch
 from torch import nn
 from torch.nn.modules.utils import _pair
 
-from ..ops.pool import eager_int8_max_pool2d
+from ..ops._common import WholeCall
+from ..ops.pool import _check_int8_max_pool2d, eager_int8_max_pool2d
 
 
-class Int8MaxPool2d(nn.MaxPool2d):
+class Int8MaxPool2d(WholeCall, nn.MaxPool2d):
     """nn.MaxPool2d whose int8 input (the codes an INT8 layer hands the next one) is pooled by
     torch.ops.lowp.int8_max_pool2d, and float input as nn.MaxPool2d does. Max commutes with per-tensor quantization,
     so the codes out are the codes of the pooled values: the layer after reads them with the producer's scale.
@@ -28,6 +29,7 @@ class Int8MaxPool2d(nn.MaxPool2d):
                  channels_last: bool = True) -> None:
         super().__init__(kernel_size, stride, padding, dilation, return_indices=False, ceil_mode=ceil_mode)
         self.channels_last = channels_last
+        self._init_whole_call()
 
     @classmethod
     def from_float(cls, pool: nn.MaxPool2d, *, channels_last: bool = True) -> Int8MaxPool2d:
@@ -42,8 +44,12 @@ class Int8MaxPool2d(nn.MaxPool2d):
             return super().forward(x)
         if x.ndim == 3:  # unbatched, as nn.MaxPool2d takes it
             return self.forward(x.unsqueeze(0)).squeeze(0)
-        return eager_int8_max_pool2d(x, _pair(self.kernel_size), _pair(self.stride), _pair(self.padding),
-                                     _pair(self.dilation), self.ceil_mode, self.channels_last)
+        args = _pair(self.kernel_size), _pair(self.stride), _pair(self.padding), _pair(self.dilation), self.ceil_mode
+        if torch.compiler.is_compiling():  # one graph op on the native CPU backend (ops/_common.py, WholeCall)
+            y = self._whole_call(x, (*x.shape[:2], *_check_int8_max_pool2d(x, *args)), torch.int8, self.channels_last)
+            if y is not None:
+                return y
+        return eager_int8_max_pool2d(x, *args, self.channels_last)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ("" if self.channels_last else ", int8 output contiguous")

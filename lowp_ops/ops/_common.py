@@ -296,3 +296,89 @@ def in_graphs(op, body: Callable, fake: Callable, plan: int | None = None) -> Ca
         return body(*args)
 
     return run
+
+
+# ----------------------------------------------------------------------------- a lowp module's whole call in graphs
+# Under torch.compile, a lowp op's graph op (above) takes the module's weight, scales, zero points and bias as graph
+# inputs: Dynamo guards each one and Inductor's wrapper checks its size and strides on every call, and the op's
+# Python kernel parses them and makes its plan again. For the seed ConvNet at batch 1 that is ~140 us of a compiled
+# call's ~310 (eager: ~165; CI machine, 2026-12-06). So on the native CPU backend a lowp module's whole call is
+# one graph op, lowp_cpu::module(x, call, size, dtype, channels_last): x and a handle to the module (a torch.library
+# opaque reference, guarded by its type alone). Its kernel is the module's eager call, where the module's plan runs
+# on x alone; its fake is the output the module promised while traced (size, dtype, layout), computed there from
+# what Dynamo reads of the module and so guards. torch.export keeps the ops (a graph it saves cannot hold a module).
+try:  # torch >= 2.12; older torch keeps the per-op graph ops
+    from torch._library.opaque_object import get_opaque_type_name, register_opaque_type
+    from torch._opaque_base import OpaqueBase
+except ImportError:  # pragma: no cover
+    OpaqueBase = None
+
+CALL = "_lowp_call"  # a module's ModuleCall, in its __dict__
+
+
+if OpaqueBase is not None:
+    class ModuleCall(OpaqueBase):
+        """A lowp module as its graph op holds it: a weak reference (a compiled graph must not keep a module
+        alive). Made with the module and never copied or pickled with it (WholeCall)."""
+
+        def __init__(self, module) -> None:
+            self.module = weakref.ref(module)
+
+    register_opaque_type(ModuleCall, typ="reference")
+    _GRAPH_LIB.define(f"module(Tensor x, {get_opaque_type_name(ModuleCall)} call, SymInt[] size, ScalarType dtype, "
+                      f"bool channels_last) -> Tensor")
+
+    def _module_kernel(x, call, size, dtype, channels_last):
+        y = call.module().forward(x)  # eager here: the graph runs, nothing traces
+        if y.dtype != dtype or list(y.shape) != list(size):  # Inductor checks sizes and strides, not the dtype
+            raise RuntimeError(f"lowp: {type(call.module()).__name__} returned {y.dtype} {tuple(y.shape)} where its "
+                               f"compiled graph expects {dtype} {tuple(size)}: recompile after changing the module")
+        return y
+
+    def _module_fake(x, call, size, dtype, channels_last):
+        return x.new_empty(size, dtype=dtype).contiguous(
+            memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+    _GRAPH_LIB.impl("module", _module_kernel, "CPU")
+    torch.library.register_fake("lowp_cpu::module", _module_fake, lib=_GRAPH_LIB)
+else:  # pragma: no cover
+    ModuleCall = None
+
+
+@torch.compiler.assume_constant_result
+def _whole_calls() -> bool:
+    """Whether this process can put whole module calls in graphs: torch's opaque objects and the native backend's
+    C++ passes (fixed for the process; which backend is in force is read where the call is traced)."""
+    return ModuleCall is not None and support.missing() is None and native.load() is not None
+
+
+class WholeCall:
+    """Mixin for a lowp module whose call can be one graph op under torch.compile (see above). It holds its
+    ModuleCall from construction (Dynamo must find it, not make it) and drops it when copied or pickled: a copy
+    gets its own."""
+
+    def _init_whole_call(self) -> None:
+        if ModuleCall is not None:
+            self.__dict__[CALL] = ModuleCall(self)
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        if CALL in state:
+            state = dict(state)
+            del state[CALL]
+        return state
+
+    def __setstate__(self, state) -> None:
+        super().__setstate__(state)
+        self._init_whole_call()
+
+    def _whole_call(self, x: Tensor, size, dtype: torch.dtype, channels_last: bool = False) -> Tensor | None:
+        """The module's call on x as one graph op, returning (size) dtype, channels_last or contiguous: while
+        torch.compile (not torch.export) traces a CPU call on the native backend without autograd. None
+        elsewhere: the caller goes on (eager, or the ops traced one by one)."""
+        call = getattr(self, CALL, None)
+        if (call is None or not torch.compiler.is_compiling() or torch.compiler.is_exporting()
+                or x.device.type != "cpu" or cpu_backend() != "native" or (x.requires_grad and torch.is_grad_enabled())
+                or not _whole_calls()):
+            return None
+        return torch.ops.lowp_cpu.module(x, call, list(size), dtype, channels_last)
