@@ -15,6 +15,11 @@ run on the module itself (so convert's swaps of its children are seen). Kept as 
 fx cannot trace (data-dependent control flow, *args), and one whose trace depends on the module's training flag
 (the regenerated code would freeze it). Like any fx trace, the regenerated forward freezes Python-level attributes
 it read (a flag set in __init__ and never changed is fine).
+
+A forward so rewritten has its functional relus (F.relu, torch.relu, x.relu(), out of place) made nn.ReLU children
+too, so that one right after a layer is fused into it like a module (fusion.py: the module becomes nn.Identity):
+called on int8 codes, relu after a fused relu changes nothing and costs a pass over them (seed ConvNet's relu
+after conv1 at batch 256: 0.3 ms of a 12.6 ms call; CI machine, 2026-12-06).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 _POOLS = (F.max_pool2d, torch.max_pool2d)
+_RELUS = (F.relu, torch.relu)
 
 
 class _Children(fx.Tracer):
@@ -89,6 +95,14 @@ def _pool(node: fx.Node) -> nn.MaxPool2d | None:
     return nn.MaxPool2d(kernel, stride or None, padding, dilation, ceil_mode=ceil_mode)
 
 
+def _relu(node: fx.Node) -> nn.ReLU | None:
+    """nn.ReLU for an out-of-place relu call on one tensor (an in-place one mutates what other nodes may read)."""
+    functional = node.op == "call_function" and node.target in _RELUS
+    if not (functional or (node.op == "call_method" and node.target == "relu")) or len(node.args) != 1:
+        return None
+    return nn.ReLU() if not node.kwargs.get("inplace", False) else None
+
+
 def _constant(value) -> bool:
     if isinstance(value, (list, tuple)):
         return all(_constant(v) for v in value)
@@ -109,8 +123,8 @@ def _import_names(scope: dict) -> dict:
 
 
 def modularise_pools(model: nn.Module) -> list[str]:
-    """Rewrite, in place, every module of model whose forward calls max_pool2d functionally (see the module
-    docstring). Returns notes for the report: what was rewritten, what was kept and why."""
+    """Rewrite, in place, every module of model whose forward calls max_pool2d functionally, its relus too (see the
+    module docstring). Returns notes for the report: what was rewritten, what was kept and why."""
     notes = []
     for name, module in list(model.named_modules()):
         if type(module).__module__.startswith("torch.") or isinstance(module.__dict__.get("forward"), FxForward) \
@@ -127,25 +141,28 @@ def modularise_pools(model: nn.Module) -> list[str]:
             notes.append(f"{where}: its functional max_pool2d ends int8 hand-offs (its forward depends on the "
                          f"training flag, which a regenerated forward would freeze)")
             continue
-        made = []
+        made = {"max_pool2d": [], "relu": []}
         for node in list(graph.nodes):
             pool = _pool(node)
-            if pool is None:
-                if node.op == "call_function" and node.target in _POOLS:
-                    notes.append(f"{where}: its max_pool2d call {node.name} ends int8 hand-offs (it returns indices, "
-                                 f"or its arguments are computed at run time)")
+            if pool is None and node.op == "call_function" and node.target in _POOLS:
+                notes.append(f"{where}: its max_pool2d call {node.name} ends int8 hand-offs (it returns indices, "
+                             f"or its arguments are computed at run time)")
+            child = pool or _relu(node)
+            if child is None:
                 continue
-            child = f"lowp_max_pool2d_{len(made)}"
-            while hasattr(module, child):
-                child += "_"
-            module.add_module(child, pool)
+            kind = "max_pool2d" if pool is not None else "relu"
+            name = f"lowp_{kind}_{len(made[kind])}"
+            while hasattr(module, name):
+                name += "_"
+            module.add_module(name, child)
             with graph.inserting_before(node):
-                node.replace_all_uses_with(graph.call_module(child, (node.args[0],)))
+                node.replace_all_uses_with(graph.call_module(name, (node.args[0],)))
             graph.erase_node(node)
-            made.append(child)
-        if made:
+            made[kind].append(name)
+        if made["max_pool2d"]:
             code = graph.python_code("self")
             module.forward = FxForward(module, code.src, _import_names(code.globals))
-            notes.append(f"{where}: functional max_pool2d -> {', '.join(made)} (nn.MaxPool2d), so int8 can pass "
-                         f"through; its forward is torch.fx's regeneration of it")
+            relus = f"; relu -> {', '.join(made['relu'])} (nn.ReLU)" if made["relu"] else ""
+            notes.append(f"{where}: functional max_pool2d -> {', '.join(made['max_pool2d'])} (nn.MaxPool2d), so "
+                         f"int8 can pass through{relus}; its forward is torch.fx's regeneration of it")
     return notes

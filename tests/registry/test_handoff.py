@@ -299,3 +299,59 @@ def test_a_forward_that_cannot_be_rewritten_keeps_its_pool_and_a_float_hand_off(
                for n in q.lowp_report.notes), q.lowp_report.notes
     with torch.no_grad():
         assert q.conv(torch.randn(2, 3, 8, 8)).dtype == torch.float32
+
+
+class ReluPool(nn.Module):
+    """conv -> relu -> max-pool -> flatten -> Linear -> relu, functional (`functional`: F.relu, then x.relu() on the
+    Linear) or with modules."""
+
+    def __init__(self, functional: bool = True):
+        super().__init__()
+        self.conv, self.fc, self.functional = nn.Conv2d(3, 8, 3), nn.Linear(8 * 3 * 3, 4), functional
+        if not functional:
+            self.relu, self.pool, self.relu_fc = nn.ReLU(), nn.MaxPool2d(2), nn.ReLU()
+
+    def forward(self, x):
+        if self.functional:
+            h = F.max_pool2d(F.relu(self.conv(x)), 2)
+            return self.fc(torch.flatten(h, 1)).relu()
+        return self.relu_fc(self.fc(torch.flatten(self.pool(self.relu(self.conv(x))), 1)))
+
+
+def test_a_rewritten_forward_makes_its_relus_modules_fused_into_the_layer_before():
+    """In a forward rewritten for its pool, the relus become nn.ReLU children too (registry/rewrite.py), which convert
+    fuses into the layer before and makes nn.Identity: no pass over the int8 codes, and the hand-off keeps its zero
+    point (a relu between would need 0). The result is, bit for bit, the conversion of the model written with modules;
+    an in-place relu stays a call."""
+    torch.manual_seed(0)
+    data = [torch.randn(4, 3, 8, 8) for _ in range(3)]
+    models = []
+    for functional in (True, False):
+        model = ReluPool(functional).eval()
+        torch.manual_seed(0)
+        model.load_state_dict(ReluPool().state_dict())
+        models.append(static_int8(model, data))
+    q, module_form = models
+    assert isinstance(q.lowp_relu_0, nn.Identity) and isinstance(q.lowp_relu_1, nn.Identity)
+    assert q.conv.activation == "relu" and q.fc.activation == "relu"
+    assert any("relu -> lowp_relu_0, lowp_relu_1 (nn.ReLU)" in n for n in q.lowp_report.notes), q.lowp_report.notes
+    assert "conv hands int8 to fc" in q.lowp_report.notes
+    x = torch.randn(5, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(q(x), module_form(x), rtol=0, atol=0)
+    assert list(q.state_dict()) == list(module_form.state_dict())
+
+
+def test_an_in_place_relu_stays_a_call():
+    class InPlace(ReluPool):
+        def forward(self, x):
+            h = self.conv(x)
+            F.relu(h, inplace=True)  # what reads h must see the relu: a module call would not write it
+            return self.fc(torch.flatten(F.max_pool2d(h, 2), 1))
+
+    model = InPlace().eval()
+    prepared = lowp_ops.prepare(model)
+    assert not hasattr(prepared, "lowp_relu_0") and hasattr(prepared, "lowp_max_pool2d_0")
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(prepared(x), InPlace.forward(model, x))
