@@ -57,11 +57,18 @@ def test_workflows_on_cuda_keep_accuracy_and_compile():
     assert quant.sqnr_db(model(vx[:64]), h(vx[:64]).float()) > 30
 
 
+@pytest.mark.parametrize("mode", ["", "made in inference mode"])
 @pytest.mark.parametrize("layer", ["linear dynamic", "linear static", "conv static"])
-def test_eager_lane_on_cuda_launches_directly_without_host_syncs(layer, monkeypatch):
+def test_eager_lane_on_cuda_launches_directly_without_host_syncs(layer, mode, monkeypatch):
     """A module's eager call on CUDA takes its lane (ops/_common.py, Lane): torch.library's dispatch skipped, the
     kernels launched without wrap_triton (~65 us a launch), the op's output; after the first call, which checks the
-    scales (one device read each), no call synchronizes with the host."""
+    scales (one device read each), no call synchronizes with the host — also for a module made (and run) inside
+    torch.inference_mode, whose tensors it keeps as normal ones (nn/_base.py, _normal)."""
+    with torch.inference_mode(bool(mode)):
+        _lane_without_host_syncs(layer, monkeypatch)
+
+
+def _lane_without_host_syncs(layer, monkeypatch):
     from lowp_ops.ops import _common, backends
 
     torch.manual_seed(0)

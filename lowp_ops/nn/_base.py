@@ -91,6 +91,17 @@ def float_cast(fn, device) -> tuple[torch.dtype | None, torch.device]:
     return cast, p32.device
 
 
+def _normal(value):
+    """value, or a copy that is a normal tensor where it is an inference tensor (made under torch.inference_mode):
+    those keep no version counter, so the eager lane and the native plans (ops/_common.py), which check a module's
+    tensors once and then watch their versions, would have to check them again on every call (on CUDA a device read
+    each: a host sync). A model converted or moved inside inference mode stays fast."""
+    if isinstance(value, torch.Tensor) and value.is_inference():
+        with torch.inference_mode(False):
+            return value.clone()
+    return value
+
+
 class _QuantModule(WholeCall, nn.Module):
     """Buffers and checks shared by the quantized modules: `weight_scale` float32 (one per output channel, or (1,)),
     `qweight` (_WEIGHT_DTYPE: the quantized weight, the float layer's weight shape), `bias` float32 or None, and each
@@ -174,7 +185,10 @@ class _QuantModule(WholeCall, nn.Module):
 
     def __setattr__(self, name: str, value) -> None:
         forget_plans(self)  # a plan it trusted held the arguments this attribute may have been (ops/_common.py)
-        super().__setattr__(name, value)
+        super().__setattr__(name, _normal(value))
+
+    def register_buffer(self, name: str, tensor, persistent: bool = True) -> None:
+        super().register_buffer(name, _normal(tensor), persistent)
 
     def __delattr__(self, name: str) -> None:
         forget_plans(self)
@@ -189,13 +203,13 @@ class _QuantModule(WholeCall, nn.Module):
         behaves exactly as m. An int8 output (Int8*'s output_scale set) stays int8 whatever the cast."""
         forget_plans(self)  # they hold the tensors about to be replaced
         cast, device = float_cast(fn, self.qweight.device)
-        if cast is None:
-            return super()._apply(_tied(fn, fn), recurse)
-        if cast not in CAST_DTYPES:
+        if cast is not None and cast not in CAST_DTYPES:
             raise TypeError(f"{type(self).__name__}: cannot cast to {cast}: a cast sets the float output dtype, "
                             f"which must be float16, bfloat16, float32 or float64")
-        self.out_dtype = self.built_out_dtype if cast == torch.float32 else cast
-        return super()._apply(_tied(fn, lambda t: t.to(device)), recurse)
+        if cast is not None:
+            self.out_dtype = self.built_out_dtype if cast == torch.float32 else cast
+        with torch.inference_mode(False):  # moved tensors stay normal ones (_normal)
+            return super()._apply(_tied(fn, fn if cast is None else lambda t: t.to(device)), recurse)
 
     def _stored(self) -> dict[str, Buffer]:
         """Every buffer a checkpoint of this layer holds, as _init_quant stores it."""

@@ -139,12 +139,27 @@ def test_a_new_input_shape_is_validated_again():
     assert_bitwise_equal(layer(x), _by_op(layer, x))
 
 
-def test_buffers_made_in_inference_mode_take_the_op_every_call():
-    """They keep no version counter, so an in-place write would go unseen: no lane."""
+@pytest.mark.parametrize("how", ["built", "moved", "loaded", "assigned"])
+def test_a_module_made_in_inference_mode_keeps_normal_tensors_and_its_lane(how):
+    """Inference tensors keep no version counter, so a lane could not see writes to them and would check them on
+    every call: a module built, moved, loaded or given tensors inside torch.inference_mode holds normal copies
+    (nn/_base.py, _normal), its calls take the lane, and an in-place write there is still seen."""
     with torch.inference_mode():
+        layer = _linear(**_STATIC) if how == "built" else None
+    if layer is None:
         layer = _linear(**_STATIC)
-        x = torch.randn(3, 19)
-        assert _ops_called(lambda: layer(x)) == ["lowp::int8_linear"]
+        with torch.inference_mode():
+            if how == "moved":  # what .to(another device) does: a new copy of each tensor
+                layer._apply(lambda t: t.clone())
+            elif how == "loaded":
+                layer.load_state_dict(_linear(**_STATIC).state_dict(), assign=True)
+            else:
+                layer.input_scale = torch.tensor([0.03])
+    assert not any(t.is_inference() for t in layer.buffers())
+    x = torch.randn(3, 19)
+    with torch.inference_mode():
+        layer(x)
+        assert _ops_called(lambda: layer(x)) == []
         layer.input_scale.fill_(float("nan"))
         with pytest.raises(ValueError, match="x_scale"):
             layer(x)
