@@ -91,10 +91,17 @@ def test_compile_fullgraph_int8_model():
     torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("oblivious", [False, True], ids=["", "size-oblivious"])
 @pytest.mark.parametrize("static", [False, True])
-def test_compile_dynamic_one_graph_for_every_batch(static):
+def test_compile_dynamic_one_graph_for_every_batch(static, oblivious):
     """torch.compile(dynamic=True) of a converted model: one graph for M = 2..64 (dynamo gives size 1 a graph of
-    its own), each call the eager model's output; the native launchers run inside it (ops/backends.py)."""
+    its own, as for any model), and for M = 1..64 with torch.fx.experimental._config.backed_size_oblivious; each
+    call the eager model's output; the native launchers run inside it (ops/backends.py)."""
+    with torch.fx.experimental._config.patch(backed_size_oblivious=oblivious):
+        _one_graph_for_every_batch(static, (1,) * oblivious + (2, 3, 5, 9, 17, 64))
+
+
+def _one_graph_for_every_batch(static: bool, batches: tuple[int, ...]) -> None:
     from torch._dynamo.utils import counters
 
     torch.manual_seed(0)
@@ -109,7 +116,7 @@ def test_compile_dynamic_one_graph_for_every_batch(static):
     counters.clear()
     compiled = torch.compile(model, dynamic=True)
     with torch.no_grad():
-        for m in (2, 3, 5, 9, 17, 64):
+        for m in batches:
             x = torch.randn(m, 64)
             assert_bitwise_equal(compiled(x), model(x))
     assert counters["stats"]["unique_graphs"] == 1
