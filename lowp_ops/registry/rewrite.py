@@ -141,24 +141,25 @@ def modularise_pools(model: nn.Module) -> list[str]:
             notes.append(f"{where}: its functional max_pool2d ends int8 hand-offs (its forward depends on the "
                          f"training flag, which a regenerated forward would freeze)")
             continue
-        made = {"max_pool2d": [], "relu": []}
-        for node in list(graph.nodes):
+        swaps = []  # (node, the module computing it, its kind)
+        for node in graph.nodes:
             pool = _pool(node)
             if pool is None and node.op == "call_function" and node.target in _POOLS:
                 notes.append(f"{where}: its max_pool2d call {node.name} ends int8 hand-offs (it returns indices, "
                              f"or its arguments are computed at run time)")
             child = pool or _relu(node)
-            if child is None:
-                continue
-            kind = "max_pool2d" if pool is not None else "relu"
-            name = f"lowp_{kind}_{len(made[kind])}"
-            while hasattr(module, name):
-                name += "_"
-            module.add_module(name, child)
+            if child is not None:
+                swaps.append((node, child, "max_pool2d" if pool is not None else "relu"))
+        made = {"max_pool2d": [], "relu": []}
+        for node, child, kind in swaps if any(kind == "max_pool2d" for _, _, kind in swaps) else ():
+            child_name = f"lowp_{kind}_{len(made[kind])}"
+            while hasattr(module, child_name):
+                child_name += "_"
+            module.add_module(child_name, child)
             with graph.inserting_before(node):
-                node.replace_all_uses_with(graph.call_module(name, (node.args[0],)))
+                node.replace_all_uses_with(graph.call_module(child_name, (node.args[0],)))
             graph.erase_node(node)
-            made[kind].append(name)
+            made[kind].append(child_name)
         if made["max_pool2d"]:
             code = graph.python_code("self")
             module.forward = FxForward(module, code.src, _import_names(code.globals))

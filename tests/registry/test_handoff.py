@@ -355,3 +355,14 @@ def test_an_in_place_relu_stays_a_call():
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
         assert torch.equal(prepared(x), InPlace.forward(model, x))
+
+
+def test_relus_stay_calls_where_no_pool_is_rewritten():
+    class ShapedPool(ReluPool):
+        def forward(self, x):  # a pool whose window comes from the input: no rewrite, so no relu module either
+            h = F.max_pool2d(F.relu(self.conv(x)), x.shape[-1] // 4)
+            return self.fc(torch.flatten(h, 1))
+
+    prepared = lowp_ops.prepare(ShapedPool().eval())
+    assert "forward" not in prepared.__dict__
+    assert not any(name.startswith("lowp_") for name, _ in prepared.named_children())
