@@ -307,49 +307,58 @@ def in_graphs(op, body: Callable, fake: Callable, plan: int | None = None) -> Ca
 # opaque reference, guarded by its type alone). Its kernel is the module's eager call, where the module's plan runs
 # on x alone; its fake is the output the module promised while traced (size, dtype, layout), computed there from
 # what Dynamo reads of the module and so guards. torch.export keeps the ops (a graph it saves cannot hold a module).
-try:  # torch >= 2.12; older torch keeps the per-op graph ops
-    from torch._library.opaque_object import get_opaque_type_name, register_opaque_type
+CALL = "_lowp_call"  # a module's ModuleCall, in its __dict__
+try:  # torch's opaque objects: torch 2.13 has them; older versions may lack them or spell them otherwise
     from torch._opaque_base import OpaqueBase
 except ImportError:  # pragma: no cover
-    OpaqueBase = None
-
-CALL = "_lowp_call"  # a module's ModuleCall, in its __dict__
+    OpaqueBase = object
 
 
-if OpaqueBase is not None:
-    class ModuleCall(OpaqueBase):
-        """A lowp module as its graph op holds it: a weak reference (a compiled graph must not keep a module
-        alive). Made with the module and never copied or pickled with it (WholeCall)."""
+class ModuleCall(OpaqueBase):
+    """A lowp module as its graph op holds it: a weak reference (a compiled graph must not keep a module alive).
+    Made with the module and never copied or pickled with it (WholeCall)."""
 
-        def __init__(self, module) -> None:
-            self.module = weakref.ref(module)
+    def __init__(self, module) -> None:
+        self.module = weakref.ref(module)
 
-    register_opaque_type(ModuleCall, typ="reference")
-    _GRAPH_LIB.define(f"module(Tensor x, {get_opaque_type_name(ModuleCall)} call, SymInt[] size, ScalarType dtype, "
-                      f"bool channels_last) -> Tensor")
 
-    def _module_kernel(x, call, size, dtype, channels_last):
-        y = call.module().forward(x)  # eager here: the graph runs, nothing traces
-        if y.dtype != dtype or list(y.shape) != list(size):  # Inductor checks sizes and strides, not the dtype
-            raise RuntimeError(f"lowp: {type(call.module()).__name__} returned {y.dtype} {tuple(y.shape)} where its "
-                               f"compiled graph expects {dtype} {tuple(size)}: recompile after changing the module")
-        return y
+def _module_kernel(x, call, size, dtype, channels_last):
+    y = call.module().forward(x)  # eager here: the graph runs, nothing traces
+    if y.dtype != dtype or list(y.shape) != list(size):  # Inductor checks sizes and strides, not the dtype
+        raise RuntimeError(f"lowp: {type(call.module()).__name__} returned {y.dtype} {tuple(y.shape)} where its "
+                           f"compiled graph expects {dtype} {tuple(size)}: recompile after changing the module")
+    return y
 
-    def _module_fake(x, call, size, dtype, channels_last):
-        return x.new_empty(size, dtype=dtype).contiguous(
-            memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
+def _module_fake(x, call, size, dtype, channels_last):
+    return x.new_empty(size, dtype=dtype).contiguous(
+        memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def _define_module_op() -> bool:
+    """Register ModuleCall and define lowp_cpu::module; False where this torch cannot (compiled graphs then hold the
+    per-op graph ops)."""
+    try:
+        from torch._library.opaque_object import get_opaque_type_name, register_opaque_type
+
+        register_opaque_type(ModuleCall, typ="reference")
+        _GRAPH_LIB.define(f"module(Tensor x, {get_opaque_type_name(ModuleCall)} call, SymInt[] size, "
+                          f"ScalarType dtype, bool channels_last) -> Tensor")
+    except (ImportError, AttributeError, TypeError, ValueError, RuntimeError):  # pragma: no cover - older torch
+        return False
     _GRAPH_LIB.impl("module", _module_kernel, "CPU")
     torch.library.register_fake("lowp_cpu::module", _module_fake, lib=_GRAPH_LIB)
-else:  # pragma: no cover
-    ModuleCall = None
+    return True
+
+
+_MODULE_OP = _define_module_op()
 
 
 @torch.compiler.assume_constant_result
 def _whole_calls() -> bool:
     """Whether this process can put whole module calls in graphs: torch's opaque objects and the native backend's
     C++ passes (fixed for the process; which backend is in force is read where the call is traced)."""
-    return ModuleCall is not None and support.missing() is None and native.load() is not None
+    return _MODULE_OP and support.missing() is None and native.load() is not None
 
 
 class WholeCall:
@@ -358,7 +367,7 @@ class WholeCall:
     gets its own."""
 
     def _init_whole_call(self) -> None:
-        if ModuleCall is not None:
+        if _MODULE_OP:
             self.__dict__[CALL] = ModuleCall(self)
 
     def __getstate__(self):

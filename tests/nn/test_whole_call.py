@@ -15,10 +15,10 @@ from torch._inductor.utils import run_and_get_code
 from lowp_ops import use_cpu_backend
 from lowp_ops.cpu import native, support
 from lowp_ops.nn import Int8Conv2d, Int8Linear, Int8MaxPool2d
-from lowp_ops.ops._common import CALL, ModuleCall
+from lowp_ops.ops._common import _MODULE_OP, CALL
 from util import assert_bitwise_equal
 
-pytestmark = pytest.mark.skipif(ModuleCall is None or native.load() is None or support.missing() is not None,
+pytestmark = pytest.mark.skipif(not _MODULE_OP or native.load() is None or support.missing() is not None,
                                 reason="whole calls need torch's opaque objects and the native CPU backend")
 
 _STATIC = {"input_scale": 0.03, "input_zero_point": -5}
