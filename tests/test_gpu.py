@@ -94,3 +94,24 @@ def _lane_without_host_syncs(layer, monkeypatch):
         finally:
             torch.cuda.set_sync_debug_mode(0)
         assert torch.equal(y, expected)
+
+
+def test_direct_op_calls_on_cuda_skip_the_dispatch_without_host_syncs(monkeypatch):
+    """lowp_ops.int8_linear called directly (ops/_common.py, direct) takes the op's lane on CUDA too: the op's output,
+    launched without wrap_triton, and no host sync after the first call."""
+    from lowp_ops.ops import backends
+
+    torch.manual_seed(0)
+    qw = quant.quantize_tensor(torch.randn(96, 256, device="cuda"), quant.per_channel(axis=0))
+    args = (torch.randn(1, 256, device="cuda"), qw.qdata, qw.scale.reshape(-1), torch.randn(96, device="cuda"))
+    expected = torch.ops.lowp.int8_linear(*args, activation="relu")
+    monkeypatch.setattr(backends, "wrap_triton", lambda kernel: pytest.fail("the direct call wrapped a launch"))
+    assert torch.equal(lowp_ops.int8_linear(*args, activation="relu"), expected)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            y = lowp_ops.int8_linear(*args, activation="relu")
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert torch.equal(y, expected)

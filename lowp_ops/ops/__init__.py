@@ -4,7 +4,8 @@ Every op is a `triton_op`, so torch.compile traces into the Triton kernels it la
 CUDA tensors run the Triton kernels; CPU tensors run the native CPU backend lowp_ops.cpu (or the reference,
 lowp_ops.reference, when selected: backends.py); other devices are refused. Each op has a fake implementation
 (shape and dtype only, after the same validation). The int8 and fp8 ops are inference ops on quantized data, without
-autograd; fp16_linear has autograd.
+autograd; fp16_linear has autograd. The GEMM and conv ops exported here (and as lowp_ops.<op>) are the ops with a
+shortcut: a plain eager call runs the op's validation and body without torch.library's dispatch (_common.direct).
 
     quantize_per_token(x, dtype)                  float (..., K) -> int8 / e4m3 (..., K), float32 scales (...)
     quantize_per_tensor(x, scale, zp, dtype)      float (...)    -> int8 / e4m3 (...)
@@ -21,12 +22,17 @@ autograd; fp16_linear has autograd.
     fp16_linear(x, weight, bias, activation)      f16/bf16 (..., K) x (N, K)ᵀ -> (..., N), with autograd
 """
 
-from .conv import int8_conv2d, quantize_channels_last
-from .fp8 import fp8_linear, fp8_mm
+from ._common import direct
+from .conv import eager_int8_conv2d, quantize_channels_last
+from .fp8 import eager_fp8_linear, eager_fp8_mm
 from .fp16 import fp16_linear, fp16_mm, fp16_mm_accumulate_
-from .int8 import int8_linear, int8_mm
+from .int8 import eager_int8_linear, eager_int8_mm
 from .pool import int8_max_pool2d
 from .quantize import quantize_per_tensor, quantize_per_token
+
+# the GEMM and conv ops as lowp_ops exports them: a plain eager call skips torch.library's dispatch (_common.direct)
+int8_conv2d, int8_linear, int8_mm = direct(eager_int8_conv2d), direct(eager_int8_linear), direct(eager_int8_mm)
+fp8_linear, fp8_mm = direct(eager_fp8_linear), direct(eager_fp8_mm)
 
 __all__ = ["fp8_linear", "fp8_mm", "fp16_linear", "fp16_mm", "fp16_mm_accumulate_", "int8_conv2d", "int8_linear",
            "int8_max_pool2d", "int8_mm", "quantize_channels_last", "quantize_per_tensor", "quantize_per_token"]

@@ -54,11 +54,12 @@ def test_ops_run_the_native_backend(monkeypatch):
     for name in ("int8_gemm", "quantize_rows"):
         fn = getattr(cpu, name)
         monkeypatch.setattr(cpu, name, lambda *a, _fn=fn, _name=name, **k: seen.append(_name) or _fn(*a, **k))
-    lowp_ops.int8_linear(torch.randn(3, 8), int8(4, 8), torch.rand(4))
+    # the op itself (lowp_ops.int8_linear would run this call's native plan, not the launchers: test_direct_calls.py)
+    torch.ops.lowp.int8_linear(torch.randn(3, 8), int8(4, 8), torch.rand(4))
     assert seen == ["quantize_rows", "int8_gemm"]
     seen.clear()
     with lowp_ops.use_cpu_backend("reference"):
-        lowp_ops.int8_linear(torch.randn(3, 8), int8(4, 8), torch.rand(4))
+        torch.ops.lowp.int8_linear(torch.randn(3, 8), int8(4, 8), torch.rand(4))
     assert seen == []
 
 
