@@ -140,7 +140,7 @@ class Int8Linear(_Int8Module):
             return y
         given = x
         x, out_dtype = self._linear_input(x)
-        y = self._whole_call(given, (*given.shape[:-1], self.out_features), out_dtype)  # compiled: one graph op
+        y = self._whole_call(given, out_dtype)  # compiled: one graph op
         if y is not None:
             return y
         epilogue = (self.activation, self._kernel_dtype(out_dtype), self.output_scale, self.output_zero_point)
@@ -152,6 +152,9 @@ class Int8Linear(_Int8Module):
                                   self.input_zero_point, self.weight_sum, *epilogue)
         self._trust_plan(out_dtype)
         return y.to(out_dtype)
+
+    def _output_size(self, x: torch.Tensor) -> tuple:
+        return (*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, {self._scheme()}"
@@ -252,10 +255,7 @@ class Int8Conv2d(_Int8Module):
     def _conv(self, x: torch.Tensor) -> torch.Tensor:
         given = x
         x, out_dtype = self._prepare_input(x)
-        (N, _, H, W), (R, S) = given.shape, self.kernel_size
-        size = (N, self.out_channels, *(conv_output_size(*a) for a in zip((H, W), (R, S), self.stride, self.padding,
-                                                                            self.dilation, strict=True)))
-        y = self._whole_call(given, size, out_dtype, channels_last=True)  # compiled: one graph op
+        y = self._whole_call(given, out_dtype, channels_last=True)  # compiled: one graph op
         if y is not None:
             return y
         if x.dtype == torch.int8:  # ops between int8 layers (relu, dropout) may hand it back in NCHW order
@@ -268,6 +268,12 @@ class Int8Conv2d(_Int8Module):
                               self.output_zero_point)
         self._trust_plan(out_dtype)
         return y.to(out_dtype)
+
+    def _output_size(self, x: torch.Tensor) -> tuple:
+        """(N, K, OH, OW) for a batched x."""
+        hw = (conv_output_size(*a) for a in zip(x.shape[2:], self.kernel_size, self.stride, self.padding,
+                                                self.dilation, strict=True))
+        return (x.shape[0], self.out_channels, *hw)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "

@@ -44,12 +44,17 @@ class Int8MaxPool2d(WholeCall, nn.MaxPool2d):
             return super().forward(x)
         if x.ndim == 3:  # unbatched, as nn.MaxPool2d takes it
             return self.forward(x.unsqueeze(0)).squeeze(0)
-        args = _pair(self.kernel_size), _pair(self.stride), _pair(self.padding), _pair(self.dilation), self.ceil_mode
-        if torch.compiler.is_compiling():  # one graph op on the native CPU backend (ops/_common.py, WholeCall)
-            y = self._whole_call(x, (*x.shape[:2], *_check_int8_max_pool2d(x, *args)), torch.int8, self.channels_last)
-            if y is not None:
-                return y
-        return eager_int8_max_pool2d(x, *args, self.channels_last)
+        y = self._whole_call(x, torch.int8, self.channels_last)  # compiled: one graph op
+        if y is not None:
+            return y
+        return eager_int8_max_pool2d(x, *self._window(), self.channels_last)
+
+    def _window(self) -> tuple:
+        return _pair(self.kernel_size), _pair(self.stride), _pair(self.padding), _pair(self.dilation), self.ceil_mode
+
+    def _output_size(self, x: torch.Tensor) -> tuple:
+        """(N, C, OH, OW) for a batched int8 x, checked as the op checks it."""
+        return (*x.shape[:2], *_check_int8_max_pool2d(x, *self._window()))
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ("" if self.channels_last else ", int8 output contiguous")

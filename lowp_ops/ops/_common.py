@@ -261,24 +261,26 @@ _REQUIRED = object()
 def direct(lane: Lane) -> Callable:
     """lowp_ops.<op>: the op (torch.ops.lowp.<op>), except that a plain eager call (_eager_plain) takes its lane —
     the op's own validation and body without torch.library's dispatch, ~40 us a call (int8_linear on (1, 64) x (64,
-    64): 53 -> ~12 us, F.linear 4.6; CI machine, 2026-12-06). The output is the op's, bit for bit; a call the lane
+    64): 54 -> 15 us, F.linear 4.6; CI machine, 2026-12-06). The output is the op's, bit for bit; a call the lane
     does not take (autograd, tracing, a mode, an argument the op does not know) is the op's call."""
     params = [(a.name, a.default_value if a.has_default_value() else _REQUIRED)
               for a in lane.op._opoverload._schema.arguments]
 
     def bind(args: tuple, kwargs: dict) -> tuple | None:
-        if len(args) > len(params):
-            return None
+        """All the op's arguments by position, or None where the op must say what is wrong with them."""
         if not kwargs and len(args) == len(params):
             return args
-        rest = tuple(kwargs.pop(name, default) for name, default in params[len(args):])
-        return None if kwargs or _REQUIRED in rest else args + rest
+        rest = params[len(args):]
+        if len(args) > len(params) or sum(name in kwargs for name, _ in rest) != len(kwargs):
+            return None
+        tail = tuple(kwargs.get(name, default) for name, default in rest)
+        return None if any(v is _REQUIRED for v in tail) else args + tail  # `in` would compare tensors
 
     @functools.wraps(lane.op)
     def call(*args, **kwargs):
         if torch.compiler.is_compiling():  # what Dynamo traces: the op
             return lane.op(*args, **kwargs)
-        full = bind(args, dict(kwargs))
+        full = bind(args, kwargs)
         if full is None or not _eager_plain(full[0]):
             return lane.op(*args, **kwargs)
         return lane(_DIRECT, *full)
@@ -373,8 +375,8 @@ def _module_kernel(x, call, size, dtype, channels_last):
 
 
 def _module_fake(x, call, size, dtype, channels_last):
-    return x.new_empty(size, dtype=dtype).contiguous(
-        memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    return torch.empty(size, dtype=dtype, device=x.device,
+                       memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
 def _define_module_op() -> bool:
@@ -404,9 +406,9 @@ def _whole_calls() -> bool:
 
 
 class WholeCall:
-    """Mixin for a lowp module whose call can be one graph op under torch.compile (see above). It holds its
-    ModuleCall from construction (Dynamo must find it, not make it) and drops it when copied or pickled: a copy
-    gets its own."""
+    """Mixin for a lowp module whose call can be one graph op under torch.compile (see above); the module says its
+    output size, _output_size(x) -> tuple, read while traced. It holds its ModuleCall from construction (Dynamo must
+    find it, not make it) and drops it when copied or pickled: a copy gets its own."""
 
     def _init_whole_call(self) -> None:
         if _MODULE_OP:
@@ -423,13 +425,13 @@ class WholeCall:
         super().__setstate__(state)
         self._init_whole_call()
 
-    def _whole_call(self, x: Tensor, size, dtype: torch.dtype, channels_last: bool = False) -> Tensor | None:
-        """The module's call on x as one graph op, returning (size) dtype, channels_last or contiguous: while
-        torch.compile (not torch.export) traces a CPU call on the native backend without autograd. None
+    def _whole_call(self, x: Tensor, dtype: torch.dtype, channels_last: bool = False) -> Tensor | None:
+        """The module's call on x as one graph op, returning _output_size(x) dtype, channels_last or contiguous:
+        while torch.compile (not torch.export) traces a CPU call on the native backend without autograd. None
         elsewhere: the caller goes on (eager, or the ops traced one by one)."""
         call = getattr(self, CALL, None)
         if (call is None or not torch.compiler.is_compiling() or torch.compiler.is_exporting()
                 or x.device.type != "cpu" or cpu_backend() != "native" or (x.requires_grad and torch.is_grad_enabled())
                 or not _whole_calls()):
             return None
-        return torch.ops.lowp_cpu.module(x, call, list(size), dtype, channels_last)
+        return torch.ops.lowp_cpu.module(x, call, list(self._output_size(x)), dtype, channels_last)

@@ -150,8 +150,10 @@ def modularise_pools(model: nn.Module) -> list[str]:
             child = pool or _relu(node)
             if child is not None:
                 swaps.append((node, child, "max_pool2d" if pool is not None else "relu"))
+        if not any(kind == "max_pool2d" for _, _, kind in swaps):
+            continue  # nothing to gain: the forward stays as it was, relus included
         made = {"max_pool2d": [], "relu": []}
-        for node, child, kind in swaps if any(kind == "max_pool2d" for _, _, kind in swaps) else ():
+        for node, child, kind in swaps:
             child_name = f"lowp_{kind}_{len(made[kind])}"
             while hasattr(module, child_name):
                 child_name += "_"
@@ -160,10 +162,9 @@ def modularise_pools(model: nn.Module) -> list[str]:
                 node.replace_all_uses_with(graph.call_module(child_name, (node.args[0],)))
             graph.erase_node(node)
             made[kind].append(child_name)
-        if made["max_pool2d"]:
-            code = graph.python_code("self")
-            module.forward = FxForward(module, code.src, _import_names(code.globals))
-            relus = f"; relu -> {', '.join(made['relu'])} (nn.ReLU)" if made["relu"] else ""
-            notes.append(f"{where}: functional max_pool2d -> {', '.join(made['max_pool2d'])} (nn.MaxPool2d), so "
-                         f"int8 can pass through{relus}; its forward is torch.fx's regeneration of it")
+        code = graph.python_code("self")
+        module.forward = FxForward(module, code.src, _import_names(code.globals))
+        relus = f"; relu -> {', '.join(made['relu'])} (nn.ReLU)" if made["relu"] else ""
+        notes.append(f"{where}: functional max_pool2d -> {', '.join(made['max_pool2d'])} (nn.MaxPool2d), so "
+                     f"int8 can pass through{relus}; its forward is torch.fx's regeneration of it")
     return notes

@@ -97,6 +97,9 @@ def test_bad_arguments_are_refused_in_the_ops_words():
         lowp_ops.int8_linear(torch.randn(3, 19), w, ws, b, actvation="relu")
     with pytest.raises((TypeError, RuntimeError), match="weight_scale"):
         lowp_ops.int8_linear(torch.randn(3, 19), w)
+    for call in (lowp_ops.int8_linear, torch.ops.lowp.int8_linear):  # one given twice: the op refuses it (torch 2.13
+        with pytest.raises(RuntimeError):                             # asserts internally), the direct call with it
+            call(torch.randn(3, 19), w, ws, b, bias=b)
 
 
 def test_calls_that_must_see_the_op_go_through_it():
