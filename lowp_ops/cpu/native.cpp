@@ -22,6 +22,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <optional>
 #include <vector>
 #include <cmath>
 #include <cstring>
@@ -390,28 +391,33 @@ class Plan {
  public:
   // args: the op's arguments, x first, as the Lane passes them; out_dtype: the output dtype the op's validation
   // resolved them to; qlinear_min_weight: N·K from which lowp_ops/cpu/gemm.py takes oneDNN's qlinear at M >= 2 (a
-  // route this plan leaves to Python). None where not served.
-  static py::object make(int64_t op, const py::tuple& args, const py::object& out_dtype, int64_t qlinear_min_weight) {
+  // route this plan leaves to Python). weak: hold the argument tensors by weak reference (a plan kept for calls
+  // whose caller owns the tensors, lowp_ops.int8_linear & co.: the plan must not keep them alive); such a plan only
+  // runs on the same tensors given again (run), which it then reads from the call. None where not served.
+  static py::object make(int64_t op, const py::tuple& args, const py::object& out_dtype, int64_t qlinear_min_weight,
+                         bool weak) {
     auto plan = std::make_unique<Plan>();
     plan->qlinear_min_weight_ = qlinear_min_weight;
-    return plan->build(static_cast<Op>(op), args, out_dtype.ptr()) ? py::cast(std::move(plan)) : py::none();
+    return plan->build(static_cast<Op>(op), args, out_dtype.ptr(), weak) ? py::cast(std::move(plan)) : py::none();
   }
 
   // the op's output for these arguments, or None where this plan does not serve them
   py::object run(const py::tuple& args) {
-    return same(args) ? run_x(PyTuple_GET_ITEM(args.ptr(), 0)) : py::none();
+    if (!same(args)) return py::none();
+    if (!weak_) return run_x(PyTuple_GET_ITEM(args.ptr(), 0));
+    PyObject* x = PyTuple_GET_ITEM(args.ptr(), 0);
+    if (!THPVariable_CheckExact(x) || !plain(THPVariable_Unpack(x))) return py::none();
+    auto arg = [&](size_t i) { return i ? THPVariable_Unpack(PyTuple_GET_ITEM(args.ptr(), i)) : at::Tensor(); };
+    return wrap(compute(THPVariable_Unpack(x), bind(arg(w_at_), arg(w_scale_at_), arg(bias_at_), arg(w_sum_at_))));
   }
 
   // the op's output for x with the arguments the plan holds, or None where it does not serve x or a held tensor was
   // written since (its version moved, or its data was swapped through .data): for an owner that drops its plan
   // whenever it changes an argument otherwise (lowp_ops/nn/_base.py, _QuantModule)
   py::object run_x(PyObject* arg) {
-    if (!THPVariable_CheckExact(arg) || !current()) return py::none();
+    if (weak_ || !THPVariable_CheckExact(arg) || !current()) return py::none();
     const at::Tensor& x = THPVariable_Unpack(arg);
-    if (!plain(x)) return py::none();
-    at::Tensor y = op_ == Op::kConv ? conv(x) : linear(x);
-    if (!y.defined()) return py::none();
-    return py::reinterpret_steal<py::object>(THPVariable_Wrap(std::move(y)));
+    return plain(x) ? wrap(compute(x, operands_)) : py::none();
   }
 
   int64_t op() const { return static_cast<int64_t>(op_); }
@@ -426,7 +432,7 @@ class Plan {
   }
 
  private:
-  bool build(Op op, const py::tuple& args, PyObject* resolved) {
+  bool build(Op op, const py::tuple& args, PyObject* resolved, bool weak) {
     op_ = op;
     const size_t n = op == Op::kConv ? 15 : 11;
     if (args.size() != n) return false;
@@ -441,16 +447,17 @@ class Plan {
       w = 1, x_scale = 6, w_scale = 7, bias = 8, x_zp = 9, w_sum = 10, act = 11, out_scale = 13, out_zp = 14;
     }
     at::Tensor weight, in_scale, in_zp, o_scale, o_zp;
+    at::Tensor scales, bias_t, sums;
     if (!as_tensor(arg(w), at::kChar, -1, weight) || !weight.defined() || weight.numel() == 0) return false;
     const int64_t N = weight.size(0);
-    if (!as_tensor(arg(w_scale), at::kFloat, -1, w_scale_) || !w_scale_.defined() || !w_scale_.is_contiguous() ||
-        (w_scale_.numel() != N && w_scale_.numel() != 1) || !as_tensor(arg(bias), at::kFloat, N, bias_) ||
-        (bias_.defined() && !bias_.is_contiguous()) || !as_tensor(arg(x_scale), at::kFloat, 1, in_scale) ||
-        !as_tensor(arg(x_zp), at::kInt, 1, in_zp) || !as_tensor(arg(w_sum), at::kInt, N, w_sum_) ||
+    if (!as_tensor(arg(w_scale), at::kFloat, -1, scales) || !scales.defined() || !scales.is_contiguous() ||
+        (scales.numel() != N && scales.numel() != 1) || !as_tensor(arg(bias), at::kFloat, N, bias_t) ||
+        (bias_t.defined() && !bias_t.is_contiguous()) || !as_tensor(arg(x_scale), at::kFloat, 1, in_scale) ||
+        !as_tensor(arg(x_zp), at::kInt, 1, in_zp) || !as_tensor(arg(w_sum), at::kInt, N, sums) ||
         !as_tensor(arg(out_scale), at::kFloat, 1, o_scale) || !as_tensor(arg(out_zp), at::kInt, 1, o_zp)) {
       return false;
     }
-    if (in_zp.defined() != w_sum_.defined() || (w_sum_.defined() && !w_sum_.is_contiguous())) return false;
+    if (in_zp.defined() != sums.defined() || (sums.defined() && !sums.is_contiguous())) return false;
     if (op == Op::kMm && !in_scale.defined()) return false;  // int8 a: static scales only
     // activation and output dtype
     if (!PyUnicode_Check(arg(act)) || !THPDtype_Check(resolved)) return false;
@@ -490,46 +497,73 @@ class Plan {
       }
       C_ = weight.size(1), R_ = weight.size(2), S_ = weight.size(3);
       K_ = C_ * R_ * S_;
-      w_t_ = weight.permute({0, 2, 3, 1}).reshape({N, K_}).t();  // a view: the weight is channels_last
     } else {
       if (weight.dim() != 2 || !weight.is_contiguous()) return false;
       K_ = weight.size(1);
-      w_t_ = weight.t();
     }
     if (K_ < 2) return false;  // torch._int_mm is wrong for K = 1 (lowp_ops/cpu/gemm.py): the Python route
     N_ = N;
-    epilogue_.b_scale = w_scale_.data_ptr<float>();
-    epilogue_.b_step = w_scale_.numel() == 1 ? 0 : 1;
-    epilogue_.bias = bias_.defined() ? bias_.data_ptr<float>() : nullptr;
-    epilogue_.b_sum = w_sum_.defined() ? w_sum_.data_ptr<int32_t>() : nullptr;
+    epilogue_.b_step = scales.numel() == 1 ? 0 : 1;
     epilogue_.a_step = epilogue_.zp_step = 0;
-    // what run() compares: every argument after x; the tensors' versions and data
+    weak_ = weak;
+    w_at_ = w, w_scale_at_ = w_scale, bias_at_ = bias_t.defined() ? bias : 0, w_sum_at_ = sums.defined() ? w_sum : 0;
+    if (!weak) operands_ = bind(weight, scales, bias_t, sums);
+    // what run() compares: every argument after x; the tensors' identities, shapes, versions and data
     for (size_t i = 1; i < n; ++i) {
       PyObject* a = arg(i);
-      held_.push_back(py::reinterpret_borrow<py::object>(a));
-      if (THPVariable_Check(a)) {
-        const at::Tensor& t = THPVariable_Unpack(a);
-        tensors_.push_back({t, t._version(), t.data_ptr()});
+      if (!THPVariable_Check(a)) {
+        held_.push_back(py::reinterpret_borrow<py::object>(a));
+        continue;
       }
+      const at::Tensor& t = THPVariable_Unpack(a);
+      held_.push_back(weak ? py::object() : py::reinterpret_borrow<py::object>(a));  // null: a weakly held tensor
+      Held h{weak ? at::Tensor() : t, std::nullopt, t.unsafeGetTensorImpl(), t._version(), t.data_ptr(),
+             t.sizes().vec()};
+      if (weak) h.weak.emplace(t.getIntrusivePtr());
+      tensors_.push_back(std::move(h));
     }
     return true;
   }
 
-  // every held tensor unwritten since: the same version, the same data
+  // The tensors the GEMM reads, from the weight (N, K) or (K, C, R, S) channels_last, its scales (N,) or (1,), the
+  // bias (N,) and the weight's row sums (N,) (undefined: absent).
+  struct Operands {
+    at::Tensor w_t, w_scale, bias, w_sum;
+  };
+
+  Operands bind(const at::Tensor& weight, const at::Tensor& w_scale, const at::Tensor& bias,
+                const at::Tensor& w_sum) const {
+    // torch._int_mm's (K, N) operand: a view (a conv weight is channels_last)
+    return {op_ == Op::kConv ? weight.permute({0, 2, 3, 1}).reshape({N_, K_}).t() : weight.t(), w_scale, bias, w_sum};
+  }
+
+  at::Tensor compute(const at::Tensor& x, const Operands& o) const {
+    return op_ == Op::kConv ? conv(x, o) : linear(x, o);
+  }
+
+  static py::object wrap(at::Tensor y) {
+    return y.defined() ? py::reinterpret_steal<py::object>(THPVariable_Wrap(std::move(y))) : py::none();
+  }
+
+  // every held tensor unwritten since: the same shape, version and data (a strongly held plan)
   bool current() const {
     for (const auto& h : tensors_) {
-      if (h.tensor._version() != h.version || h.tensor.data_ptr() != h.data) return false;
+      if (!h.matches(h.tensor)) return false;
     }
     return true;
   }
 
-  // every argument after x is the one validated: the same tensor objects, unwritten, and equal other values
+  // every argument after x is the one validated: the same tensor objects, unwritten, and equal other values. A
+  // weakly held tensor is compared by its TensorImpl: the weak reference keeps that address from being reused.
   bool same(const py::tuple& args) const {
     if (static_cast<size_t>(PyTuple_GET_SIZE(args.ptr())) != held_.size() + 1) return false;
-    for (size_t i = 0; i < held_.size(); ++i) {
+    for (size_t i = 0, t = 0; i < held_.size(); ++i) {
       PyObject* a = PyTuple_GET_ITEM(args.ptr(), i + 1);
-      if (THPVariable_Check(held_[i].ptr())) {
+      if (!held_[i]) {
+        if (!THPVariable_Check(a) || !tensors_[t++].matches(THPVariable_Unpack(a))) return false;
+      } else if (THPVariable_Check(held_[i].ptr())) {
         if (a != held_[i].ptr()) return false;
+        ++t;
       } else if (a != held_[i].ptr()) {
         const int equal = PyObject_RichCompareBool(a, held_[i].ptr(), Py_EQ);
         if (equal != 1) {
@@ -543,15 +577,17 @@ class Plan {
 
   // the GEMM and its epilogue on q (rows, K) int8, with x's scale (one value: a_scale / zero point per tensor) or
   // the per-row scales of dynamic quantization
-  at::Tensor gemm(const at::Tensor& q, const float* a_scale, int64_t a_step) const {
+  at::Tensor gemm(const at::Tensor& q, const float* a_scale, int64_t a_step, const Operands& o) const {
     Epilogue e = epilogue_;
     e.a_scale = a_scale, e.a_step = a_step;
-    if (w_sum_.defined()) e.a_zp = &in_zp_, e.zp_step = 0;
-    return run_epilogue(at::_int_mm(q, w_t_), e);
+    e.b_scale = o.w_scale.data_ptr<float>();
+    e.bias = o.bias.defined() ? o.bias.data_ptr<float>() : nullptr;
+    if (o.w_sum.defined()) e.b_sum = o.w_sum.data_ptr<int32_t>(), e.a_zp = &in_zp_, e.zp_step = 0;
+    return run_epilogue(at::_int_mm(q, o.w_t), e);
   }
 
   // int8_linear / int8_mm: x (..., K) float32 / int8, contiguous
-  at::Tensor linear(const at::Tensor& x) const {
+  at::Tensor linear(const at::Tensor& x, const Operands& o) const {
     const auto dtype = op_ == Op::kLinear ? at::kFloat : at::kChar;
     if (x.scalar_type() != dtype || x.dim() < 1 || x.size(-1) != K_ || !x.is_contiguous()) return {};
     const int64_t M = x.numel() / K_;
@@ -559,12 +595,12 @@ class Plan {
     const at::Tensor x2 = x.view({M, K_});
     at::Tensor y;
     if (op_ == Op::kMm) {
-      y = gemm(x2, &in_scale_, 0);
+      y = gemm(x2, &in_scale_, 0, o);
     } else if (static_) {
-      y = gemm(quantize_per_tensor(x2, in_scale_, in_zp_, false), &in_scale_, 0);
+      y = gemm(quantize_per_tensor(x2, in_scale_, in_zp_, false), &in_scale_, 0, o);
     } else {
       const auto qs = quantize_rows_dynamic(x2, kMinScale);
-      y = gemm(qs[0], qs[1].data_ptr<float>(), 1);
+      y = gemm(qs[0], qs[1].data_ptr<float>(), 1, o);
     }
     auto shape = x.sizes().vec();
     shape.back() = N_;
@@ -572,7 +608,7 @@ class Plan {
   }
 
   // int8_conv2d: x (N, C, H, W) float32 (any layout) or int8 channels_last -> (N, K, OH, OW) channels_last
-  at::Tensor conv(const at::Tensor& x) const {
+  at::Tensor conv(const at::Tensor& x, const Operands& o) const {
     if (x.dim() != 4 || x.size(1) != C_ || (x.scalar_type() != at::kFloat && x.scalar_type() != at::kChar)) return {};
     if (x.scalar_type() == at::kChar && !static_) return {};
     const int64_t B = x.size(0), H = x.size(2), W = x.size(3);
@@ -594,18 +630,28 @@ class Plan {
       q = quantize_per_tensor(x, scale, static_ ? in_zp_ : 0, true);
     }
     const at::Tensor patches = im2col(q, R_, S_, sh_, sw_, ph_, pw_, dh_, dw_, static_ ? in_zp_ : 0);
-    return gemm(patches, &scale, 0).view({B, OH, OW, N_}).permute({0, 3, 1, 2});
+    return gemm(patches, &scale, 0, o).view({B, OH, OW, N_}).permute({0, 3, 1, 2});
   }
 
   Op op_ = Op::kLinear;
+  using Weak = c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>;
   struct Held {
-    at::Tensor tensor;
+    at::Tensor tensor;           // a strongly held plan's
+    std::optional<Weak> weak;    // a weakly held plan's
+    const c10::TensorImpl* impl;
     uint32_t version;
     const void* data;
+    std::vector<int64_t> sizes;
+
+    bool matches(const at::Tensor& t) const {
+      return t.unsafeGetTensorImpl() == impl && t._version() == version && t.data_ptr() == data && t.sizes() == sizes;
+    }
   };
-  std::vector<py::object> held_;  // the arguments after x
+  std::vector<py::object> held_;  // the arguments after x (null for a weakly held tensor)
   std::vector<Held> tensors_;     // the tensors among them, as validated
-  at::Tensor w_t_, w_scale_, bias_, w_sum_;
+  Operands operands_;             // a strongly held plan's
+  bool weak_ = false;
+  size_t w_at_ = 0, w_scale_at_ = 0, bias_at_ = 0, w_sum_at_ = 0;  // the operands' positions in args (0: absent)
   Epilogue epilogue_;
   bool static_ = false;
   float in_scale_ = 1.0f;
@@ -624,8 +670,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("max_pool2d", &max_pool2d);
   py::class_<Plan>(m, "Plan")
       .def_static("make", &Plan::make,
-                  "Plan.make(op, args, out_dtype, qlinear_min_weight): op 0 int8_linear, 1 int8_mm, 2 int8_conv2d; "
-                  "None if not served")
+                  "Plan.make(op, args, out_dtype, qlinear_min_weight, weak=False): op 0 int8_linear, 1 int8_mm, "
+                  "2 int8_conv2d; weak: hold the tensors weakly (run only); None if not served",
+                  py::arg("op"), py::arg("args"), py::arg("out_dtype"), py::arg("qlinear_min_weight"),
+                  py::arg("weak") = false)
       .def("run", &Plan::run, "run(args) -> the op's output, or None where this plan does not serve the call")
       .def("run_x", [](Plan& p, py::handle x) { return p.run_x(x.ptr()); },
            "run_x(x) -> the op's output for x with the held arguments, or None")

@@ -217,9 +217,10 @@ class Lane:
         if not _eager_plain(args[0]):
             return self.op(*args)
         native_backend = args[0].device.type == "cpu" and _native_backend()
+        direct = type(owner) is _DirectCalls
         # the plan: a native.cpp Plan, False where Plan.make declined these arguments, None (absent) after
-        # forget_plans or before the first call
-        plan = owner.__dict__.get(PLAN) if native_backend else None
+        # forget_plans or before the first call; for a direct call, the plan made for its weight (args[1])
+        plan = (owner.plans.get(id(args[1])) if direct else owner.__dict__.get(PLAN)) if native_backend else None
         if plan and plan.op == self.plan:
             y = plan.run(args)
             if y is not None:
@@ -233,12 +234,14 @@ class Lane:
             seen = (key, self.check(*args[:self.checked]), tuple(weakref.ref(t) for t in tensors))
             self._validated[owner] = seen
             plan = None  # made for other arguments
-        if native_backend and self.plan is not None and owner is _DIRECT:  # a plan for this call alone
-            made = native.load().Plan.make(self.plan, args, seen[1], cpu_gemm._QLINEAR_MIN_WEIGHT)
-            y = made.run_x(args[0]) if made else None
+        if native_backend and self.plan is not None and direct and plan is None:  # held weakly: the caller's tensors
+            made = owner.keep(id(args[1]), native.load().Plan.make(self.plan, args, seen[1],
+                                                                    cpu_gemm._QLINEAR_MIN_WEIGHT, weak=True))
+            y = made.run(args) if made else None
             if y is not None:
                 return y
-        elif native_backend and self.plan is not None and (plan is None or (plan and plan.op != self.plan)):
+        elif native_backend and self.plan is not None and not direct and (
+                plan is None or (plan and plan.op != self.plan)):
             owner.__dict__[PLAN] = native.load().Plan.make(self.plan, args, seen[1],
                                                            cpu_gemm._QLINEAR_MIN_WEIGHT) or False
         i = self.out_index
@@ -250,40 +253,66 @@ class Lane:
 
 
 class _DirectCalls:
-    """The owner Lane sees for the ops' direct calls (direct): one validated signature per op, and a native plan made
-    for each call and dropped after it (~2-4 us; a kept plan would hold the caller's tensors alive)."""
+    """The owner Lane sees for one op's direct calls (direct): its last validated signature, and native plans that
+    hold the caller's tensors weakly (native.cpp's Plan.make(weak=True): a kept plan must not keep them alive), one
+    per weight for the last WEIGHTS weights (a model's layers called in turn), each run only on the very tensors
+    it was made for, at the versions it saw."""
+
+    WEIGHTS = 64
+
+    def __init__(self) -> None:
+        self.plans: dict[int, object] = {}
+
+    def keep(self, weight_id: int, plan):
+        """plan (None: declined, kept as False so it is not asked again) for the weight with this id."""
+        if len(self.plans) >= self.WEIGHTS and weight_id not in self.plans:
+            del self.plans[next(iter(self.plans))]  # the oldest
+        self.plans[weight_id] = plan or False
+        return plan
 
 
-_DIRECT = _DirectCalls()
 _REQUIRED = object()
 
 
 def direct(lane: Lane) -> Callable:
     """lowp_ops.<op>: the op (torch.ops.lowp.<op>), except that a plain eager call (_eager_plain) takes its lane —
-    the op's own validation and body without torch.library's dispatch, ~40 us a call (int8_linear on (1, 64) x (64,
-    64): 54 -> 15 us, F.linear 4.6; CI machine, 2026-12-06). The output is the op's, bit for bit; a call the lane
-    does not take (autograd, tracing, a mode, an argument the op does not know) is the op's call."""
-    params = [(a.name, a.default_value if a.has_default_value() else _REQUIRED)
-              for a in lane.op._opoverload._schema.arguments]
+    the op's own validation and body without torch.library's dispatch, ~40 us a call — and a call on tensors it has
+    seen runs the native plan kept for them (_DirectCalls) without leaving C++: int8_linear on (1, 64) x (64, 64)
+    54 us through the op, 7.0 with a kept plan, F.linear 4.6 (CI machine, 2026-12-06). The output is the op's, bit
+    for bit; a call the lane does not take (autograd, tracing, a mode, an argument the op does not know) is the
+    op's call."""
+    schema = lane.op._opoverload._schema.arguments
+    defaults = tuple(a.default_value if a.has_default_value() else _REQUIRED for a in schema)
+    position = {a.name: i for i, a in enumerate(schema)}
 
     def bind(args: tuple, kwargs: dict) -> tuple | None:
         """All the op's arguments by position, or None where the op must say what is wrong with them."""
-        if not kwargs and len(args) == len(params):
-            return args
-        rest = params[len(args):]
-        if len(args) > len(params) or sum(name in kwargs for name, _ in rest) != len(kwargs):
-            return None
-        tail = tuple(kwargs.get(name, default) for name, default in rest)
-        return None if any(v is _REQUIRED for v in tail) else args + tail  # `in` would compare tensors
+        given = len(args)
+        if given >= len(defaults):
+            return args if given == len(defaults) and not kwargs else None
+        tail = list(defaults[given:])
+        for name, value in kwargs.items():
+            i = position.get(name, -1) - given
+            if i < 0:  # unknown, or also given by position
+                return None
+            tail[i] = value
+        return None if any(v is _REQUIRED for v in tail) else args + tuple(tail)  # `in` would compare tensors
+
+    owner = _DirectCalls()
 
     @functools.wraps(lane.op)
     def call(*args, **kwargs):
         if torch.compiler.is_compiling():  # what Dynamo traces: the op
             return lane.op(*args, **kwargs)
         full = bind(args, kwargs)
-        if full is None or not _eager_plain(full[0]):
+        if full is None:
             return lane.op(*args, **kwargs)
-        return lane(_DIRECT, *full)
+        plan = owner.plans.get(id(full[1])) if _native_backend() else None
+        if plan:  # it checks x as _eager_plain would (Plan::plain) and that the rest are the tensors it was made for
+            y = plan.run(full)
+            if y is not None:
+                return y
+        return lane(owner, *full)  # which sends a call it does not take (_eager_plain) to the op
 
     return call
 

@@ -11,6 +11,7 @@ import torch
 
 import lowp_ops
 from lowp_ops import quant
+from lowp_ops.ops import _common
 from util import assert_bitwise_equal, int8
 
 CL = torch.channels_last
@@ -32,9 +33,12 @@ def _weight(N: int, K: int):
 
 
 def _same_as_the_op(name: str, *args, **kwargs) -> torch.Tensor:
+    """The direct call's output, first and again (where a native plan kept for these tensors serves), is the op's."""
     y = getattr(lowp_ops, name)(*args, **kwargs)
     assert _ops_called(lambda: getattr(lowp_ops, name)(*args, **kwargs)) == []
-    assert_bitwise_equal(y, getattr(torch.ops.lowp, name)(*args, **kwargs))
+    expected = getattr(torch.ops.lowp, name)(*args, **kwargs)
+    assert_bitwise_equal(y, expected)
+    assert_bitwise_equal(getattr(lowp_ops, name)(*args, **kwargs), expected)
     return y
 
 
@@ -113,11 +117,60 @@ def test_calls_that_must_see_the_op_go_through_it():
 
 def test_a_call_keeps_nothing_alive():
     w, ws, b = _weight(13, 19)
-    lowp_ops.int8_linear(torch.randn(1, 19), w, ws, b)  # the native plan route (M = 1)
-    gone = weakref.ref(w)
-    del w
+    for _ in range(2):  # the native plan route (M = 1): a plan made, kept, and run again
+        lowp_ops.int8_linear(torch.randn(1, 19), w, ws, b)
+    gone = [weakref.ref(t) for t in (w, ws, b)]
+    del w, ws, b
     gc.collect()
-    assert gone() is None
+    assert [ref() for ref in gone] == [None] * 3
+
+
+@pytest.fixture
+def lane_calls(monkeypatch) -> list:
+    """The calls that reached an op's lane (lowp_ops/ops/_common.py, Lane): those a kept native plan did not
+    serve."""
+    calls, through = [], _common.Lane.__call__
+
+    def counted(self, owner, *args):
+        calls.append(args)
+        return through(self, owner, *args)
+
+    monkeypatch.setattr(_common.Lane, "__call__", counted)
+    return calls
+
+
+def test_a_plan_serves_the_same_tensors_again_and_nothing_else(lane_calls):
+    w, ws, b = _weight(13, 19)
+    x = torch.randn(1, 19)
+    first = lowp_ops.int8_linear(x, w, ws, b)
+    assert len(lane_calls) == 1
+    assert_bitwise_equal(lowp_ops.int8_linear(torch.randn(1, 19).copy_(x), w, ws, b), first)  # another x: the plan
+    assert len(lane_calls) == 1
+    for other in (lambda: (w.clone(), ws, b), lambda: (w, ws, b.clone()), lambda: (w, ws, None)):
+        args = (x, *other())
+        assert_bitwise_equal(lowp_ops.int8_linear(*args), torch.ops.lowp.int8_linear(*args))
+    assert len(lane_calls) == 4
+    w[0, 0], ws[1], b[2] = 5, 0.5, 7.0  # in-place writes: the kept plan sees them (versions) and is made again
+    for _ in range(2):
+        assert_bitwise_equal(lowp_ops.int8_linear(x, w, ws, b), torch.ops.lowp.int8_linear(x, w, ws, b))
+    assert len(lane_calls) == 5
+    with lowp_ops.use_cpu_backend("reference"):  # no native plan there
+        assert_bitwise_equal(lowp_ops.int8_linear(x, w, ws, b), torch.ops.lowp.int8_linear(x, w, ws, b))
+    assert len(lane_calls) == 6
+
+
+def test_layers_called_in_turn_each_keep_a_plan(lane_calls):
+    layers = [_weight(13, 19) for _ in range(3)]
+    x = torch.randn(1, 19)
+    outputs = [lowp_ops.int8_linear(x, *layer, activation="relu") for layer in layers]
+    for layer, y in zip(layers, outputs, strict=True):
+        assert_bitwise_equal(lowp_ops.int8_linear(x, *layer, activation="relu"), y)
+    assert len(lane_calls) == 3
+    w = int8(4, 5, 3, 3, low=-127).contiguous(memory_format=CL)
+    conv = (torch.randn(1, 5, 7, 9), w, [1, 1], [1, 1], [1, 1], 1, None, torch.rand(4) * 0.01, torch.randn(4))
+    for _ in range(2):
+        assert_bitwise_equal(lowp_ops.int8_conv2d(*conv), torch.ops.lowp.int8_conv2d(*conv))
+    assert len(lane_calls) == 4
 
 
 @pytest.mark.parametrize("M", [1, 13])
