@@ -1,5 +1,5 @@
 """CPU benchmarks: FP32 eager and torch.compile, torch.ao INT8, ONNX Runtime and OpenVINO (FP32 and INT8) and lowp
-INT8 (native backend, and the reference backend where it finishes in reasonable time) on four workloads, all timed in
+INT8 (native backend, and the reference backend where it finishes in reasonable time) on five workloads, all timed in
 one process so the ratios compare like with like on the same machine state.
 
     python -m bench --device cpu --out bench/results   # real run: writes <out>/cpu-<date>.json and .md
@@ -8,7 +8,9 @@ one process so the ratios compare like with like on the same machine state.
 
 Workloads (shapes of the real run; --smoke shrinks them):
     seed ConvNet       lowp_ops.examples.ConvNet trained 4 epochs on the digits, x: (B, 1, 28, 28) float32, B 1 / 256
-    Linear 4096x4096   one nn.Linear, x: (M, 4096) float32, M 1 / 32 / 256, and the raw torch.ops.lowp.int8_linear
+    Linear 4096x4096   one nn.Linear, x: (M, 4096) float32, M 1 / 32 / 256, and the raw int8_linear (torch.ops.lowp and
+                       lowp_ops' direct call)
+    Linear 64x64       per call: x (1, 64), where the arithmetic is nothing and the cost of a call shows
     BERT-base encoder  transformers.BertModel(BertConfig()) with random weights, input ids (8, 128), mask all ones
     MiniLM-L6 encoder  BertModel in all-MiniLM-L6's shape (6 layers, hidden 384, 12 heads, FFN 1536) with random
                        weights: 64 sentences of 8 to 32 tokens (fixed seed), ids (64, 32) padded, mask 1 on the tokens
@@ -77,6 +79,8 @@ MILESTONES = (
      None, ("lowp static",)),
     ("int8_linear, {workload}, M={batch}: >= 3x FP32 F.linear", "linear", "max", "lowp int8_linear op", 3.0, ()),
     ("int8_linear, {workload}, M={batch}: >= 1.0x FP32 F.linear", "linear", "min", "lowp int8_linear op", 1.0, ()),
+    ("{workload}, M={batch}: lowp_ops.int8_linear within 2x F.linear's time", "calls", "min", "lowp_ops.int8_linear",
+     0.5, ()),
     ("{workload} quantize_dynamic at {batch}: >= 4.7x FP32 eager", "bert", "max", "lowp dynamic", 4.7,
      ("ort dynamic",)),
     ("{workload} quantize_dynamic at {batch}: >= 3.9x FP32 eager", "minilm", "max", "lowp dynamic", 3.9,
@@ -223,7 +227,7 @@ class Bench:
                 if acc is not None:
                     with torch.no_grad(), lowp_ops.use_cpu_backend(row["backend"]):
                         row["accuracy"] = acc()
-            shown = f"{row['ms']:.3f} ms x{row['repeats']}" if "ms" in row else row["error"]
+            shown = f"{_ms(row['ms'])} ms x{row['repeats']}" if "ms" in row else row["error"]
             sq = f", {row['sqnr_db']:.1f} dB" if "sqnr_db" in row else ""
             print(f"  {row['workload']} | {row['batch']} | {row['provider']}: {shown}{sq} ({row['wall_s']:.1f} s)",
                   flush=True)
@@ -294,7 +298,8 @@ def bench_convnet(b: Bench) -> None:
 
 def bench_linear(b: Bench) -> None:
     """One K x K Linear at M 1 / 32 / 256: FP32 F.linear, torch.compile, torch.ao dynamic, lowp Int8Linear (per
-    token dynamic) on both backends, and the raw op with the weight quantized beforehand."""
+    token dynamic) on both backends, and the raw op with the weight quantized beforehand, through torch.ops.lowp and
+    as lowp_ops.int8_linear (its direct call, lowp_ops/ops/_common.py)."""
     k = 64 if b.smoke else 4096
     torch.manual_seed(0)
     lin = nn.Linear(k, k).eval()
@@ -314,7 +319,27 @@ def bench_linear(b: Bench) -> None:
         b.row("linear", name, m, "lowp Int8Linear", lambda x=x: int8(x), ref)
         b.row("linear", name, m, "lowp int8_linear op", lambda x=x: torch.ops.lowp.int8_linear(x, qdata, qscale, bias),
               ref)
+        b.row("linear", name, m, "lowp_ops.int8_linear", lambda x=x: lowp_ops.int8_linear(x, qdata, qscale, bias), ref)
         b.row("linear", name, m, "lowp Int8Linear (reference)", lambda x=x: int8(x), ref, backend="reference", warmup=0)
+
+
+def bench_calls(b: Bench) -> None:
+    """The cost of one call where the arithmetic is nothing: a 64 x 64 Linear at M = 1 as F.linear, as lowp's
+    Int8Linear, as lowp_ops.int8_linear (the functional call, weight quantized beforehand) and through
+    torch.ops.lowp."""
+    torch.manual_seed(0)
+    lin = nn.Linear(64, 64).eval()
+    weight, bias = lin.weight.detach(), lin.bias.detach()
+    qw = quant.quantize_tensor(weight, quant.per_channel(axis=0))
+    qdata, qscale = qw.qdata, qw.scale.reshape(-1)
+    int8 = Int8Linear.from_float(lin)
+    x = torch.randn(1, 64)
+    ref = F.linear(x, weight, bias)
+    name = "Linear 64x64 per call"
+    b.row("calls", name, 1, "fp32 F.linear", lambda: F.linear(x, weight, bias), None)
+    b.row("calls", name, 1, "lowp Int8Linear", lambda: int8(x), ref)
+    b.row("calls", name, 1, "lowp_ops.int8_linear", lambda: lowp_ops.int8_linear(x, qdata, qscale, bias), ref)
+    b.row("calls", name, 1, "lowp int8_linear op", lambda: torch.ops.lowp.int8_linear(x, qdata, qscale, bias), ref)
 
 
 class LastHidden(nn.Module):
@@ -462,6 +487,11 @@ def milestones(rows: list[dict]) -> list[dict]:
     return out
 
 
+def _ms(ms: float) -> str:
+    """Milliseconds to the microsecond, or to a tenth of one under 0.1 ms (the per-call rows)."""
+    return f"{ms:.3f}" if ms >= 0.1 else f"{ms:.4f}"
+
+
 def markdown(info: dict, rows: list[dict], marks: list[dict], notes: list[str], smoke: bool) -> str:
     lines = header(info, "lowp CPU benchmarks" + (" (smoke: tiny shapes, one call per row)" if smoke else ""))
     busy = info["load_before"][0] > 0.3  # this run not started yet: anything above ~0 is another process
@@ -474,7 +504,7 @@ def markdown(info: dict, rows: list[dict], marks: list[dict], notes: list[str], 
     lines += ["| workload | batch/M | provider | ms | speedup vs FP32 eager | SQNR dB | accuracy |",
               "|---|---:|---|---:|---:|---:|---:|"]
     for r in rows:
-        ms = f"{r['ms']:.3f}" if "ms" in r else "error"
+        ms = _ms(r["ms"]) if "ms" in r else "error"
         sp = f"{r['speedup']:.2f}x" if "speedup" in r else "-"
         sq = "-" if r["baseline"] or "sqnr_db" not in r else f"{r['sqnr_db']:.1f}"
         acc = "-" if "accuracy" not in r else (f"cos min {r['accuracy']:.5f}" if r["accuracy_metric"] == "cos min"
@@ -493,8 +523,8 @@ def markdown(info: dict, rows: list[dict], marks: list[dict], notes: list[str], 
     return "\n".join(lines) + "\n"
 
 
-WORKLOADS = {"convnet": bench_convnet, "linear": bench_linear, "bert": lambda b: bench_encoder(b, BERT_BASE),
-             "minilm": lambda b: bench_encoder(b, MINILM_L6)}
+WORKLOADS = {"convnet": bench_convnet, "linear": bench_linear, "calls": bench_calls,
+             "bert": lambda b: bench_encoder(b, BERT_BASE), "minilm": lambda b: bench_encoder(b, MINILM_L6)}
 
 
 # glibc hands buffers above its mmap threshold (at most 32 MiB) back to the OS on free, so every call of a large-batch
