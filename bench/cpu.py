@@ -81,6 +81,10 @@ MILESTONES = (
     ("int8_linear, {workload}, M={batch}: >= 1.0x FP32 F.linear", "linear", "min", "lowp int8_linear op", 1.0, ()),
     ("{workload}, M={batch}: lowp_ops.int8_linear within 2x F.linear's time", "calls", "min", "lowp_ops.int8_linear",
      0.5, ()),
+    ("{workload} quantize_dynamic compiled at {batch}: as fast as eager", "bert", "max", "lowp dynamic compile", None,
+     ("lowp dynamic",)),
+    ("{workload} quantize_dynamic compiled at {batch}: as fast as eager", "minilm", "max", "lowp dynamic compile",
+     None, ("lowp dynamic",)),
     ("{workload} quantize_dynamic at {batch}: >= 4.7x FP32 eager", "bert", "max", "lowp dynamic", 4.7,
      ("ort dynamic",)),
     ("{workload} quantize_dynamic at {batch}: >= 3.9x FP32 eager", "minilm", "max", "lowp dynamic", 3.9,
@@ -399,8 +403,8 @@ MINILM_L6 = Encoder("minilm", "MiniLM", "MiniLM-L6",
 
 def bench_encoder(b: Bench, enc: Encoder) -> None:
     """One encoder: FP32 eager and compiled, torch.ao dynamic, the peers (NNCF calibrated on a few other batches of
-    sentences), lowp dynamic (native and reference). The output compared is last_hidden_state (batch, seq, hidden)
-    float32, the accuracy the cos min of the sentence embeddings."""
+    sentences), lowp dynamic (native eager and compiled, and reference). The output compared is last_hidden_state
+    (batch, seq, hidden) float32, the accuracy the cos min of the sentence embeddings."""
     try:
         from transformers import BertConfig, BertModel
     except Exception as e:  # noqa: BLE001 - an optional dependency (the bench extra), missing or broken
@@ -426,6 +430,7 @@ def bench_encoder(b: Bench, enc: Encoder) -> None:
                                         config.hidden_size)
         models.update(rivals)
         models["lowp dynamic"] = LastHidden(lowp_ops.quantize_dynamic(fp32))
+        models["lowp dynamic compile"] = torch.compile(models["lowp dynamic"], dynamic=False)
         ref = model(ids, mask)
     for reason in skipped:
         b.note(reason)
