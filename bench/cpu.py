@@ -92,6 +92,13 @@ MILESTONES = (
 )
 
 
+def _repeated(fn, calls: int):
+    """fn() called `calls` times; the last call's result."""
+    for _ in range(calls - 1):
+        fn()
+    return fn()
+
+
 @contextlib.contextmanager
 def _quiet_ao():
     """torch.ao.quantization still works in torch 2.13 but warns on every call (deprecated, reduce_range,
@@ -172,16 +179,20 @@ class Bench:
             self.notes.append(text)
 
     def row(self, key: str, workload: str, batch, provider: str, fn, ref: torch.Tensor | None, *,
-            backend: str = "native", warmup: int = 2, acc=None, acc_metric: str = "top-1 %") -> None:
+            backend: str = "native", warmup: int = 2, acc=None, acc_metric: str = "top-1 %", calls: int = 1) -> None:
         """Check fn()'s output against ref (None: this is the baseline) and warm fn up under the lowp CPU backend
         `backend`; it is timed with the other rows of its workload and batch (flush). The checked call is the first
         warm-up; warmup more follow (the first calls of a lowp model pack weights for oneDNN and of torch.compile
-        compile). acc() -> the row's accuracy, in acc_metric's unit, evaluated after timing. An exception becomes
-        the row's error (a torch.compile failure is a result, not a crash)."""
+        compile). acc() -> the row's accuracy, in acc_metric's unit, evaluated after timing. calls: each timed sample
+        is that many calls back to back, reported per call (a call of a few microseconds, timed alone, measures the
+        caches the other rows left behind rather than its own cost). An exception becomes the row's error (a
+        torch.compile failure is a result, not a crash)."""
         if self._pending and (self._pending[0][0]["key"], self._pending[0][0]["batch"]) != (key, batch):
             self.flush()
         row = {"key": key, "workload": workload, "batch": batch, "provider": provider, "baseline": ref is None,
-               "backend": backend, "times": [], "wall_s": 0.0}
+               "backend": backend, "times": [], "wall_s": 0.0, "calls": calls}
+        if calls > 1:
+            fn = functools.partial(_repeated, fn, calls)
         if acc is not None:
             row["accuracy_metric"] = acc_metric
         t0 = time.perf_counter()
@@ -195,7 +206,7 @@ class Bench:
             self._pending.append((row, fn, acc))
         except Exception as e:  # noqa: BLE001 - recorded in the report, the other rows still run
             self._fail(row, e)
-        row["wall_s"] += time.perf_counter() - t0
+        row["setup_s"] = time.perf_counter() - t0  # the check and warm-up (a compile): not the timing budget's
         self.rows.append(row)
 
     @staticmethod
@@ -217,7 +228,7 @@ class Bench:
                             t0 = time.perf_counter()
                             fn()
                             dt = time.perf_counter() - t0
-                            row["times"].append(dt * 1e3)
+                            row["times"].append(dt * 1e3 / row["calls"])
                             row["wall_s"] += dt
                 except Exception as e:  # noqa: BLE001
                     self._fail(row, e)
@@ -330,7 +341,7 @@ def bench_linear(b: Bench) -> None:
 def bench_calls(b: Bench) -> None:
     """The cost of one call where the arithmetic is nothing: a 64 x 64 Linear at M = 1 as F.linear, as lowp's
     Int8Linear, as lowp_ops.int8_linear (the functional call, weight quantized beforehand) and through
-    torch.ops.lowp."""
+    torch.ops.lowp; each sample times 200 calls back to back."""
     torch.manual_seed(0)
     lin = nn.Linear(64, 64).eval()
     weight, bias = lin.weight.detach(), lin.bias.detach()
@@ -339,11 +350,13 @@ def bench_calls(b: Bench) -> None:
     int8 = Int8Linear.from_float(lin)
     x = torch.randn(1, 64)
     ref = F.linear(x, weight, bias)
-    name = "Linear 64x64 per call"
-    b.row("calls", name, 1, "fp32 F.linear", lambda: F.linear(x, weight, bias), None)
-    b.row("calls", name, 1, "lowp Int8Linear", lambda: int8(x), ref)
-    b.row("calls", name, 1, "lowp_ops.int8_linear", lambda: lowp_ops.int8_linear(x, qdata, qscale, bias), ref)
-    b.row("calls", name, 1, "lowp int8_linear op", lambda: torch.ops.lowp.int8_linear(x, qdata, qscale, bias), ref)
+    name, calls = "Linear 64x64 per call", 1 if b.smoke else 200
+    b.row("calls", name, 1, "fp32 F.linear", lambda: F.linear(x, weight, bias), None, calls=calls)
+    b.row("calls", name, 1, "lowp Int8Linear", lambda: int8(x), ref, calls=calls)
+    b.row("calls", name, 1, "lowp_ops.int8_linear", lambda: lowp_ops.int8_linear(x, qdata, qscale, bias), ref,
+          calls=calls)
+    b.row("calls", name, 1, "lowp int8_linear op", lambda: torch.ops.lowp.int8_linear(x, qdata, qscale, bias), ref,
+          calls=calls)
 
 
 class LastHidden(nn.Module):

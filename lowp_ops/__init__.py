@@ -22,6 +22,7 @@ from .ops import (
                        fp16_linear,
                        fp16_mm,
                        fp16_mm_accumulate_,
+                       int8_add,
                        int8_conv2d,
                        int8_linear,
                        int8_max_pool2d,
@@ -52,6 +53,6 @@ from .registry import (
 __version__ = "0.1.0"
 __all__ = ["Fp8DynamicConfig", "Fp16Config", "Int8DynamicConfig", "Int8StaticConfig", "LayerContext", "LowpConfig",
            "QATConfig", "calibrate", "convert", "cpu_backend", "fp8_linear", "fp8_mm", "fp16_linear", "fp16_mm",
-           "fp16_mm_accumulate_", "int8_conv2d", "int8_linear", "int8_max_pool2d", "int8_mm", "nn", "prepare",
-           "prepare_qat", "quant", "quantize", "quantize_channels_last", "quantize_dynamic", "quantize_per_tensor",
-           "quantize_per_token", "register", "to_fp16", "use_cpu_backend"]
+           "fp16_mm_accumulate_", "int8_add", "int8_conv2d", "int8_linear", "int8_max_pool2d", "int8_mm", "nn",
+           "prepare", "prepare_qat", "quant", "quantize", "quantize_channels_last", "quantize_dynamic",
+           "quantize_per_tensor", "quantize_per_token", "register", "to_fp16", "use_cpu_backend"]

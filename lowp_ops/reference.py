@@ -12,10 +12,11 @@ import torch
 import torch.nn.functional as F
 
 from . import quant
+from .kernels.add import add_layout
 from .kernels.conv import conv_output_size
 from .quant import Fp8Spec, Granularity, QuantSpec
 
-__all__ = ["activation", "conv_epilogue", "fp8_gemm", "gemm", "gemm_epilogue", "int8_conv2d", "int8_gemm",
+__all__ = ["activation", "conv_epilogue", "fp8_gemm", "gemm", "gemm_epilogue", "int8_add", "int8_conv2d", "int8_gemm",
            "int8_max_pool2d", "per_tensor_qparams", "quantize_channels_last", "quantize_rows"]
 
 # The activation specs the kernels implement.
@@ -59,6 +60,9 @@ def activation(y: torch.Tensor, name: str) -> torch.Tensor:
         # float64 and the kernels' formula 0.5·y·(1 + erf(y/√2)) give +inf
         return F.gelu(y).masked_fill_(y == math.inf, math.inf)
     return y
+
+
+_activation = activation  # under another name, for functions whose `activation` argument names the activation
 
 
 def _per_row(p: torch.Tensor) -> torch.Tensor:
@@ -212,3 +216,19 @@ def int8_max_pool2d(x: torch.Tensor, *, kernel_size, stride, padding, dilation, 
     int8."""
     y = F.max_pool2d(x.float(), tuple(kernel_size), tuple(stride), tuple(padding), tuple(dilation), ceil_mode)
     return y.to(torch.int8).contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def int8_add(a: torch.Tensor, b: torch.Tensor, *, a_scale, b_scale, out_scale, a_zero_point=None, b_zero_point=None,
+             out_zero_point=None, activation="none") -> torch.Tensor:
+    """a, b int8 (same shape) -> int8 of a's shape and layout (kernels.add_layout); arguments as kernels.int8_add.
+    The kernel's float32 operations in its order: (a − za)·sa + (b − zb)·sb, the activation, then INT8_AFFINE's
+    quantize with the output scale and zero point."""
+    def real(q, scale, zero_point):
+        q = q.to(torch.int32)
+        return (q if zero_point is None else q - zero_point.reshape(())).float() * scale.reshape(())
+
+    y = _activation(real(a, a_scale, a_zero_point) + real(b, b_scale, b_zero_point), activation)
+    y = torch.mul(y, 1.0 / out_scale.reshape(())).round_()
+    if out_zero_point is not None:
+        y = y.add_(out_zero_point.reshape(()))
+    return y.clamp_(INT8_AFFINE.qmin, INT8_AFFINE.qmax).to(torch.int8).contiguous(memory_format=add_layout(a))

@@ -15,6 +15,7 @@ Same launcher names and signatures as lowp_ops.kernels (less `wrap`), arguments 
                                      convolution (qconv2d) with the epilogue fused where oneDNN can express it
                                      (requant may differ from the reference by 1 LSB; tested)
     int8_max_pool2d(x, ...)          int8 codes max-pooled channels_last (native.cpp), exact
+    int8_add(a, b, ...)              two int8 tensors added as their values and requantized (native.cpp), exact
 native.py builds native.cpp (the C++ passes) on first use; without a compiler the torch-op paths serve, slower at
 small sizes. Under torch.compile / torch.export the launchers run inside opaque ops (lowp_cpu::<op>, ops/_common.py).
 The fp16 ops have no native CPU path here: they run lowp_ops.reference (float32 arithmetic) on CPU tensors.
@@ -22,10 +23,11 @@ Where the CPU lacks int8 dot products (no VNNI) the GEMM and the convolution fal
 warning; the quantize ops need no special instructions.
 """
 
+from .add import int8_add
 from .conv import int8_conv2d
 from .gemm import fp8_gemm, int8_gemm
 from .pool import int8_max_pool2d
 from .quantize import per_tensor_qparams, quantize_channels_last, quantize_rows
 
-__all__ = ["fp8_gemm", "int8_conv2d", "int8_gemm", "int8_max_pool2d", "per_tensor_qparams", "quantize_channels_last",
-           "quantize_rows"]
+__all__ = ["fp8_gemm", "int8_add", "int8_conv2d", "int8_gemm", "int8_max_pool2d", "per_tensor_qparams",
+           "quantize_channels_last", "quantize_rows"]

@@ -202,6 +202,40 @@ at::Tensor run_epilogue(const at::Tensor& acc, const Epilogue& e) {
   return inexact ? at::empty({0}, y.options()) : y;
 }
 
+// int8_add (kernels/add.py): a, b int8, the same shape and strides, dense -> int8 in that layout,
+// clamp(round(act((a − za)·sa + (b − zb)·sb) · (1/so)) + zo): the kernel's float32 operations in its order
+at::Tensor add_int8(const at::Tensor& a, const at::Tensor& b, double a_scale, int64_t a_zp, double b_scale, int64_t b_zp,
+                    double out_scale, int64_t out_zp, int64_t activation) {
+  TORCH_CHECK(a.scalar_type() == at::kChar && b.scalar_type() == at::kChar && a.sizes() == b.sizes() &&
+                  a.strides() == b.strides() && a.is_non_overlapping_and_dense(),
+              "lowp native: add_int8 takes two int8 tensors of one shape and dense layout");
+  auto y = at::empty_like(a);
+  const int8_t* pa = a.data_ptr<int8_t>();
+  const int8_t* pb = b.data_ptr<int8_t>();
+  int8_t* py = y.data_ptr<int8_t>();
+  const float sa = static_cast<float>(a_scale), sb = static_cast<float>(b_scale);
+  const float inv_out = 1.0f / static_cast<float>(out_scale), zo = static_cast<float>(out_zp);
+  const int32_t za = static_cast<int32_t>(a_zp), zb = static_cast<int32_t>(b_zp);
+  at::parallel_for(0, a.numel(), kGrain, [&](int64_t begin, int64_t end) {
+    const Vec zero(0.0f), six(6.0f), inv(inv_out), va(sa), vb(sb);
+    const IVec vza(za), vzb(zb);
+    alignas(64) int32_t ia[kW], ib[kW];
+    alignas(64) float v[kW];
+    for (int64_t i = begin; i < end; i += kW) {
+      const int64_t count = std::min<int64_t>(kW, end - i);
+      for (int64_t j = 0; j < count; ++j) ia[j] = pa[i + j], ib[j] = pb[i + j];
+      const IVec qa = IVec::loadu(ia, count) - vza, qb = IVec::loadu(ib, count) - vzb;
+      Vec y = at::vec::convert_to_fp_of_same_size<float>(qa) * va;
+      y = y + at::vec::convert_to_fp_of_same_size<float>(qb) * vb;
+      if (activation >= 1) y = Vec::blendv(y, zero, y < zero);
+      if (activation == 2) y = Vec::blendv(y, six, y > six);
+      encode(y * inv, zo, -128.0f, 127.0f).store(v, count);
+      narrow(v, py + i, count);
+    }
+  });
+  return y;
+}
+
 // gemm_epilogue from Python (lowp_ops.cpu.gemm.fused_epilogue): a_scale / a_zp: M values or one; b_scale: N or one;
 // bias, b_sum: N values; empty tensors for absent ones; out_scale > 0 requantizes.
 at::Tensor gemm_epilogue(const at::Tensor& acc, const at::Tensor& a_scale, const at::Tensor& b_scale,
@@ -668,6 +702,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gemm_epilogue", &gemm_epilogue);
   m.def("im2col", &im2col);
   m.def("max_pool2d", &max_pool2d);
+  m.def("add_int8", &add_int8);
   py::class_<Plan>(m, "Plan")
       .def_static("make", &Plan::make,
                   "Plan.make(op, args, out_dtype, qlinear_min_weight, weak=False): op 0 int8_linear, 1 int8_mm, "

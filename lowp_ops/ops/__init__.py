@@ -17,12 +17,14 @@ shortcut: a plain eager call runs the op's validation and body without torch.lib
                                                   GEMM conv, same epilogue -> (N, K, OH, OW)
     quantize_channels_last(x, scale, zero_point)  float NCHW -> int8 NHWC in one pass
     int8_max_pool2d(x, kernel_size, stride, ...)  int8 (N, C, H, W) -> max-pooled int8 NHWC (hand-offs through pools)
+    int8_add(a, b, a_scale, b_scale, out_scale, ...)  int8 + int8 as their values, requantized (residual hand-offs)
     fp16_mm(a, b, bias, activation)               f16/bf16 (M, K) x (K, N), any strides -> (M, N)
     fp16_mm_accumulate_(c, a, b)                  c float32 (M, N) += a · b
     fp16_linear(x, weight, bias, activation)      f16/bf16 (..., K) x (N, K)ᵀ -> (..., N), with autograd
 """
 
 from ._common import direct
+from .add import int8_add
 from .conv import eager_int8_conv2d, quantize_channels_last
 from .fp8 import eager_fp8_linear, eager_fp8_mm
 from .fp16 import fp16_linear, fp16_mm, fp16_mm_accumulate_
@@ -34,5 +36,6 @@ from .quantize import quantize_per_tensor, quantize_per_token
 int8_conv2d, int8_linear, int8_mm = direct(eager_int8_conv2d), direct(eager_int8_linear), direct(eager_int8_mm)
 fp8_linear, fp8_mm = direct(eager_fp8_linear), direct(eager_fp8_mm)
 
-__all__ = ["fp8_linear", "fp8_mm", "fp16_linear", "fp16_mm", "fp16_mm_accumulate_", "int8_conv2d", "int8_linear",
-           "int8_max_pool2d", "int8_mm", "quantize_channels_last", "quantize_per_tensor", "quantize_per_token"]
+__all__ = ["fp8_linear", "fp8_mm", "fp16_linear", "fp16_mm", "fp16_mm_accumulate_", "int8_add", "int8_conv2d",
+           "int8_linear", "int8_max_pool2d", "int8_mm", "quantize_channels_last", "quantize_per_tensor",
+           "quantize_per_token"]
