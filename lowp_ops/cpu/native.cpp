@@ -1,7 +1,7 @@
 // lowp's CPU passes in C++: per-row and per-tensor int8 quantization, and the int8 GEMM epilogue, each one loop
 // over its tensor where the pure-torch backend takes five to seven torch ops (a pass over memory and ~3 us of
-// Python each); im2col; the int8 max-pool; and Plan, a module's whole int8 layer in one call. Bit-exact with
-// lowp_ops.reference: the same float32 operations in the same order (no FMA contraction: built with
+// Python each); im2col; the int8 max-pool; the int8 residual add; and Plan, a module's whole int8 layer in one
+// call. Bit-exact with lowp_ops.reference: the same float32 operations in the same order (no FMA contraction: built with
 // -ffp-contract=off), round half to even (std::nearbyint in the default rounding mode), NaN and ±inf as the
 // reference maps them. Built on first use by lowp_ops/cpu/native.py.
 // ATen's vector types take their instruction set from CPU_CAPABILITY_*, which ATen's build sets per kernel file:
@@ -204,8 +204,8 @@ at::Tensor run_epilogue(const at::Tensor& acc, const Epilogue& e) {
 
 // int8_add (kernels/add.py): a, b int8, the same shape and strides, dense -> int8 in that layout,
 // clamp(round(act((a − za)·sa + (b − zb)·sb) · (1/so)) + zo): the kernel's float32 operations in its order
-at::Tensor add_int8(const at::Tensor& a, const at::Tensor& b, double a_scale, int64_t a_zp, double b_scale, int64_t b_zp,
-                    double out_scale, int64_t out_zp, int64_t activation) {
+at::Tensor add_int8(const at::Tensor& a, const at::Tensor& b, double a_scale, int64_t a_zp, double b_scale,
+                    int64_t b_zp, double out_scale, int64_t out_zp, int64_t activation) {
   TORCH_CHECK(a.scalar_type() == at::kChar && b.scalar_type() == at::kChar && a.sizes() == b.sizes() &&
                   a.strides() == b.strides() && a.is_non_overlapping_and_dense(),
               "lowp native: add_int8 takes two int8 tensors of one shape and dense layout");
@@ -216,21 +216,21 @@ at::Tensor add_int8(const at::Tensor& a, const at::Tensor& b, double a_scale, in
   const float sa = static_cast<float>(a_scale), sb = static_cast<float>(b_scale);
   const float inv_out = 1.0f / static_cast<float>(out_scale), zo = static_cast<float>(out_zp);
   const int32_t za = static_cast<int32_t>(a_zp), zb = static_cast<int32_t>(b_zp);
-  at::parallel_for(0, a.numel(), kGrain, [&](int64_t begin, int64_t end) {
-    const Vec zero(0.0f), six(6.0f), inv(inv_out), va(sa), vb(sb);
-    const IVec vza(za), vzb(zb);
-    alignas(64) int32_t ia[kW], ib[kW];
-    alignas(64) float v[kW];
-    for (int64_t i = begin; i < end; i += kW) {
-      const int64_t count = std::min<int64_t>(kW, end - i);
-      for (int64_t j = 0; j < count; ++j) ia[j] = pa[i + j], ib[j] = pb[i + j];
-      const IVec qa = IVec::loadu(ia, count) - vza, qb = IVec::loadu(ib, count) - vzb;
-      Vec y = at::vec::convert_to_fp_of_same_size<float>(qa) * va;
-      y = y + at::vec::convert_to_fp_of_same_size<float>(qb) * vb;
-      if (activation >= 1) y = Vec::blendv(y, zero, y < zero);
-      if (activation == 2) y = Vec::blendv(y, six, y > six);
-      encode(y * inv, zo, -128.0f, 127.0f).store(v, count);
-      narrow(v, py + i, count);
+  // clamping before rounding equals clamping after (integer bounds, monotone rounding); a plain loop the compiler
+  // vectorizes (restrict pointers: int8 stores may alias anything else)
+  const float lo = -128.0f - zo, hi = 127.0f - zo;
+  at::parallel_for(0, a.numel(), kGrain, [=](int64_t begin, int64_t end) {
+    const int8_t* __restrict qa = pa;
+    const int8_t* __restrict qb = pb;
+    int8_t* __restrict q = py;
+    for (int64_t i = begin; i < end; ++i) {
+      float v = static_cast<float>(qa[i] - za) * sa;
+      v = v + static_cast<float>(qb[i] - zb) * sb;
+      if (activation >= 1) v = v < 0.0f ? 0.0f : v;
+      if (activation == 2) v = v > 6.0f ? 6.0f : v;
+      v = v * inv_out;
+      v = v < lo ? lo : (v > hi ? hi : v);
+      q[i] = static_cast<int8_t>(static_cast<int32_t>(std::nearbyint(v) + zo));
     }
   });
   return y;
