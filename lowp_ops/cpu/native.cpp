@@ -1,8 +1,8 @@
 // lowp's CPU passes in C++: per-row and per-tensor int8 quantization, and the int8 GEMM epilogue, each one loop
 // over its tensor where the pure-torch backend takes five to seven torch ops (a pass over memory and ~3 us of
 // Python each); im2col; the int8 max-pool; the int8 residual add; and Plan, a module's whole int8 layer in one
-// call. Bit-exact with lowp_ops.reference: the same float32 operations in the same order (no FMA contraction: built with
-// -ffp-contract=off), round half to even (std::nearbyint in the default rounding mode), NaN and ±inf as the
+// call. Bit-exact with lowp_ops.reference: the same float32 operations in the same order (no FMA contraction: built
+// with -ffp-contract=off), round half to even (std::nearbyint in the default rounding mode), NaN and ±inf as the
 // reference maps them. Built on first use by lowp_ops/cpu/native.py.
 // ATen's vector types take their instruction set from CPU_CAPABILITY_*, which ATen's build sets per kernel file:
 // here it follows what the compiler targets (-march=native on the machine that builds it), else scalar code.
