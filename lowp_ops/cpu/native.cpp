@@ -552,7 +552,7 @@ class Plan {
       const at::Tensor& t = THPVariable_Unpack(a);
       held_.push_back(weak ? py::object() : py::reinterpret_borrow<py::object>(a));  // null: a weakly held tensor
       Held h{weak ? at::Tensor() : t, std::nullopt, t.unsafeGetTensorImpl(), t._version(), t.data_ptr(),
-             t.sizes().vec()};
+             t.sizes().vec(), t.strides().vec()};
       if (weak) h.weak.emplace(t.getIntrusivePtr());
       tensors_.push_back(std::move(h));
     }
@@ -567,8 +567,18 @@ class Plan {
 
   Operands bind(const at::Tensor& weight, const at::Tensor& w_scale, const at::Tensor& bias,
                 const at::Tensor& w_sum) const {
-    // torch._int_mm's (K, N) operand: a view (a conv weight is channels_last)
-    return {op_ == Op::kConv ? weight.permute({0, 2, 3, 1}).reshape({N_, K_}).t() : weight.t(), w_scale, bias, w_sum};
+    return {transposed(weight), w_scale, bias, w_sum};
+  }
+
+  // torch._int_mm's (K, N) operand, strides (1, K), over the weight's codes: (N, K) row-major, or a channels_last
+  // conv weight, whose codes are the same (N, R·S·C) matrix. Made without the dispatcher (weight.t() costs ~0.5 us
+  // there, a tenth of a batch-1 call that reuses a plan on the caller's tensors; build() checked the layout, and
+  // same() / current() the strides since).
+  at::Tensor transposed(const at::Tensor& weight) const {
+    auto impl = c10::make_intrusive<c10::TensorImpl>(c10::Storage(weight.storage()), weight.key_set(), weight.dtype());
+    const int64_t sizes[] = {K_, N_}, strides[] = {1, K_};
+    impl->set_sizes_and_strides(c10::IntArrayRef(sizes), c10::IntArrayRef(strides), weight.storage_offset());
+    return at::Tensor(std::move(impl));
   }
 
   at::Tensor compute(const at::Tensor& x, const Operands& o) const {
@@ -675,10 +685,11 @@ class Plan {
     const c10::TensorImpl* impl;
     uint32_t version;
     const void* data;
-    std::vector<int64_t> sizes;
+    std::vector<int64_t> sizes, strides;
 
     bool matches(const at::Tensor& t) const {
-      return t.unsafeGetTensorImpl() == impl && t._version() == version && t.data_ptr() == data && t.sizes() == sizes;
+      return t.unsafeGetTensorImpl() == impl && t._version() == version && t.data_ptr() == data &&
+             t.sizes() == sizes && t.strides() == strides;
     }
   };
   std::vector<py::object> held_;  // the arguments after x (null for a weakly held tensor)

@@ -123,7 +123,8 @@ def check_static_qparams(op: str, x: Tensor, scale: Tensor, zero_point: Tensor |
 
 def _signature(args: tuple) -> tuple[tuple, list[Tensor]] | None:
     """What an op's validation depends on: x's dtype, shape, strides and device, and for every other argument its
-    value, or for a tensor its identity and version (an in-place write moves the version); with the tensors. None
+    value, or for a tensor its identity, version (an in-place write moves the version), data, shape and strides
+    (`t.data = other` changes them and not the version); with the tensors. None
     where a tensor has no version counter (made under torch.inference_mode, so its writes go unseen) or is not a
     plain tensor."""
     x = args[0]
@@ -132,7 +133,7 @@ def _signature(args: tuple) -> tuple[tuple, list[Tensor]] | None:
         if isinstance(a, Tensor):
             if type(a) is not Tensor or a.is_inference():
                 return None
-            key.append((id(a), a._version))
+            key.append((id(a), a._version, a.data_ptr(), a.shape, a.stride()))
             tensors.append(a)
         else:
             key.append(a)
@@ -284,19 +285,24 @@ def direct(lane: Lane) -> Callable:
     schema = lane.op._opoverload._schema.arguments
     defaults = tuple(a.default_value if a.has_default_value() else _REQUIRED for a in schema)
     position = {a.name: i for i, a in enumerate(schema)}
+    required = sum(d is _REQUIRED for d in defaults)  # the leading ones: a schema's defaults trail
+    assert all(d is _REQUIRED for d in defaults[:required]), "a required argument after one with a default"
 
     def bind(args: tuple, kwargs: dict) -> tuple | None:
         """All the op's arguments by position, or None where the op must say what is wrong with them."""
         given = len(args)
         if given >= len(defaults):
             return args if given == len(defaults) and not kwargs else None
+        if not kwargs:
+            return args + defaults[given:] if given >= required else None
         tail = list(defaults[given:])
         for name, value in kwargs.items():
             i = position.get(name, -1) - given
             if i < 0:  # unknown, or also given by position
                 return None
             tail[i] = value
-        return None if any(v is _REQUIRED for v in tail) else args + tuple(tail)  # `in` would compare tensors
+        missing = any(v is _REQUIRED for v in tail[:required - given])  # `in` would compare tensors
+        return None if missing else args + tuple(tail)
 
     owner = _DirectCalls()
 

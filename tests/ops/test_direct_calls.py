@@ -157,6 +157,14 @@ def test_a_plan_serves_the_same_tensors_again_and_nothing_else(lane_calls):
     with lowp_ops.use_cpu_backend("reference"):  # no native plan there
         assert_bitwise_equal(lowp_ops.int8_linear(x, w, ws, b), torch.ops.lowp.int8_linear(x, w, ws, b))
     assert len(lane_calls) == 6
+    square, one = _weight(19, 19)[0], ws[:1]
+    for _ in range(2):
+        lowp_ops.int8_linear(x, square, one, None)
+    assert len(lane_calls) == 7
+    square.data = square.t()  # its codes read transposed: the same data pointer, version and shape
+    for call in (lowp_ops.int8_linear, torch.ops.lowp.int8_linear):
+        with pytest.raises(ValueError, match="weight"):
+            call(x, square, one, None)
 
 
 def test_layers_called_in_turn_each_keep_a_plan(lane_calls):
