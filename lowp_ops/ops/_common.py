@@ -280,8 +280,8 @@ def direct(lane: Lane) -> Callable:
     the op's own validation and body without torch.library's dispatch, ~40 us a call — and a call on tensors it has
     seen runs the native plan kept for them (_DirectCalls) without leaving C++: int8_linear on (1, 64) x (64, 64)
     56 us through the op, 5.5 with a kept plan, F.linear 3.0-3.2 (bench/results/cpu-2026-12-06.md, CI machine). The
-    output is the op's, bit for bit; a call the lane does not take (autograd, tracing, a mode, an argument the op does not know) is the
-    op's call."""
+    output is the op's, bit for bit; a call the lane does not take (autograd, tracing, a mode, an argument the op
+    does not know) is the op's call."""
     schema = lane.op._opoverload._schema.arguments
     defaults = tuple(a.default_value if a.has_default_value() else _REQUIRED for a in schema)
     position = {a.name: i for i, a in enumerate(schema)}
