@@ -26,6 +26,12 @@ def add_layout(a: torch.Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
+def in_one_layout(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """a and b dense in add_layout(a), so that their codes line up as one flat run (b copied where it is not)."""
+    layout = add_layout(a)
+    return a.contiguous(memory_format=layout), b.contiguous(memory_format=layout)
+
+
 @triton.jit
 def _add_kernel(a_ptr, b_ptr, y_ptr, n, a_scale_ptr, b_scale_ptr, out_scale_ptr, a_zp_ptr, b_zp_ptr, out_zp_ptr,
                 ACTIVATION: tl.constexpr, BLOCK: tl.constexpr):
@@ -55,9 +61,8 @@ def int8_add(a, b, *, a_scale, b_scale, out_scale, a_zero_point=None, b_zero_poi
     points int32, one element each, or None (0). activation: "none", "relu" or "relu6", on the sum before it is
     requantized. Returns int8 of a's shape, channels_last where a is (add_layout), else contiguous.
     """
-    layout = add_layout(a)
-    a, b = a.contiguous(memory_format=layout), b.contiguous(memory_format=layout)
-    y = torch.empty_like(a, memory_format=layout)
+    a, b = in_one_layout(a, b)
+    y = torch.empty_like(a, memory_format=add_layout(a))
     n = a.numel()
     if n == 0:
         return y

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from .. import reference
-from ..kernels.add import add_layout
+from ..kernels.add import in_one_layout
 from . import native
 from .support import traced
 
@@ -22,10 +22,7 @@ def int8_add(a: torch.Tensor, b: torch.Tensor, *, a_scale, b_scale, out_scale, a
         return reference.int8_add(a, b, a_scale=a_scale, b_scale=b_scale, out_scale=out_scale,
                                   a_zero_point=a_zero_point, b_zero_point=b_zero_point, out_zero_point=out_zero_point,
                                   activation=activation)
-    layout = add_layout(a)
-    a, b = a.contiguous(memory_format=layout), b.contiguous(memory_format=layout)
-    if b.stride() != a.stride():  # size-1 dims: the same order of codes, told by other strides
-        b = b.as_strided(a.shape, a.stride())
+    a, b = in_one_layout(a, b)
     zp = [0 if z is None else int(z.item()) for z in (a_zero_point, b_zero_point, out_zero_point)]
     return cpp.add_int8(a, b, a_scale.item(), zp[0], b_scale.item(), zp[1], out_scale.item(), zp[2],
                         _ACTIVATIONS[activation])

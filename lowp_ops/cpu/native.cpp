@@ -202,14 +202,16 @@ at::Tensor run_epilogue(const at::Tensor& acc, const Epilogue& e) {
   return inexact ? at::empty({0}, y.options()) : y;
 }
 
-// int8_add (kernels/add.py): a, b int8, the same shape and strides, dense -> int8 in that layout,
+// int8_add (kernels/add.py): a, b int8 of one shape, both contiguous in one memory format (their codes one flat run
+// in the same order) -> int8 in that format,
 // clamp(round(act((a − za)·sa + (b − zb)·sb) · (1/so)) + zo): the kernel's float32 operations in its order
 at::Tensor add_int8(const at::Tensor& a, const at::Tensor& b, double a_scale, int64_t a_zp, double b_scale,
                     int64_t b_zp, double out_scale, int64_t out_zp, int64_t activation) {
+  const auto format = a.is_contiguous() ? at::MemoryFormat::Contiguous : at::MemoryFormat::ChannelsLast;
   TORCH_CHECK(a.scalar_type() == at::kChar && b.scalar_type() == at::kChar && a.sizes() == b.sizes() &&
-                  a.strides() == b.strides() && a.is_non_overlapping_and_dense(),
-              "lowp native: add_int8 takes two int8 tensors of one shape and dense layout");
-  auto y = at::empty_like(a);
+                  a.is_contiguous(format) && b.is_contiguous(format),
+              "lowp native: add_int8 takes two int8 tensors of one shape, contiguous in one memory format");
+  auto y = at::empty_like(a, format);
   const int8_t* pa = a.data_ptr<int8_t>();
   const int8_t* pb = b.data_ptr<int8_t>();
   int8_t* py = y.data_ptr<int8_t>();

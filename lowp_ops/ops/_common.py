@@ -220,9 +220,10 @@ class Lane:
         native_backend = args[0].device.type == "cpu" and _native_backend()
         direct = type(owner) is _DirectCalls
         # the plan: a native.cpp Plan, False where Plan.make declined these arguments, None (absent) after
-        # forget_plans or before the first call; for a direct call, the plan made for its weight (args[1])
+        # forget_plans or before the first call; for a direct call, the plan made for its weight (args[1]), which
+        # direct() has run already
         plan = (owner.plans.get(id(args[1])) if direct else owner.__dict__.get(PLAN)) if native_backend else None
-        if plan and plan.op == self.plan:
+        if plan and plan.op == self.plan and not direct:
             y = plan.run(args)
             if y is not None:
                 return y
