@@ -1,5 +1,5 @@
 """CPU benchmarks: FP32 eager and torch.compile, torch.ao INT8, ONNX Runtime and OpenVINO (FP32 and INT8) and lowp
-INT8 (native backend, and the reference backend where it finishes in reasonable time) on five workloads, all timed in
+INT8 (native backend, and the reference backend where it finishes in reasonable time) on six workloads, all timed in
 one process so the ratios compare like with like on the same machine state.
 
     python -m bench --device cpu --out bench/results   # real run: writes <out>/cpu-<date>.json and .md
@@ -11,6 +11,8 @@ Workloads (shapes of the real run; --smoke shrinks them):
     Linear 4096x4096   one nn.Linear, x: (M, 4096) float32, M 1 / 32 / 256, and the raw int8_linear (torch.ops.lowp and
                        lowp_ops' direct call)
     Linear 64x64       per call: x (1, 64), where the arithmetic is nothing and the cost of a call shows
+    ResNet-50          transformers.ResNetForImageClassification(ResNetConfig()), random weights, x: (B, 3, 224, 224),
+                       B 1 / 16: static INT8 with and without int8 hand-offs (through residual adds)
     BERT-base encoder  transformers.BertModel(BertConfig()) with random weights, input ids (8, 128), mask all ones
     MiniLM-L6 encoder  BertModel in all-MiniLM-L6's shape (6 layers, hidden 384, 12 heads, FFN 1536) with random
                        weights: 64 sentences of 8 to 32 tokens (fixed seed), ids (64, 32) padded, mask 1 on the tokens
@@ -147,9 +149,10 @@ def ao_dynamic(model: nn.Module) -> nn.Module:
         return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
 
 
-def lowp_static(model: nn.Module, calib: list[torch.Tensor], time_layers: torch.Tensor | None = None) -> nn.Module:
+def lowp_static(model: nn.Module, calib: list[torch.Tensor], time_layers: torch.Tensor | None = None,
+                config: lowp_ops.Int8StaticConfig | None = None) -> nn.Module:
     """prepare / calibrate / convert; time_layers: an input to time each layer on (convert's time_layers)."""
-    prepared = lowp_ops.prepare(model)
+    prepared = lowp_ops.prepare(model, config)
     lowp_ops.calibrate(prepared, calib, progress=False)
     if time_layers is None:
         return lowp_ops.convert(prepared)
@@ -359,6 +362,50 @@ def bench_calls(b: Bench) -> None:
           calls=calls)
 
 
+class Logits(nn.Module):
+    """An image classifier of transformers as the ResNet rows call it: pixel_values (N, 3, H, W) -> logits (N, 1000)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values).logits
+
+
+def bench_resnet(b: Bench) -> None:
+    """transformers' ResNet-50 (ResNetConfig(): bottleneck blocks 3-4-6-3, 224 x 224) with random weights and
+    BatchNorm statistics from two training-mode passes; random images. lowp static hands int8 from conv to conv and
+    through the 16 residual adds (Int8Add); "chain_int8=False" is the same conversion without hand-offs (each layer
+    quantizes its float input and writes float), and lowp dynamic quantizes per call."""
+    try:
+        from transformers import ResNetConfig, ResNetForImageClassification
+    except Exception as e:  # noqa: BLE001 - an optional dependency (the bench extra), missing or broken
+        b.note(f"ResNet-50 skipped: transformers unavailable ({type(e).__name__}: {e})")
+        return
+    small = dict(embedding_size=8, hidden_sizes=[16, 32, 32, 64], depths=[1, 1, 1, 1])
+    config, size = (ResNetConfig(**small), 32) if b.smoke else (ResNetConfig(), 224)
+    torch.manual_seed(0)
+    fp32 = ResNetForImageClassification(config)
+    with torch.no_grad():
+        for _ in range(2):
+            fp32(torch.randn(8, 3, size, size))
+    fp32.eval()
+    calib = [torch.randn(4, 3, size, size) for _ in range(1 if b.smoke else 4)]
+    with torch.no_grad():
+        models = {"fp32 eager": Logits(fp32), "lowp dynamic": Logits(lowp_ops.quantize_dynamic(fp32)),
+                  "lowp static": Logits(lowp_static(fp32, calib)),
+                  "lowp static chain_int8=False": Logits(lowp_static(
+                      fp32, calib, config=lowp_ops.Int8StaticConfig(chain_int8=False)))}
+    name = "ResNet 1-1-1-1" if b.smoke else "ResNet-50"
+    for batch in (1, 2) if b.smoke else (1, 16):
+        x = torch.randn(batch, 3, size, size)
+        with torch.no_grad():
+            ref = models["fp32 eager"](x)
+        for provider, m in models.items():
+            b.row("resnet", name, batch, provider, lambda m=m, x=x: m(x), None if provider == "fp32 eager" else ref)
+
+
 class LastHidden(nn.Module):
     """A transformers encoder as every encoder row calls it: (input_ids, attention_mask), both (B, S) int64 ->
     last_hidden_state (B, S, H) float32. Positional and one output, as the exporters need it: BertModel itself, given
@@ -541,7 +588,7 @@ def markdown(info: dict, rows: list[dict], marks: list[dict], notes: list[str], 
     return "\n".join(lines) + "\n"
 
 
-WORKLOADS = {"convnet": bench_convnet, "linear": bench_linear, "calls": bench_calls,
+WORKLOADS = {"convnet": bench_convnet, "resnet": bench_resnet, "linear": bench_linear, "calls": bench_calls,
              "bert": lambda b: bench_encoder(b, BERT_BASE), "minilm": lambda b: bench_encoder(b, MINILM_L6)}
 
 

@@ -36,8 +36,11 @@ def test_cpu_bench_smoke_run_builds_every_workload(tmp_path):
     if importlib.util.find_spec("transformers") is not None:  # the dev extra installs it: the encoders must run
         assert "| BERT 2L-64 | 2x16 | lowp dynamic |" in out, out
         assert "| MiniLM 2L-32 | 4x16 | lowp dynamic | " in out and "| cos min " in out, out
+        assert "| ResNet 1-1-1-1 | 2 | lowp static |" in out, out
+        assert "| ResNet 1-1-1-1 | 1 | lowp static chain_int8=False |" in out, out
     else:
         assert "BERT skipped: transformers unavailable" in out and "MiniLM skipped: transformers unavailable" in out
+        assert "ResNet-50 skipped: transformers unavailable" in out
     # found, not imported: importing OpenVINO / NNCF here would load them into the other tests' process
     for runtime, (packages, rows) in PEERS.items():
         if all(importlib.util.find_spec(p) is not None for p in packages):  # the peers extra is installed

@@ -115,3 +115,26 @@ def test_direct_op_calls_on_cuda_skip_the_dispatch_without_host_syncs(monkeypatc
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert torch.equal(y, expected)
+
+
+def test_int8_add_module_on_cuda_launches_directly_without_host_syncs(monkeypatch):
+    """nn.Int8Add on CUDA: the op's output (its Triton kernel), its checks (which read the scales) once, then no host
+    sync and no wrap_triton per call."""
+    from lowp_ops.ops import backends
+
+    add = lowp_ops.nn.Int8Add(a_scale=0.02, b_scale=0.03, a_zero_point=3, b_zero_point=-7, output_scale=0.04,
+                              output_zero_point=-5, activation="relu").cuda()
+    a = torch.randint(-128, 128, (2, 16, 13, 13), dtype=torch.int8, device="cuda")
+    a = a.contiguous(memory_format=torch.channels_last)
+    b = torch.randint(-128, 128, (2, 16, 13, 13), dtype=torch.int8, device="cuda")
+    expected = torch.ops.lowp.int8_add(a, b, *add._operands())
+    monkeypatch.setattr(backends, "wrap_triton", lambda kernel: pytest.fail("Int8Add wrapped a launch"))
+    assert torch.equal(add(a, b), expected)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            y = add(a, b)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert torch.equal(y, expected)

@@ -218,21 +218,23 @@ at::Tensor add_int8(const at::Tensor& a, const at::Tensor& b, double a_scale, in
   const float sa = static_cast<float>(a_scale), sb = static_cast<float>(b_scale);
   const float inv_out = 1.0f / static_cast<float>(out_scale), zo = static_cast<float>(out_zp);
   const int32_t za = static_cast<int32_t>(a_zp), zb = static_cast<int32_t>(b_zp);
-  // clamping before rounding equals clamping after (integer bounds, monotone rounding); a plain loop the compiler
-  // vectorizes (restrict pointers: int8 stores may alias anything else)
-  const float lo = -128.0f - zo, hi = 127.0f - zo;
+  // One branch-free loop the compiler vectorizes (restrict pointers: int8 stores may alias anything else). The
+  // activation is folded into the clamp, which may come before rounding (integer bounds, monotone rounding):
+  // relu(v)·(1/so) = max(v·(1/so), 0) and min(v, 6)·(1/so) = min(v·(1/so), 6·(1/so)) in float32 (rounding is
+  // monotone). A branch per code kept it scalar: (1, 256, 56, 56) ~0.2 ms, now ~0.1 (CI machine, 2 threads).
+  float lo = -128.0f - zo, hi = 127.0f - zo;
+  if (activation >= 1) lo = std::max(lo, 0.0f);
+  if (activation == 2) hi = std::min(hi, 6.0f * inv_out);
+  const int32_t zo_int = static_cast<int32_t>(out_zp);
   at::parallel_for(0, a.numel(), kGrain, [=](int64_t begin, int64_t end) {
     const int8_t* __restrict qa = pa;
     const int8_t* __restrict qb = pb;
     int8_t* __restrict q = py;
     for (int64_t i = begin; i < end; ++i) {
-      float v = static_cast<float>(qa[i] - za) * sa;
-      v = v + static_cast<float>(qb[i] - zb) * sb;
-      if (activation >= 1) v = v < 0.0f ? 0.0f : v;
-      if (activation == 2) v = v > 6.0f ? 6.0f : v;
+      float v = static_cast<float>(qa[i] - za) * sa + static_cast<float>(qb[i] - zb) * sb;
       v = v * inv_out;
       v = v < lo ? lo : (v > hi ? hi : v);
-      q[i] = static_cast<int8_t>(static_cast<int32_t>(std::nearbyint(v) + zo));
+      q[i] = static_cast<int8_t>(static_cast<int32_t>(std::rint(v)) + zo_int);  // rint: half to even, as nearbyint
     }
   });
   return y;

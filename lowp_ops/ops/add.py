@@ -9,7 +9,7 @@ from torch.library import triton_op
 
 from .._validate import check_scale, check_tensor, check_zero_point, fail
 from ..kernels.add import add_layout
-from ._common import in_graphs
+from ._common import _eager_plain, in_graphs
 from .backends import dispatch
 
 _ACTIVATIONS = ("none", "relu", "relu6")
@@ -59,6 +59,19 @@ def _int8_add(a, b, a_scale, b_scale, out_scale, a_zero_point, b_zero_point, out
     return dispatch("int8_add", "int8_add", a, b, a_scale=a_scale, b_scale=b_scale, out_scale=out_scale,
                     a_zero_point=a_zero_point, b_zero_point=b_zero_point, out_zero_point=out_zero_point,
                     activation=activation)
+
+
+def eager_int8_add(a: Tensor, b: Tensor, a_scale: Tensor, b_scale: Tensor, out_scale: Tensor,
+                   a_zero_point: Tensor | None = None, b_zero_point: Tensor | None = None,
+                   out_zero_point: Tensor | None = None, activation: str = "none") -> Tensor:
+    """int8_add for lowp's modules (nn.Int8Add): a plain eager call runs the op's checks and body without
+    torch.library's dispatch (~40 us a call, a batch-1 residual add's whole cost); anything that must see the op
+    (tracing, dispatch modes, subclasses: ops/_common.py, _eager_plain) goes through it."""
+    args = (a, b, a_scale, b_scale, out_scale, a_zero_point, b_zero_point, out_zero_point, activation)
+    if _eager_plain(a) and _eager_plain(b):
+        _check_int8_add(*args)
+        return _int8_add(*args)
+    return int8_add(*args)
 
 
 @int8_add.register_fake

@@ -18,19 +18,20 @@ import copy
 import functools
 import warnings
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 from torch.utils._pytree import tree_map
 
+from ..nn.add import Add, Int8Add
 from ..quant.observers import OBSERVERS
 from . import graph, rewrite, timing
 from .configs import CONFIG_NAMES, Int8StaticConfig, LowpConfig
 from .fusion import apply_fusions, int8_outputs
 from .handlers import LayerContext, QParams, registered_types
 from .plan import LOWP_MODULES, FilterFn, check_common, check_mapping, check_overrides, deferred, plan
-from .swap import SwapReport, swap
+from .swap import SwapReport, places, replace, swap
 
 
 @dataclass
@@ -41,6 +42,8 @@ class _Prepared:
     configs: dict[str, LowpConfig]
     report: SwapReport
     example: graph.Example | None  # example_inputs, or the first forward call (calibration / training)
+    # static: the residual adds prepare made modules (rewrite.py) -> the config observing their operands
+    adds: dict[str, LowpConfig] = field(default_factory=dict)
 
 
 def as_example(caller: str, example_inputs) -> graph.Example | None:
@@ -60,7 +63,7 @@ def as_example(caller: str, example_inputs) -> graph.Example | None:
 
 def _leaves() -> tuple[type, ...]:
     """Module types the analysis keeps whole: every type a handler converts, and lowp's own modules."""
-    return registered_types() + LOWP_MODULES
+    return registered_types() + LOWP_MODULES + (Add,)
 
 
 def _analyse(model: nn.Module, layers: set[str], example: graph.Example | None, report: SwapReport,
@@ -161,10 +164,12 @@ def apply_config(caller: str, model: nn.Module, config: LowpConfig, *, filter_fn
     configs = plan(caller, model, config, overrides, filter_fn, report, overrides if named is None else named)
     model = model if inplace else copy.deepcopy(model)
     kind = deferred(config)
+    adds = {}
     if kind is Int8StaticConfig:
-        if any(c.chain_int8 for c in configs.values()):  # pools matter only to hand-offs
-            report.notes.extend(rewrite.modularise_pools(model))  # before the observers: they wrap the children
-        _attach_observers(model, configs)
+        if any(c.chain_int8 for c in configs.values()):  # pools and adds matter only to hand-offs
+            report.notes.extend(rewrite.modularise(model, set(configs)))  # before the observers: they wrap children
+            adds = {fqn: config for fqn, m in model.named_modules() if type(m) is Add}
+        _attach_observers(model, configs, adds)
     else:
         analysis = _analyse(model, set(configs), example, report, caller)
         if kind is None:
@@ -175,7 +180,7 @@ def apply_config(caller: str, model: nn.Module, config: LowpConfig, *, filter_fn
     if kind is None:
         model.lowp_report = report
         return model
-    model._lowp_prepared = _Prepared(kind, configs, report, example)
+    model._lowp_prepared = _Prepared(kind, configs, report, example, adds)
     if example is None:  # convert's analysis will use the first calibration (or training) call
         model.register_forward_pre_hook(_record_example, with_kwargs=True)
     return model
@@ -234,6 +239,14 @@ def _observe_input(layer: nn.Module, args) -> None:
     layer.input_observer(args[0])
 
 
+def _observe_operands(add: nn.Module, args) -> None:
+    """An Add's operands, where both are float tensors (anything else `+` takes is no residual to quantize)."""
+    a, b = args
+    if all(isinstance(t, torch.Tensor) and t.is_floating_point() for t in (a, b)) and a.shape == b.shape:
+        add.input_observer(a)
+        add.other_observer(b)
+
+
 def _record_example(model: nn.Module, args, kwargs) -> None:
     """Root forward pre-hook: keep the first call's (args, kwargs), detached, as convert's example."""
     state = model._lowp_prepared
@@ -245,8 +258,8 @@ def _detach(value):
     return value.detach() if isinstance(value, torch.Tensor) else value
 
 
-def _attach_observers(model: nn.Module, configs: dict[str, LowpConfig]) -> None:
-    """An observer on each layer's input, fed by a forward pre-hook.
+def _attach_observers(model: nn.Module, configs: dict[str, LowpConfig], adds: dict[str, LowpConfig]) -> None:
+    """An observer on each layer's input, and on each Add's two operands, fed by a forward pre-hook.
 
     BatchNorm is folded at convert, not here: an observer sees its layer's input, and folding changes only a conv's
     output (which is what its BatchNorm returned), so calibration gives the same scales either way."""
@@ -254,6 +267,10 @@ def _attach_observers(model: nn.Module, configs: dict[str, LowpConfig]) -> None:
         layer = model.get_submodule(fqn)
         layer.input_observer = OBSERVERS[cfg.observer](cfg.activation)
         layer.register_forward_pre_hook(_observe_input)
+    for fqn, cfg in adds.items():
+        add = model.get_submodule(fqn)
+        add.input_observer, add.other_observer = (OBSERVERS[cfg.observer](cfg.activation) for _ in range(2))
+        add.register_forward_pre_hook(_observe_operands)
 
 
 def _remove_hooks(module: nn.Module, hook) -> None:
@@ -274,11 +291,13 @@ def convert(model: nn.Module, mapping=None, inplace: bool = False, *, time_layer
     handlers do that job (lowp_ops.register).
 
     After static prepare, BatchNorm is folded and relu fused now, from one analysis of the model on its first
-    calibration call (or prepare's example_inputs). Where every call of a converted layer hands its output to the
-    next converted layer through int8-safe ops (relu, flatten / reshape, dropout, identity), and every call of that
-    one reads it, the first requantizes to int8 with the second's input scale and the second reads the codes; an
-    nn.Dropout on such a path becomes nn.Identity. Returns the model in eval mode: it is for inference only (its
-    int8 layers hold buffers, not parameters), and .train() changes nothing in its forward.
+    calibration call (or prepare's example_inputs). Where every call of a converted layer hands its output to
+    converted layers through int8-safe ops (relu, flatten / reshape, dropout, identity, max-pool), and every call
+    of those reads it, the first requantizes to int8 with their input scale (the first reader's) and they read the
+    codes; an nn.Dropout on such a path becomes nn.Identity. A residual add static prepare made a module
+    (lowp_ops.nn.Add) counts as a reader of both its operands, and becomes an Int8Add where both arrive as int8.
+    Returns the model in eval mode: it is for inference only (its int8 layers hold buffers, not parameters), and
+    .train() changes nothing in its forward.
 
     Refuses (ValueError) a layer whose observer saw NaN or inf; warns about a layer whose calibration inputs were a
     single value (all zero, a constant), whose scale would saturate every other input.
@@ -349,29 +368,52 @@ def _convert_prepared(model: nn.Module, state: _Prepared, slow: dict[str, str], 
     static = state.kind is Int8StaticConfig
     model = (model if inplace else copy.deepcopy(model)).eval()
     report = copy.deepcopy(state.report)
-    qparams = {}
+    inputs: dict[tuple[str, int], QParams] = {}  # (module, port) -> its input (scale, zero_point)
     for fqn in state.configs:  # a loop, not a comprehension: the warnings' stacklevel counts frames
-        qparams[fqn] = _input_qparams(fqn, model.get_submodule(fqn), static)
+        inputs[fqn, 0] = _input_qparams(fqn, model.get_submodule(fqn), static)
+    for fqn in state.adds:  # an operand never observed (or not finite) is handed no int8, nor is the other one
+        add = model.get_submodule(fqn)
+        for port, obs in enumerate((add.input_observer, add.other_observer)):
+            if obs.has_data and not obs.nonfinite_batches:
+                inputs[fqn, port] = obs.calculate_qparams()
     # The calibration machinery goes before the analysis: torch.export runs the forward, and observers must not
     # see its tracing tensors. (A QAT module's observer is its own, frozen in eval mode.)
     _without_observers(model, state)
     configs = {fqn: cfg for fqn, cfg in state.configs.items() if fqn not in slow}
     report.skipped.update(slow)
-    analysis = _analyse(model, set(configs), state.example, report, "convert")
+    analysis = _analyse(model, set(configs) | set(state.adds), state.example, report, "convert")
     # after prepare_qat (which folded and fused already) this normally finds nothing left to do
     activations = apply_fusions(model, analysis, report)
-    outputs = int8_outputs(model, analysis, configs, qparams, report, trained=not static)
+    outputs = int8_outputs(model, analysis, {**configs, **state.adds}, inputs, report, trained=not static)
 
     def context(fqn: str) -> LayerContext:
-        return LayerContext(activation=activations.get(fqn, "none"), input_qparams=qparams[fqn],
+        return LayerContext(activation=activations.get(fqn, "none"), input_qparams=inputs[fqn, 0],
                             output_qparams=outputs.get(fqn))
 
     swap(model, configs, report, context, "convert")
-    for producer in outputs:  # its consumer now reads int8 codes, and looks int8 to code that casts to weight.dtype
-        model.get_submodule(analysis.edges[producer].consumer).int8_input = True
+    fed = {reader for producer in outputs for reader in analysis.edges[producer].readers}
+    for fqn, _ in fed:  # a layer reading int8 codes looks int8 to code that casts to weight.dtype
+        if fqn in configs:
+            model.get_submodule(fqn).int8_input = True
+    _convert_adds(model, state.adds, activations, inputs, outputs, fed, report)
     del model._lowp_prepared
     model.lowp_report = report
     return model
+
+
+def _convert_adds(model: nn.Module, adds: Collection[str], activations: dict[str, str],
+                  inputs: dict[tuple[str, int], QParams], outputs: dict[str, QParams], fed: set[tuple[str, int]],
+                  report: SwapReport) -> None:
+    """Each Add gets the relu fused into it; one handed int8 on both operands (int8_outputs: both or neither)
+    becomes an Int8Add, writing int8 where its readers take it, else float32."""
+    names = places(model)
+    for fqn in adds:
+        add = model.get_submodule(fqn)
+        add.activation = activations.get(fqn, "none")
+        if (fqn, 0) in fed:
+            replace(model, fqn, Int8Add.from_float(add, inputs[fqn, 0], inputs[fqn, 1], outputs.get(fqn)), names)
+            report.notes.append(f"{fqn} -> Int8Add: it adds the int8 codes it is handed"
+                                + (", and hands int8 on" if fqn in outputs else ", to float32"))
 
 
 def _without_observers(model: nn.Module, state: _Prepared) -> nn.Module:
@@ -383,6 +425,10 @@ def _without_observers(model: nn.Module, state: _Prepared) -> nn.Module:
         _remove_hooks(layer, _observe_input)
         if state.kind is Int8StaticConfig:
             del layer.input_observer
+    for fqn in state.adds:
+        add = model.get_submodule(fqn)
+        _remove_hooks(add, _observe_operands)
+        del add.input_observer, add.other_observer
     return model
 
 

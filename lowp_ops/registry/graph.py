@@ -7,8 +7,9 @@ module-call graph (_CallGraph): a node per call of a module kept opaque (a layer
 as BatchNorm2d / ReLU / Dropout, timm's BatchNormAct2d, a lowp module) and a node per other op; the fusion and
 hand-off rules run on that. A node inside a module call that only passes the call's input through (a cast, a view,
 an in-place op) is that input to whoever reads it from outside the call (see _input_aliases): an int8 hand-off is
-made only where the consumer layer is truly the producer's only reader. Nothing is converted here: conversion still
-swaps modules in the eager model, by name.
+made only where every reader of the producer's output truly is a quantized layer, or an operand of a residual Add
+(lowp_ops.nn.Add, which static prepare puts in: rewrite.py). Nothing is converted here: conversion still swaps
+modules in the eager model, by name.
 
 Everything is decided per call site. A module called at more than one place (a layer applied in a loop, one
 instance filling two slots of an nn.Sequential) has one node per call, all named by the module's first name, but
@@ -33,6 +34,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
+
+from ..nn.add import Add
 
 _RELU_MODULES = {nn.ReLU: "relu", nn.ReLU6: "relu6"}
 # Dropout is the identity at inference, and a converted model is inference-only (its int8 layers hold buffers, not
@@ -87,12 +90,21 @@ class Fusions:
 
 @dataclass
 class Int8Edge:
-    """A producer layer whose every call hands int8 codes to a call of `consumer` (see _edges)."""
+    """A producer layer whose every call hands int8 codes to a call of `consumer` (its input `port`: an Add's second
+    operand is 1), and to each of `also` ((module, port) pairs) where the same codes fan out to several readers (a
+    residual block's input feeds its first conv and its add): one tensor, at one scale, for all (see _edges)."""
 
     consumer: str
-    through_relu: bool  # a relu sits on some path: the consumer's zero point must be 0
+    through_relu: bool  # a relu sits on some path: the codes' zero point must be 0
     dropouts: set[str] = field(default_factory=set)  # nn.Dropout modules on the paths, to replace by nn.Identity
     pools: set[str] = field(default_factory=set)  # nn.MaxPool2d modules on the paths, to make Int8MaxPool2d
+    port: int = 0
+    also: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def readers(self) -> tuple[tuple[str, int], ...]:
+        """Every (module, port) the codes go to, the consumer first."""
+        return ((self.consumer, self.port), *self.also)
 
 
 @dataclass(frozen=True)
@@ -408,55 +420,74 @@ def _fusions(graph: _CallGraph, layers: set[str]) -> Fusions:
     return _agree(sites, {name: len(calls) for name, calls in graph.calls.items()})
 
 
-def _hop(call: _Node, replaced: set[str]):
-    """(consumer call, through_relu, dropouts, pools) when this call's output reaches a call of a quantized layer as
-    its only input through int8-safe ops only, each used once; else None. Modules in `replaced` (folded BatchNorms,
+def _reach(call: _Node, modules: dict[str, nn.Module], replaced: set[str]):
+    """(readers, through_relu, dropouts, pools) when every path from this call's output reaches a call of a quantized
+    layer — its only input, or an operand of a two-operand layer (an Add) — through int8-safe ops only, each of one
+    input; readers: [(reader call, port)] in the order found. Else None. Modules in `replaced` (folded BatchNorms,
     fused relu modules) count as the nn.Identity they become."""
-    cur, through_relu, dropouts, pools = call, False, set(), set()
-    while (nxt := _single_user(cur)) is not None:
-        if nxt.kind == "layer":
-            return (nxt, through_relu, dropouts, pools) if nxt.inputs == [cur] else None
-        if nxt.inputs != [cur]:
-            return None
-        if nxt.module is not None and nxt.module in replaced:
-            pass
-        elif nxt.kind == "relu":
-            through_relu = True
-        elif nxt.kind == "dropout":
-            dropouts.add(nxt.module)
-        elif nxt.kind == "pool":
-            pools.add(nxt.module)
-        elif nxt.kind != "safe":
-            return None
-        cur = nxt
-    return None
+    readers, through_relu, dropouts, pools = [], False, set(), set()
+    todo = [call]
+    while todo:
+        cur = todo.pop(0)
+        if not cur.users:
+            return None  # a path ending in no layer: the graph's output is a user, so this is a dead end
+        for nxt in cur.users:
+            if nxt.kind == "layer":
+                add = isinstance(modules[nxt.module], Add)
+                if add and len(nxt.inputs) == 2:
+                    readers.append((nxt, nxt.inputs.index(cur)))
+                elif not add and nxt.inputs == [cur]:
+                    readers.append((nxt, 0))
+                else:
+                    return None
+                continue
+            if nxt.inputs != [cur]:
+                return None
+            if nxt.module is not None and nxt.module in replaced:
+                pass
+            elif nxt.kind == "relu":
+                through_relu = True
+            elif nxt.kind == "dropout":
+                dropouts.add(nxt.module)
+            elif nxt.kind == "pool":
+                pools.add(nxt.module)
+            elif nxt.kind != "safe":
+                return None
+            todo.append(nxt)
+    return readers, through_relu, dropouts, pools
 
 
 def _edges(graph: _CallGraph, layers: set[str], replaced: set[str]) -> tuple[dict[str, Int8Edge], list[str]]:
-    """producer -> Int8Edge for the quantized layers that may hand int8 to one other quantized layer: every call of
-    the producer reaches a call of the consumer through int8-safe ops, and every call of the consumer reads a call
-    of the producer (so one output scale — the consumer's input scale — serves every call of both). Also notes on
-    layers called at several places that keep a float interface."""
+    """producer -> Int8Edge for the quantized layers that may hand int8 to the quantized layers reading their
+    output: every call of the producer reaches, through int8-safe ops, calls of the same readers at the same ports,
+    and every call of each reader reads a call of the producer there (so one output scale — the readers' input
+    scale — serves every call of all). Also notes on layers called at several places that keep a float interface."""
     calls = graph.calls
-    hops = {call: _hop(call, replaced) for layer in layers for call in calls.get(layer, ())}
+    ends = {call: _reach(call, graph.modules, replaced) for layer in layers for call in calls.get(layer, ())}
     edges, notes = {}, []
     for producer in sorted(layers):
-        ends = [hops[call] for call in calls.get(producer, ())]
-        if not ends or all(end is None for end in ends):
+        found = [ends[call] for call in calls.get(producer, ())]
+        if not found or all(end is None for end in found):
             continue
-        consumer = ends[0][0].module if ends[0] is not None else None
-        shared = len(ends) > 1 or (consumer is not None and len(calls[consumer]) > 1)
-        if any(end is None or end[0].module != consumer for end in ends):
+        readers = [] if found[0] is None else list(dict.fromkeys((c.module, port) for c, port in found[0][0]))
+        # layers first: the first reader's observer gives the codes their scale, and a layer's is the one its
+        # config chose
+        readers.sort(key=lambda reader: isinstance(graph.modules[reader[0]], Add))
+        shared = len(found) > 1 or any(len(calls[m]) > 1 for m, _ in readers)
+        if any(end is None or {(c.module, p) for c, p in end[0]} != set(readers) for end in found):
             if shared:
-                notes.append(f"{producer} is called at {len(ends)} places whose outputs do not all go straight to "
-                             f"the same quantized layer: its output stays float")
+                notes.append(f"{producer} is called at {len(found)} places whose outputs do not all go straight to "
+                             f"the same quantized layers: its output stays float")
             continue
-        if {end[0] for end in ends} != set(calls[consumer]):
+        partial = [m for m, port in readers
+                   if {c for end in found for c, p in end[0] if c.module == m and p == port} != set(calls[m])]
+        if partial:
+            consumer = partial[0]
             notes.append(f"{consumer} is called at {len(calls[consumer])} places, not all reading {producer}: "
                          f"{producer} hands it float, and {consumer} keeps a float input")
             continue
-        edges[producer] = Int8Edge(consumer, any(end[1] for end in ends), set().union(*(end[2] for end in ends)),
-                                   set().union(*(end[3] for end in ends)))
+        edges[producer] = Int8Edge(readers[0][0], any(end[1] for end in found), set().union(*(end[2] for end in found)),
+                                   set().union(*(end[3] for end in found)), readers[0][1], tuple(readers[1:]))
     return edges, notes
 
 
@@ -596,7 +627,7 @@ def analyse(model: nn.Module, layers: set[str], *, example: Example | None = Non
     >>> found.source, found.fusions, found.fused_modules
     ('torch.export', [Fusion(layer='0', batchnorm='1', activation='relu')], ['2'])
     >>> found.edges  # 1 and 2 become nn.Identity: 0 hands int8 straight to 3
-    {'0': Int8Edge(consumer='3', through_relu=False, dropouts=set(), pools=set())}
+    {'0': Int8Edge(consumer='3', through_relu=False, dropouts=set(), pools=set(), port=0, also=())}
     """
     if example is not None and not (isinstance(example, tuple) and len(example) == 2
                                     and isinstance(example[0], (tuple, list)) and isinstance(example[1], dict)):

@@ -1,25 +1,28 @@
-"""Functional max-pools become modules, so int8 can pass through them: a float-equivalent rewrite of a module's
-forward, made before static INT8 calibration.
+"""Functional max-pools and residual adds become modules, so int8 can pass through them: a float-equivalent rewrite
+of a module's forward, made before static INT8 calibration.
 
 A static hand-off (an int8 layer passing its int8 output to the next, graph.py's Int8Edge) runs through
 nn.MaxPool2d modules, which convert makes lowp_ops.nn.Int8MaxPool2d: max commutes with quantization. A functional
 `F.max_pool2d(x, 2)` in a forward cannot be swapped, so it ended the hand-off: the layer before it wrote float,
 torch pooled float, the layer after quantized again. Seed ConvNet conv2 at batch 256 on the CI machine (AMD EPYC,
 avx512_vnni, 2 threads, torch 2.13, 2026-12-06): conv2 with float output 9.5 ms and a float pool 3.5 ms, where int8
-output and the int8 pool cost ~8 and ~0.3 ms.
+output and the int8 pool cost ~8 and ~0.3 ms. A residual block's `out += identity` (torchvision's BasicBlock and
+Bottleneck) ended them the same way; as a lowp_ops.nn.Add child it is observed in calibration and becomes an
+Int8Add where both operands arrive as int8 (nn/add.py).
 
-So before observers go in, a module whose forward calls max_pool2d functionally is traced with torch.fx (its child
-modules kept whole), each such call with constant arguments becomes a call of a new nn.MaxPool2d child with the same
-arguments (the same function: nn.MaxPool2d calls F.max_pool2d), and the module's forward is the regenerated code,
-run on the module itself (so convert's swaps of its children are seen). Kept as it was, with a note: a forward
-fx cannot trace (data-dependent control flow, *args), and one whose trace depends on the module's training flag
-(the regenerated code would freeze it). Like any fx trace, the regenerated forward freezes Python-level attributes
-it read (a flag set in __init__ and never changed is fine).
+So before observers go in, a module whose forward calls max_pool2d functionally, or adds two tensors and holds a
+layer to convert, is traced with torch.fx (its child modules kept whole); each such call with constant arguments
+becomes a call of a new nn.MaxPool2d child with the same arguments (the same function: nn.MaxPool2d calls
+F.max_pool2d), each `a + b` (or +=, torch.add) of two child-module outputs or forward inputs a call of a new Add
+child, and the module's forward is the regenerated code, run on the module itself (so convert's swaps of its
+children are seen). Kept as it was, with a note: a forward fx cannot trace (data-dependent control flow, *args),
+and one whose trace depends on the module's training flag (the regenerated code would freeze it). Like any fx trace,
+the regenerated forward freezes Python-level attributes it read (a flag set in __init__ and never changed is fine).
 
 A forward so rewritten has its functional relus (F.relu, torch.relu, x.relu(), out of place) made nn.ReLU children
-too, so that one right after a layer is fused into it like a module (fusion.py: the module becomes nn.Identity):
-called on int8 codes, relu after a fused relu changes nothing and costs a pass over them (seed ConvNet's relu
-after conv1 at batch 256: 0.3 ms of a 12.6 ms call; CI machine, 2026-12-06).
+too, so that one right after a layer (or an add) is fused into it like a module (fusion.py: the module becomes
+nn.Identity): called on int8 codes, relu after a fused relu changes nothing and costs a pass over them (seed
+ConvNet's relu after conv1 at batch 256: 0.3 ms of a 12.6 ms call; CI machine, 2026-12-06).
 """
 
 from __future__ import annotations
@@ -28,14 +31,18 @@ import builtins
 import functools
 import importlib
 import inspect
+import operator
 import types
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from ..nn.add import Add
+
 _POOLS = (F.max_pool2d, torch.max_pool2d)
 _RELUS = (F.relu, torch.relu)
+_ADDS = (operator.add, operator.iadd, torch.add)
 
 
 class _Children(fx.Tracer):
@@ -72,11 +79,17 @@ def _trace(module: nn.Module, training: bool) -> fx.Graph:
             m.training = mode
 
 
-def _calls_max_pool(module: nn.Module) -> bool:
+def _candidate(name: str, module: nn.Module, layers: set[str]) -> tuple[bool, bool]:
+    """Whether module's forward may call max_pool2d functionally, and whether it may add tensors while holding a
+    layer to convert (a residual block: transformers' ResNet holds its convs two levels down), by its source:
+    tracing every module would cost more than it finds."""
     try:
-        return "max_pool2d" in inspect.getsource(type(module).forward)
+        src = inspect.getsource(type(module).forward)
     except (OSError, TypeError):
-        return False
+        return False, False
+    prefix = f"{name}." if name else ""
+    holds = any(prefix + sub in layers for sub, _ in module.named_modules() if sub)
+    return "max_pool2d" in src, holds and ("+" in src or "add(" in src)
 
 
 def _pool(node: fx.Node) -> nn.MaxPool2d | None:
@@ -103,6 +116,16 @@ def _relu(node: fx.Node) -> nn.ReLU | None:
     return nn.ReLU() if not node.kwargs.get("inplace", False) else None
 
 
+def _add(node: fx.Node) -> Add | None:
+    """Add for `a + b` (a += b, torch.add(a, b)) of two different values, each a child module's output or an input
+    of the forward: a residual add. Anything else added (sizes, constants, computed tensors) stays."""
+    if node.op != "call_function" or node.target not in _ADDS or len(node.args) != 2 or node.kwargs:
+        return None
+    a, b = node.args
+    operands = all(isinstance(v, fx.Node) and v.op in ("call_module", "placeholder") for v in (a, b))
+    return Add() if operands and a is not b else None
+
+
 def _constant(value) -> bool:
     if isinstance(value, (list, tuple)):
         return all(_constant(v) for v in value)
@@ -122,24 +145,31 @@ def _import_names(scope: dict) -> dict:
             if name not in vars(builtins)}
 
 
-def modularise_pools(model: nn.Module) -> list[str]:
-    """Rewrite, in place, every module of model whose forward calls max_pool2d functionally, its relus too (see the
-    module docstring). Returns notes for the report: what was rewritten, what was kept and why."""
+def modularise(model: nn.Module, layers: set[str]) -> list[str]:
+    """Rewrite, in place, every module of model whose forward calls max_pool2d functionally, or adds two tensors
+    while holding one of `layers` (the names of the layers to convert), its relus too (see the module docstring).
+    Returns notes for the report: what was rewritten, what was kept and why."""
     notes = []
     for name, module in list(model.named_modules()):
-        if type(module).__module__.startswith("torch.") or isinstance(module.__dict__.get("forward"), FxForward) \
-                or not _calls_max_pool(module):
+        if type(module).__module__.startswith("torch.") or isinstance(module.__dict__.get("forward"), FxForward):
             continue
+        pools, adds = _candidate(name, module, layers)
+        if not (pools or adds):
+            continue
+        # a forward with a residual add alone that cannot be rewritten goes unmentioned: most such forwards (a
+        # transformer's attention adding its mask) hold no residual add to gain from
         where = name or type(module).__name__
         try:
             graph, other = _trace(module, module.training), _trace(module, not module.training)
         except Exception as error:  # fx's tracing errors are of many types
-            notes.append(f"{where}: its functional max_pool2d ends int8 hand-offs (torch.fx cannot trace its "
-                         f"forward: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})")
+            if pools:
+                notes.append(f"{where}: its functional max_pool2d ends int8 hand-offs (torch.fx cannot trace its "
+                             f"forward: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})")
             continue
         if graph.python_code("self").src != other.python_code("self").src:
-            notes.append(f"{where}: its functional max_pool2d ends int8 hand-offs (its forward depends on the "
-                         f"training flag, which a regenerated forward would freeze)")
+            if pools:
+                notes.append(f"{where}: its functional max_pool2d ends int8 hand-offs (its forward depends on the "
+                             f"training flag, which a regenerated forward would freeze)")
             continue
         swaps = []  # (node, the module computing it, its kind)
         for node in graph.nodes:
@@ -147,24 +177,28 @@ def modularise_pools(model: nn.Module) -> list[str]:
             if pool is None and node.op == "call_function" and node.target in _POOLS:
                 notes.append(f"{where}: its max_pool2d call {node.name} ends int8 hand-offs (it returns indices, "
                              f"or its arguments are computed at run time)")
-            child = pool or _relu(node)
+            kind, child = next(((k, c) for k, c in (("max_pool2d", pool), ("add", _add(node)), ("relu", _relu(node)))
+                                if c is not None), (None, None))
             if child is not None:
-                swaps.append((node, child, "max_pool2d" if pool is not None else "relu"))
-        if not any(kind == "max_pool2d" for _, _, kind in swaps):
+                swaps.append((node, child, kind))
+        if all(kind == "relu" for _, _, kind in swaps):
             continue  # nothing to gain: the forward stays as it was, relus included
-        made = {"max_pool2d": [], "relu": []}
+        made = {"max_pool2d": [], "add": [], "relu": []}
         for node, child, kind in swaps:
             child_name = f"lowp_{kind}_{len(made[kind])}"
             while hasattr(module, child_name):
                 child_name += "_"
             module.add_module(child_name, child)
             with graph.inserting_before(node):
-                node.replace_all_uses_with(graph.call_module(child_name, (node.args[0],)))
+                args = node.args if kind == "add" else (node.args[0],)
+                node.replace_all_uses_with(graph.call_module(child_name, args))
             graph.erase_node(node)
             made[kind].append(child_name)
         code = graph.python_code("self")
         module.forward = FxForward(module, code.src, _import_names(code.globals))
-        relus = f"; relu -> {', '.join(made['relu'])} (nn.ReLU)" if made["relu"] else ""
-        notes.append(f"{where}: functional max_pool2d -> {', '.join(made['max_pool2d'])} (nn.MaxPool2d), so "
-                     f"int8 can pass through{relus}; its forward is torch.fx's regeneration of it")
+        what = [f"{words} -> {', '.join(made[kind])} ({cls})" for kind, words, cls in
+                (("max_pool2d", "functional max_pool2d", "nn.MaxPool2d"), ("add", "residual add", "lowp_ops.nn.Add"),
+                 ("relu", "relu", "nn.ReLU")) if made[kind]]
+        notes.append(f"{where}: {'; '.join(what)}, so int8 can pass through; its forward is torch.fx's regeneration "
+                     f"of it")
     return notes

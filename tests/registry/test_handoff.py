@@ -80,11 +80,15 @@ def test_qat_chain_still_hands_int8():
         assert quant.sqnr_db(qat(x), q(x)) >= _QAT_MIN_SQNR_DB
 
 
-def test_static_residual_keeps_a_float_output():
+def test_static_residual_hands_int8_to_both_readers():
     torch.manual_seed(0)
     model, x = Res().eval(), torch.randn(32, 16)
     q = static_int8(model, [torch.randn(32, 16) for _ in range(4)])
-    assert "a hands int8 to b" not in q.lowp_report.notes and q.a.output_scale is None
+    # static prepare makes the add a module (rewrite.py), which reads a's codes as they are: a hands int8 to both
+    # readers at one scale, and the add (an Int8Add) writes float32
+    assert "a hands int8 to b, lowp_add_0 (its second operand)" in q.lowp_report.notes
+    assert torch.equal(q.a.output_scale, q.b.input_scale) and torch.equal(q.a.output_scale, q.lowp_add_0.b_scale)
+    assert q.lowp_add_0.output_scale is None
     assert quant.sqnr_db(model(x), q(x)) >= 30  # two int8 layers in series: ~40 dB measured
 
 
