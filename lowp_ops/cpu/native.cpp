@@ -669,7 +669,9 @@ class Plan {
       q = x.contiguous(at::MemoryFormat::ChannelsLast);
     } else {
       if (!static_) {  // one symmetric scale for the call (lowp_ops.cpu.quantize.per_tensor_qparams)
-        const auto range = at::aminmax(x);
+        // in memory order: at::aminmax copies a channels_last x to NCHW first (reference.in_memory_order)
+        const bool nhwc = !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
+        const auto range = at::aminmax(nhwc ? x.permute({0, 2, 3, 1}) : x);
         const double lo = std::get<0>(range).item<float>(), hi = std::get<1>(range).item<float>();
         if (!std::isfinite(lo) || !std::isfinite(hi)) return {};  // poisons the bias: the Python route
         scale = static_cast<float>(std::max(-lo, hi) / 127.0);

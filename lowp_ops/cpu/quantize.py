@@ -85,7 +85,7 @@ def per_tensor_qparams(x: torch.Tensor, *, bias, channels: int):
     rounded to float32, is the float32 quotient (float64 has more than 2·24 + 2 bits)."""
     if traced(x):
         return reference.per_tensor_qparams(x, bias=bias, channels=channels)
-    lo, hi = (v.item() for v in torch.aminmax(x)) if x.numel() else (0.0, 0.0)
+    lo, hi = (v.item() for v in torch.aminmax(reference.in_memory_order(x))) if x.numel() else (0.0, 0.0)
     if math.isfinite(lo) and math.isfinite(hi):
         amax = max(-lo, hi)
         scale = torch.tensor([amax / reference.INT8_PER_TENSOR.qmax], dtype=torch.float32)
