@@ -7,7 +7,7 @@ block quantized again. With Int8Add the two int8 operands are added as the value
 with the scale the next layers read (torch.ops.lowp.int8_add), relu fused: one pass over int8 where the float add,
 relu and the next quantize were three over float32 ((32, 64, 56, 56) channels_last: 0.7 ms vs 5.0, CI machine,
 2026-12-06). transformers' ResNet-50 (random weights, calibrated), CI machine, 2 threads: batch 16 4.4x FP32 with
-every add an Int8Add, 2.7x with float adds; batch 1 3.0x (2.8x).
+every add an Int8Add, 2.7x with float adds, one process; batch 1 3.0x (2.8x).
 """
 
 from __future__ import annotations
