@@ -15,8 +15,9 @@ layer to convert, is traced with torch.fx (its child modules kept whole); each s
 becomes a call of a new nn.MaxPool2d child with the same arguments (the same function: nn.MaxPool2d calls
 F.max_pool2d), each `a + b` (or +=, torch.add) of two child-module outputs or forward inputs a call of a new Add
 child, and the module's forward is the regenerated code, run on the module itself (so convert's swaps of its
-children are seen). Kept as it was, with a note: a forward fx cannot trace (data-dependent control flow, *args),
-and one whose trace depends on the module's training flag (the regenerated code would freeze it). Like any fx trace,
+children are seen). Kept as it was (with a note where it calls max_pool2d; a transformer's attention adding its
+mask would fill the report otherwise): a forward fx cannot trace (data-dependent control flow, *args), and one whose
+trace depends on the module's training flag (the regenerated code would freeze it). Like any fx trace,
 the regenerated forward freezes Python-level attributes it read (a flag set in __init__ and never changed is fine).
 
 A forward so rewritten has its functional relus (F.relu, torch.relu, x.relu(), out of place) made nn.ReLU children
