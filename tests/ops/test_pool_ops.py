@@ -124,3 +124,25 @@ def test_int8_max_pool2d_module():
         ", int8 output contiguous)")
     with pytest.raises(ValueError, match="returning indices"):
         Int8MaxPool2d.from_float(torch.nn.MaxPool2d(2, return_indices=True))
+
+
+@pytest.mark.parametrize("channels_last", [True, False], ids=["channels_last", "rows"])
+@pytest.mark.parametrize("name", CASES)
+def test_module_native_shortcut_is_the_op(name, channels_last):
+    """Int8MaxPool2d's eager CPU call skips the op's dispatch and runs its checks once per input size and window:
+    the op's codes and layout all the same, a changed window or input size checked again."""
+    x, kw = _case(name)
+    pool = Int8MaxPool2d(kw["kernel_size"], kw["stride"], kw["padding"], kw["dilation"], kw["ceil_mode"],
+                         channels_last=channels_last)
+    for _ in range(2):  # the second call: checks kept
+        y = pool(x)
+        expected = torch.ops.lowp.int8_max_pool2d(x, *map(list, (kw["kernel_size"], kw["stride"], kw["padding"],
+                                                                   kw["dilation"])), kw["ceil_mode"], channels_last)
+        assert_bitwise_equal(y, expected)
+        assert y.stride() == expected.stride()
+    pool.kernel_size, pool.stride, pool.padding = 1, 1, 0  # a new window: checked and sized again
+    assert_bitwise_equal(pool(x), x.contiguous(memory_format=torch.channels_last if channels_last else
+                                               torch.contiguous_format))
+    with pytest.raises(ValueError, match="int8_max_pool2d"):
+        pool.padding = 1  # padding above half the 1x1 kernel
+        pool(x)
