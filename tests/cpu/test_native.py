@@ -198,6 +198,7 @@ def test_gemm_epilogue_on_a_float_accumulator(cpp, out_dtype):
     (20, 7, 6, 3, 3, (1, 1), (1, 1), (2, 1)),    # dilated along H only: whole-row copies; padding: per tap
     (3, 13, 12, 5, 2, (2, 3), (2, 0), (1, 1)),   # strided, rectangular kernel
     (16, 6, 9, 2, 3, (1, 2), (1, 1), (1, 2)),    # dilated along W: per tap
+    (1, 40, 50, 3, 3, (1, 1), (1, 1), (1, 1)),   # 4000 rows: threads' chunks start inside an image
 ])
 def test_im2col_through_the_gemm_conv(cpp, monkeypatch, C, H, W, R, S, stride, padding, dilation):
     """native.cpp's im2col (the window-row copies inside x, the per-tap path at its borders) under cpu/conv.py's
