@@ -102,7 +102,22 @@ def _normal(value):
     return value
 
 
-class _QuantModule(WholeCall, nn.Module):
+class NormalTensors(nn.Module):
+    """Stores the tensors it is given as normal ones (_normal), however made: buffers registered or assigned, and
+    the results of .to() / .cuda() even inside torch.inference_mode."""
+
+    def __setattr__(self, name: str, value) -> None:
+        super().__setattr__(name, _normal(value))
+
+    def register_buffer(self, name: str, tensor, persistent: bool = True) -> None:
+        super().register_buffer(name, _normal(tensor), persistent)
+
+    def _apply(self, fn, recurse=True):
+        with torch.inference_mode(False):  # moved tensors stay normal ones
+            return super()._apply(fn, recurse)
+
+
+class _QuantModule(WholeCall, NormalTensors):
     """Buffers and checks shared by the quantized modules: `weight_scale` float32 (one per output channel, or (1,)),
     `qweight` (_WEIGHT_DTYPE: the quantized weight, the float layer's weight shape), `bias` float32 or None, and each
     of _QPARAMS (float32 / int32 (1,), or None), in that order (the state_dict's keys).
@@ -185,10 +200,7 @@ class _QuantModule(WholeCall, nn.Module):
 
     def __setattr__(self, name: str, value) -> None:
         forget_plans(self)  # a plan it trusted held the arguments this attribute may have been (ops/_common.py)
-        super().__setattr__(name, _normal(value))
-
-    def register_buffer(self, name: str, tensor, persistent: bool = True) -> None:
-        super().register_buffer(name, _normal(tensor), persistent)
+        super().__setattr__(name, value)
 
     def __delattr__(self, name: str) -> None:
         forget_plans(self)
@@ -208,8 +220,7 @@ class _QuantModule(WholeCall, nn.Module):
                             f"which must be float16, bfloat16, float32 or float64")
         if cast is not None:
             self.out_dtype = self.built_out_dtype if cast == torch.float32 else cast
-        with torch.inference_mode(False):  # moved tensors stay normal ones (_normal)
-            return super()._apply(_tied(fn, fn if cast is None else lambda t: t.to(device)), recurse)
+        return super()._apply(_tied(fn, fn if cast is None else lambda t: t.to(device)), recurse)
 
     def _stored(self) -> dict[str, Buffer]:
         """Every buffer a checkpoint of this layer holds, as _init_quant stores it."""

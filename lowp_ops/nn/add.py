@@ -20,7 +20,7 @@ from ..cpu import add as cpu_add
 from ..cpu.support import plain_eager
 from ..ops._common import _eager_plain, _native_backend
 from ..ops.add import _check_int8_add, _int8_add, eager_int8_add
-from ._base import scale_arg
+from ._base import NormalTensors, float_cast, scale_arg
 from .int8 import _zero_point_arg
 
 
@@ -49,11 +49,12 @@ class Add(nn.Module):
         return f"activation={self.activation}" if self.activation != "none" else ""
 
 
-class Int8Add(Add):
+class Int8Add(NormalTensors, Add):
     """Two int8 tensors of one shape added as the values they stand for: act((a − a_zp)·a_scale + (b − b_zp)·b_scale),
     returned as int8 codes with output_scale / output_zero_point (torch.ops.lowp.int8_add, in a's layout), or as
-    float32 values without them (where what reads the sum takes float: the last block of a ResNet before its pool).
-    Float operands are added as Add adds them (what calibration ran), the int8 output quantized from that sum.
+    float32 values without them (where what reads the sum takes float: the last block of a ResNet before its pool;
+    a cast of the module, .half() say, sets that dtype: see _apply). Float operands are added as Add adds them (what
+    calibration ran), the int8 output quantized from that sum.
 
     Buffers: a_scale, b_scale, output_scale float32 (1,); a_zero_point, b_zero_point, output_zero_point int32 (1,)
     or None for 0. Built by static convert from an Add whose operands both arrive as int8 codes.
@@ -76,6 +77,7 @@ class Int8Add(Add):
             raise ValueError(f"{name}: a_scale and b_scale are required (the scales of the int8 operands)")
         if output_zero_point is not None and output_scale is None:
             raise ValueError(f"{name}: output_zero_point needs output_scale (int8 output)")
+        self.out_dtype: torch.dtype | None = None  # a float output's dtype after a cast (None: float32)
 
     @classmethod
     def from_float(cls, add: Add, a_qparams, b_qparams, output_qparams=None) -> Int8Add:
@@ -105,6 +107,7 @@ class Int8Add(Add):
         if int8:
             y = super().forward(self._real(a, self.a_scale, self.a_zero_point),
                                 self._real(b, self.b_scale, self.b_zero_point))
+            y = y if self.out_dtype is None or self.output_scale is not None else y.to(self.out_dtype)
         elif isinstance(a, torch.Tensor) and a.dtype == torch.int8 or isinstance(b, torch.Tensor) \
                 and b.dtype == torch.int8:
             raise TypeError(f"{type(self).__name__}: a and b must both be int8 codes or both float, got "
@@ -116,6 +119,15 @@ class Int8Add(Add):
         scale, zero_point = self.output_scale, self.output_zero_point
         q = torch.round(y.float() * (1.0 / scale)) + (0 if zero_point is None else zero_point)
         return q.clamp_(-128, 127).to(torch.int8)
+
+    def _apply(self, fn, recurse=True):
+        """.to(device) / .cuda() / .cpu() move the buffers; a float cast (.half(), .to(dtype)) leaves them as they
+        are (the op takes float32 scales and int32 zero points) and sets the dtype of a float output (an int8 one
+        stays int8), so that a float layer cast with it reads its dtype."""
+        cast, device = float_cast(fn, self.a_scale.device)
+        if cast is not None:  # the dtype of a float output, as a float layer's cast sets it (.float(): float32)
+            self.out_dtype = None if cast == torch.float32 else cast
+        return super()._apply(fn if cast is None else lambda t: t.to(device), recurse)
 
     def _operands(self) -> tuple:
         """int8_add's arguments after a and b, from this module."""

@@ -120,3 +120,22 @@ def test_int8_add_compiles_to_the_same_codes():
     m, a, b = _add("relu"), int8(2, 8, 3, 3), int8(2, 8, 3, 3)
     compiled = torch.compile(m, fullgraph=True)
     assert_bitwise_equal(compiled(a, b), m(a, b))
+
+
+def test_made_in_inference_mode_casts_and_moves():
+    """An Int8Add built or moved inside torch.inference_mode keeps normal tensors (its checks watch their versions);
+    a float cast keeps the float32 scales and sets the dtype of a float output only."""
+    a, b = int8(2, 9), int8(2, 9)
+    with torch.inference_mode():
+        m = _add("relu")
+        inside = m(a, b)
+        m.to("cpu")
+    assert not any(t.is_inference() for t in m.buffers())
+    assert_bitwise_equal(m(a, b), inside)
+    m.half()
+    assert m.a_scale.dtype == torch.float32 and m.a_zero_point.dtype == torch.int32
+    assert_bitwise_equal(m(a, b), inside)  # int8 output: stays int8
+    floats = _add("relu", output_scale=None, output_zero_point=None)
+    expected = floats(a, b)
+    assert floats.half()(a, b).dtype == torch.float16 and torch.equal(floats(a, b), expected.half())
+    assert floats.float()(a, b).dtype == torch.float32
