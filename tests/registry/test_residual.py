@@ -205,3 +205,17 @@ def test_without_hand_offs_no_add_is_made(chain_int8):
                     example_inputs=torch.randn(4, 3, 32, 32))
     assert any(isinstance(m, Int8Add) for m in q.modules()) == chain_int8
     assert any(isinstance(m, Add) for m in q.modules()) == chain_int8
+
+
+def test_time_layers_with_residual_adds():
+    """convert(time_layers=True) times copies of the prepared model, Adds and their observers included: the layers
+    it leaves float (if any, on this machine) keep their adds float by the both-or-neither rule, and the model
+    stays right."""
+    model, x = _resnet(), torch.randn(2, 3, 32, 32)
+    prepared = lowp_ops.prepare(model, example_inputs=x)
+    lowp_ops.calibrate(prepared, _data(2), progress=False)
+    q = lowp_ops.convert(prepared, time_layers=True, example_inputs=x)
+    assert all(isinstance(block.lowp_add_0, Add) for block in q.layers)
+    assert not any(hasattr(m, "input_observer") for m in q.modules() if isinstance(m, Add))
+    with torch.no_grad():
+        assert quant.sqnr_db(model(x), q(x)) >= _MIN_SQNR_DB
