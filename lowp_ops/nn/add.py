@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .. import reference
+from .. import quant, reference
 from ..cpu import add as cpu_add
 from ..cpu.support import plain_eager
 from ..ops._common import _eager_plain, _native_backend
@@ -116,9 +116,7 @@ class Int8Add(NormalTensors, Add):
             y = super().forward(a, b)
         if self.output_scale is None:
             return y
-        scale, zero_point = self.output_scale, self.output_zero_point
-        q = torch.round(y.float() * (1.0 / scale)) + (0 if zero_point is None else zero_point)
-        return q.clamp_(-128, 127).to(torch.int8)
+        return quant.quantize(y, self.output_scale, self._zero(self.output_zero_point), reference.INT8_AFFINE)
 
     def _apply(self, fn, recurse=True):
         """.to(device) / .cuda() / .cpu() move the buffers; a float cast (.half(), .to(dtype)) leaves them as they
@@ -146,10 +144,11 @@ class Int8Add(NormalTensors, Add):
             kept = self.__dict__["_kept"] = stamp, cpu_add.scalars(*operands) if a.device.type == "cpu" else None
         return kept[1]
 
-    @staticmethod
-    def _real(q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None) -> torch.Tensor:
-        y = q.float()  # float32 holds every int8 code, and their difference with a zero point, exactly
-        return (y if zero_point is None else y - zero_point) * scale
+    def _real(self, q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None) -> torch.Tensor:
+        return quant.dequantize(q, scale, self._zero(zero_point), reference.INT8_AFFINE)
+
+    def _zero(self, zero_point: torch.Tensor | None) -> torch.Tensor:
+        return self.a_scale.new_zeros(1, dtype=torch.int32) if zero_point is None else zero_point
 
     def extra_repr(self) -> str:
         def q(scale, zero_point):
