@@ -1,5 +1,7 @@
-"""int8_conv2d on the CPU: small convolutions as one int8 GEMM over their patches (_conv_as_gemm, bit-exact with the
-reference), others through oneDNN's int8 convolution (torch.ops.onednn.qconv2d_pointwise) on the prepacked weight.
+"""int8_conv2d on the CPU: a first layer's few taps directly (_conv_direct, native.cpp's conv_direct: per output pixel,
+its taps times the weight), small convolutions as one int8 GEMM over their patches (_conv_as_gemm), both bit-exact
+with the reference; others through oneDNN's int8 convolution (torch.ops.onednn.qconv2d_pointwise) on the prepacked
+weight.
 
 The epilogue runs inside oneDNN when it can express it — one scale per tensor for x, per-channel weight scales, a
 finite bias, none / relu / relu6, float32 or requantized int8 output — so the output is written once. oneDNN orders
@@ -90,6 +92,38 @@ def _conv_as_gemm(x, w, oh, ow, stride, padding, dilation, a_zero_point, b_sum, 
     return y.reshape(N, oh, ow, K).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
 
 
+def _direct_route(cpp, pixels: int, taps: int, channels: int) -> bool:
+    """Whether a convolution (groups 1) of `pixels` outputs, `taps` = C·R·S, runs native.cpp's conv_direct (its
+    direct_route: few taps and little work, where it beats both the GEMM route and oneDNN); the Plans of eager
+    modules ask the same rule in C++."""
+    return cpp.direct_route(pixels, taps, channels)
+
+
+def _conv_direct(cpp, x, w, oh, ow, stride, padding, dilation, a_zero_point, b_sum, epilogue) -> torch.Tensor:
+    """int8_conv2d (groups 1, few taps: native.cpp's direct_route) through native.cpp's conv_direct: each output
+    pixel's taps times the weight as floats (exact integers), then the GEMM epilogue; bit-exact with the reference."""
+    N, K = x.shape[0], w.shape[0]
+    table = packed(w, ("direct",), lambda: cpp.direct_weight(w))
+    a_scale, b_scale, bias = (epilogue[k] for k in ("a_scale", "b_scale", "bias"))
+    activation, out_dtype = epilogue["activation"], epilogue["out_dtype"]
+    requant = out_dtype == torch.int8
+    zp = 0 if a_zero_point is None else int(a_zero_point.item())
+    if a_zero_point is not None and b_sum is None:
+        b_sum = w.sum(dim=(1, 2, 3), dtype=torch.int32)
+    absent = gemm.ABSENT
+    y = cpp.conv_direct(x, table, K, *w.shape[2:], *stride, *padding, *dilation, zp,
+                        absent if a_scale is None else a_scale.reshape(-1), absent if b_scale is None else b_scale,
+                        absent if bias is None else bias.float(), absent if a_zero_point is None else a_zero_point,
+                        absent if b_sum is None else b_sum, gemm.NATIVE_ACTIVATIONS.get(activation, 0),
+                        epilogue["out_scale"].item() if requant else -1.0,
+                        int(epilogue["out_zero_point"].item()) if requant and epilogue["out_zero_point"] is not None
+                        else 0)
+    if activation == "gelu":
+        y = reference.activation(y, "gelu")
+    y = y if out_dtype in (torch.float32, torch.int8) else y.to(out_dtype)
+    return y.reshape(N, oh, ow, K).permute(0, 3, 1, 2)
+
+
 def int8_conv2d(x: torch.Tensor, w: torch.Tensor, *, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1,
                 a_scale=None, b_scale=None, bias=None, a_zero_point=None, b_sum=None, activation="none",
                 out_dtype=torch.int32, out_scale=None, out_zero_point=None) -> torch.Tensor:
@@ -108,7 +142,12 @@ def int8_conv2d(x: torch.Tensor, w: torch.Tensor, *, stride=(1, 1), padding=(0, 
                                      a_zero_point=a_zero_point, b_sum=b_sum, **epilogue)
     K = w.shape[0]
     oh, ow = _output_hw(x, w, stride, padding, dilation)
-    if groups == 1 and x.shape[0] * oh * ow <= _GEMM_MAX_PIXELS:
+    pixels, taps = x.shape[0] * oh * ow, w[0].numel()
+    cpp = native.load()
+    if (groups == 1 and cpp is not None and out_dtype != torch.int32 and gemm.native_finishes(activation, out_dtype)
+            and _direct_route(cpp, pixels, taps, K)):
+        return _conv_direct(cpp, x, w, oh, ow, stride, padding, dilation, a_zero_point, b_sum, epilogue)
+    if groups == 1 and pixels <= _GEMM_MAX_PIXELS:
         return _conv_as_gemm(x, w, oh, ow, stride, padding, dilation, a_zero_point, b_sum, epilogue)
     # packed for this input shape: oneDNN then picks the weight layout for it (ConvNet conv2 at batch 1:
     # 0.057 ms vs 0.078 ms packed without a shape; batch 256: 8.7 vs 9.3 ms; CI machine, 2026-11-25)

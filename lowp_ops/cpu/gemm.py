@@ -53,18 +53,21 @@ def _qlinear_acc(a: torch.Tensor, b: torch.Tensor, zero_point: int) -> torch.Ten
                                               torch.float32, "none", [], "")
 
 
-_NATIVE_ACTIVATIONS = {"none": 0, "relu": 1, "relu6": 2}  # native.cpp's epilogue codes
-_ABSENT = torch.empty(0)
+NATIVE_ACTIVATIONS = {"none": 0, "relu": 1, "relu6": 2}  # native.cpp's epilogue codes
+ABSENT = torch.empty(0)  # an absent tensor argument of native.cpp's functions
+
+
+def native_finishes(activation: str, out_dtype: torch.dtype) -> bool:
+    """Whether native.cpp's epilogue (with gelu applied after it, to a float output) finishes this output."""
+    return activation in NATIVE_ACTIVATIONS or (activation == "gelu" and out_dtype != torch.int8)
 
 
 def _cpp_for(acc: torch.Tensor, activation: str, out_dtype: torch.dtype):
     """native.cpp's module where it finishes this epilogue: relu-type activations to any output, gelu (torch's, after
     the C++ pass) to a float one; none for the raw int32 accumulator or a traced call."""
-    if out_dtype == torch.int32 or traced(acc):
+    if out_dtype == torch.int32 or traced(acc) or not native_finishes(activation, out_dtype):
         return None
-    if activation in _NATIVE_ACTIVATIONS or (activation == "gelu" and out_dtype != torch.int8):
-        return native.load()
-    return None
+    return native.load()
 
 
 def fused_epilogue(acc: torch.Tensor, *, out_dtype, a_scale=None, b_scale=None, bias=None, a_zero_point=None,
@@ -81,9 +84,9 @@ def fused_epilogue(acc: torch.Tensor, *, out_dtype, a_scale=None, b_scale=None, 
                                        a_zero_point=a_zero_point, b_sum=b_sum, activation_name=activation_name,
                                        out_scale=out_scale, out_zero_point=out_zero_point)
     requant = out_dtype == torch.int8
-    y = cpp.gemm_epilogue(acc, _ABSENT if a_scale is None else a_scale, _ABSENT if b_scale is None else b_scale,
-                          _ABSENT if bias is None else bias.float(), _ABSENT if a_zero_point is None else a_zero_point,
-                          _ABSENT if b_sum is None else b_sum, _NATIVE_ACTIVATIONS.get(activation_name, 0),
+    y = cpp.gemm_epilogue(acc, ABSENT if a_scale is None else a_scale, ABSENT if b_scale is None else b_scale,
+                          ABSENT if bias is None else bias.float(), ABSENT if a_zero_point is None else a_zero_point,
+                          ABSENT if b_sum is None else b_sum, NATIVE_ACTIVATIONS.get(activation_name, 0),
                           out_scale.item() if requant else -1.0,
                           int(out_zero_point.item()) if requant and out_zero_point is not None else 0)
     if y.numel() != acc.numel():  # inexact float accumulator

@@ -48,8 +48,29 @@ inline void map(const float* src, float* dst, int64_t n, F f) {
 // clamp(round_half_even(v) + zero_point, qmin, qmax) with NaN -> zero_point and ±inf saturating, as
 // lowp_ops.cpu.quantize._round_clamp (nan_to_num, round, add, clamp); the result holds integers
 inline Vec encode(Vec v, float zero_point, float qmin, float qmax) {
+#ifdef CPU_CAPABILITY_AVX512  // the same steps on mask registers (ATen's blendv goes through a vector mask)
+  __m512 x = v;
+  x = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), x, _mm512_setzero_ps());
+  x = _mm512_add_ps(_mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), _mm512_set1_ps(zero_point));
+  return _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(qmin)), _mm512_set1_ps(qmax));
+#else
   v = Vec::blendv(v, Vec(0.0f), v.isnan());
   return at::vec::clamp(v.round() + Vec(zero_point), Vec(qmin), Vec(qmax));
+#endif
+}
+
+// count (<= kW) integral floats of v in [-128, 127] -> int8 at dst
+inline void store_int8(Vec v, int8_t* dst, int64_t count) {
+// AVX-512: convert and pack in registers (the compiler's narrowing loop shuffled bytes: ~20 % of an epilogue)
+#ifdef CPU_CAPABILITY_AVX512
+  const __m128i q = _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(v));
+  count == kW ? _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), q)
+              : _mm_mask_storeu_epi8(dst, static_cast<__mmask16>((1u << count) - 1), q);
+#else
+  float lanes[kW];
+  v.store(lanes);
+  for (int64_t i = 0; i < count; ++i) dst[i] = static_cast<int8_t>(static_cast<int32_t>(lanes[i]));
+#endif
 }
 
 // integral floats in [-128, 127] -> int8 (a loop the compiler vectorizes)
@@ -136,6 +157,70 @@ struct Epilogue {
   float out_zp = 0.0f;
 };
 
+// One row of the epilogue after the accumulator: the same float32 operations in the reference's order, a vector of
+// columns at a time. A row is int32 (exact), or float32 holding integers (oneDNN's int8 matmul with unit scales,
+// zero point already subtracted; `largest` then collects |acc| for the caller's 2^24 check).
+class EpilogueRow {
+ public:
+  EpilogueRow(const Epilogue& e, int64_t N) : e_(e), N_(N), requant_(e.out_scale > 0),
+      inv_(requant_ ? 1.0f / e.out_scale : 0.0f) {
+    if (e.a_zp && e.zp_step == 0) {  // one zero point: its products with the column sums, once
+      zp_sums_.resize(N);
+      for (int64_t n = 0; n < N; ++n) zp_sums_[n] = e.a_zp[0] * e.b_sum[n];
+    }
+  }
+
+  // row m of acc (int32 row, or float32 row_f) -> out_f (float32) or out_q (int8), with the row's a_scale and
+  // zero point (Epilogue's pointers and steps)
+  void operator()(int64_t m, const int32_t* row, const float* row_f, float* out_f, int8_t* out_q) {
+    const IVec row_zp(e_.a_zp ? e_.a_zp[m * e_.zp_step] : 0);
+    const Vec row_scale(e_.a_scale ? e_.a_scale[m * e_.a_step] : 1.0f);
+    const int32_t* zp_sums = zp_sums_.empty() ? nullptr : zp_sums_.data();
+    const Vec zero(0.0f), six(6.0f), inv(inv_);
+    auto step = [&](int64_t n, int64_t count) {
+      const bool full = count == kW;
+      Vec y;
+      if (row) {
+        IVec a = full ? IVec::loadu(row + n) : IVec::loadu(row + n, count);
+        if (zp_sums) {
+          a = a - (full ? IVec::loadu(zp_sums + n) : IVec::loadu(zp_sums + n, count));
+        } else if (e_.a_zp) {
+          a = a - row_zp * (full ? IVec::loadu(e_.b_sum + n) : IVec::loadu(e_.b_sum + n, count));
+        }
+        y = at::vec::convert_to_fp_of_same_size<float>(a);
+      } else {
+        y = full ? Vec::loadu(row_f + n) : Vec::loadu(row_f + n, count);
+        largest = at::vec::maximum(largest, y.abs());
+      }
+      if (e_.a_scale) y = y * row_scale;
+      if (e_.b_scale) {
+        y = y * (e_.b_step == 0 ? Vec(e_.b_scale[0]) : full ? Vec::loadu(e_.b_scale + n)
+                                                            : Vec::loadu(e_.b_scale + n, count));
+      }
+      if (e_.bias) y = y + (full ? Vec::loadu(e_.bias + n) : Vec::loadu(e_.bias + n, count));
+      if (e_.activation == 1) y = Vec::blendv(y, zero, y < zero);  // NaN stays NaN, -0 stays -0, as torch.relu
+      if (e_.activation == 2) y = Vec::blendv(Vec::blendv(y, zero, y < zero), six, y > six);  // clamp(y, 0, 6)
+      if (requant_) {
+        store_int8(encode(y * inv, e_.out_zp, -128.0f, 127.0f), out_q + n, count);
+      } else {
+        full ? y.store(out_f + n) : y.store(out_f + n, count);
+      }
+    };
+    int64_t n = 0;
+    for (; n + kW <= N_; n += kW) step(n, kW);
+    if (n < N_) step(n, N_ - n);
+  }
+
+  Vec largest{0.0f};  // of |float acc| over the rows seen
+
+ private:
+  const Epilogue& e_;
+  int64_t N_;
+  bool requant_;
+  float inv_;
+  std::vector<int32_t> zp_sums_;  // a_zp · b_sum for a per-tensor zero point (int32 arithmetic, as the reference's)
+};
+
 // acc (M, N) int32 -> y float32 (M, N), or int8 requantized (reference.gemm_epilogue's order of float32 operations).
 // acc may also be float32 holding integers (oneDNN's int8 matmul with unit scales, zero point already subtracted):
 // it is then checked on the way, and an empty tensor comes back if a value reaches 2^24, beyond which float32
@@ -150,51 +235,17 @@ at::Tensor run_epilogue(const at::Tensor& acc, const Epilogue& e) {
   auto y = at::empty({M, N}, acc.options().dtype(requant ? at::kChar : at::kFloat));
   const int32_t* ap = exact ? acc.data_ptr<int32_t>() : nullptr;
   const float* af = exact ? nullptr : acc.data_ptr<float>();
-  std::atomic<bool> inexact{false};
-  const float *as = e.a_scale, *bs = e.b_scale, *bp = e.bias;
-  const int32_t *zp = e.a_zp, *sum = e.b_sum;
-  const int64_t activation = e.activation;
   int8_t* yq = requant ? y.data_ptr<int8_t>() : nullptr;
   float* yf = requant ? nullptr : y.data_ptr<float>();
-  const float inv_out = requant ? 1.0f / e.out_scale : 0.0f;
-  const float out_zp = e.out_zp;
+  std::atomic<bool> inexact{false};
   at::parallel_for(0, M, std::max<int64_t>(1, kGrain / std::max<int64_t>(N, 1)), [&](int64_t begin, int64_t end) {
-    std::vector<float> buffer(requant ? N : 0);
-    const Vec zero(0.0f), six(6.0f), inv(inv_out);
-    Vec largest(0.0f);  // of |float acc|
+    EpilogueRow finish(e, N);
     for (int64_t m = begin; m < end; ++m) {
-      const int32_t* row = exact ? ap + m * N : nullptr;
-      const float* row_f = exact ? nullptr : af + m * N;
-      const IVec row_zp(zp ? zp[m * e.zp_step] : 0);
-      const Vec row_scale(as ? as[m * e.a_step] : 1.0f);
-      float* v = requant ? buffer.data() : yf + m * N;
-      // one pass: each vector of the row through every step, in the reference's order
-      auto step = [&](int64_t n, int64_t count) {
-        const bool full = count == kW;
-        Vec y;
-        if (exact) {
-          IVec a = full ? IVec::loadu(row + n) : IVec::loadu(row + n, count);
-          if (zp) a = a - row_zp * (full ? IVec::loadu(sum + n) : IVec::loadu(sum + n, count));
-          y = at::vec::convert_to_fp_of_same_size<float>(a);
-        } else {
-          y = full ? Vec::loadu(row_f + n) : Vec::loadu(row_f + n, count);
-          largest = at::vec::maximum(largest, y.abs());
-        }
-        if (as) y = y * row_scale;
-        if (bs) y = y * (e.b_step == 0 ? Vec(bs[0]) : full ? Vec::loadu(bs + n) : Vec::loadu(bs + n, count));
-        if (bp) y = y + (full ? Vec::loadu(bp + n) : Vec::loadu(bp + n, count));
-        if (activation == 1) y = Vec::blendv(y, zero, y < zero);  // NaN stays NaN, -0 stays -0, as torch.relu
-        if (activation == 2) y = Vec::blendv(Vec::blendv(y, zero, y < zero), six, y > six);  // torch.clamp(y, 0, 6)
-        if (requant) y = encode(y * inv, out_zp, -128.0f, 127.0f);
-        full ? y.store(v + n) : y.store(v + n, count);
-      };
-      int64_t n = 0;
-      for (; n + kW <= N; n += kW) step(n, kW);
-      if (n < N) step(n, N - n);
-      if (requant) narrow(v, yq + m * N, N);
+      finish(m, exact ? ap + m * N : nullptr, exact ? nullptr : af + m * N, requant ? nullptr : yf + m * N,
+             requant ? yq + m * N : nullptr);
     }
     float lanes[kW];
-    largest.store(lanes);
+    finish.largest.store(lanes);
     for (int64_t i = 0; i < kW; ++i) {
       if (!(lanes[i] < 16777216.0f)) inexact = true;  // 2^24
     }
@@ -240,11 +291,12 @@ at::Tensor add_int8(const at::Tensor& a, const at::Tensor& b, double a_scale, in
   return y;
 }
 
-// gemm_epilogue from Python (lowp_ops.cpu.gemm.fused_epilogue): a_scale / a_zp: M values or one; b_scale: N or one;
-// bias, b_sum: N values; empty tensors for absent ones; out_scale > 0 requantizes.
-at::Tensor gemm_epilogue(const at::Tensor& acc, const at::Tensor& a_scale, const at::Tensor& b_scale,
-                         const at::Tensor& bias, const at::Tensor& a_zp, const at::Tensor& b_sum, int64_t activation,
-                         double out_scale, int64_t out_zero_point) {
+// The epilogue's operands from Python's tensors: a_scale / a_zp one value, or one per row (per image, for
+// conv_direct); b_scale: one, or one per column; bias, b_sum: one per column; empty tensors for absent ones;
+// out_scale > 0 requantizes.
+Epilogue epilogue_of(const at::Tensor& a_scale, const at::Tensor& b_scale, const at::Tensor& bias,
+                     const at::Tensor& a_zp, const at::Tensor& b_sum, int64_t activation, double out_scale,
+                     int64_t out_zero_point) {
   Epilogue e;
   e.a_scale = a_scale.numel() ? a_scale.data_ptr<float>() : nullptr;
   e.a_step = a_scale.numel() == 1 ? 0 : 1;
@@ -257,7 +309,14 @@ at::Tensor gemm_epilogue(const at::Tensor& acc, const at::Tensor& a_scale, const
   e.activation = activation;
   e.out_scale = static_cast<float>(out_scale);
   e.out_zp = static_cast<float>(out_zero_point);
-  return run_epilogue(acc, e);
+  return e;
+}
+
+// gemm_epilogue from Python (lowp_ops.cpu.gemm.fused_epilogue): acc (M, N), the epilogue's tensors as epilogue_of's
+at::Tensor gemm_epilogue(const at::Tensor& acc, const at::Tensor& a_scale, const at::Tensor& b_scale,
+                         const at::Tensor& bias, const at::Tensor& a_zp, const at::Tensor& b_sum, int64_t activation,
+                         double out_scale, int64_t out_zero_point) {
+  return run_epilogue(acc, epilogue_of(a_scale, b_scale, bias, a_zp, b_sum, activation, out_scale, out_zero_point));
 }
 
 // x (N, C, H, W) int8 channels_last -> its patches (N·OH·OW, R·S·C) int8, rows in (n, oh, ow) order, columns in
@@ -312,6 +371,162 @@ at::Tensor im2col(const at::Tensor& x, int64_t R, int64_t S, int64_t sh, int64_t
   return out;
 }
 
+
+// A convolution with few taps per output (R·S·C <= kDirectMaxTaps: a network's first layer on 1 or 3 channels) run
+// directly: per output pixel, its taps as floats times a (taps, K) float32 weight table, a vector of output channels
+// at a time, then the GEMM epilogue on the row, with no im2col and no GEMM call: at small sizes it costs a fraction
+// of those routes' fixed costs (below). Past them the int8 dot products of oneDNN win (an FMA does a quarter of
+// their work): ConvNet's conv1 at batch 256 takes 2.6 ms here, 1.3 in oneDNN. Exact: every product and partial sum
+// is an integer of magnitude < 2^24 (taps · 128 · 128), which float32 holds, so the sum is torch._int_mm's int32 one;
+// the epilogue then runs on it as on any accumulator (EpilogueRow), bit-exact with the reference.
+constexpr int64_t kDirectMaxTaps = 64;
+// ... and the pixels · taps · K up to which it beats the other routes (per pixel it spends taps · K / kW FMAs where
+// an int8 dot product does four times the work; below this oneDNN's and _int_mm's fixed costs lose). us on the CI
+// machine (2 threads, 2026-12-06), direct / im2col + _int_mm (Python route, ~8 us of it Python) / oneDNN, int8 out:
+//   (1, 1, 28, 28) -> 32, 3x3: 21 / 47 / 110;  (8, 1, 28, 28) -> 32: 80 / 111 / 144
+//   (1, 3, 28, 28) -> 64, 3x3: 30 / 53 / 114;  (1, 3, 64, 64) -> 64: 134 / 124 / 147;  (1, 7, 28, 28) -> 64: 52 / 49
+//   (256, 1, 28, 28) -> 32 (ConvNet conv1 at batch 256): 2550 / 3250 / 1330
+constexpr int64_t kDirectMaxWork = int64_t{1} << 22;
+
+// whether conv_direct is the route for a convolution (groups 1) of `pixels` outputs, `taps` = R·S·C, K channels
+inline bool direct_route(int64_t pixels, int64_t taps, int64_t K) {
+  return taps <= kDirectMaxTaps && pixels * taps * K <= kDirectMaxWork;
+}
+
+// w int8 (K, C, R, S), any layout -> the direct convolution's table, float32 (R·S·C, K rounded up to a vector):
+// row (r, s, c) holds w[:, c, r, s], zeros past K
+at::Tensor direct_weight(const at::Tensor& w) {
+  TORCH_CHECK(w.dim() == 4 && w.scalar_type() == at::kChar, "lowp native: w (K, C, R, S) int8");
+  const int64_t K = w.size(0), taps = w.size(1) * w.size(2) * w.size(3);
+  TORCH_CHECK(taps <= kDirectMaxTaps, "lowp native: direct convolution of at most ", kDirectMaxTaps, " taps");
+  const int64_t padded = (K + kW - 1) / kW * kW;
+  auto table = at::zeros({taps, padded}, w.options().dtype(at::kFloat));
+  table.narrow(1, 0, K).copy_(w.permute({2, 3, 1, 0}).reshape({taps, K}));
+  return table;
+}
+
+constexpr int64_t kDirectPixels = 8;
+
+// conv_direct's inner step: the sums of kDirectPixels pixels (their taps at base[p][offsets[p][t]]) for the one or
+// two vectors of channels at column k of the (taps, KP) table, as int32 into acc (kDirectPixels rows of KP);
+// uniform: every pixel's offsets are offsets[0]
+template <bool uniform>
+inline void sums(const float* const* base, const int64_t* const* offsets, const float* table, int64_t KP, int64_t k,
+                 int64_t taps, int32_t* acc) {
+  const bool pair = k + kW < KP;  // KP is a whole number of vectors: a pair, or the last one alone
+  Vec a[kDirectPixels][2];
+  for (int64_t p = 0; p < kDirectPixels; ++p) a[p][0] = a[p][1] = Vec(0.0f);
+  for (int64_t t = 0; t < taps; ++t) {
+    const Vec w0 = Vec::loadu(table + t * KP + k), w1 = pair ? Vec::loadu(table + t * KP + k + kW) : Vec(0.0f);
+    const int64_t shared = uniform ? offsets[0][t] : 0;
+    for (int64_t p = 0; p < kDirectPixels; ++p) {
+      const Vec tap(base[p][uniform ? shared : offsets[p][t]]);
+      a[p][0] = at::vec::fmadd(tap, w0, a[p][0]);
+      a[p][1] = at::vec::fmadd(tap, w1, a[p][1]);
+    }
+  }
+  for (int64_t p = 0; p < kDirectPixels; ++p) {
+    at::vec::convert_to_int_of_same_size(a[p][0]).store(acc + p * KP + k);
+    if (pair) at::vec::convert_to_int_of_same_size(a[p][1]).store(acc + p * KP + k + kW);
+  }
+}
+
+// x (N, C, H, W) int8 channels_last, table = direct_weight(w) -> the convolution's accumulator through the epilogue
+// e (its a_scale: one, or one per image; its a_zp: one): (N·OH·OW, K) float32 or int8 (out_scale > 0), rows in
+// (n, oh, ow) order, i.e. the NHWC output. Out-of-bounds taps read pad_value (x's zero point, which the epilogue's
+// a_zp · b_sum term cancels), as im2col pads.
+at::Tensor conv_direct(const at::Tensor& x, const at::Tensor& table, int64_t K, int64_t R, int64_t S, int64_t sh,
+                       int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw, int64_t pad_value,
+                       const Epilogue& e) {
+  TORCH_CHECK(x.dim() == 4 && x.scalar_type() == at::kChar && x.is_contiguous(at::MemoryFormat::ChannelsLast),
+              "lowp native: x (N, C, H, W) int8 channels_last");
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), taps = R * S * C;
+  TORCH_CHECK(table.scalar_type() == at::kFloat && table.is_contiguous() && table.dim() == 2 &&
+                  table.size(0) == taps && table.size(1) % kW == 0 && table.size(1) >= K,
+              "lowp native: the table of direct_weight(w)");
+  const int64_t OH = (H + 2 * ph - dh * (R - 1) - 1) / sh + 1, OW = (W + 2 * pw - dw * (S - 1) - 1) / sw + 1;
+  const int64_t P = OH * OW, KP = table.size(1);
+  const bool requant = e.out_scale > 0;
+  auto y = at::empty({N * P, K}, x.options().dtype(requant ? at::kChar : at::kFloat));
+  const int8_t* xp = x.data_ptr<int8_t>();
+  const float* wp = table.data_ptr<float>();
+  int8_t* yq = requant ? y.data_ptr<int8_t>() : nullptr;
+  float* yf = requant ? nullptr : y.data_ptr<float>();
+  // x's codes as floats once (NHWC, like x), each tap then one broadcast load: ih0, iw0 the window's corner, an
+  // inside window's tap t at ((ih0·W + iw0)·C + inside[t]); a window over the border has its taps copied (pad_value
+  // where out of bounds) to a scratch row, read at t
+  const at::Tensor xf = x.to(at::kFloat);
+  const float* xv = xf.data_ptr<float>();
+  std::vector<int64_t> inside(taps), identity(taps), nowhere(taps, 0);
+  for (int64_t r = 0, t = 0; r < R; ++r) {
+    for (int64_t s = 0; s < S; ++s) {
+      for (int64_t c = 0; c < C; ++c, ++t) inside[t] = (r * dh * W + s * dw) * C + c, identity[t] = t;
+    }
+  }
+  // kDirectPixels pixels x 2 vectors of channels per step (sums): 2·kDirectPixels independent sums in registers
+  // (one pixel's two would wait on the FMA latency every tap), each weight vector loaded once for the pixels
+  // ~2^17 multiply-adds a task: ConvNet conv1 at batch 1 (676 pixels) on both threads, 21 -> 16-19 us a call
+  const int64_t grain = std::max<int64_t>(kDirectPixels, (kGrain << 2) / std::max<int64_t>(taps * K, 1));
+  at::parallel_for(0, N * P, grain, [&](int64_t begin, int64_t end) {
+    EpilogueRow finish(e, K);
+    std::vector<float> scratch(kDirectPixels * taps);
+    std::vector<int32_t> acc(kDirectPixels * KP);
+    const float zero_row[1] = {0.0f};
+    int64_t n = begin / P, oh = begin % P / OW, ow = begin % OW;  // the next pixel, stepped along
+    for (int64_t px0 = begin; px0 < end; px0 += kDirectPixels) {
+      const int64_t count = std::min(kDirectPixels, end - px0);
+      int64_t images[kDirectPixels];
+      const float* base[kDirectPixels];
+      const int64_t* offsets[kDirectPixels];
+      for (int64_t p = 0; p < kDirectPixels; ++p) {
+        if (p >= count) {  // a short last tile: its missing pixels read zeros
+          base[p] = zero_row, offsets[p] = nowhere.data();
+          continue;
+        }
+        const int64_t ih0 = oh * sh - ph, iw0 = ow * sw - pw;
+        images[p] = n;
+        if (ih0 >= 0 && ih0 + (R - 1) * dh < H && iw0 >= 0 && iw0 + (S - 1) * dw < W) {
+          base[p] = xv + ((n * H + ih0) * W + iw0) * C, offsets[p] = inside.data();
+        } else {
+          float* dst = scratch.data() + p * taps;
+          for (int64_t r = 0; r < R; ++r) {
+            const int64_t ih = ih0 + r * dh;
+            for (int64_t s = 0; s < S; ++s, dst += C) {
+              const int64_t iw = iw0 + s * dw;
+              const bool in = ih >= 0 && ih < H && iw >= 0 && iw < W;
+              for (int64_t c = 0; c < C; ++c) dst[c] = in ? xv[((n * H + ih) * W + iw) * C + c] : pad_value;
+            }
+          }
+          base[p] = scratch.data() + p * taps, offsets[p] = identity.data();
+        }
+        if (++ow == OW) ow = 0, oh = oh + 1 == OH ? (++n, 0) : oh + 1;
+      }
+      // a tile of inside windows reads every pixel's taps at the same offsets: one offset load per tap
+      const bool uniform = std::all_of(offsets, offsets + kDirectPixels, [&](auto o) { return o == inside.data(); });
+      for (int64_t k = 0; k < KP; k += 2 * kW) {
+        uniform ? sums<true>(base, offsets, wp, KP, k, taps, acc.data()) : sums<false>(base, offsets, wp, KP, k,
+                                                                                      taps, acc.data());
+      }
+      for (int64_t p = 0; p < count; ++p) {
+        const int64_t px = px0 + p;
+        finish(images[p], acc.data() + p * KP, nullptr, requant ? nullptr : yf + px * K,
+               requant ? yq + px * K : nullptr);
+      }
+    }
+  });
+  return y;
+}
+
+// conv_direct from Python (lowp_ops/cpu/conv.py): the epilogue's tensors as epilogue_of's (a_scale one, or one per
+// image; a_zp one or none)
+at::Tensor conv_direct_py(const at::Tensor& x, const at::Tensor& table, int64_t K, int64_t R, int64_t S, int64_t sh,
+                          int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw, int64_t pad_value,
+                          const at::Tensor& a_scale, const at::Tensor& b_scale, const at::Tensor& bias,
+                          const at::Tensor& a_zp, const at::Tensor& b_sum, int64_t activation, double out_scale,
+                          int64_t out_zero_point) {
+  return conv_direct(x, table, K, R, S, sh, sw, ph, pw, dh, dw, pad_value,
+                     epilogue_of(a_scale, b_scale, bias, a_zp, b_sum, activation, out_scale, out_zero_point));
+}
 
 // the 8 x 8 bytes at src (row stride src_stride) transposed to dst (row stride dst_stride): each row one 64-bit
 // word (little-endian: byte j is column j), transposed in three swaps of 4x4, 2x2 and 1x1 blocks
@@ -410,7 +625,7 @@ at::Tensor max_pool2d(const at::Tensor& x, int64_t KH, int64_t KW, int64_t sh, i
 // Served: int8_linear (float32 x), int8_mm (int8 a) and int8_conv2d (float32 or int8 x, groups 1) with per-tensor
 // static or dynamic activation scales, none / relu / relu6, float32 or int8 output, on the routes that use
 // torch._int_mm (lowp_ops/cpu/gemm.py: M = 1 or N·K below its qlinear threshold; lowp_ops/cpu/conv.py: N·OH·OW <=
-// 2048 output pixels).
+// 2048 output pixels) or conv_direct (direct_route).
 
 enum class Op { kLinear = 0, kMm = 1, kConv = 2 };
 
@@ -571,12 +786,13 @@ class Plan {
   // The tensors the GEMM reads, from the weight (N, K) or (K, C, R, S) channels_last, its scales (N,) or (1,), the
   // bias (N,) and the weight's row sums (N,) (undefined: absent).
   struct Operands {
-    at::Tensor w_t, w_scale, bias, w_sum;
+    at::Tensor w_t, w_scale, bias, w_sum, table;  // table: conv_direct's, for a conv with few taps
   };
 
   Operands bind(const at::Tensor& weight, const at::Tensor& w_scale, const at::Tensor& bias,
                 const at::Tensor& w_sum) const {
-    return {transposed(weight), w_scale, bias, w_sum};
+    const bool few_taps = op_ == Op::kConv && K_ <= kDirectMaxTaps;
+    return {transposed(weight), w_scale, bias, w_sum, few_taps ? direct_weight(weight) : at::Tensor()};
   }
 
   // torch._int_mm's (K, N) operand, strides (1, K), over the weight's codes: (N, K) row-major, or a channels_last
@@ -631,12 +847,16 @@ class Plan {
   // the GEMM and its epilogue on q (rows, K) int8, with x's scale (one value: a_scale / zero point per tensor) or
   // the per-row scales of dynamic quantization
   at::Tensor gemm(const at::Tensor& q, const float* a_scale, int64_t a_step, const Operands& o) const {
+    return run_epilogue(at::_int_mm(q, o.w_t), epilogue(a_scale, a_step, o));
+  }
+
+  Epilogue epilogue(const float* a_scale, int64_t a_step, const Operands& o) const {
     Epilogue e = epilogue_;
     e.a_scale = a_scale, e.a_step = a_step;
     e.b_scale = o.w_scale.data_ptr<float>();
     e.bias = o.bias.defined() ? o.bias.data_ptr<float>() : nullptr;
     if (o.w_sum.defined()) e.b_sum = o.w_sum.data_ptr<int32_t>(), e.a_zp = &in_zp_, e.zp_step = 0;
-    return run_epilogue(at::_int_mm(q, o.w_t), e);
+    return e;
   }
 
   // int8_linear / int8_mm: x (..., K) float32 / int8, contiguous
@@ -667,7 +887,10 @@ class Plan {
     const int64_t B = x.size(0), H = x.size(2), W = x.size(3);
     const int64_t OH = (H + 2 * ph_ - dh_ * (R_ - 1) - 1) / sh_ + 1, OW = (W + 2 * pw_ - dw_ * (S_ - 1) - 1) / sw_ + 1;
     if (H + 2 * ph_ < dh_ * (R_ - 1) + 1 || W + 2 * pw_ < dw_ * (S_ - 1) + 1) return {};  // the op says why
-    if (B * OH * OW == 0 || B * OH * OW > kGemmMaxPixels || x.numel() == 0) return {};  // oneDNN's route, in Python
+    const bool direct = direct_route(B * OH * OW, K_, N_);
+    if (B * OH * OW == 0 || (B * OH * OW > kGemmMaxPixels && !direct) || x.numel() == 0) {
+      return {};  // oneDNN's route, in Python
+    }
     at::Tensor q;
     float scale = in_scale_;
     if (x.scalar_type() == at::kChar) {
@@ -684,8 +907,11 @@ class Plan {
       }
       q = quantize_per_tensor(x, scale, static_ ? in_zp_ : 0, true);
     }
-    const at::Tensor patches = im2col(q, R_, S_, sh_, sw_, ph_, pw_, dh_, dw_, static_ ? in_zp_ : 0);
-    return gemm(patches, &scale, 0, o).view({B, OH, OW, N_}).permute({0, 3, 1, 2});
+    const int64_t pad = static_ ? in_zp_ : 0;
+    const at::Tensor y = direct ? conv_direct(q, o.table, N_, R_, S_, sh_, sw_, ph_, pw_, dh_, dw_, pad,
+                                              epilogue(&scale, 0, o))
+                                : gemm(im2col(q, R_, S_, sh_, sw_, ph_, pw_, dh_, dw_, pad), &scale, 0, o);
+    return y.view({B, OH, OW, N_}).permute({0, 3, 1, 2});
   }
 
   Op op_ = Op::kLinear;
@@ -723,6 +949,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("quantize_per_tensor", &quantize_per_tensor);
   m.def("gemm_epilogue", &gemm_epilogue);
   m.def("im2col", &im2col);
+  m.def("direct_weight", &direct_weight);
+  m.def("conv_direct", &conv_direct_py);
+  m.def("direct_route", &direct_route, "direct_route(pixels, taps, K): whether conv_direct is the route");
+  m.attr("DIRECT_MAX_TAPS") = kDirectMaxTaps;
   m.def("max_pool2d", &max_pool2d);
   m.def("add_int8", &add_int8);
   py::class_<Plan>(m, "Plan")

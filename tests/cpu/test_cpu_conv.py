@@ -1,6 +1,7 @@
 """lowp_ops/cpu/conv.py against lowp_ops.reference, on the kernels' conv geometries, along both of its paths (every
-test runs twice): oneDNN's qconv2d, and the GEMM over patches it takes for small convolutions (bit-exact: torch's
-exact int32 product and the reference's epilogue, in C++).
+test runs three times): oneDNN's qconv2d, the GEMM over patches it takes for small convolutions (bit-exact: torch's
+exact int32 product and the reference's epilogue, in C++), and the direct convolution of a layer with few taps
+(bit-exact: exact float32 sums of integers, the same epilogue).
 
 Tolerances: int32 outputs bit-exact. Epilogues oneDNN cannot express (a scale per image, gelu) run the
 reference's float32 operations on oneDNN's exact accumulator: bit-exact. Fused epilogues run inside oneDNN in its
@@ -25,10 +26,14 @@ pytestmark = pytest.mark.skipif(support.missing() is not None, reason=f"no nativ
 CL = torch.channels_last
 
 
-@pytest.fixture(autouse=True, params=["onednn", "gemm"])
+@pytest.fixture(autouse=True, params=["onednn", "gemm", "direct"])
 def path(request, monkeypatch):
-    """Which path the convolutions below take: the bound on output pixels set to route every one of them."""
+    """Which path the convolutions below take: the routes' bounds set to route every one of them (direct: each with
+    few enough taps, the others through the GEMM)."""
     monkeypatch.setattr(cpu.conv, "_GEMM_MAX_PIXELS", -1 if request.param == "onednn" else 2**62)
+    direct = request.param == "direct"
+    monkeypatch.setattr(cpu.conv, "_direct_route", lambda cpp, pixels, taps, k: direct and
+                        taps <= cpp.DIRECT_MAX_TAPS)
     return request.param
 
 
@@ -64,7 +69,7 @@ def test_fused_epilogue(name, activation, out_dtype, path):
         kw.update(out_scale=(y.abs().amax() / 90).reshape(1), out_zero_point=torch.tensor([7], dtype=torch.int32))
     out, expected = cpu.int8_conv2d(x, w, **kw), reference.int8_conv2d(x, w, **kw)
     assert out.is_contiguous(memory_format=CL)
-    if path == "gemm" and kw["groups"] == 1:
+    if path != "onednn" and kw["groups"] == 1:
         assert_bitwise_equal(out, expected)
     else:
         assert_onednn_close(out, expected)

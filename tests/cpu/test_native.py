@@ -212,3 +212,38 @@ def test_im2col_through_the_gemm_conv(cpp, monkeypatch, C, H, W, R, S, stride, p
     assert_bitwise_equal(cpu.int8_conv2d(x, w, **kw), reference.int8_conv2d(x, w, **kw))
     raw = dict(stride=stride, padding=padding, dilation=dilation, groups=1)  # the int32 accumulator, padding 0
     assert_bitwise_equal(cpu.int8_conv2d(x, w, **raw), reference.int8_conv2d(x, w, **raw))
+
+
+@pytest.mark.parametrize(("N", "C", "H", "W", "K", "R", "S", "stride", "padding", "dilation"), [
+    (1, 1, 28, 28, 32, 3, 3, (1, 1), (0, 0), (1, 1)),    # ConvNet's conv1 at batch 1: two vectors of channels
+    (2, 3, 11, 9, 70, 3, 3, (2, 1), (1, 1), (1, 1)),     # RGB, K past four vectors with a tail, padding per tap
+    (3, 2, 9, 10, 5, 2, 3, (1, 2), (2, 0), (2, 1)),      # dilated, strided, rectangular, K under a vector
+    (1, 7, 6, 6, 17, 3, 3, (1, 1), (1, 1), (1, 1)),      # 63 taps, a vector and one channel
+    (16, 1, 28, 28, 8, 3, 3, (1, 1), (1, 1), (1, 1)),    # 12544 pixels: threads' chunks and short tiles
+])
+@pytest.mark.parametrize("per_image", [False, True])
+def test_conv_direct_through_the_conv(cpp, monkeypatch, per_image, N, C, H, W, K, R, S, stride, padding, dilation):
+    """native.cpp's conv_direct (the tile of pixels inside x, the scratch rows at its borders, the channel vectors
+    and their tail) under cpu/conv.py's direct route, bit-exact with the reference convolution for float32 and int8
+    outputs, the zero point reading as padding."""
+    monkeypatch.setattr(cpu.conv, "_direct_route", lambda cpp, pixels, taps, k: True)
+    x = torch.randint(-128, 128, (N, C, H, W), dtype=torch.int8).contiguous(memory_format=torch.channels_last)
+    w = torch.randint(-128, 128, (K, C, R, S), dtype=torch.int8).contiguous(memory_format=torch.channels_last)
+    kw = dict(stride=stride, padding=padding, dilation=dilation, groups=1, a_zero_point=torch.tensor([-7],
+              dtype=torch.int32), b_sum=w.sum(dim=(1, 2, 3), dtype=torch.int32),
+              a_scale=torch.rand(N if per_image else 1) * 0.05 + 0.01, b_scale=torch.rand(K) * 1e-2,
+              bias=torch.randn(K), activation="relu6")
+    for out in (dict(out_dtype=torch.float32), dict(out_dtype=torch.int8, out_scale=torch.tensor([0.03]),
+                                                    out_zero_point=torch.tensor([5], dtype=torch.int32))):
+        y = cpu.int8_conv2d(x, w, **kw, **out)
+        assert y.is_contiguous(memory_format=torch.channels_last)
+        assert_bitwise_equal(y, reference.int8_conv2d(x, w, **kw, **out))
+
+
+def test_direct_route_takes_few_taps_and_little_work(cpp):
+    """The direct convolution serves a first layer's few taps at small sizes; oneDNN and the GEMM the rest (and
+    its exactness bound, taps · 128 · 128 < 2^24, holds for every convolution it may take)."""
+    assert cpp.direct_route(28 * 28, 9, 32)             # ConvNet conv1, batch 1
+    assert not cpp.direct_route(256 * 26 * 26, 9, 32)   # ... batch 256: oneDNN
+    assert not cpp.direct_route(26 * 26, 288, 64)       # conv2: too many taps
+    assert cpp.DIRECT_MAX_TAPS * 128 * 128 < 2**24

@@ -256,6 +256,15 @@ def test_conv_plan_is_the_op_and_the_reference(kw, what, shape, monkeypatch):
 
 
 @needs_native
+@pytest.mark.parametrize(("kw", "what"), PLANNED_CONVS, ids=[w for _, w in PLANNED_CONVS])
+def test_conv_plan_with_many_taps_is_the_op_and_the_reference(kw, what, monkeypatch):
+    """16 channels x 3x3 = 144 taps: the plan's im2col + _int_mm route (the convs above, 27 taps, run conv_direct)."""
+    torch.manual_seed(0)
+    layer = Int8Conv2d.from_float(nn.Conv2d(16, 6, 3, padding=1), **kw)
+    _served(layer, torch.randn(2, 16, 7, 9), monkeypatch)
+
+
+@needs_native
 def test_conv_plan_on_int8_input_and_dilation(monkeypatch):
     torch.manual_seed(0)
     layer = Int8Conv2d.from_float(nn.Conv2d(4, 6, 3, padding=2, dilation=2), **_INT8_OUT)
