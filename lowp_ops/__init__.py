@@ -47,6 +47,7 @@ from .registry import (
     quantize,
     quantize_dynamic,
     register,
+    sync_observers,
     to_fp16,
 )
 
@@ -55,4 +56,5 @@ __all__ = ["Fp8DynamicConfig", "Fp16Config", "Int8DynamicConfig", "Int8StaticCon
            "QATConfig", "calibrate", "convert", "cpu_backend", "fp8_linear", "fp8_mm", "fp16_linear", "fp16_mm",
            "fp16_mm_accumulate_", "int8_add", "int8_conv2d", "int8_linear", "int8_max_pool2d", "int8_mm", "nn",
            "prepare", "prepare_qat", "quant", "quantize", "quantize_channels_last", "quantize_dynamic",
-           "quantize_per_tensor", "quantize_per_token", "register", "to_fp16", "use_cpu_backend"]
+           "quantize_per_tensor", "quantize_per_token", "register", "sync_observers", "to_fp16",
+           "use_cpu_backend"]

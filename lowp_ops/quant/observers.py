@@ -97,7 +97,39 @@ class Observer(torch.nn.Module):
     def extra_repr(self) -> str:
         return f"spec={self.spec}"
 
+    @torch.no_grad()
+    def all_reduce(self, group=None) -> None:
+        """Make every rank of `group` (torch.distributed's default group when None) hold what all of them observed,
+        so that every rank computes the same qparams: the range is the ranks' widest (all-reduced min / max: the
+        range one process seeing every rank's batches would record), left-out batches are summed; subclasses
+        combine the rest (a histogram is summed, a moving average averaged). A rank that saw no data takes the
+        others'. A collective: every rank calls it on the same observers in the same order (sync_observers)."""
+        dist = torch.distributed
+        seen = self.min_val.numel() if self.has_data else 0
+        # [largest channel count, -smallest]: the ranks that saw data must agree on its shape
+        facts = torch.tensor([seen, -(seen or 2**62)], dtype=torch.int64, device=self.min_val.device)
+        dist.all_reduce(facts, op=dist.ReduceOp.MAX, group=group)
+        dist.all_reduce(self.nonfinite_batches, op=dist.ReduceOp.SUM, group=group)
+        most, fewest = int(facts[0]), -int(facts[1])
+        if most == 0:  # no rank saw finite data: calculate_qparams says so on every rank
+            return
+        if most != fewest:  # every rank sees the same numbers, so every rank raises (no rank left waiting)
+            raise ValueError(f"{type(self).__name__}.all_reduce: ranks observed {fewest} and {most} channels; every "
+                             f"rank must calibrate the same model")
+        shape = () if self.spec.granularity is Granularity.PER_TENSOR else (most,)
+        inf = torch.full(shape, torch.inf, device=self.min_val.device)
+        lo = self.min_val.float() if self.has_data else inf
+        hi = self.max_val.float() if self.has_data else -inf
+        self._reduce(lo, hi, group)
+
     # ----------------------------------------------------------------------------------------- for subclasses
+
+    def _reduce(self, lo: Tensor, hi: Tensor, group) -> None:
+        """all_reduce's step for this kind of observer, from this rank's range (±inf where it saw no data)."""
+        lo, hi = lo.clone(), hi.clone()
+        torch.distributed.all_reduce(lo, op=torch.distributed.ReduceOp.MIN, group=group)
+        torch.distributed.all_reduce(hi, op=torch.distributed.ReduceOp.MAX, group=group)
+        self._store_range(lo, hi)
 
     def _observe(self, x: Tensor) -> None:
         raise NotImplementedError(f"{type(self).__name__} must define _observe")
@@ -178,6 +210,14 @@ class MovingAverageMinMaxObserver(Observer):
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, momentum={self.momentum}"
 
+    def _reduce(self, lo: Tensor, hi: Tensor, group) -> None:
+        # the mean of the ranks' averages (ranks that saw data): an average has no exact all-ranks equivalent
+        dist = torch.distributed
+        seen = torch.isfinite(lo).float()
+        state = torch.stack([torch.where(seen > 0, lo, 0.0), torch.where(seen > 0, hi, 0.0), seen])
+        dist.all_reduce(state, op=dist.ReduceOp.SUM, group=group)
+        self._store_range(state[0] / state[2], state[1] / state[2])
+
 
 class HistogramObserver(Observer):
     """Histogram of every value seen, then the clipping range that minimizes the expected quantization MSE.
@@ -230,6 +270,21 @@ class HistogramObserver(Observer):
             hist[0] += x.numel()
         self.histogram.copy_(hist)
         self._store_range(lo, hi)
+
+    def _reduce(self, lo: Tensor, hi: Tensor, group) -> None:
+        # the widest range, then each rank's counts re-binned onto it and summed (approximate as any re-binning:
+        # the same on every rank, close to, not equal to, one process that saw every batch)
+        seen = self.has_data
+        old = (self.min_val.item(), self.max_val.item()) if seen else None
+        super()._reduce(lo, hi, group)
+        new_lo, new_hi = self.min_val.item(), self.max_val.item()
+        hist = self.histogram.float()
+        if not seen:
+            hist = torch.zeros_like(hist)
+        elif old != (new_lo, new_hi):
+            hist = self._rebin(hist, *old, new_lo, new_hi)
+        torch.distributed.all_reduce(hist, op=torch.distributed.ReduceOp.SUM, group=group)
+        self.histogram.copy_(hist)
 
     def _rebin(self, hist: Tensor, old_lo: float, old_hi: float, new_lo: float, new_hi: float) -> Tensor:
         """Counts over [old_lo, old_hi] -> counts over the wider [new_lo, new_hi], same number of bins.

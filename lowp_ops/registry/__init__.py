@@ -7,12 +7,12 @@
     fusion.py       applying an analysis: BatchNorm folded, relu fused, int8 handed on
     swap.py         the replacement in every slot, tied weights, SwapReport
     api.py          quantize and convert
-    calibration.py  calibrate
+    calibration.py  calibrate, sync_observers (the ranks' observers made to agree)
     workflows.py    quantize_dynamic (INT8, FP16 or FP8), prepare, prepare_qat, to_fp16
 """
 
 from .api import convert, quantize
-from .calibration import calibrate
+from .calibration import calibrate, sync_observers
 from .configs import (
            Fp8DynamicConfig,
            Fp16Config,
@@ -28,4 +28,4 @@ from .workflows import prepare, prepare_qat, quantize_dynamic, to_fp16
 
 __all__ = ["Fp8DynamicConfig", "Fp16Config", "Int8Config", "Int8DynamicConfig", "Int8StaticConfig", "LayerContext",
            "LowpConfig", "QATConfig", "SwapReport", "calibrate", "convert", "prepare", "prepare_qat", "quantize",
-           "quantize_dynamic", "register", "to_fp16"]
+           "quantize_dynamic", "register", "sync_observers", "to_fp16"]

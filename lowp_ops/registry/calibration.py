@@ -1,4 +1,5 @@
-"""calibrate: calibration batches through a prepared model, whatever form the batches take."""
+"""calibrate: calibration batches through a prepared model, whatever form the batches take; sync_observers: the
+observers of every rank made to agree."""
 
 from __future__ import annotations
 
@@ -7,10 +8,16 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import nn
 
+from ..quant.observers import Observer
 
-def calibrate(model: nn.Module, data: Iterable, *, max_batches: int | None = None, progress: bool = True) -> nn.Module:
+
+def calibrate(model: nn.Module, data: Iterable, *, max_batches: int | None = None, progress: bool = True,
+              process_group=None) -> nn.Module:
     """Run calibration batches through a prepared model in eval mode, without gradients; tensors go to the model's
-    device. `data` yields batches (a DataLoader works), each one of
+    device. Under torch.distributed (initialized, more than one rank in `process_group`, the default group when
+    None) each rank calibrates on its own batches and the observers are then reduced across the ranks
+    (sync_observers), so every rank converts to the same model; every rank must call calibrate.
+    `data` yields batches (a DataLoader works), each one of
         a tensor                               model(x)
         a dict of keyword arguments            model(**batch): {"input": x}, or a tokenizer's {"input_ids": ...,
                                                "attention_mask": ...}; non-tensor values pass as they are
@@ -48,6 +55,46 @@ def calibrate(model: nn.Module, data: Iterable, *, max_batches: int | None = Non
             if max_batches is not None and i >= max_batches:
                 break
             _run_batch(model, batch, device, i)
+    if _ranks(process_group) > 1:
+        sync_observers(model, process_group)
+    return model
+
+
+def _ranks(group) -> int:
+    """How many ranks `group` (the default group when None) has; 1 without an initialized torch.distributed."""
+    dist = torch.distributed
+    return dist.get_world_size(group) if dist.is_available() and dist.is_initialized() else 1
+
+
+def sync_observers(model: nn.Module, process_group=None) -> nn.Module:
+    """Reduce the statistics of every observer in model across the ranks of process_group (torch.distributed's
+    default group when None), so that each rank computes the same scales: min / max observers then hold the range
+    of all the ranks' batches (the qparams of one process that saw them all), histograms the counts of all of them
+    on the widest range, moving averages the ranks' mean (Observer.all_reduce). calibrate calls it under
+    torch.distributed; a QAT model's input observers keep a moving average per rank (DDP broadcasts rank 0's
+    buffers each step by default): call it on every rank before convert. A collective: every rank calls it, on the
+    same model. Returns the model.
+
+    >>> import torch, lowp_ops
+    >>> prepared = lowp_ops.prepare(torch.nn.Sequential(torch.nn.Linear(8, 4)))
+    >>> _ = lowp_ops.sync_observers(prepared)  # one process: nothing to reduce
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"sync_observers: model must be a torch.nn.Module, got {type(model).__name__}")
+    observers = [m for m in model.modules() if isinstance(m, Observer)]
+    if _ranks(process_group) <= 1:
+        return model
+    dist = torch.distributed
+    # every rank must hold the same observers: compare their count first, so that a mismatch raises on every rank
+    # instead of leaving some waiting in a collective
+    device = next(iter([*model.parameters(), *model.buffers()]), torch.empty(0)).device  # nccl reduces on the GPU
+    count = torch.tensor([len(observers), -len(observers)], dtype=torch.int64, device=device)
+    dist.all_reduce(count, op=dist.ReduceOp.MAX, group=process_group)
+    if int(count[0]) != -int(count[1]):
+        raise ValueError(f"sync_observers: the ranks hold {-int(count[1])} to {int(count[0])} observers; every rank "
+                         f"must call it on the same prepared model")
+    for observer in observers:
+        observer.all_reduce(process_group)
     return model
 
 
