@@ -8,6 +8,7 @@
     swap.py         the replacement in every slot, tied weights, SwapReport
     api.py          quantize and convert
     calibration.py  calibrate, sync_observers (the ranks' observers made to agree)
+    sharded.py      an FSDP2-sharded model gathered into an ordinary one, for convert
     workflows.py    quantize_dynamic (INT8, FP16 or FP8), prepare, prepare_qat, to_fp16
 """
 

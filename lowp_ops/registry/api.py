@@ -26,7 +26,7 @@ from torch.utils._pytree import tree_map
 
 from ..nn.add import Add, Int8Add
 from ..quant.observers import OBSERVERS
-from . import graph, rewrite, timing
+from . import graph, rewrite, sharded, timing
 from .configs import CONFIG_NAMES, Int8StaticConfig, LowpConfig
 from .fusion import apply_fusions, int8_outputs
 from .handlers import LayerContext, QParams, registered_types
@@ -138,6 +138,7 @@ def apply_config(caller: str, model: nn.Module, config: LowpConfig, *, filter_fn
     check_common(caller, model, filter_fn, inplace)
     overrides = check_overrides(caller, config, overrides)
     example = as_example(caller, example_inputs)
+    model, inplace = sharded.ordinary(caller, model, inplace)  # FSDP2: whole weights, the same on every rank
     if time_layers:
         def convert_with(float_too: dict, target: nn.Module, in_place: bool) -> nn.Module:
             return apply_config(caller, target, config, filter_fn=filter_fn,
@@ -302,6 +303,10 @@ def convert(model: nn.Module, mapping=None, inplace: bool = False, *, time_layer
     Refuses (ValueError) a layer whose observer saw NaN or inf; warns about a layer whose calibration inputs were a
     single value (all zero, a constant), whose scale would saturate every other input.
 
+    A model sharded by FSDP2 (fully_shard) converts on every rank (a collective: each rank calls convert): its
+    weights are gathered into an ordinary copy, its observers reduced across the ranks, and each rank gets the same
+    ordinary converted model; the sharded model trains on unchanged. inplace=True is refused for it.
+
     time_layers (static INT8): time each converted layer against its float original on this machine, on
     example_inputs (default: the first calibration call; give one at the batch size you will serve), and leave
     float every layer that is slower converted, with both times in lowp_report, unless the whole model runs faster
@@ -324,6 +329,7 @@ def convert(model: nn.Module, mapping=None, inplace: bool = False, *, time_layer
     if state is None:
         raise ValueError("convert: the model was not prepared; call lowp_ops.prepare(model) and "
                          "lowp_ops.calibrate(model, data), or lowp_ops.prepare_qat(model) and train, first")
+    model, inplace = sharded.ordinary("convert", model, inplace)  # FSDP2: whole weights, the same on every rank
     static = state.kind is Int8StaticConfig
     _check_observed(model, state.configs, static)
     slow, note = {}, []

@@ -1,7 +1,8 @@
-"""Calibration under torch.distributed: two CPU processes (gloo, a file rendezvous: no network) each calibrate a
-prepared model on their own batches, and every rank converts to the same int8 model — for min / max observers the
-model one process calibrated on all the batches gives. Backend-agnostic: the same code runs on NCCL ranks with a
-GPU each. Bounded in time (the ranks' collectives time out after 60 s, the test gives up after 180)."""
+"""lowp under torch.distributed, two CPU processes (gloo, a file rendezvous: no network): each rank calibrates a
+prepared model on its own batches, and every rank converts to the same int8 model — for min / max observers the
+model one process calibrated on all the batches gives; a QAT model trained under FSDP2's fully_shard converts on
+every rank to one ordinary model. Backend-agnostic: the same code runs on NCCL ranks with a GPU each. Bounded in
+time (the ranks' collectives time out after 60 s, each test gives up after 180)."""
 
 import time
 from datetime import timedelta
@@ -65,14 +66,19 @@ def _rank(rank: int, folder: str) -> None:
         dist.destroy_process_group()
 
 
-def test_ranks_calibrated_on_their_own_batches_convert_to_one_model(tmp_path):
-    context = mp.start_processes(_rank, args=(str(tmp_path),), nprocs=RANKS, join=False, start_method="spawn")
+def _spawn(fn, folder) -> None:
+    """fn(rank, folder) on RANKS processes, within 180 s."""
+    context = mp.start_processes(fn, args=(str(folder),), nprocs=RANKS, join=False, start_method="spawn")
     deadline = time.monotonic() + 180
     while not context.join(timeout=5):
         if time.monotonic() > deadline:
             for process in context.processes:
                 process.kill()
             pytest.fail("the ranks did not finish within 180 s")
+
+
+def test_ranks_calibrated_on_their_own_batches_convert_to_one_model(tmp_path):
+    _spawn(_rank, tmp_path)
     whole = _batches()
     for observer in (*OBSERVERS, "qat"):
         ranks = [torch.load(tmp_path / f"{observer}-{r}.pt") for r in range(RANKS)]
@@ -99,3 +105,62 @@ def test_one_process_sync_is_a_no_op():
         assert_bitwise_equal(value, before[key])
     with pytest.raises(TypeError, match="sync_observers: model"):
         lowp_ops.sync_observers("model")
+
+
+def _mlp():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 8))
+
+
+def _fsdp_rank(rank: int, folder: str) -> None:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.fsdp import fully_shard
+
+    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=RANKS,
+                            timeout=timedelta(seconds=60))
+    try:
+        torch.set_num_threads(1)
+        model = lowp_ops.prepare_qat(_mlp())
+        for layer in model:
+            if isinstance(layer, torch.nn.Linear):
+                fully_shard(layer)
+        fully_shard(model)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        torch.manual_seed(rank)  # each rank its own batches: its own input observers' averages
+
+        def step():
+            model(torch.randn(4, 16)).square().mean().backward()
+            optimizer.step()
+            optimizer.zero_grad()
+
+        step(), step()
+        with pytest.raises(ValueError, match="convert: a model sharded by FSDP .* cannot be converted in place"):
+            lowp_ops.convert(model, inplace=True)
+        converted = lowp_ops.convert(model)
+        # a float model trained sharded quantizes too (quantize_dynamic gathers it the same way)
+        float_model = _mlp()
+        fully_shard(float_model)
+        dynamic = lowp_ops.quantize_dynamic(float_model)
+        assert_bitwise_equal(dynamic[0].qweight, lowp_ops.quantize_dynamic(_mlp())[0].qweight)
+        assert not any(type(p).__name__ == "DTensor" for p in converted.state_dict().values())
+        # the way out before: the full state dict into a fresh prepare_qat model, its observers synced
+        fresh = lowp_ops.prepare_qat(_mlp())
+        fresh.load_state_dict(get_model_state_dict(model, options=StateDictOptions(full_state_dict=True)))
+        expected = lowp_ops.convert(lowp_ops.sync_observers(fresh))
+        torch.save({"converted": converted.state_dict(), "expected": expected.state_dict(),
+                    "out": converted(torch.ones(2, 16))}, f"{folder}/fsdp-{rank}.pt")
+        step()  # the sharded model trains on
+        assert type(model[0].weight).__name__ == "DTensor"
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_qat_model_under_fsdp2_converts_on_every_rank_to_one_ordinary_model(tmp_path):
+    pytest.importorskip("torch.distributed.fsdp", reason="FSDP2 (fully_shard) is not in this torch")
+    _spawn(_fsdp_rank, tmp_path)
+    ranks = [torch.load(tmp_path / f"fsdp-{r}.pt") for r in range(RANKS)]
+    for key, value in ranks[0]["converted"].items():
+        assert_bitwise_equal(value, ranks[0]["expected"][key])
+        assert_bitwise_equal(ranks[1]["converted"][key], value)
+    assert_bitwise_equal(ranks[1]["out"], ranks[0]["out"])
+
