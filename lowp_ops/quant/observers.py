@@ -39,11 +39,12 @@ from .spec import Granularity, QuantSpec
 class Observer(torch.nn.Module):
     """Base class: records the running min / max of what it sees (buffers min_val, max_val, float32).
 
-    Before the first non-empty finite batch min_val / max_val have shape (0,); the first one gives them the reduced
-    shape (() per tensor, (C,) per channel). nonfinite_batches () int64 counts the batches left out for holding NaN
-    or ±inf. State lives in buffers, so .to(device) moves it and state_dict carries it. Subclasses define _observe
-    (update the buffers from one finite float32 batch) and may override _clip_range (the range handed to
-    choose_qparams).
+    Per tensor, min_val / max_val have shape () from the start, +inf / -inf until the first non-empty finite batch
+    (a fresh observer's state has the shapes of a calibrated one's: torch.distributed.checkpoint loads into it). Per
+    channel they have shape (0,) until the first batch gives them (C,). nonfinite_batches () int64 counts the batches
+    left out for holding NaN or ±inf. State lives in buffers, so .to(device) moves it and state_dict carries it.
+    Subclasses define _observe (update the buffers from one finite float32 batch) and may override _clip_range (the
+    range handed to choose_qparams), and _reduce (all_reduce's step).
     """
 
     supported = (Granularity.PER_TENSOR, Granularity.PER_CHANNEL)
@@ -58,9 +59,11 @@ class Observer(torch.nn.Module):
                              f"use {names} (per_token / per_group parameters are computed from each tensor at "
                              f"run time, not calibrated)")
         self.spec = spec
-        self.register_buffer("min_val", torch.empty(0))
-        self.register_buffer("max_val", torch.empty(0))
+        per_tensor = spec.granularity is Granularity.PER_TENSOR
+        self.register_buffer("min_val", torch.tensor(torch.inf) if per_tensor else torch.empty(0))
+        self.register_buffer("max_val", torch.tensor(-torch.inf) if per_tensor else torch.empty(0))
         self.register_buffer("nonfinite_batches", torch.zeros((), dtype=torch.int64))
+        self._seen = False  # has_data, kept beside the buffers so that asking costs no read of them
 
     def forward(self, x: Tensor) -> Tensor:
         """Record statistics of x (any shape, any float dtype; read as float32, without grad); return x itself.
@@ -79,8 +82,8 @@ class Observer(torch.nn.Module):
 
     @property
     def has_data(self) -> bool:
-        """False until forward saw at least one non-empty batch of finite values."""
-        return self.min_val.numel() > 0
+        """False until forward saw at least one non-empty batch of finite values (or a state that had is loaded)."""
+        return self._seen
 
     @torch.no_grad()
     def calculate_qparams(self) -> tuple[Tensor, Tensor]:
@@ -154,6 +157,7 @@ class Observer(torch.nn.Module):
         # and dtype (float32 unless the module was cast, e.g. .to(torch.float64)).
         self.min_val = lo.to(self.min_val)
         self.max_val = hi.to(self.max_val)
+        self._seen = True
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # A fresh observer's min_val / max_val have shape (0,), a calibrated one's () or (C,): adopt the saved
@@ -167,6 +171,8 @@ class Observer(torch.nn.Module):
             if saved.numel() == 0 or saved.ndim == (1 if self.spec.granularity is Granularity.PER_CHANNEL else 0):
                 self._buffers[name] = self._buffers[name].new_empty(saved.shape)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        # a state without data: (0,) (per channel, or saved before per-tensor states had their shape) or ±inf
+        self._seen = self.min_val.numel() > 0 and bool(torch.isfinite(self.min_val).all())
 
 
 class MinMaxObserver(Observer):

@@ -354,3 +354,21 @@ def test_forward_returns_its_input_and_keeps_no_graph(name):
     with torch.no_grad():
         z = x * 3
         assert fresh(z) is z and fresh.has_data  # records under no_grad as well
+
+
+@pytest.mark.parametrize("name", ["minmax", "moving_average", "mse"])
+def test_a_fresh_per_tensor_state_has_the_calibrated_shapes(name):
+    """torch.distributed.checkpoint loads a checkpoint into the tensors of a fresh model's state_dict, in place:
+    a per-tensor observer's min_val / max_val are () from the start (+inf / -inf: no data)."""
+    obs, fresh = OBSERVERS[name](quant.per_tensor(8)), OBSERVERS[name](quant.per_tensor(8))
+    assert fresh.min_val.shape == () and fresh.max_val.shape == () and not fresh.has_data
+    scale, _ = calibrate(obs, [torch.randn(16, 8)])
+    target = fresh.state_dict()
+    for key, value in obs.state_dict().items():
+        assert target[key].shape == value.shape
+        target[key].copy_(value)  # as dcp.load does
+    fresh.load_state_dict(target)  # as set_state_dict does
+    assert fresh.has_data
+    assert_bitwise_equal(fresh.calculate_qparams()[0], scale)
+    fresh.load_state_dict(OBSERVERS[name](quant.per_tensor(8)).state_dict())
+    assert not fresh.has_data

@@ -112,36 +112,47 @@ def _mlp():
     return torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 8))
 
 
+def _sharded_qat():
+    """A QAT model with each Linear and the whole sharded by FSDP2, and its optimizer."""
+    from torch.distributed.fsdp import fully_shard
+
+    model = lowp_ops.prepare_qat(_mlp())
+    for layer in model:
+        if isinstance(layer, torch.nn.Linear):
+            fully_shard(layer)
+    fully_shard(model)
+    return model, torch.optim.Adam(model.parameters(), lr=0.01)
+
+
 def _fsdp_rank(rank: int, folder: str) -> None:
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_state_dict,
+        set_state_dict,
+    )
     from torch.distributed.fsdp import fully_shard
 
     dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=RANKS,
                             timeout=timedelta(seconds=60))
     try:
         torch.set_num_threads(1)
-        model = lowp_ops.prepare_qat(_mlp())
-        for layer in model:
-            if isinstance(layer, torch.nn.Linear):
-                fully_shard(layer)
-        fully_shard(model)
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-        torch.manual_seed(rank)  # each rank its own batches: its own input observers' averages
+        model, optimizer = _sharded_qat()
+        gen = torch.Generator().manual_seed(rank)  # each rank its own batches: its own input observers' averages
+        batches = [torch.randn(4, 16, generator=gen) for _ in range(4)]
 
-        def step():
-            model(torch.randn(4, 16)).square().mean().backward()
+        def step(model, optimizer, x) -> float:
+            loss = model(x).square().mean()
+            loss.backward()
             optimizer.step()
             optimizer.zero_grad()
+            return loss.item()
 
-        step(), step()
+        step(model, optimizer, batches[0]), step(model, optimizer, batches[1])
         with pytest.raises(ValueError, match="convert: a model sharded by FSDP .* cannot be converted in place"):
             lowp_ops.convert(model, inplace=True)
         converted = lowp_ops.convert(model)
-        # a float model trained sharded quantizes too (quantize_dynamic gathers it the same way)
-        float_model = _mlp()
-        fully_shard(float_model)
-        dynamic = lowp_ops.quantize_dynamic(float_model)
-        assert_bitwise_equal(dynamic[0].qweight, lowp_ops.quantize_dynamic(_mlp())[0].qweight)
         assert not any(type(p).__name__ == "DTensor" for p in converted.state_dict().values())
         # the way out before: the full state dict into a fresh prepare_qat model, its observers synced
         fresh = lowp_ops.prepare_qat(_mlp())
@@ -149,8 +160,24 @@ def _fsdp_rank(rank: int, folder: str) -> None:
         expected = lowp_ops.convert(lowp_ops.sync_observers(fresh))
         torch.save({"converted": converted.state_dict(), "expected": expected.state_dict(),
                     "out": converted(torch.ones(2, 16))}, f"{folder}/fsdp-{rank}.pt")
-        step()  # the sharded model trains on
-        assert type(model[0].weight).__name__ == "DTensor"
+        # a float model trained sharded quantizes too (quantize_dynamic gathers it the same way)
+        float_model = _mlp()
+        fully_shard(float_model)
+        dynamic = lowp_ops.quantize_dynamic(float_model)
+        assert_bitwise_equal(dynamic[0].qweight, lowp_ops.quantize_dynamic(_mlp())[0].qweight)
+        # torch.distributed.checkpoint: observers synced before saving (a checkpoint holds one copy of each
+        # buffer), training resumes bit for bit
+        lowp_ops.sync_observers(model)
+        state, optim_state = get_state_dict(model, optimizer)
+        dcp.save({"model": state, "optim": optim_state}, checkpoint_id=f"{folder}/checkpoint")
+        went_on = [step(model, optimizer, x) for x in batches[2:]]
+        resumed, resumed_optimizer = _sharded_qat()
+        state, optim_state = get_state_dict(resumed, resumed_optimizer)  # shapes to load into: fresh observers too
+        loaded = {"model": state, "optim": optim_state}
+        dcp.load(loaded, checkpoint_id=f"{folder}/checkpoint")
+        set_state_dict(resumed, resumed_optimizer, model_state_dict=loaded["model"], optim_state_dict=loaded["optim"])
+        assert [step(resumed, resumed_optimizer, x) for x in batches[2:]] == went_on
+        assert type(model[0].weight).__name__ == "DTensor"  # the sharded model trained on after convert
     finally:
         dist.destroy_process_group()
 
