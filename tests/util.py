@@ -224,3 +224,24 @@ def static_int8(model: nn.Module, data, config=None, **prepare_kw) -> nn.Module:
     prepared = lowp_ops.prepare(model, config, **prepare_kw)
     lowp_ops.calibrate(prepared, data, progress=False)
     return lowp_ops.convert(prepared)
+
+
+RANKS = 2  # processes of the torch.distributed tests (gloo on CPU, NCCL where each has a GPU)
+
+
+def spawn_ranks(fn, folder, timeout_s: float = 180.0) -> None:
+    """fn(rank, str(folder)) on RANKS spawned processes (each initializes its process group, e.g. with a file
+    rendezvous in folder: no network); fails the test if they have not finished within timeout_s."""
+    import time
+
+    import pytest
+    import torch.multiprocessing as mp
+
+    context = mp.start_processes(fn, args=(str(folder),), nprocs=RANKS, join=False, start_method="spawn")
+    deadline = time.monotonic() + timeout_s
+    while not context.join(timeout=5):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail(f"the ranks did not finish within {timeout_s:.0f} s")
+

@@ -4,21 +4,18 @@ model one process calibrated on all the batches gives; a QAT model trained under
 every rank to one ordinary model. Backend-agnostic: the same code runs on NCCL ranks with a GPU each. Bounded in
 time (the ranks' collectives time out after 60 s, each test gives up after 180)."""
 
-import time
 from datetime import timedelta
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 import lowp_ops
 from lowp_ops import quant
-from util import SmallNet, assert_bitwise_equal, trained_batchnorms
+from util import RANKS, SmallNet, assert_bitwise_equal, spawn_ranks, trained_batchnorms
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                                 reason="torch.distributed with gloo is not available")
-RANKS = 2
 OBSERVERS = ("minmax", "mse", "moving_average")
 
 
@@ -66,19 +63,8 @@ def _rank(rank: int, folder: str) -> None:
         dist.destroy_process_group()
 
 
-def _spawn(fn, folder) -> None:
-    """fn(rank, folder) on RANKS processes, within 180 s."""
-    context = mp.start_processes(fn, args=(str(folder),), nprocs=RANKS, join=False, start_method="spawn")
-    deadline = time.monotonic() + 180
-    while not context.join(timeout=5):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail("the ranks did not finish within 180 s")
-
-
 def test_ranks_calibrated_on_their_own_batches_convert_to_one_model(tmp_path):
-    _spawn(_rank, tmp_path)
+    spawn_ranks(_rank, tmp_path)
     whole = _batches()
     for observer in (*OBSERVERS, "qat"):
         ranks = [torch.load(tmp_path / f"{observer}-{r}.pt") for r in range(RANKS)]
@@ -184,7 +170,7 @@ def _fsdp_rank(rank: int, folder: str) -> None:
 
 def test_a_qat_model_under_fsdp2_converts_on_every_rank_to_one_ordinary_model(tmp_path):
     pytest.importorskip("torch.distributed.fsdp", reason="FSDP2 (fully_shard) is not in this torch")
-    _spawn(_fsdp_rank, tmp_path)
+    spawn_ranks(_fsdp_rank, tmp_path)
     ranks = [torch.load(tmp_path / f"fsdp-{r}.pt") for r in range(RANKS)]
     for key, value in ranks[0]["converted"].items():
         assert_bitwise_equal(value, ranks[0]["expected"][key])
