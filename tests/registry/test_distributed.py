@@ -177,3 +177,58 @@ def test_a_qat_model_under_fsdp2_converts_on_every_rank_to_one_ordinary_model(tm
         assert_bitwise_equal(ranks[1]["converted"][key], value)
     assert_bitwise_equal(ranks[1]["out"], ranks[0]["out"])
 
+
+
+def _training_rank(rank: int, folder: str) -> None:
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from torch.nn.parallel import DistributedDataParallel
+
+    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=RANKS,
+                            timeout=timedelta(seconds=60))
+    try:
+        torch.set_num_threads(1)
+        torch.manual_seed(7)
+        teacher = torch.nn.Linear(16, 8)
+        gen = torch.Generator().manual_seed(rank)  # each rank its own batches of one regression problem
+        data = [torch.randn(16, 16, generator=gen) for _ in range(4)]
+        bf16 = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        results = {}
+        for name in ("ddp qat", "ddp fp16", "fsdp qat", "fsdp fp16", "fsdp qat bf16", "fsdp fp16 bf16"):
+            float_model = _mlp()
+            model = lowp_ops.prepare_qat(float_model) if "qat" in name else lowp_ops.to_fp16(float_model)
+            if name.startswith("ddp"):
+                model = DistributedDataParallel(model)
+            else:
+                policy = {"mp_policy": bf16} if "bf16" in name else {}
+                for layer in model:
+                    if isinstance(layer, torch.nn.Linear):
+                        fully_shard(layer, **policy)
+                fully_shard(model, **policy)
+            optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+            scaler = torch.amp.GradScaler("cpu") if name == "ddp fp16" else None  # mixed precision's loss scaling
+            losses = []
+            for _ in range(20):
+                for x in data:
+                    loss = (model(x).float() - teacher(x).detach()).square().mean()
+                    (scaler.scale(loss) if scaler else loss).backward()
+                    scaler.step(optimizer) if scaler else optimizer.step()
+                    if scaler:
+                        scaler.update()
+                    optimizer.zero_grad()
+                    losses.append(loss.item())
+            weights = [p.full_tensor() if hasattr(p, "full_tensor") else p for p in model.parameters()]
+            results[name] = (losses, torch.cat([w.detach().float().flatten() for w in weights]))
+        torch.save(results, f"{folder}/training-{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_qat_and_fp16_models_train_under_ddp_and_fsdp2(tmp_path):
+    """DDP around prepare_qat / to_fp16 (with GradScaler) and FSDP2's fully_shard (with and without a bf16
+    MixedPrecisionPolicy): the loss falls, and the ranks hold the same weights."""
+    spawn_ranks(_training_rank, tmp_path)
+    ranks = [torch.load(tmp_path / f"training-{r}.pt") for r in range(RANKS)]
+    for name, (losses, weights) in ranks[0].items():
+        first, last = sum(losses[:4]), sum(losses[-4:])
+        assert last < 0.5 * first, (name, first, last)
+        assert_bitwise_equal(ranks[1][name][1], weights)

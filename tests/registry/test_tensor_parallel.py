@@ -71,6 +71,16 @@ def _rank(rank: int, folder: str) -> None:
             with torch.no_grad():
                 results[name] = (whole(x), sharded(x), _bytes(sharded), _bytes(sharded, "qweight"))
         results["fp32 bytes"], results["fp32 weights"] = _bytes(block), _bytes(block, "weight")
+        # static int8 hand-offs: fc1 (column-wise) hands its codes to fc2 (row-wise), which requantizes its summed
+        # output for fc3 (whole on every rank)
+        mlp = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 8)).eval()
+        prepared = lowp_ops.prepare(mlp)
+        lowp_ops.calibrate(prepared, [torch.randn(16, 64) for _ in range(2)], progress=False)
+        whole = lowp_ops.convert(prepared)
+        assert whole[0].output_scale is not None and whole[2].output_scale is not None  # int8 out of both
+        sharded = parallelize_module(copy.deepcopy(whole), mesh, {"0": ColwiseParallel(), "2": RowwiseParallel()})
+        x2 = torch.randn(16, 64)
+        results["hand-off"] = (whole[:3](x2), sharded[:3](x2), whole(x2), sharded(x2))
         torch.save(results, f"{folder}/tp-{rank}.pt")
         # refused, saying what to do instead
         with pytest.raises(ValueError, match=r"in_features \(33\) does not divide into 2 ranks"):
@@ -98,3 +108,10 @@ def test_a_llama_block_in_int8_over_two_ranks_gives_the_single_process_output(tm
             # FP32's bytes dynamic, 0.144 static
             assert weights * 8 == results["fp32 weights"]
             assert nbytes < results["fp32 bytes"] * 0.15, (name, nbytes, results["fp32 bytes"])
+        codes, sharded_codes, out, sharded_out = results["hand-off"]
+        assert codes.dtype == sharded_codes.dtype == torch.int8
+        # the summed float output, requantized: a code may move by one where the sum sits at a rounding tie
+        moved = (codes.int() - sharded_codes.int()).abs()
+        assert moved.max() <= 1 and moved.float().mean() < 0.01, moved.float().mean()
+        if not moved.any():  # the same codes: fc3, whole on every rank, gives the same output
+            assert torch.equal(sharded_out, out)
