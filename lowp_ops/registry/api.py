@@ -27,6 +27,7 @@ from torch.utils._pytree import tree_map
 from ..nn.add import Add, Int8Add
 from ..quant.observers import OBSERVERS
 from . import graph, rewrite, sharded, timing
+from .calibration import sync_observers
 from .configs import CONFIG_NAMES, Int8StaticConfig, LowpConfig
 from .fusion import apply_fusions, int8_outputs
 from .handlers import LayerContext, QParams, registered_types
@@ -138,7 +139,7 @@ def apply_config(caller: str, model: nn.Module, config: LowpConfig, *, filter_fn
     check_common(caller, model, filter_fn, inplace)
     overrides = check_overrides(caller, config, overrides)
     example = as_example(caller, example_inputs)
-    model, inplace = sharded.ordinary(caller, model, inplace)  # FSDP2: whole weights, the same on every rank
+    model, inplace = sharded.ordinary(caller, model, inplace, None)  # FSDP2: whole weights, the same on every rank
     if time_layers:
         def convert_with(float_too: dict, target: nn.Module, in_place: bool) -> nn.Module:
             return apply_config(caller, target, config, filter_fn=filter_fn,
@@ -285,7 +286,7 @@ def _remove_hooks(module: nn.Module, hook) -> None:
 
 
 def convert(model: nn.Module, mapping=None, inplace: bool = False, *, time_layers: bool = False,
-            example_inputs=None) -> nn.Module:
+            example_inputs=None, process_group=None) -> nn.Module:
     """Static INT8, last step: a prepared-and-calibrated (or QAT-trained) model -> Int8Linear / Int8Conv2d with
     fixed input scales. The model is copied first unless inplace=True. torch.ao's positional form
     convert(model, None, True) works; mapping (torch.ao's float -> quantized module table) must be None: lowp's
@@ -303,9 +304,14 @@ def convert(model: nn.Module, mapping=None, inplace: bool = False, *, time_layer
     Refuses (ValueError) a layer whose observer saw NaN or inf; warns about a layer whose calibration inputs were a
     single value (all zero, a constant), whose scale would saturate every other input.
 
+    process_group (torch.distributed): reduce the model's observers across its ranks first, in place
+    (lowp_ops.sync_observers), so that every rank converts to the same model — a QAT model's input observers
+    average each rank's own batches; every rank then calls convert. Not done unasked: a convert on one rank alone
+    must not wait for the others.
     A model sharded by FSDP2 (fully_shard) converts on every rank (a collective: each rank calls convert): its
-    weights are gathered into an ordinary copy, its observers reduced across the ranks, and each rank gets the same
-    ordinary converted model; the sharded model trains on unchanged. inplace=True is refused for it.
+    weights are gathered into an ordinary copy, its observers reduced across the ranks (of process_group, default
+    the default group), and each rank gets the same ordinary converted model; the sharded model trains on
+    unchanged. inplace=True is refused for it.
 
     time_layers (static INT8): time each converted layer against its float original on this machine, on
     example_inputs (default: the first calibration call; give one at the batch size you will serve), and leave
@@ -329,7 +335,10 @@ def convert(model: nn.Module, mapping=None, inplace: bool = False, *, time_layer
     if state is None:
         raise ValueError("convert: the model was not prepared; call lowp_ops.prepare(model) and "
                          "lowp_ops.calibrate(model, data), or lowp_ops.prepare_qat(model) and train, first")
-    model, inplace = sharded.ordinary("convert", model, inplace)  # FSDP2: whole weights, the same on every rank
+    if process_group is not None and not sharded.sharded(model):
+        sync_observers(model, process_group)
+    # FSDP2: whole weights, the same on every rank
+    model, inplace = sharded.ordinary("convert", model, inplace, process_group)
     static = state.kind is Int8StaticConfig
     _check_observed(model, state.configs, static)
     slow, note = {}, []

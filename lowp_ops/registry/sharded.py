@@ -37,21 +37,23 @@ def sharded(model: nn.Module) -> bool:
     return fsdp is not None and any(isinstance(m, fsdp) for m in model.modules())
 
 
-def ordinary(caller: str, model: nn.Module, inplace: bool) -> tuple[nn.Module, bool]:
-    """(the model a workflow works on, inplace): an FSDP2-sharded model gathered into an ordinary copy, which the
-    workflow may then change in place; any other as given. inplace=True is refused for a sharded model."""
+def ordinary(caller: str, model: nn.Module, inplace: bool, process_group) -> tuple[nn.Module, bool]:
+    """(the model a workflow works on, inplace): an FSDP2-sharded model gathered into an ordinary copy (its
+    observers reduced across process_group, None: the default group), which the workflow may then change in place;
+    any other as given. inplace=True is refused for a sharded model."""
     if not sharded(model):
         return model, inplace
     if inplace:
         raise ValueError(f"{caller}: a model sharded by FSDP (fully_shard) cannot be converted in place; "
                          f"{caller}(model) returns an ordinary model on every rank (call it on every rank: it "
                          f"gathers the weights)")
-    return gathered(model), True
+    return gathered(model, process_group), True
 
 
-def gathered(model: nn.Module) -> nn.Module:
+def gathered(model: nn.Module, process_group=None) -> nn.Module:
     """An ordinary copy of the FSDP2-sharded model: whole weights, the original module classes, no FSDP hooks, the
-    observers reduced across the ranks. A collective: every rank calls it (each gets the same copy)."""
+    observers reduced across the ranks of process_group (None: the default group). A collective: every rank calls
+    it (each gets the same copy)."""
     fsdp = _fsdp_module()
     shards = [m for m in model.modules() if isinstance(m, fsdp)]
     for module in shards:
@@ -61,7 +63,7 @@ def gathered(model: nn.Module) -> nn.Module:
     finally:
         for module in shards:
             module.reshard()
-    return sync_observers(copy)
+    return sync_observers(copy, process_group)
 
 
 def _plain(module: nn.Module, fsdp: type, memo: dict) -> nn.Module:

@@ -44,12 +44,12 @@ def _rank(rank: int, folder: str) -> None:
         mine = _batches()[rank::RANKS]
         for observer in OBSERVERS:
             torch.save(_convert(observer, mine), f"{folder}/{observer}-{rank}.pt")
-        # QAT: each rank's input observers average its own batches; synced, the ranks convert alike
+        # QAT: each rank's input observers average its own batches; reduced by convert, the ranks convert alike
         qat = lowp_ops.prepare_qat(_model()).train()
         for x in mine:
             qat(x)
-        lowp_ops.sync_observers(qat.eval())
-        torch.save(lowp_ops.convert(qat).state_dict(), f"{folder}/qat-{rank}.pt")
+        torch.save(lowp_ops.convert(qat.eval(), process_group=dist.group.WORLD).state_dict(),
+                   f"{folder}/qat-{rank}.pt")
         # an observer that saw nothing on one rank takes the other's range; a left-out batch counts everywhere
         obs = quant.MinMaxObserver(quant.per_channel(axis=1))
         if rank == 0:
