@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# What a GPU session runs, in stages that each fit one device call (10 minutes); results land under $OUT:
+# What a GPU session runs, in stages that each fit one device call (10 minutes); results land under $OUT.
+# First on a card: `python tools/gpu_verify.py --install` (the staged 480-second check: tests, > 2^31 elements,
+# ratios against the baselines, eager overhead, compile); the stages below are for longer sessions.
 #   bash bench/gpu_session.sh check    # install, GPU tests (kernel tests run on CUDA tensors), kernel inspector
 #   bash bench/gpu_session.sh bench    # python -m bench --preset int8 / fp16 / conv (autotuning included)
 #   bash bench/gpu_session.sh fp8      # the inspector's e4m3 check, then python -m bench --preset fp8

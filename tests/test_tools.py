@@ -9,6 +9,9 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+import torch
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -143,3 +146,45 @@ def test_lock_pins_this_environment():
     assert lock._marker(">=3.11", "3.10") == 'python_full_version >= "3.11"'
     assert lock._marker(">=3.9,<3.16", "3.10") == "" and lock._marker(None, "3.10") == ""
     assert all(r.marker is None or r.marker.evaluate() for r in pins.values())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU the script runs for real (tools/gpu_verify.py)")
+def test_gpu_verify_dry_run(tmp_path):
+    """tools/gpu_verify.py's stages on a machine without CUDA: setup reports the versions, every other stage says
+    why it skipped, and both reports are written (so the script cannot rot between GPU sessions)."""
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "gpu_verify.py"), "--out", str(tmp_path),
+                           "--budget", "60"], capture_output=True, text=True, timeout=120,
+                          env={k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads((tmp_path / "gpu_verify.json").read_text())
+    assert results["setup"]["torch"] == torch.__version__ and results["setup"]["gpu"] == "none"
+    stages = results["stages"]
+    assert list(stages) == ["setup", "tests", "large", "perf", "overhead", "compile"]
+    for name, record in stages.items():
+        assert record["status"] == ("done" if name == "setup" else "skipped"), (name, record)
+        if name != "setup":
+            assert "no CUDA device" in record["reason"]
+    assert "## perf: skipped" in (tmp_path / "gpu_verify.md").read_text()
+
+
+def test_gpu_verify_stages_run_small_on_the_cpu():
+    """What the GPU stages call, at small sizes on the CPU: the big-tensor checks are exact, the eager-call timer
+    and the compile checks run, every perf case names an op and providers bench/ has, the autotuners are found,
+    and the stages' budgets fit one 480-second call with room to spare."""
+    _import_bench()
+    from bench.cases import OPS
+    from bench.providers import PROVIDERS
+
+    spec = importlib.util.spec_from_file_location("gpu_verify", ROOT / "tools" / "gpu_verify.py")
+    gv = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gv)
+    assert sum(gv.BUDGETS.values()) <= 480 - 30
+    for name, check in gv.large_cases(67, (2, 6, 5, 7), "cpu"):
+        assert check(), name
+    assert gv.host_us("cpu", 3) > 0
+    assert [item["result"] for item in gv.compile_checks("cpu")] == ["ok", "ok"]
+    for op, shape, mine, theirs, bar, _ in gv.PERF:
+        assert op in OPS and op in PROVIDERS[mine].ops and op in PROVIDERS[theirs].ops, (op, mine, theirs)
+        assert len(shape) == (9 if op == "int8_conv" else 3), (op, shape)  # bench/cases.py's shape forms
+        assert bar > 0
+    assert "conv2d" in gv.chosen_tiles()
