@@ -60,7 +60,9 @@ _FP16_TABLE = [
 ]
 
 
-@triton.jit
+# m_bucket is read by the autotuner only: not specialized, so that its values (1, 16, 32, ...) do not compile
+# variants of their own
+@triton.jit(do_not_specialize=["m_bucket"])
 def _gemm_kernel(
     a_ptr, b_ptr, c_ptr,
     a_scale_ptr, b_scale_ptr, bias_ptr, a_zp_ptr, b_sum_ptr, out_scale_ptr, out_zp_ptr,
@@ -76,11 +78,14 @@ def _gemm_kernel(
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
-    # Tail rows/columns re-read row M-1 / column N-1 instead of masking every load; the store is masked.
+    # Tail rows/columns re-read row M-1 / column N-1 instead of masking every load; the store is masked. Every
+    # offset is int64: a stride along K may be anything fp16_mm is given (B (K, N) with N beyond 2^31 / BLOCK_K).
     rows_a = (offs_m % M).to(tl.int64)
     cols_b = (offs_n % N).to(tl.int64)
-    a_ptrs = a_ptr + rows_a[:, None] * stride_am + offs_k[None, :] * stride_ak
-    b_ptrs = b_ptr + offs_k[:, None] * stride_bk + cols_b[None, :] * stride_bn
+    a_ptrs = a_ptr + rows_a[:, None] * stride_am + offs_k.to(tl.int64)[None, :] * stride_ak
+    b_ptrs = b_ptr + offs_k.to(tl.int64)[:, None] * stride_bk + cols_b[None, :] * stride_bn
+    a_step = tl.full((), BLOCK_K, tl.int64) * stride_ak  # (a stride of 1 is a constexpr: no .to on it)
+    b_step = tl.full((), BLOCK_K, tl.int64) * stride_bk
 
     INT8: tl.constexpr = a_ptr.dtype.element_ty == tl.int8
     ACC: tl.constexpr = tl.int32 if INT8 else tl.float32
@@ -97,8 +102,8 @@ def _gemm_kernel(
             a = tl.load(a_ptrs, mask=offs_k[None, :] < k_left, other=0.0)
             b = tl.load(b_ptrs, mask=offs_k[:, None] < k_left, other=0.0)
         acc = tl.dot(a, b, acc, out_dtype=ACC, max_num_imprecise_acc=IMPRECISE)
-        a_ptrs += BLOCK_K * stride_ak
-        b_ptrs += BLOCK_K * stride_bk
+        a_ptrs += a_step
+        b_ptrs += b_step
 
     y = gemm_epilogue(acc, offs_m, offs_n, M, N, offs_m,
                       a_scale_ptr, b_scale_ptr, bias_ptr, a_zp_ptr, b_sum_ptr, out_scale_ptr, out_zp_ptr,
