@@ -302,6 +302,10 @@ def compile_gemm(config: dict, variant: str, arch: int = 90) -> dict:
            "stages": config["num_stages"], "warps": config["num_warps"], "shared": compiled.metadata.shared,
            "mma": mma, **_resources(compiled.asm["cubin"])}
     row["wgmma"] = any("wgmma" in m and _WGMMA_OPERANDS[operand] in m for m in mma)
+    # the wgmma groups left in flight at each wait: 0 only means every K step waits for its own wgmma to finish
+    # (no overlap of one step's tensor-core work with the next step's loads); 1 or more, the overlapping form
+    row["pendings"] = sorted({int(n) for n in re.findall(r"wgmma\.wait_group\.sync\.aligned\s+(\d+)",
+                                                          compiled.asm["ptx"])})
     needs_wgmma = arch >= 90 and config["BLOCK_M"] >= 64  # wgmma works on 64-row warpgroup tiles
     row["ok"] = (row["wgmma"] or not needs_wgmma) and bool(mma) and row["stack"] == 0
     return row
@@ -367,12 +371,14 @@ def main(argv=None) -> int:
         print(f"compiles  {r['kernel']:14} {r['variant']:42} {'ok' if r['ok'] else 'FAIL: ' + r['error']}")
     rows = [] if args.compile_check else inspect_gemm(args.arch, args.variant, args.large_only)
     if rows:
-        print(f"{'kernel':10} {'variant':18} {'tile':12} {'st':>2} {'w':>2} {'regs':>4} {'stack':>5} {'smem':>7}  mma")
+        print(f"{'kernel':10} {'variant':18} {'tile':12} {'st':>2} {'w':>2} {'regs':>4} {'stack':>5} {'smem':>7} "
+              f"{'pend':>5}  mma")
     for r in rows:
         mma = ", ".join(m.split(".sync.aligned.")[-1] if "sync" in m else m for m in r["mma"]) or "NONE"
         flag = "" if r["ok"] else "   <-- FAIL"
+        pend = ",".join(map(str, r["pendings"])) or "-"
         print(f"{r['kernel']:10} {r['variant']:18} {r['tile']:12} {r['stages']:>2} {r['warps']:>2} {r['regs']:>4} "
-              f"{r['stack']:>5} {r['shared']:>7}  {mma} {' '.join(r['sass_gmma'])}{flag}")
+              f"{r['stack']:>5} {r['shared']:>7} {pend:>5}  {mma} {' '.join(r['sass_gmma'])}{flag}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"arch": args.arch, "triton": triton.__version__, "compile_check": checks, "rows": rows},
