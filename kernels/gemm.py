@@ -60,13 +60,13 @@ _FP16_TABLE = [
 ]
 
 
-# m_bucket is read by the autotuner only: not specialized, so that its values (1, 16, 32, ...) do not compile
-# variants of their own
-@triton.jit(do_not_specialize=["m_bucket"])
+# m_bucket and m_aligned are read by the autotuner only: not specialized, so that their values (1, 16, 32, ...)
+# do not compile variants of their own
+@triton.jit(do_not_specialize=["m_bucket", "m_aligned"])
 def _gemm_kernel(
     a_ptr, b_ptr, c_ptr,
     a_scale_ptr, b_scale_ptr, bias_ptr, a_zp_ptr, b_sum_ptr, out_scale_ptr, out_zp_ptr,
-    M, N, K, m_bucket,  # m_bucket only keys the autotuner
+    M, N, K, m_bucket, m_aligned,  # m_bucket, m_aligned (M % 16 == 0) only key the autotuner
     stride_am, stride_ak, stride_bk, stride_bn, stride_cm, stride_cn,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     EVEN_K: tl.constexpr, ACCUMULATE: tl.constexpr, FAST_ACCUM: tl.constexpr,
@@ -117,21 +117,25 @@ def _gemm_kernel(
 
 def _register_heavy(args) -> bool:
     """Variants that spill on 128-accumulator-per-thread tiles (compiled by tools/inspect_kernels.py for sm_90,
-    triton 3.9): the requant epilogue (128x256x128, 3 stages, 8 warps: 312 B of stack), an M-contiguous A, the
-    weight-gradient layout, whose tiles pass through registers (256x128x64, 3 stages, 8 warps: 224 B), and fp8
-    without FAST_ACCUM, which holds each BLOCK_K slice's wgmma sum in a second accumulator before adding it to the
-    float32 one (128x256x128, 3 stages, 8 warps: 192 B; 256x128x128 and 128x128x64 / 4 warps compiled at 254 and
-    255 registers, at the limit)."""
+    triton 3.9): the requant epilogue (128x256x128, 3 stages, 8 warps: 312 B of stack); an M-contiguous A (the
+    weight-gradient layout) when M is not a multiple of 16, where `offs_m % M` loses the rows' contiguity and A's
+    tiles pass through registers, the wgmma synchronous (256x128x64, 3 stages, 8 warps: 224 B of stack at M = 100,
+    254-255 registers at M = 4100; at M = 4096 every tile of the table compiles at 72-224 registers, no spill,
+    overlapped wgmma: 2026-12-06); and fp8 without FAST_ACCUM, which holds each BLOCK_K slice's wgmma sum in a
+    second accumulator before adding it to the float32 one (128x256x128, 3 stages, 8 warps: 192 B; 256x128x128 and
+    128x128x64 / 4 warps compiled at 254 and 255 registers, at the limit)."""
     precise_fp8 = args["a_ptr"].dtype == torch.float8_e4m3fn and not args["FAST_ACCUM"]
-    return args["OUTPUT"] == "int8" or (args["stride_am"] == 1 and args["stride_ak"] != 1) or precise_fp8
+    m_contiguous = args["stride_am"] == 1 and args["stride_ak"] != 1
+    return args["OUTPUT"] == "int8" or (m_contiguous and not args["m_aligned"]) or precise_fp8
 
 
 _GEMM = TiledKernel(_gemm_kernel, reduction="K")
 # Plus the dtype of every tensor argument (Triton adds those), and everything else the pruner reads (_register_heavy:
-# the output kind, A's layout, the fp8 accumulation mode), so that no call reuses a tile pruned away for it. A's
+# the output kind, A's layout, whether M is a multiple of 16, the fp8 accumulation mode), so that no call reuses a
+# tile pruned away for it (a tile tuned at M = 4096 is not reused at M = 4100, nor the other way round). A's
 # strides do not follow the batch size: (K, 1) forward, (N_out, 1) input gradient, (1, N_out) weight gradient (M
 # is then the layer's output width, the batch is K), so keying on them adds no re-tuning as traffic changes.
-_KEY = ["m_bucket", "N", "K", "stride_am", "stride_ak", "OUTPUT", "FAST_ACCUM"]
+_KEY = ["m_bucket", "m_aligned", "N", "K", "stride_am", "stride_ak", "OUTPUT", "FAST_ACCUM"]
 _PRUNE = make_gemm_pruner(m_bucket_arg="m_bucket", n_arg="N", k_arg="K", operand_arg="a_ptr",
                           register_heavy=_register_heavy)
 # (8-bit operands, accumulate into c) -> the autotuned kernel; accumulating launches restore c after every trial
@@ -164,7 +168,8 @@ def gemm(a, b, *, a_scale=None, b_scale=None, bias=None, a_zero_point=None, b_su
     args = dict(
         a_ptr=a, b_ptr=b, c_ptr=c, a_scale_ptr=a_scale, b_scale_ptr=b_scale, bias_ptr=bias,
         a_zp_ptr=a_zero_point, b_sum_ptr=b_sum, out_scale_ptr=out_scale, out_zp_ptr=out_zero_point,
-        M=M, N=N, K=K, m_bucket=m_bucket(M), stride_am=a.stride(0), stride_ak=a.stride(1),
+        M=M, N=N, K=K, m_bucket=m_bucket(M), m_aligned=int(M % 16 == 0), stride_am=a.stride(0),
+        stride_ak=a.stride(1),
         stride_bk=b.stride(0), stride_bn=b.stride(1), stride_cm=c.stride(0), stride_cn=c.stride(1),
         ACCUMULATE=accumulate_into is not None, FAST_ACCUM=fast_accum, OUTPUT=output_kind(c.dtype),
         # One scale / zero point for everything is the per-tensor variant (also when M or N is 1).

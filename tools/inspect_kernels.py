@@ -125,10 +125,13 @@ def _quantize(launcher, x, **kwargs):
 
 
 # The problem compiled: M = 100 rows, neither 1 nor a multiple of 16 (a serving batch: the JIT specializes
-# neither), N = K = 4096, a multiple of every BLOCK_N and BLOCK_K. The pruner is asked at M = 1, 16, 128, 8192.
+# neither), N = K = 4096, a multiple of every BLOCK_N and BLOCK_K. The pruner is asked at M = 1, 16, 100, 128, 8192;
+# a tile it keeps only where M is a multiple of 16 (the weight gradient's: kernels/gemm.py, _register_heavy) is
+# compiled at M = 4096, as the JIT then specializes it.
 _M = 100
 _SIZE = (_M, 4096, 4096)
-_PRUNER_MS = (1, 16, 128, 8192)
+_ALIGNED_SIZE = (4096, 4096, 4096)
+_PRUNER_MS = (1, 16, _M, 128, 8192)
 _SMALL = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 4, "num_stages": 2}
 
 
@@ -290,14 +293,14 @@ _WGMMA_OPERANDS = {"*i8": ".s8.s8", "*fp8e4nv": ".e4m3.e4m3", "*fp16": ".f16.f16
 _GEMM_KERNEL = {"*i8": "int8_gemm", "*fp8e4nv": "fp8_gemm", "*fp16": "fp16_gemm", "*bf16": "fp16_gemm"}
 
 
-def compile_gemm(config: dict, variant: str, arch: int = 90) -> dict:
-    """Compile one config (BLOCK_*/GROUP_M/num_warps/num_stages) x variant; return its report row."""
-    launch = capture(_VARIANTS[variant], *_SIZE, config=config)
+def compile_gemm(config: dict, variant: str, arch: int = 90, size: tuple = _SIZE) -> dict:
+    """Compile one config (BLOCK_*/GROUP_M/num_warps/num_stages) x variant at size (M, N, K); its report row."""
+    launch = capture(_VARIANTS[variant], *size, config=config)
     compiled = _compile(launch, arch)
     mma = sorted(set(re.findall(r"(wgmma\.mma_async\.\S*|mma\.sync\.\S*)", compiled.asm["ptx"])))
     operand = _POINTER[launch.args["a_ptr"].dtype]
     kernel = "int8_conv" if variant in _CONV_VARIANTS else _GEMM_KERNEL[operand]
-    row = {"kernel": kernel, "variant": variant,
+    row = {"kernel": kernel, "variant": variant, "M": size[0],
            "tile": f"{config['BLOCK_M']}x{config['BLOCK_N']}x{config['BLOCK_K']}",
            "stages": config["num_stages"], "warps": config["num_warps"], "shared": compiled.metadata.shared,
            "mma": mma, **_resources(compiled.asm["cubin"])}
@@ -311,25 +314,29 @@ def compile_gemm(config: dict, variant: str, arch: int = 90) -> dict:
     return row
 
 
-def _reachable(variant: str) -> list:
-    """Configs the variant's autotuner can pick (its pruner's choice) at decode, M≈128 and large M."""
-    kept = {}
+def _reachable(variant: str) -> list[tuple]:
+    """(config, the size to compile it at) for each config the variant's autotuner can pick (its pruner's choice)
+    at decode, M≈100 and large M: M = 100 where the pruner keeps it for an M not a multiple of 16, else M = 4096."""
+    unaligned, kept = set(), {}
     for m in _PRUNER_MS:
         launch = capture(_VARIANTS[variant], m, *_SIZE[1:])  # no config: the autotuned launch
         tuner = launch.kernel
-        kept.update((id(c), c) for c in tuner.early_config_prune(tuner.configs, launch.args))
-    return [c for c in tuner.configs if id(c) in kept]
+        for c in tuner.early_config_prune(tuner.configs, launch.args):
+            kept[id(c)] = c
+            if m % 16:
+                unaligned.add(id(c))
+    return [(c, _SIZE if id(c) in unaligned else _ALIGNED_SIZE) for c in tuner.configs if id(c) in kept]
 
 
 def inspect_gemm(arch: int = 90, variants=None, only_large: bool = False) -> list[dict]:
     """Every config the pruner can pick, for each epilogue variant (only_large: BLOCK_M >= 64 only)."""
     rows = []
     for variant in variants or list(_VARIANTS):
-        for cfg in _reachable(variant):
+        for cfg, size in _reachable(variant):
             if only_large and cfg.kwargs["BLOCK_M"] < 64:
                 continue
             rows.append(compile_gemm(dict(cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages),
-                                     variant, arch))
+                                     variant, arch, size))
     return rows
 
 
@@ -371,14 +378,14 @@ def main(argv=None) -> int:
         print(f"compiles  {r['kernel']:14} {r['variant']:42} {'ok' if r['ok'] else 'FAIL: ' + r['error']}")
     rows = [] if args.compile_check else inspect_gemm(args.arch, args.variant, args.large_only)
     if rows:
-        print(f"{'kernel':10} {'variant':18} {'tile':12} {'st':>2} {'w':>2} {'regs':>4} {'stack':>5} {'smem':>7} "
-              f"{'pend':>5}  mma")
+        print(f"{'kernel':10} {'variant':18} {'M':>4} {'tile':12} {'st':>2} {'w':>2} {'regs':>4} {'stack':>5} "
+              f"{'smem':>7} {'pend':>5}  mma")
     for r in rows:
         mma = ", ".join(m.split(".sync.aligned.")[-1] if "sync" in m else m for m in r["mma"]) or "NONE"
         flag = "" if r["ok"] else "   <-- FAIL"
         pend = ",".join(map(str, r["pendings"])) or "-"
-        print(f"{r['kernel']:10} {r['variant']:18} {r['tile']:12} {r['stages']:>2} {r['warps']:>2} {r['regs']:>4} "
-              f"{r['stack']:>5} {r['shared']:>7} {pend:>5}  {mma} {' '.join(r['sass_gmma'])}{flag}")
+        print(f"{r['kernel']:10} {r['variant']:18} {r['M']:>4} {r['tile']:12} {r['stages']:>2} {r['warps']:>2} "
+              f"{r['regs']:>4} {r['stack']:>5} {r['shared']:>7} {pend:>5}  {mma} {' '.join(r['sass_gmma'])}{flag}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"arch": args.arch, "triton": triton.__version__, "compile_check": checks, "rows": rows},

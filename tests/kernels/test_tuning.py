@@ -113,3 +113,17 @@ def test_the_gemm_caps_precise_fp8_and_keeps_fast_fp8_tiles():
     assert _kept(_PRUNE, table, {**fp8, "FAST_ACCUM": False}) == [table[1]]
     assert _kept(_PRUNE, table, {**fp8, "FAST_ACCUM": True}) == table
     assert _kept(_PRUNE, table, {**_args(**forward), "FAST_ACCUM": False}) == table
+
+
+def test_the_weight_gradient_keeps_big_tiles_where_m_is_a_multiple_of_16():
+    # kernels/gemm.py's _register_heavy: an M-contiguous A (dW = dyᵀ · x) goes through registers only where M is not a
+    # multiple of 16 (sm_90 offline: at M = 4096 every tile compiles without spilling, overlapped; at M = 4100
+    # 128 x 256 on 8 warps takes 254 registers, synchronous), so only then the 64-accumulator cap
+    from lowp_ops.kernels.gemm import _KEY, _PRUNE
+
+    table = [(128, 256, 64, 3, 8), (128, 128, 64, 4, 8)]
+    wgrad = _args(dtype=torch.float16, stride_am=1, stride_ak=4096, OUTPUT="float", FAST_ACCUM=False)
+    assert _kept(_PRUNE, table, {**wgrad, "m_aligned": 1}) == table
+    assert _kept(_PRUNE, table, {**wgrad, "m_aligned": 0}) == [table[1]]
+    assert "m_aligned" in _KEY  # a tile tuned for one is never reused for the other
+
