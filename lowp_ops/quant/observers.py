@@ -82,7 +82,7 @@ class Observer(torch.nn.Module):
 
     @property
     def has_data(self) -> bool:
-        """False until forward saw at least one non-empty batch of finite values (or a state that had is loaded)."""
+        """False until forward saw at least one non-empty batch of finite values, or a state holding one was loaded."""
         return self._seen
 
     @torch.no_grad()
