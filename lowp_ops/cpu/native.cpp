@@ -760,6 +760,7 @@ class Plan {
       K_ = weight.size(1);
     }
     if (K_ < 2) return false;  // torch._int_mm is wrong for K = 1 (lowp_ops/cpu/gemm.py): the Python route
+    if (op == Op::kConv && K_ <= kDirectMaxTaps) table_ = direct_weight(weight);
     N_ = N;
     epilogue_.b_step = scales.numel() == 1 ? 0 : 1;
     epilogue_.a_step = epilogue_.zp_step = 0;
@@ -789,10 +790,10 @@ class Plan {
     at::Tensor w_t, w_scale, bias, w_sum, table;  // table: conv_direct's, for a conv with few taps
   };
 
+  // table_, made once by build() from the weight (a weakly held plan runs only on that weight, unwritten)
   Operands bind(const at::Tensor& weight, const at::Tensor& w_scale, const at::Tensor& bias,
                 const at::Tensor& w_sum) const {
-    const bool few_taps = op_ == Op::kConv && K_ <= kDirectMaxTaps;
-    return {transposed(weight), w_scale, bias, w_sum, few_taps ? direct_weight(weight) : at::Tensor()};
+    return {transposed(weight), w_scale, bias, w_sum, table_};
   }
 
   // torch._int_mm's (K, N) operand, strides (1, K), over the weight's codes: (N, K) row-major, or a channels_last
@@ -940,6 +941,7 @@ class Plan {
   int32_t in_zp_ = 0;
   int64_t qlinear_min_weight_ = 0;
   int64_t K_ = 0, N_ = 0, C_ = 0, R_ = 1, S_ = 1, sh_ = 1, sw_ = 1, ph_ = 0, pw_ = 0, dh_ = 1, dw_ = 1;
+  at::Tensor table_;  // conv_direct's weight table (direct_weight), for a conv with few taps
 };
 
 }  // namespace

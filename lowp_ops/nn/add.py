@@ -148,7 +148,13 @@ class Int8Add(NormalTensors, Add):
         return quant.dequantize(q, scale, self._zero(zero_point), reference.INT8_AFFINE)
 
     def _zero(self, zero_point: torch.Tensor | None) -> torch.Tensor:
-        return self.a_scale.new_zeros(1, dtype=torch.int32) if zero_point is None else zero_point
+        """zero_point, or for None an int32 0 on the buffers' device, made once (not a new tensor per call)."""
+        if zero_point is not None:
+            return zero_point
+        zero = self.__dict__.get("_zero_code")
+        if zero is None or zero.device != self.a_scale.device:
+            zero = self.__dict__["_zero_code"] = self.a_scale.new_zeros(1, dtype=torch.int32)
+        return zero
 
     def extra_repr(self) -> str:
         def q(scale, zero_point):
