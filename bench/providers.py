@@ -82,15 +82,7 @@ def _lowp(p: Problem):
             return y
         return step
     if p.op == "int8_conv":
-        stride, pad, groups = d["geometry"]
-        conv = torch.nn.Conv2d(d["x"].shape[1], d["w"].shape[0], d["w"].shape[2], stride, pad, groups=groups,
-                               device=d["x"].device)
-        with torch.no_grad():
-            conv.weight.copy_(d["w"])
-            conv.bias.copy_(d["b"])
-        m = Int8Conv2d.from_float(conv, input_scale=d["x"].abs().max() / 127, out_dtype=torch.float16)
-        q = torch.ops.lowp.quantize_channels_last(d["x"], m.input_scale)  # int8 NHWC, as the previous layer hands it
-        return lambda: m(q)
+        return _lowp_conv(p, affine=False)
     if p.op == "quantize":
         x = d["x"]
 
@@ -99,6 +91,28 @@ def _lowp(p: Problem):
             return q.float() * s[:, None]
         return run
     return "not a lowp op"
+
+
+def _lowp_conv(p: Problem, affine: bool):
+    """A static Int8Conv2d on int8 NHWC input, as the previous layer hands it over; fp16 out. affine: with an input
+    zero point (what Int8StaticConfig's affine activations give): padding then reads the zero point."""
+    d = p.data
+    stride, pad, groups = d["geometry"]
+    conv = torch.nn.Conv2d(d["x"].shape[1], d["w"].shape[0], d["w"].shape[2], stride, pad, groups=groups,
+                           device=d["x"].device)
+    with torch.no_grad():
+        conv.weight.copy_(d["w"])
+        conv.bias.copy_(d["b"])
+    lo, hi = d["x"].aminmax()
+    if affine:
+        scale = (hi - lo) / 255
+        zero_point = (-128 - torch.round(lo / scale)).to(torch.int32).reshape(1)
+    else:
+        scale, zero_point = torch.maximum(hi.abs(), lo.abs()) / 127, None
+    m = Int8Conv2d.from_float(conv, input_scale=scale.reshape(1), input_zero_point=zero_point,
+                              out_dtype=torch.float16)
+    q = torch.ops.lowp.quantize_channels_last(d["x"], m.input_scale, m.input_zero_point)
+    return lambda: m(q)
 
 
 # --------------------------------------------------------------------------------------- torch / cuBLAS / cuDNN
@@ -315,6 +329,8 @@ PROVIDERS = {p.name: p for p in [
     Provider("lowp", "lowp Triton kernels (int8 / fp8 / fp16 tensor cores, fused epilogues)",
              ("int8_mm", "int8_linear", *_FP8_OPS, "fp16_mm", "fp16_linear_train", "int8_conv", "quantize"), 30.0,
              _lowp),
+    Provider("lowp_affine", "lowp INT8 conv with an input zero point (static affine activations)", ("int8_conv",),
+             30.0, lambda p: _lowp_conv(p, affine=True)),
     Provider("lowp_fast_accum", "lowp FP8 with use_fast_accum=True (whole K in sm_90's fp8 accumulator)", _FP8_OPS,
              30.0, lambda p: _lowp_fp8(p, fast_accum=True)),
     Provider("torch_fp32", "torch FP32 (cuBLAS / cuDNN, TF32 off)", _FLOAT, 60.0, _torch_float(torch.float32, False)),

@@ -215,6 +215,8 @@ PERF = [
     ("fp8_mm", (4096, 4096, 4096), "lowp", "torch_fp8_rowwise", 0.7, False),
     ("quantize", (8192, 11008, 4096), "lowp", "copy", 0.7, False),
     ("int8_conv", (32, 64, 56, 56, 64, 3, 1, 1, 1), "lowp", "torch_fp16", 1.3, False),
+    # the same with an input zero point: padding's correction (kernels/conv.py) should cost little
+    ("int8_conv", (32, 64, 56, 56, 64, 3, 1, 1, 1), "lowp_affine", "lowp", 0.9, False),
 ]
 
 

@@ -285,7 +285,24 @@ def _resources(cubin: bytes) -> dict:
         sass = subprocess.run([tool, "--dump-sass", f.name], capture_output=True, text=True).stdout
     fields = dict(re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", usage))
     return {"regs": int(fields.get("REG", -1)), "stack": int(fields.get("STACK", -1)),
-            "local": int(fields.get("LOCAL", -1)), "sass_gmma": sorted(set(re.findall(r"\b([A-Z]GMMA)\b", sass)))}
+            "local": int(fields.get("LOCAL", -1)), "sass_gmma": sorted(set(re.findall(r"\b([A-Z]GMMA)\b", sass))),
+            "loops": _gmma_loops(sass)}
+
+
+def _gmma_loops(sass: str) -> list[int]:
+    """SASS instructions per iteration of each loop that issues a matrix instruction (a backward branch whose body
+    holds a *GMMA), in code order: what each reduction step costs the warp schedulers besides the tensor cores.
+    A 128x128x64 int8 step's wgmma takes ~256 cycles of an SM's tensor cores (4096 int8 MACs per cycle), while
+    8 warps of n instructions take 8·n/4 issue cycles: past ~128 instructions the loop is issue-bound."""
+    code = [(int(a, 16), text) for a, text in re.findall(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", sass)]
+    loops = []
+    for end, text in code:
+        target = re.search(r"\bBRA\s+0x([0-9a-f]+)", text)
+        if target and int(target.group(1), 16) < end:
+            body = [t for a, t in code if int(target.group(1), 16) <= a <= end]
+            if any(re.search(r"\b[A-Z]GMMA\b", t) for t in body):
+                loops.append(len(body))
+    return loops
 
 
 # The operand types of a wgmma instruction in the PTX, and the kernel each operand makes.
@@ -379,13 +396,15 @@ def main(argv=None) -> int:
     rows = [] if args.compile_check else inspect_gemm(args.arch, args.variant, args.large_only)
     if rows:
         print(f"{'kernel':10} {'variant':18} {'M':>4} {'tile':12} {'st':>2} {'w':>2} {'regs':>4} {'stack':>5} "
-              f"{'smem':>7} {'pend':>5}  mma")
+              f"{'smem':>7} {'pend':>5} {'loop':>7}  mma")
     for r in rows:
         mma = ", ".join(m.split(".sync.aligned.")[-1] if "sync" in m else m for m in r["mma"]) or "NONE"
         flag = "" if r["ok"] else "   <-- FAIL"
         pend = ",".join(map(str, r["pendings"])) or "-"
+        loops = ",".join(map(str, r["loops"])) or "-"
         print(f"{r['kernel']:10} {r['variant']:18} {r['M']:>4} {r['tile']:12} {r['stages']:>2} {r['warps']:>2} "
-              f"{r['regs']:>4} {r['stack']:>5} {r['shared']:>7} {pend:>5}  {mma} {' '.join(r['sass_gmma'])}{flag}")
+              f"{r['regs']:>4} {r['stack']:>5} {r['shared']:>7} {pend:>5} {loops:>7}  {mma} "
+              f"{' '.join(r['sass_gmma'])}{flag}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"arch": args.arch, "triton": triton.__version__, "compile_check": checks, "rows": rows},

@@ -72,6 +72,38 @@ def test_requantized_int8_output_bit_exact(name, activation):
     assert_requant_equal(out, ref)
 
 
+# Padding with a zero point reads 0 and adds za · Σ_{taps outside} w back after the loop (kernels/conv.py): every
+# geometry, a 7x7 kernel (49 taps: four 16-tap blocks of the correction), both tile configs. Unit scales keep
+# y = acc − za·Σ w an exact integer in float32, so the comparison is of the integers themselves.
+_PADDED = {**GEOMETRIES, "7x7 pad3 stride2": (1, 3, 9, 9, 5, 7, 7, (2, 2), (3, 3), (1, 1), 1)}
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("zero_point", [-128, -13, 127])
+@pytest.mark.parametrize("name", _PADDED)
+def test_zero_point_padding_exact(name, zero_point, config):
+    N, C, H, W, K, R, S, *geo = _PADDED[name]
+    x, w = _tensors(N, C, H, W, K, R, S, geo[3])
+    kw = dict(_geometry_kwargs(*geo), a_scale=torch.ones(1, device=DEVICE), b_scale=torch.ones(K, device=DEVICE),
+              a_zero_point=torch.tensor([zero_point], dtype=torch.int32, device=DEVICE),
+              b_sum=w.int().sum(dim=(1, 2, 3)).int(), out_dtype=torch.float32)
+    assert_bitwise_equal(int8_conv2d(x, w, **kw, config=CONFIGS[config]), reference.int8_conv2d(x, w, **kw))
+
+
+def test_zero_point_padding_wide_tap_sums():
+    # 32769 channels of -128: each tap's weight sum is -4194432 < -2^22, past what two 11-bit float16 parts hold
+    # exactly (the third part's case)
+    C, K = 32769, 3
+    x = torch.randint(-128, 128, (1, C, 1, 2), dtype=torch.int8).to(DEVICE).contiguous(memory_format=CL)
+    w = torch.full((K, C, 1, 1), -128, dtype=torch.int8, device=DEVICE).contiguous(memory_format=CL)
+    w[1] = 127
+    kw = dict(stride=(1, 1), padding=(1, 0), dilation=(1, 1), groups=1, a_scale=torch.ones(1, device=DEVICE),
+              b_scale=torch.ones(K, device=DEVICE), a_zero_point=torch.tensor([-77], dtype=torch.int32, device=DEVICE),
+              b_sum=w.int().sum(dim=(1, 2, 3)).int(), out_dtype=torch.float32)
+    config = dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=1024, GROUP_M=1, num_warps=4, num_stages=1)
+    assert_bitwise_equal(int8_conv2d(x, w, **kw, config=config), reference.int8_conv2d(x, w, **kw))
+
+
 def test_int8_chain_conv_relu_conv():
     # conv -> relu -> conv with int8 between the layers: the first requantizes, the second reads it directly
     x, w1 = _tensors(2, 5, 13, 13, 16, 3, 3, 1)
