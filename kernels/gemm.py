@@ -17,6 +17,10 @@ kept: DeepSeek-V3 technical report, arXiv 2412.19437, "Increasing Accumulation P
 moves each BLOCK_K slice's sum into a float32 accumulator (Triton's max_num_imprecise_acc = BLOCK_K, the report's
 remedy); FAST_ACCUM=True accumulates all of K in the wgmma (what torch._scaled_mm's use_fast_accum=True asks of
 cuBLAS). The interpreter has no such mode: float32 either way.
+Decode (M <= 16) with int8 operands may split the reduction: N / BLOCK_N tiles alone leave most of an H100's 132
+SMs without work, so SPLIT_K programs share each tile's K steps (program_id(1)), add their int32 partial sums into a
+workspace, and the last to arrive runs the epilogue (_sum_splits). The total is an integer, so the result is exact
+and does not depend on the order of arrival; fp8 and fp16 / bf16 (float sums) never split.
 The epilogue lives in kernels/epilogue.py, the launch in kernels/launch.py.
 """
 
@@ -45,6 +49,12 @@ _INT8_TABLE = [
     (32, 64, 256, 4, 4),  # the rest serve decode (M ≤ 32): weight-bandwidth bound, many N tiles in flight
     (16, 64, 256, 4, 4),
     (16, 32, 256, 5, 4),
+    # decode with split K (int8 only, M ≤ 16: make_gemm_pruner): N / BLOCK_N tiles alone are 64-344 programs for
+    # N = 4096-11008, at most 2.6 per SM of an H100's 132; splitting K 2-4 ways puts 256-1376 in flight
+    (16, 64, 256, 4, 4, 2),
+    (16, 64, 256, 4, 4, 4),
+    (16, 32, 256, 5, 4, 2),
+    (16, 32, 256, 5, 4, 4),
 ]
 # 16-bit operands: the same tiles with half the K depth (the same bytes per stage). Not yet tuned on a GPU.
 _FP16_TABLE = [
@@ -60,20 +70,40 @@ _FP16_TABLE = [
 ]
 
 
+@triton.jit
+def _sum_splits(acc, split_sum_ptr, split_count_ptr, offs_m, offs_n, N, tile, mask, SPLIT_K: tl.constexpr):
+    """Split-K: add this program's int32 partial sum (BLOCK_M, BLOCK_N) into the workspace; the split that arrives
+    last gets the total back, and the zeros left behind serve the next call. Returns (total, mask): mask is kept
+    only in the last split, which alone finishes the tile. Integer addition: the total does not depend on the order
+    of arrival, so results are deterministic (a float accumulator's would not be).
+    split_sum_ptr: int32 (M, N) contiguous, split_count_ptr: int32, one per tile; both zero between calls."""
+    sums = split_sum_ptr + offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]
+    tl.atomic_add(sums, acc, mask=mask, sem="relaxed")
+    tl.debug_barrier()  # every thread's adds are in before the arrival (release) is counted
+    last = tl.atomic_add(split_count_ptr + tile, 1, sem="acq_rel") == SPLIT_K - 1
+    mask = tl.where(last, mask, False)
+    total = tl.atomic_xchg(sums, 0, mask=mask)  # read the total, leave 0
+    tl.atomic_xchg(split_count_ptr + tile, 0, mask=last)
+    return total, mask
+
+
 # m_bucket and m_aligned are read by the autotuner only: not specialized, so that their values (1, 16, 32, ...)
 # do not compile variants of their own
 @triton.jit(do_not_specialize=["m_bucket", "m_aligned"])
 def _gemm_kernel(
     a_ptr, b_ptr, c_ptr,
     a_scale_ptr, b_scale_ptr, bias_ptr, a_zp_ptr, b_sum_ptr, out_scale_ptr, out_zp_ptr,
+    split_sum_ptr, split_count_ptr,  # the SPLIT_K workspace (_sum_splits); None when SPLIT_K is 1
     M, N, K, m_bucket, m_aligned,  # m_bucket, m_aligned (M % 16 == 0) only key the autotuner
     stride_am, stride_ak, stride_bk, stride_bn, stride_cm, stride_cn,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     EVEN_K: tl.constexpr, ACCUMULATE: tl.constexpr, FAST_ACCUM: tl.constexpr,
     OUTPUT: tl.constexpr, A_SCALE_PER_ROW: tl.constexpr, B_SCALE_PER_COL: tl.constexpr,
     A_ZP_PER_ROW: tl.constexpr, ACTIVATION: tl.constexpr,
+    SPLIT_K: tl.constexpr = 1,  # programs per tile along K (program_id(1)); int8 operands only
 ):
-    pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    tile = tl.program_id(0)
+    pid_m, pid_n = grouped_tile(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -93,7 +123,15 @@ def _gemm_kernel(
     FP8: tl.constexpr = a_ptr.dtype.element_ty == tl.float8e4nv
     IMPRECISE: tl.constexpr = BLOCK_K if FP8 and not FAST_ACCUM else None
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
-    for k in range(0, tl.cdiv(K, BLOCK_K)):
+    k_first = 0
+    k_end = tl.cdiv(K, BLOCK_K)
+    if SPLIT_K > 1:  # this program's share of the K steps
+        per_split = tl.cdiv(k_end, SPLIT_K)
+        k_first = tl.program_id(1) * per_split
+        k_end = tl.minimum(k_first + per_split, k_end)
+        a_ptrs += k_first * a_step
+        b_ptrs += k_first * b_step
+    for k in range(k_first, k_end):
         if EVEN_K:
             a = tl.load(a_ptrs)
             b = tl.load(b_ptrs)
@@ -105,11 +143,13 @@ def _gemm_kernel(
         a_ptrs += a_step
         b_ptrs += b_step
 
+    c_mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
+    if SPLIT_K > 1:  # the last split to arrive finishes the tile
+        acc, c_mask = _sum_splits(acc, split_sum_ptr, split_count_ptr, offs_m, offs_n, N, tile, c_mask, SPLIT_K)
     y = gemm_epilogue(acc, offs_m, offs_n, M, N, offs_m,
                       a_scale_ptr, b_scale_ptr, bias_ptr, a_zp_ptr, b_sum_ptr, out_scale_ptr, out_zp_ptr,
                       OUTPUT, A_SCALE_PER_ROW, B_SCALE_PER_COL, A_ZP_PER_ROW, ACTIVATION)
     c_ptrs = c_ptr + offs_m.to(tl.int64)[:, None] * stride_cm + offs_n.to(tl.int64)[None, :] * stride_cn
-    c_mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
     if ACCUMULATE:
         y = y + tl.load(c_ptrs, mask=c_mask, other=0.0)
     tl.store(c_ptrs, y.to(c_ptr.dtype.element_ty), mask=c_mask)
@@ -129,6 +169,12 @@ def _register_heavy(args) -> bool:
     return args["OUTPUT"] == "int8" or (m_contiguous and not args["m_aligned"]) or precise_fp8
 
 
+def _may_split(args) -> bool:
+    """SPLIT_K: int8 operands only (an integer total does not depend on the order the splits arrive in, a float
+    one would), and not when accumulating into c."""
+    return args["a_ptr"].dtype == torch.int8 and not args["ACCUMULATE"]
+
+
 _GEMM = TiledKernel(_gemm_kernel, reduction="K")
 # Plus the dtype of every tensor argument (Triton adds those), and everything else the pruner reads (_register_heavy:
 # the output kind, A's layout, whether M is a multiple of 16, the fp8 accumulation mode), so that no call reuses a
@@ -137,7 +183,7 @@ _GEMM = TiledKernel(_gemm_kernel, reduction="K")
 # is then the layer's output width, the batch is K), so keying on them adds no re-tuning as traffic changes.
 _KEY = ["m_bucket", "m_aligned", "N", "K", "stride_am", "stride_ak", "OUTPUT", "FAST_ACCUM"]
 _PRUNE = make_gemm_pruner(m_bucket_arg="m_bucket", n_arg="N", k_arg="K", operand_arg="a_ptr",
-                          register_heavy=_register_heavy)
+                          register_heavy=_register_heavy, may_split=_may_split)
 # (8-bit operands, accumulate into c) -> the autotuned kernel; accumulating launches restore c after every trial
 _TUNED = {(eight_bit, accumulate): _GEMM.autotuned(gemm_configs(_INT8_TABLE if eight_bit else _FP16_TABLE),
                                                    key=_KEY, prune=_PRUNE, restore_value=("c_ptr",) * accumulate)
@@ -156,9 +202,9 @@ def gemm(a, b, *, a_scale=None, b_scale=None, bias=None, a_zero_point=None, b_su
     out_dtype: int32 (raw int8 product), int8, float16, bfloat16, float32. accumulate_into: a float32 (M, N)
     tensor updated in place (c += result) and returned instead of a new one. fast_accum: fp8 only, the whole
     reduction in sm_90's fp8 accumulator (module docstring).
-    config: BLOCK_M/BLOCK_N/BLOCK_K/GROUP_M/num_warps/num_stages to bypass autotuning (CPU tensors under
-    TRITON_INTERPRET=1 always do, with INTERPRETER_CONFIG). wrap: torch.library.wrap_triton when launched
-    from inside a triton_op, so torch.compile traces into the kernel.
+    config: BLOCK_M/BLOCK_N/BLOCK_K/GROUP_M/num_warps/num_stages (and SPLIT_K, int8 only) to bypass autotuning
+    (CPU tensors under TRITON_INTERPRET=1 always do, with INTERPRETER_CONFIG). wrap: torch.library.wrap_triton
+    when launched from inside a triton_op, so torch.compile traces into the kernel.
     """
     M, K = a.shape
     N = b.shape[1]
@@ -178,9 +224,18 @@ def gemm(a, b, *, a_scale=None, b_scale=None, bias=None, a_zero_point=None, b_su
         A_ZP_PER_ROW=a_zero_point is not None and a_zero_point.numel() != 1,
         ACTIVATION=activation,
     )
+    # the SPLIT_K workspace, zero between calls (_sum_splits), wherever a split config may run
+    split = config.get("SPLIT_K", 1) > 1 if config else a.device.type != "cpu" and M <= 16 and _may_split(args)
+    if split and not _may_split(args):
+        raise ValueError(f"gemm: SPLIT_K needs int8 operands and no accumulate_into, got {a.dtype}")
+    args.update(split_sum_ptr=None, split_count_ptr=None)
+    if split:
+        tiles = triton.cdiv(M, 16) * triton.cdiv(N, 16)  # a bound: every tile is 16 x 16 or larger
+        workspace = torch.zeros(M * N + tiles, dtype=torch.int32, device=a.device)  # one allocation, one memset
+        args.update(split_sum_ptr=workspace[:M * N], split_count_ptr=workspace[M * N:])
 
     def grid(meta):
-        return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
+        return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]), meta.get("SPLIT_K", 1))
 
     tuned = _TUNED[a.element_size() == 1, accumulate_into is not None]
     _GEMM.launch(tuned, grid, args, device=a.device, config=config, wrap=wrap)

@@ -18,13 +18,32 @@ def test_conv_module_cuda_matches_cpu():
     conv = nn.Conv2d(16, 32, 3, padding=1)
     x = torch.randn(4, 16, 13, 13)
     static = dict(activation="relu", input_scale=x.abs().max() / 127, output_scale=0.05)
+    affine = dict(static, input_zero_point=torch.tensor([-20], dtype=torch.int32))  # padding's correction
     dynamic = dict(activation="relu", output_scale=0.05)  # the op computes its scale on the device, no host read
-    for kwargs in (static, dynamic):
+    for kwargs in (static, affine, dynamic):
         out_cpu = Int8Conv2d.from_float(conv, **kwargs)(x)
         assert_requant_equal(Int8Conv2d.from_float(conv.cuda(), **kwargs)(x.cuda()), out_cpu)
         conv.cpu()
     q = torch.ops.lowp.quantize_channels_last(x, torch.tensor([0.02]))
     assert torch.equal(torch.ops.lowp.quantize_channels_last(x.cuda(), torch.tensor([0.02], device="cuda")).cpu(), q)
+
+
+@pytest.mark.parametrize("split_k", [None, 2, 4])  # None: whatever the autotuner picks (split or not)
+@pytest.mark.parametrize("m", [1, 7, 16])
+def test_int8_decode_split_k_exact_under_contention(m, split_k):
+    # kernels/gemm.py's split K on a real GPU: hundreds of programs adding into the workspace at once, the last of
+    # each tile finishing it; repeated launches on a workspace left zero by the previous one's (the autotuner's
+    # trials do the same)
+    from lowp_ops.kernels import int8_gemm
+
+    a = torch.randint(-128, 128, (m, 4096), dtype=torch.int8)
+    b = torch.randint(-128, 128, (11008, 4096), dtype=torch.int8)
+    expected = (a.double() @ b.double().T).int()  # exact: |sums| <= 4096 · 2^14 = 2^26, far below 2^53
+    config = None if split_k is None else dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=256, GROUP_M=8, num_warps=4,
+                                               num_stages=4, SPLIT_K=split_k)
+    a, b = a.cuda(), b.cuda()
+    for _ in range(20):
+        assert torch.equal(int8_gemm(a, b, config=config).cpu(), expected)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

@@ -250,14 +250,15 @@ def _compile(launch: Launch, arch: int):
     """Compile a captured launch as Triton's JIT specializes it: a tensor is a pointer ("*i8"), marked divisible by
     16 when 16-byte aligned; an int is "i32", a compile-time constant when it is 1 and marked divisible when a
     multiple of 16; a float is "fp32"; tl.constexpr parameters and None are constants. num_warps and num_stages
-    are compile options (Triton's defaults where the launcher passes none)."""
+    are compile options (Triton's defaults where the launcher passes none), and so are parameters' defaults."""
     fn = launch.kernel
-    missing = [name for name in fn.arg_names if name not in launch.args]
+    args = {p.name: p.default for p in fn.params if p.has_default} | launch.args
+    missing = [name for name in fn.arg_names if name not in args]
     if missing:
         raise TypeError(f"{fn.__name__}: the launch passes no {', '.join(missing)}")
     sig, const, attrs = {}, {}, {}
     for i, param in enumerate(fn.params):
-        name, value = param.name, launch.args[param.name]
+        name, value = param.name, args[param.name]
         if param.is_constexpr or value is None or (isinstance(value, int) and value == 1):
             sig[name], const[name] = "constexpr", value
         elif isinstance(value, torch.Tensor):
@@ -286,21 +287,22 @@ def _resources(cubin: bytes) -> dict:
     fields = dict(re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", usage))
     return {"regs": int(fields.get("REG", -1)), "stack": int(fields.get("STACK", -1)),
             "local": int(fields.get("LOCAL", -1)), "sass_gmma": sorted(set(re.findall(r"\b([A-Z]GMMA)\b", sass))),
-            "loops": _gmma_loops(sass)}
+            "loops": _matrix_loops(sass)}
 
 
-def _gmma_loops(sass: str) -> list[int]:
+def _matrix_loops(sass: str) -> list[int]:
     """SASS instructions per iteration of each loop that issues a matrix instruction (a backward branch whose body
-    holds a *GMMA), in code order: what each reduction step costs the warp schedulers besides the tensor cores.
-    A 128x128x64 int8 step's wgmma takes ~256 cycles of an SM's tensor cores (4096 int8 MACs per cycle), while
-    8 warps of n instructions take 8·n/4 issue cycles: past ~128 instructions the loop is issue-bound."""
+    holds a wgmma's *GMMA or an mma.sync's IMMA / HMMA), in code order: what each reduction step costs the warp
+    schedulers besides the tensor cores. A 128x128x64 int8 step's wgmma takes ~256 cycles of an SM's tensor cores
+    (4096 int8 MACs per cycle), while 8 warps of n instructions take 8·n/4 issue cycles: past ~128 instructions
+    the loop is issue-bound."""
     code = [(int(a, 16), text) for a, text in re.findall(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", sass)]
     loops = []
     for end, text in code:
         target = re.search(r"\bBRA\s+0x([0-9a-f]+)", text)
         if target and int(target.group(1), 16) < end:
             body = [t for a, t in code if int(target.group(1), 16) <= a <= end]
-            if any(re.search(r"\b[A-Z]GMMA\b", t) for t in body):
+            if any(re.search(r"\b([A-Z]GMMA|[IH]MMA)\b", t) for t in body):
                 loops.append(len(body))
     return loops
 
@@ -317,8 +319,9 @@ def compile_gemm(config: dict, variant: str, arch: int = 90, size: tuple = _SIZE
     mma = sorted(set(re.findall(r"(wgmma\.mma_async\.\S*|mma\.sync\.\S*)", compiled.asm["ptx"])))
     operand = _POINTER[launch.args["a_ptr"].dtype]
     kernel = "int8_conv" if variant in _CONV_VARIANTS else _GEMM_KERNEL[operand]
+    split = f"/{config['SPLIT_K']}" if config.get("SPLIT_K", 1) > 1 else ""  # split K: programs per tile
     row = {"kernel": kernel, "variant": variant, "M": size[0],
-           "tile": f"{config['BLOCK_M']}x{config['BLOCK_N']}x{config['BLOCK_K']}",
+           "tile": f"{config['BLOCK_M']}x{config['BLOCK_N']}x{config['BLOCK_K']}{split}",
            "stages": config["num_stages"], "warps": config["num_warps"], "shared": compiled.metadata.shared,
            "mma": mma, **_resources(compiled.asm["cubin"])}
     row["wgmma"] = any("wgmma" in m and _WGMMA_OPERANDS[operand] in m for m in mma)

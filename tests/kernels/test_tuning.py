@@ -127,3 +127,23 @@ def test_the_weight_gradient_keeps_big_tiles_where_m_is_a_multiple_of_16():
     assert _kept(_PRUNE, table, {**wgrad, "m_aligned": 0}) == [table[1]]
     assert "m_aligned" in _KEY  # a tile tuned for one is never reused for the other
 
+
+
+def test_split_k_only_for_int8_decode_with_two_steps_a_split():
+    # kernels/gemm.py's _may_split: int8 operands, not accumulating; make_gemm_pruner: M <= 16 and cdiv(K, BLOCK_K)
+    # >= 2 x SPLIT_K. A 16x64x256 tile unsplit, split 2 and split 4:
+    from lowp_ops.kernels.gemm import _PRUNE
+
+    table = [(16, 64, 256, 4, 4), (16, 64, 256, 4, 4, 2), (16, 64, 256, 4, 4, 4)]
+
+    def splits(args):
+        return [c.kwargs.get("SPLIT_K", 1) for c in _PRUNE(gemm_configs(table), args)]
+
+    decode = dict(stride_am=4096, stride_ak=1, OUTPUT="float", FAST_ACCUM=False, ACCUMULATE=False, m_aligned=0)
+    assert splits(_args(m_bucket=16, **decode)) == [1, 2, 4]          # K = 4096: 16 steps of 256, 4 a split
+    assert splits(_args(m_bucket=16, k=1024, **decode)) == [1, 2]     # 4 steps: 2 a split at 2-way, 1 at 4-way
+    assert splits(_args(m_bucket=32, **decode)) == [1]                # M = 17..32: not decode
+    assert splits(_args(m_bucket=16, dtype=torch.float8_e4m3fn, **decode)) == [1]  # a float sum's order shows
+    assert splits(_args(m_bucket=16, **{**decode, "ACCUMULATE": True})) == [1]
+    # when every config is pruned, the fallback is an unsplit one
+    assert splits(_args(m_bucket=16, k=1024, **decode) | {"N": 8, "K": 16}) == [1]
