@@ -14,20 +14,16 @@ def m_bucket(m: int) -> int:
     return min(triton.next_power_of_2(max(int(m), 1)), 8192)
 
 
-def gemm_configs(table, group_m: int = 8) -> list:
-    """(BLOCK_M, BLOCK_N, BLOCK_K, num_stages, num_warps[, SPLIT_K]) rows -> triton.Config list; SPLIT_K (the GEMM's
-    split reduction, kernels/gemm.py) only where the row has it."""
-    configs = []
-    for bm, bn, bk, stages, warps, *split in table:
-        kwargs = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group_m}
-        if split:
-            kwargs["SPLIT_K"] = split[0]
-        configs.append(triton.Config(kwargs, num_stages=stages, num_warps=warps))
-    return configs
+def gemm_configs(table, group_m: int = 8, **variant) -> list:
+    """(BLOCK_M, BLOCK_N, BLOCK_K, num_stages, num_warps) rows -> triton.Config list; variant: constexprs that every
+    config of the table sets (the GEMM's SPLIT_K or TMA, kernels/gemm.py)."""
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group_m, **variant},
+                          num_stages=stages, num_warps=warps)
+            for bm, bn, bk, stages, warps in table]
 
 
 def make_gemm_pruner(*, m_bucket_arg: str, n_arg: str, k_arg: str, operand_arg: str,
-                     register_heavy=lambda args: False, may_split=lambda args: False):
+                     register_heavy=lambda args: False, allows=lambda kwargs, args: True):
     """A Triton early_config_prune: drop tiles that overflow shared memory or do not fit the problem.
 
     m_bucket_arg, n_arg, k_arg, operand_arg: the names of the kernel's arguments holding m_bucket(M) for the rows,
@@ -35,9 +31,8 @@ def make_gemm_pruner(*, m_bucket_arg: str, n_arg: str, k_arg: str, operand_arg: 
     cost of a pipeline stage.
     register_heavy(args) says when the kernel needs so many registers besides its accumulator that big
     accumulators spill; then each thread may hold at most 64 accumulator elements, otherwise 128.
-    may_split(args) says when a config with SPLIT_K > 1 may run at all; it is then kept for decode (M <= 16, where
-    the tiles alone leave SMs idle) when every split gets two BLOCK_K steps or more.
-    When no config is left, the one with the smallest BLOCK_M x BLOCK_N tile is kept.
+    allows(config.kwargs, args) says whether the kernel can run a config's variant (its own constexprs) on args at
+    all. When no config is left, the allowed one with the smallest BLOCK_M x BLOCK_N tile is kept.
     """
 
     def prune(configs, named_args, **kwargs):
@@ -45,14 +40,10 @@ def make_gemm_pruner(*, m_bucket_arg: str, n_arg: str, k_arg: str, operand_arg: 
         mb, n, k = args[m_bucket_arg], args[n_arg], args[k_arg]
         operand_bytes = args[operand_arg].element_size()
         max_acc_per_thread = 64 if register_heavy(args) else 128
-        split_ok = mb <= 16 and may_split(args)
 
         def fits(c):
             kw = c.kwargs
             bm, bn, bk = kw["BLOCK_M"], kw["BLOCK_N"], kw["BLOCK_K"]
-            split = kw.get("SPLIT_K", 1)
-            if split > 1 and not (split_ok and triton.cdiv(k, bk) >= 2 * split):
-                return False
             smem = c.num_stages * (bm + bn) * bk * operand_bytes  # both operand tiles, every pipeline stage
             return (smem <= SMEM_BUDGET_BYTES
                     and bm * bn <= max_acc_per_thread * 32 * c.num_warps
@@ -61,8 +52,8 @@ def make_gemm_pruner(*, m_bucket_arg: str, n_arg: str, k_arg: str, operand_arg: 
                     and bn <= max(32, triton.next_power_of_2(n))
                     and bk <= max(32, triton.next_power_of_2(k)))
 
-        kept = [c for c in configs if fits(c)]
-        unsplit = [c for c in configs if c.kwargs.get("SPLIT_K", 1) == 1]
-        return kept or [min(unsplit, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])]
+        allowed = [c for c in configs if allows(c.kwargs, args)]
+        kept = [c for c in allowed if fits(c)]
+        return kept or [min(allowed, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])]
 
     return prune

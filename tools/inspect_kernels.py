@@ -319,9 +319,10 @@ def compile_gemm(config: dict, variant: str, arch: int = 90, size: tuple = _SIZE
     mma = sorted(set(re.findall(r"(wgmma\.mma_async\.\S*|mma\.sync\.\S*)", compiled.asm["ptx"])))
     operand = _POINTER[launch.args["a_ptr"].dtype]
     kernel = "int8_conv" if variant in _CONV_VARIANTS else _GEMM_KERNEL[operand]
-    split = f"/{config['SPLIT_K']}" if config.get("SPLIT_K", 1) > 1 else ""  # split K: programs per tile
+    # the GEMM's variants: split K (programs per tile), the persistent TMA one
+    variant_mark = f"/{config['SPLIT_K']}" if config.get("SPLIT_K", 1) > 1 else " tma" * config.get("TMA", False)
     row = {"kernel": kernel, "variant": variant, "M": size[0],
-           "tile": f"{config['BLOCK_M']}x{config['BLOCK_N']}x{config['BLOCK_K']}{split}",
+           "tile": f"{config['BLOCK_M']}x{config['BLOCK_N']}x{config['BLOCK_K']}{variant_mark}",
            "stages": config["num_stages"], "warps": config["num_warps"], "shared": compiled.metadata.shared,
            "mma": mma, **_resources(compiled.asm["cubin"])}
     row["wgmma"] = any("wgmma" in m and _WGMMA_OPERANDS[operand] in m for m in mma)
@@ -398,14 +399,14 @@ def main(argv=None) -> int:
         print(f"compiles  {r['kernel']:14} {r['variant']:42} {'ok' if r['ok'] else 'FAIL: ' + r['error']}")
     rows = [] if args.compile_check else inspect_gemm(args.arch, args.variant, args.large_only)
     if rows:
-        print(f"{'kernel':10} {'variant':18} {'M':>4} {'tile':12} {'st':>2} {'w':>2} {'regs':>4} {'stack':>5} "
+        print(f"{'kernel':10} {'variant':18} {'M':>4} {'tile':15} {'st':>2} {'w':>2} {'regs':>4} {'stack':>5} "
               f"{'smem':>7} {'pend':>5} {'loop':>7}  mma")
     for r in rows:
         mma = ", ".join(m.split(".sync.aligned.")[-1] if "sync" in m else m for m in r["mma"]) or "NONE"
         flag = "" if r["ok"] else "   <-- FAIL"
         pend = ",".join(map(str, r["pendings"])) or "-"
         loops = ",".join(map(str, r["loops"])) or "-"
-        print(f"{r['kernel']:10} {r['variant']:18} {r['M']:>4} {r['tile']:12} {r['stages']:>2} {r['warps']:>2} "
+        print(f"{r['kernel']:10} {r['variant']:18} {r['M']:>4} {r['tile']:15} {r['stages']:>2} {r['warps']:>2} "
               f"{r['regs']:>4} {r['stack']:>5} {r['shared']:>7} {pend:>5} {loops:>7}  {mma} "
               f"{' '.join(r['sass_gmma'])}{flag}")
     if args.json:

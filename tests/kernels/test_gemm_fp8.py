@@ -184,3 +184,15 @@ def test_empty_shapes():
     bias = torch.randn(37, device=DEVICE)
     out = fp8_gemm(a[:, :0], b[:, :0], a_scale=a_scale, b_scale=b_scale, bias=bias, activation="relu")
     assert torch.equal(out, torch.relu(bias).expand(13, 37))
+
+
+@pytest.mark.parametrize("fast_accum", [False, True], ids=["precise", "fast accum"])
+@pytest.mark.parametrize("M, N, K", [(13, 45, 96), (67, 33, 64)], ids=str)
+def test_tma_variant(M, N, K, fast_accum):
+    # kernels/gemm.py's persistent TMA variant: K a multiple of 16 (TMA's row alignment for 8-bit operands), M, N
+    # and K tails zero-filled by the copy engine, more tiles than programs
+    config = dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=32, GROUP_M=2, num_warps=4, num_stages=2, TMA=True)
+    a, b = codes(M, K), codes(N, K)
+    a_scale, b_scale = _scales(M, N)
+    _check(a, b, a_scale=a_scale, b_scale=b_scale, bias=torch.randn(N, device=DEVICE), activation="gelu",
+           out_dtype=torch.bfloat16, fast_accum=fast_accum, config=config)

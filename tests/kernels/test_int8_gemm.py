@@ -163,3 +163,29 @@ def test_split_k_refused_where_order_matters():
     a, b = int8(3, 64).to(DEVICE).half(), int8(5, 64).to(DEVICE).half()
     with pytest.raises(ValueError, match="SPLIT_K needs int8 operands"):
         gemm(a, b.T, out_dtype=torch.float32, config=SPLITS["split2 16"])
+
+
+# The persistent TMA variant (kernels/gemm.py): K a multiple of 16 (TMA's row alignment, int8) but not of BLOCK_K
+# (the copy engine zero-fills the K tail, and M / N tails), more tiles than programs (three in the interpreter, each
+# walking an uneven share), every epilogue.
+TMA = dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=32, GROUP_M=2, num_warps=4, num_stages=2, TMA=True)
+
+
+@pytest.mark.parametrize("M, N, K", [(1, 37, 48), (13, 45, 96), (67, 33, 64), (150, 70, 160)], ids=lambda v: str(v))
+def test_tma_variant_bit_exact(M, N, K):
+    a, b, a_scale, b_scale, bias = _case(M, N, K)
+    assert_bitwise_equal(int8_gemm(a, b, config=TMA), reference.int8_gemm(a, b))
+    requant = dict(a_scale=a_scale, b_scale=b_scale, bias=bias, activation="relu6", out_dtype=torch.int8,
+                   out_scale=torch.tensor([0.05], device=DEVICE), out_zero_point=torch.tensor([3], device=DEVICE),
+                   a_zero_point=torch.tensor([-3], dtype=torch.int32, device=DEVICE), b_sum=b.int().sum(1).int())
+    assert_requant_equal(int8_gemm(a, b, config=TMA, **requant), reference.int8_gemm(a, b, **requant))
+    floats = dict(a_scale=a_scale, b_scale=b_scale, bias=bias, out_dtype=torch.float32)
+    out, ref = int8_gemm(a, b, config=TMA, **floats), reference.int8_gemm(a, b, **floats)
+    assert_bitwise_equal(out, ref) if DEVICE == "cpu" else torch.testing.assert_close(out, ref)
+
+
+def test_tma_variant_refused_where_a_descriptor_cannot_read():
+    with pytest.raises(ValueError, match="TMA needs 8-bit, K-contiguous operands with 16-byte aligned rows"):
+        int8_gemm(int8(5, 45).to(DEVICE), int8(7, 45).to(DEVICE), config=TMA)  # rows of 45 bytes
+    with pytest.raises(ValueError, match="TMA needs"):
+        gemm(int8(5, 64).to(DEVICE).half(), int8(7, 64).to(DEVICE).half().T, out_dtype=torch.float32, config=TMA)

@@ -129,21 +129,26 @@ def test_the_weight_gradient_keeps_big_tiles_where_m_is_a_multiple_of_16():
 
 
 
-def test_split_k_only_for_int8_decode_with_two_steps_a_split():
-    # kernels/gemm.py's _may_split: int8 operands, not accumulating; make_gemm_pruner: M <= 16 and cdiv(K, BLOCK_K)
-    # >= 2 x SPLIT_K. A 16x64x256 tile unsplit, split 2 and split 4:
+def test_variants_only_where_they_may_run():
+    # kernels/gemm.py's _allows: SPLIT_K for int8 operands, not accumulating, at M <= 16 with cdiv(K, BLOCK_K) >=
+    # 2 x SPLIT_K; TMA where the launcher found the operands fit a descriptor (tma_ok), at M >= 64
     from lowp_ops.kernels.gemm import _PRUNE
 
-    table = [(16, 64, 256, 4, 4), (16, 64, 256, 4, 4, 2), (16, 64, 256, 4, 4, 4)]
+    decode, large = [(16, 64, 256, 4, 4)], [(128, 128, 128, 4, 8)]
+    configs = (gemm_configs(decode) + gemm_configs(decode, SPLIT_K=2) + gemm_configs(decode, SPLIT_K=4)
+               + gemm_configs(large, TMA=True))
 
-    def splits(args):
-        return [c.kwargs.get("SPLIT_K", 1) for c in _PRUNE(gemm_configs(table), args)]
+    def variants(m_bucket, k=4096, dtype=torch.int8, accumulate=False, tma_ok=1, n=4096):
+        args = _args(m_bucket=m_bucket, n=n, k=k, dtype=dtype, stride_am=k, stride_ak=1, OUTPUT="float",
+                     FAST_ACCUM=False, ACCUMULATE=accumulate, m_aligned=0, tma_ok=tma_ok)
+        return [(c.kwargs.get("SPLIT_K", 1), c.kwargs.get("TMA", False)) for c in _PRUNE(configs, args)]
 
-    decode = dict(stride_am=4096, stride_ak=1, OUTPUT="float", FAST_ACCUM=False, ACCUMULATE=False, m_aligned=0)
-    assert splits(_args(m_bucket=16, **decode)) == [1, 2, 4]          # K = 4096: 16 steps of 256, 4 a split
-    assert splits(_args(m_bucket=16, k=1024, **decode)) == [1, 2]     # 4 steps: 2 a split at 2-way, 1 at 4-way
-    assert splits(_args(m_bucket=32, **decode)) == [1]                # M = 17..32: not decode
-    assert splits(_args(m_bucket=16, dtype=torch.float8_e4m3fn, **decode)) == [1]  # a float sum's order shows
-    assert splits(_args(m_bucket=16, **{**decode, "ACCUMULATE": True})) == [1]
-    # when every config is pruned, the fallback is an unsplit one
-    assert splits(_args(m_bucket=16, k=1024, **decode) | {"N": 8, "K": 16}) == [1]
+    plain = (1, False)
+    assert variants(16) == [plain, (2, False), (4, False)]       # K = 4096: 16 steps of 256, 4 a split at 4-way
+    assert variants(16, k=1024) == [plain, (2, False)]           # 4 steps: 2 a split at 2-way, 1 at 4-way
+    assert variants(32) == [plain]                               # M = 17..32: not decode, and below 64 rows
+    assert variants(16, dtype=torch.float8_e4m3fn) == [plain]    # a float sum's order shows
+    assert variants(16, accumulate=True) == [plain]
+    assert variants(128) == [plain, (1, True)]
+    assert variants(128, tma_ok=0) == [plain]
+    assert variants(16, n=8, k=16) == [plain]                    # everything pruned: the fallback is plain
