@@ -59,6 +59,11 @@ class TiledKernel:
         BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages) or the tensors are on the CPU."""
         if config is None and device.type == "cpu":
             config = INTERPRETER_CONFIG
+        if config is not None and config["BLOCK_K"] < 32 and args["a_ptr"].element_size() == 1 and \
+                not args.get("DEPTHWISE", False):
+            # refused here, not only by the GPU compiler: the interpreter would run it, and a test with it pass
+            raise ValueError(f"BLOCK_K must be >= 32 for 8-bit operands (NVIDIA's 8-bit dot takes K >= 32), got "
+                             f"{config['BLOCK_K']}")
         if config is None:
             wrap(tuned)[grid](**args)
         else:

@@ -14,7 +14,7 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 CL = torch.channels_last
 
 CONFIGS = {"default": None,
-           "32x32x16": dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=16, GROUP_M=2, num_warps=4, num_stages=2)}
+           "32x32x32": dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, GROUP_M=2, num_warps=4, num_stages=2)}
 
 
 def _tensors(N, C, H, W, K, R, S, groups):

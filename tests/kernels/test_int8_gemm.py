@@ -23,7 +23,7 @@ MNK = [(1, 1, 1), (1, 37, 45), (13, 45, 100), (67, 33, 64), (16, 17, 19)]
 CONFIGS = {
     "16x32x32": None,  # the interpreter default
     "32x64x64": dict(BLOCK_M=32, BLOCK_N=64, BLOCK_K=64, GROUP_M=2, num_warps=4, num_stages=2),
-    "16x16x16": dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, GROUP_M=1, num_warps=4, num_stages=2),
+    "16x16x32": dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=32, GROUP_M=1, num_warps=4, num_stages=2),
 }
 
 
@@ -129,7 +129,7 @@ def test_activations_propagate_non_finite_values(activation, out_dtype):
 # Split K (decode, kernels/gemm.py): 2 and 3 programs per tile, K not a multiple of BLOCK_K (the last split's masked
 # tail) or too short for every split to get a step (an empty split adds zeros), and the requant epilogue.
 SPLITS = {f"split{s} {bk}": dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=bk, GROUP_M=1, num_warps=4, num_stages=2, SPLIT_K=s)
-          for s, bk in ((2, 16), (3, 32), (3, 64))}
+          for s, bk in ((2, 32), (3, 32), (3, 64))}
 
 
 class _Twice:
@@ -162,7 +162,7 @@ def test_split_k_bit_exact(M, N, K, config):
 def test_split_k_refused_where_order_matters():
     a, b = int8(3, 64).to(DEVICE).half(), int8(5, 64).to(DEVICE).half()
     with pytest.raises(ValueError, match="SPLIT_K needs int8 operands"):
-        gemm(a, b.T, out_dtype=torch.float32, config=SPLITS["split2 16"])
+        gemm(a, b.T, out_dtype=torch.float32, config=SPLITS["split2 32"])
 
 
 # The persistent TMA variant (kernels/gemm.py): K a multiple of 16 (TMA's row alignment, int8) but not of BLOCK_K
@@ -189,3 +189,10 @@ def test_tma_variant_refused_where_a_descriptor_cannot_read():
         int8_gemm(int8(5, 45).to(DEVICE), int8(7, 45).to(DEVICE), config=TMA)  # rows of 45 bytes
     with pytest.raises(ValueError, match="TMA needs"):
         gemm(int8(5, 64).to(DEVICE).half(), int8(7, 64).to(DEVICE).half().T, out_dtype=torch.float32, config=TMA)
+
+
+def test_8bit_tiles_below_32_deep_refused_as_the_compiler_would():
+    # the interpreter runs an int8 dot of depth 16; Triton's NVIDIA backend refuses it (K >= 32 for 8-bit dots)
+    config = dict(CONFIGS["16x16x32"], BLOCK_K=16)
+    with pytest.raises(ValueError, match="BLOCK_K must be >= 32 for 8-bit operands"):
+        int8_gemm(int8(3, 64).to(DEVICE), int8(5, 64).to(DEVICE), config=config)
