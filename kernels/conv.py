@@ -99,6 +99,7 @@ def _conv2d_kernel(
     iw0 = (pix % OW) * conv_sw - pad_w
     cols = g * COLS + offs_n % COLS  # global output channel (clamped for loads)
     a_img = a_ptr + img.to(tl.int64) * stride_an + g * C_G  # the group's first input channel
+    w_cols = w_ptr + cols.to(tl.int64) * stride_wk  # a step adds the tap's offset, the same for every column
     pad = 0
     if DEPTHWISE and a_zp_ptr is not None:
         pad = tl.load(a_zp_ptr).to(tl.int8)
@@ -117,16 +118,17 @@ def _conv2d_kernel(
     for _ in range(0, R * S * tl.cdiv(C_G, BLOCK_K)):
         ih = ih0 + r * dil_h
         iw = iw0 + s * dil_w
-        inside = (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        # one unsigned compare a side: a negative coordinate wraps past H (W)
+        inside = (ih.to(tl.uint32, bitcast=True) < H) & (iw.to(tl.uint32, bitcast=True) < W)
         a_pix = a_img + ih.to(tl.int64) * stride_ah + iw.to(tl.int64) * stride_aw
-        w_tap = w_ptr + r * stride_wr + s * stride_ws
+        w_tap = w_cols + (r.to(tl.int64) * stride_wr + s.to(tl.int64) * stride_ws)
         if DEPTHWISE:  # input channel of output channel k is k // K_G; one tap, no channel reduction
             a = tl.load(a_pix[:, None] + (cols // K_G)[None, :], mask=inside[:, None], other=pad)
-            b = tl.load(w_tap + cols * stride_wk)
+            b = tl.load(w_tap)
             acc += a.to(tl.int32) * b.to(tl.int32)[None, :]
         else:
             a_ptrs = a_pix[:, None] + (c0 + offs_c)[None, :]
-            b_ptrs = w_tap + cols[None, :].to(tl.int64) * stride_wk + (c0 + offs_c)[:, None]
+            b_ptrs = w_tap[None, :] + (c0 + offs_c)[:, None]
             if EVEN_K:
                 a = tl.load(a_ptrs, mask=inside[:, None], other=0)
                 b = tl.load(b_ptrs)
