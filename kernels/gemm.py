@@ -261,6 +261,25 @@ def _ensure_allocator() -> None:
         triton.set_allocator(lambda size, alignment, stream: torch.empty(size, dtype=torch.int8, device="cuda"))
 
 
+_WORKSPACES: dict[tuple[int, int], torch.Tensor] = {}  # (device, stream) -> the SPLIT_K workspace, zero at rest
+_RETIRED: list[torch.Tensor] = []  # outgrown workspaces: a captured CUDA graph may still address one
+
+
+def _split_workspace(a, numel: int) -> torch.Tensor:
+    """int32, at least numel, all zero: _sum_splits leaves it so after every launch. One per CUDA device and stream
+    (launches on one stream never overlap), kept between calls so that a decode step pays no allocation and no
+    memset; a new zeroed one where the operands are fake (torch.compile traces the launch) or on the CPU."""
+    if a.device.type != "cuda" or (type(a) is not torch.Tensor and is_fake(a)):
+        return torch.zeros(numel, dtype=torch.int32, device=a.device)
+    key = (a.device.index, torch.cuda.current_stream(a.device).cuda_stream)
+    workspace = _WORKSPACES.get(key)
+    if workspace is None or workspace.numel() < numel:
+        if workspace is not None:
+            _RETIRED.append(workspace)
+        workspace = _WORKSPACES[key] = torch.zeros(max(numel, 1 << 16), dtype=torch.int32, device=a.device)
+    return workspace
+
+
 _GEMM = TiledKernel(_gemm_kernel, reduction="K")
 # Plus the dtype of every tensor argument (Triton adds those), and everything else the pruner reads (_register_heavy:
 # the output kind, A's layout, whether M is a multiple of 16, the fp8 accumulation mode; _allows: whether TMA can
@@ -322,13 +341,13 @@ def gemm(a, b, *, a_scale=None, b_scale=None, bias=None, a_zero_point=None, b_su
         raise ValueError("gemm: TMA needs 8-bit, K-contiguous operands with 16-byte aligned rows, launched eagerly")
     if variant.get("SPLIT_K", 1) > 1 and not _splittable(a, accumulate_into is not None):
         raise ValueError(f"gemm: SPLIT_K needs int8 operands and no accumulate_into, got {a.dtype}")
-    # the SPLIT_K workspace, zero between calls (_sum_splits), wherever a split config may run
+    # the SPLIT_K workspace wherever a split config may run
     args.update(split_sum_ptr=None, split_count_ptr=None)
     if (variant.get("SPLIT_K", 1) > 1 if config else
             a.device.type == "cuda" and M <= 16 and _splittable(a, accumulate_into is not None)):
         tiles = triton.cdiv(M, 16) * triton.cdiv(N, 16)  # a bound: every tile is 16 x 16 or larger
-        workspace = torch.zeros(M * N + tiles, dtype=torch.int32, device=a.device)  # one allocation, one memset
-        args.update(split_sum_ptr=workspace[:M * N], split_count_ptr=workspace[M * N:])
+        workspace = _split_workspace(a, M * N + tiles)
+        args.update(split_sum_ptr=workspace[:M * N], split_count_ptr=workspace[M * N:M * N + tiles])
     if args["tma_ok"] and a.device.type == "cuda":
         _ensure_allocator()
 

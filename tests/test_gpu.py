@@ -1,6 +1,8 @@
 """On a CUDA machine: the ops, modules and workflows on CUDA tensors (the Triton kernels) against the CPU path (the
 reference) on the same data, and torch.compile generating code around the kernels. Skipped without CUDA."""
 
+import importlib
+
 import pytest
 import torch
 from torch import nn
@@ -44,6 +46,9 @@ def test_int8_decode_split_k_exact_under_contention(m, split_k):
     a, b = a.cuda(), b.cuda()
     for _ in range(20):
         assert torch.equal(int8_gemm(a, b, config=config).cpu(), expected)
+    # the workspace kept between calls is back to zero after them
+    workspaces = importlib.import_module("lowp_ops.kernels.gemm")._WORKSPACES.values()
+    assert all(not w.any() for w in workspaces) and (split_k is None or workspaces)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
