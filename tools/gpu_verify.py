@@ -37,7 +37,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 BUDGETS = {"setup": 15, "tests": 150, "large": 30, "perf": 150, "overhead": 30, "compile": 60}
 OPTIONAL = ("triton", "cupy", "transformers", "torchao", "xdist")
-TESTS = ["tests/kernels", "tests/test_gpu.py", "tests/ops", "tests/nn/test_add_module.py"]
+# the GPU-only tests first: if the stage runs out of time, what it leaves out is what the CPU has run too
+TESTS = ["tests/test_gpu.py", "tests/kernels", "tests/ops", "tests/nn/test_add_module.py"]
 
 
 class Run:
@@ -135,7 +136,9 @@ def tests(deadline, record):
     if not _cuda(record):
         return "skipped"
     xdist = importlib.util.find_spec("xdist") is not None
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--maxfail=25", "-rfE", *TESTS]
+    # -v: a line per test as it ends, so a log cut short by the budget still names every test run and failed
+    command = [sys.executable, "-m", "pytest", "-v", "--tb=short", "-p", "no:cacheprovider", "--maxfail=25", "-rfE",
+               *TESTS]
     if xdist:
         command[3:3] = ["-n", "4"]
     log = RUN.out / "tests.log"
