@@ -191,3 +191,13 @@ def test_gpu_verify_stages_run_small_on_the_cpu():
         assert len(shape) == (9 if op == "int8_conv" else 3), (op, shape)  # bench/cases.py's shape forms
         assert bar > 0
     assert "conv2d" in gv.chosen_tiles()
+
+
+def test_gluon_int8_probe_keeps_a_wgmma_in_flight():
+    # tools/gluon_int8_probe.py: Gluon's explicit async wgmma on an int32 accumulator compiles overlapped (a wait
+    # for 1 group in flight), where tl.dot's pipeliner waits for every int8 step (kernels/gemm.py)
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "gluon_int8_probe.py")], check=False, env=env,
+                          capture_output=True, text=True, cwd=ROOT / "tools")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("waits [0, 1]") == 3, proc.stdout
