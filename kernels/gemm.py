@@ -13,7 +13,8 @@
 .s32.s8.s8` / `.f32.e4m3.e4m3`; with a (K, N) row-major int8 B, plain Triton INT8 ran 107 instead of 997 TOPS at
 4096³ on an H100 80GB (bench/BASELINES.md, GEMM throughput). Each int8 K step waits for its own wgmma before the next
 is issued (no overlap): Triton's wgmma pipeliner keeps only float32 accumulators asynchronous ("Can't make dot async
-because the accumulator is not fp32" in its debug log, triton 3.6 and 3.9); fp8 and fp16 overlap one step.
+because the accumulator is not fp32" in its debug log, triton 3.6 and 3.9); fp8 and fp16 overlap one step. Gluon's
+explicit async wgmma does overlap int8 (tools/gluon_int8_probe.py), but the interpreter cannot run Gluon.
 FP8 accumulation: sm_90's fp8 wgmma adds its products into the accumulator with fewer bits than float32 (about 14
 kept: DeepSeek-V3 technical report, arXiv 2412.19437, "Increasing Accumulation Precision"). FAST_ACCUM=False
 moves each BLOCK_K slice's sum into a float32 accumulator (Triton's max_num_imprecise_acc = BLOCK_K, the report's
