@@ -322,12 +322,13 @@ def gemm(a, b, *, a_scale=None, b_scale=None, bias=None, a_zero_point=None, b_su
     c = accumulate_into if accumulate_into is not None else torch.empty((M, N), dtype=out_dtype, device=a.device)
     if M == 0 or N == 0:
         return c
+    bucket = m_bucket(M)
     args = dict(
         a_ptr=a, b_ptr=b, c_ptr=c, a_scale_ptr=a_scale, b_scale_ptr=b_scale, bias_ptr=bias,
         a_zp_ptr=a_zero_point, b_sum_ptr=b_sum, out_scale_ptr=out_scale, out_zp_ptr=out_zero_point,
-        M=M, N=N, K=K, m_bucket=m_bucket(M), m_aligned=int(M % 16 == 0),
+        M=M, N=N, K=K, m_bucket=bucket, m_aligned=int(M % 16 == 0),
         # asked of the operands where a TMA config may run (_allows: M ≥ 64 when tuning)
-        tma_ok=int((config.get("TMA", False) if config else m_bucket(M) >= 64)
+        tma_ok=int((config.get("TMA", False) if config else bucket >= 64)
                    and _tma_ok(a, b, accumulate_into is not None)),
         stride_am=a.stride(0),
         stride_ak=a.stride(1),

@@ -10,8 +10,9 @@ SMEM_BUDGET_BYTES = 200 * 1024
 
 
 def m_bucket(m: int) -> int:
-    """The autotune key for M: next power of two, capped where larger M no longer changes the best tile."""
-    return min(triton.next_power_of_2(max(int(m), 1)), 8192)
+    """The autotune key for M: next power of two, capped where larger M no longer changes the best tile. Plain int
+    arithmetic: triton.next_power_of_2 goes through a constexpr-function wrapper, ~2.5 us a call (CI machine)."""
+    return min(1 << (max(int(m), 1) - 1).bit_length(), 8192)
 
 
 def gemm_configs(table, group_m: int = 8, **variant) -> list:
