@@ -133,6 +133,7 @@ _SIZE = (_M, 4096, 4096)
 _ALIGNED_SIZE = (4096, 4096, 4096)
 _PRUNER_MS = (1, 16, _M, 128, 8192)
 _SMALL = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 4, "num_stages": 2}
+_SPLIT = {"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 256, "GROUP_M": 8, "num_warps": 4, "num_stages": 4, "SPLIT_K": 2}
 
 
 # Epilogue variants of the performance table: raw int32, the W8A8 linear output, requantized int8 with zero points.
@@ -368,6 +369,14 @@ def compile_check(arch: int = 90) -> list[dict]:
                                **_GEMM_EXTRA}.items()]
     jobs += [("conv2d", name, call, (*_SIZE,), {"config": _SMALL})
              for name, call in {**_CONV_VARIANTS, **_CONV_EXTRA}.items()]
+    # the GEMM's variants (kernels/gemm.py): split K at decode, int8; the persistent TMA tiles, 8-bit
+    jobs += [("gemm", f"{name}, split K", call, (16, 4096, 4096), {"config": _SPLIT})
+             for name, call in _INT8_GEMM_VARIANTS.items()]
+    jobs += [("gemm", f"{name}, TMA", call, (*_SIZE,), {"config": {**_SMALL, "TMA": True}})
+             for name, call in {**_INT8_GEMM_VARIANTS, **_FP8_GEMM_VARIANTS}.items()]
+    # the conv's padding correction with tap sums past 2^22 (three float16 parts: C/groups > 32768)
+    jobs += [("conv2d", "conv int8 out, zp, 40000 channels", _CONV_VARIANTS["conv int8 out, zp"], (100, 64, 40000),
+              {"config": _SMALL})]
     jobs += [("quantize", name, call, (), {}) for name, call in _QUANTIZE_VARIANTS.items()]
     jobs += [("max_pool2d", name, call, (), {}) for name, call in _POOL_VARIANTS.items()]
     rows = []
