@@ -24,6 +24,8 @@ would leave the tensor cores 16-32x idle; their taps load straight into register
 import torch
 import triton
 import triton.language as tl
+from torch._subclasses.fake_tensor import is_fake
+from torch.utils.weak import WeakIdKeyDictionary
 
 from .epilogue import gemm_epilogue, grouped_tile
 from .launch import TiledKernel, direct, output_kind
@@ -164,6 +166,21 @@ _conv2d_tuned = _CONV.autotuned(
 )
 
 
+_TAP_SUMS = WeakIdKeyDictionary()  # weight -> (its version, its per-tap sums)
+
+
+def _tap_sums(w: torch.Tensor) -> torch.Tensor:
+    """int32 (K, R, S) = Σ_c w[k, c, r, s], what the padding correction reads; kept per weight tensor until it is
+    written in place, so that a layer's call does not launch the reduction again (traced calls always do)."""
+    if type(w) is not torch.Tensor and is_fake(w):
+        return w.sum(dim=1, dtype=torch.int32)
+    version, sums = _TAP_SUMS.get(w, (None, None))
+    if version != w._version:
+        sums = w.sum(dim=1, dtype=torch.int32)
+        _TAP_SUMS[w] = (w._version, sums)
+    return sums
+
+
 def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
     """Output height (or width) of a convolution along one side: torch.nn.Conv2d's formula."""
     return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
@@ -179,7 +196,7 @@ def int8_conv2d(x, w, *, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=
     a_zero_point: int32 (1,) with b_sum int32 (K,) = Σ_{c,r,s} w[k]; out_scale / out_zero_point (1,) for int8
     output; activation "none" | "relu" | "relu6" | "gelu". out: (N, K, OH, OW) out_dtype, channels_last.
     config and wrap as for kernels.gemm. With a zero point and padding, the per-tap weight sums the padding
-    correction reads are computed here (one reduction over w per call).
+    correction reads are computed here, once per weight tensor (and again after an in-place write).
     """
     N, C, H, W = x.shape
     K, C_G, R, S = w.shape
@@ -194,7 +211,7 @@ def int8_conv2d(x, w, *, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=
     cols, n_groups = (K, 1) if depthwise else (K_G, groups)
     tap_sum, sum_parts = None, 0
     if a_zero_point is not None and not depthwise and max(padding) > 0:  # _outside_sums: 11-bit parts of sums
-        tap_sum, sum_parts = w.sum(dim=1, dtype=torch.int32), 2 if 128 * C_G <= 2**22 else 3  # within ±128·C/G
+        tap_sum, sum_parts = _tap_sums(w), 2 if 128 * C_G <= 2**22 else 3  # within ±128·C/G
     args = dict(
         a_ptr=x, w_ptr=w, c_ptr=out, a_scale_ptr=a_scale, b_scale_ptr=b_scale, bias_ptr=bias,
         a_zp_ptr=a_zero_point, b_sum_ptr=b_sum, out_scale_ptr=out_scale, out_zp_ptr=out_zero_point,

@@ -134,3 +134,16 @@ def test_quantize_nchw_to_nhwc_bit_exact(shape, dtype):
     assert_bitwise_equal(q, reference.quantize_channels_last(x, scale=scale, zero_point=zp))
     # channels_last input takes the same path
     assert_bitwise_equal(quantize_channels_last(x.contiguous(memory_format=CL), scale=scale, zero_point=zp), q)
+
+
+def test_tap_sums_follow_in_place_weight_writes():
+    # the padding correction's per-tap weight sums are kept per weight tensor (kernels/conv.py): an in-place write
+    # to the weight must not leave the old sums in use
+    N, C, H, W, K, R, S, *geo = GEOMETRIES["3x3 pad1 13x13"]
+    x, w = _tensors(N, C, H, W, K, R, S, geo[3])
+    zp = torch.tensor([-20], dtype=torch.int32, device=DEVICE)
+    for _ in range(2):
+        kw = dict(_geometry_kwargs(*geo), a_scale=torch.ones(1, device=DEVICE), b_scale=torch.ones(K, device=DEVICE),
+                  a_zero_point=zp, b_sum=w.int().sum(dim=(1, 2, 3)).int(), out_dtype=torch.float32)
+        assert_bitwise_equal(int8_conv2d(x, w, **kw), reference.int8_conv2d(x, w, **kw))
+        w.mul_(-1).clamp_(-127, 127)
