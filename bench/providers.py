@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from lowp_ops import quant
+from lowp_ops import quant, reference
 from lowp_ops._validate import fp8_supported
 from lowp_ops.nn import Int8Conv2d
 
@@ -104,13 +104,9 @@ def _lowp_conv(p: Problem, affine: bool):
         conv.weight.copy_(d["w"])
         conv.bias.copy_(d["b"])
     lo, hi = d["x"].aminmax()
-    if affine:
-        scale = (hi - lo) / 255
-        zero_point = (-128 - torch.round(lo / scale)).to(torch.int32).reshape(1)
-    else:
-        scale, zero_point = torch.maximum(hi.abs(), lo.abs()) / 127, None
-    m = Int8Conv2d.from_float(conv, input_scale=scale.reshape(1), input_zero_point=zero_point,
-                              out_dtype=torch.float16)
+    scale, zero_point = quant.choose_qparams(lo, hi, reference.INT8_AFFINE if affine else reference.INT8_PER_TENSOR)
+    m = Int8Conv2d.from_float(conv, input_scale=scale.reshape(1),
+                              input_zero_point=zero_point.reshape(1) if affine else None, out_dtype=torch.float16)
     q = torch.ops.lowp.quantize_channels_last(d["x"], m.input_scale, m.input_zero_point)
     return lambda: m(q)
 

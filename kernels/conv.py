@@ -14,21 +14,21 @@ steps. Both operand tiles are channel-contiguous: contiguous along the reduction
 Padding with an activation zero point za: a tap outside the image must add (za − za)·w = 0 once the epilogue has
 subtracted za·Σ w. The tiles read 0 there, not za: a masked load with a zero fill stays an asynchronous copy into
 shared memory, where a non-zero fill sends every A tile through registers and selects and back (sm_90, triton 3.9:
-295 instead of 161 SASS instructions per reduction step of a 128x128x64 tile). One correction after the loop adds
-za · Σ_{taps outside} Σ_c w back: a GEMM of (pixels x taps, 0/1) by (taps x channels, per-tap weight sums) on the
-tensor cores (_outside_sums). Depthwise layers (one input channel per group) take a constexpr variant: channels
-across all groups on the column axis and an elementwise multiply-accumulate, since a dot product over one channel
-would leave the tensor cores 16-32x idle; their taps load straight into registers, so they read za directly.
+295 instead of 161 SASS instructions per reduction step of a 128x128x64 tile). One correction, the accumulator's
+start value, adds za · Σ_{taps outside} Σ_c w back: a GEMM of (pixels x taps, 0/1) by (taps x channels, per-tap
+weight sums) on the tensor cores (_outside_sums). Depthwise layers (one input channel per group) take a constexpr
+variant: channels across all groups on the column axis and an elementwise multiply-accumulate, since a dot product
+over one channel would leave the tensor cores 16-32x idle; their taps load straight into registers, so they read za
+directly.
 """
 
 import torch
 import triton
 import triton.language as tl
-from torch._subclasses.fake_tensor import is_fake
 from torch.utils.weak import WeakIdKeyDictionary
 
 from .epilogue import gemm_epilogue, grouped_tile
-from .launch import TiledKernel, direct, output_kind
+from .launch import TiledKernel, direct, fake, output_kind
 from .tuning import gemm_configs, m_bucket, make_gemm_pruner
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_stages, num_warps). Not yet tuned on a GPU: ResNet-50 layers have 64-512
@@ -44,6 +44,13 @@ _CONV_TABLE = [
     (128, 64, 32, 2, 4),
     (64, 128, 32, 2, 4),
 ]
+
+
+@triton.jit
+def _inside(ih, iw, H, W):
+    """Whether input coordinates fall inside the H x W image: one unsigned compare a side (a negative coordinate
+    wraps past H, W)."""
+    return (ih.to(tl.uint32, bitcast=True) < H) & (iw.to(tl.uint32, bitcast=True) < W)
 
 
 @triton.jit
@@ -66,8 +73,7 @@ def _outside_sums(ih0, iw0, H, W, R, S, dil_h, dil_w, tap_sum_ptr, cols,
             taps = t0 + tl.arange(0, TAPS)
             ih = ih0[:, None] + ((taps // S) * dil_h)[None, :]
             iw = iw0[:, None] + ((taps % S) * dil_w)[None, :]
-            outside = (ih < 0) | (ih >= H) | (iw < 0) | (iw >= W)
-            outside = outside & (taps < taps_all)[None, :]
+            outside = ~_inside(ih, iw, H, W) & (taps < taps_all)[None, :]
             sums = tl.load(tap_sum_ptr + cols[None, :] * taps_all + taps[:, None], mask=(taps < taps_all)[:, None],
                            other=0)
             digits = sums >> (11 * p)  # arithmetic shift: the top part keeps the sign
@@ -120,8 +126,7 @@ def _conv2d_kernel(
     for _ in range(0, R * S * tl.cdiv(C_G, BLOCK_K)):
         ih = ih0 + r * dil_h
         iw = iw0 + s * dil_w
-        # one unsigned compare a side: a negative coordinate wraps past H (W)
-        inside = (ih.to(tl.uint32, bitcast=True) < H) & (iw.to(tl.uint32, bitcast=True) < W)
+        inside = _inside(ih, iw, H, W)
         a_pix = a_img + ih.to(tl.int64) * stride_ah + iw.to(tl.int64) * stride_aw
         w_tap = w_cols + (r.to(tl.int64) * stride_wr + s.to(tl.int64) * stride_ws)
         if DEPTHWISE:  # input channel of output channel k is k // K_G; one tap, no channel reduction
@@ -172,7 +177,7 @@ _TAP_SUMS = WeakIdKeyDictionary()  # weight -> (its version, its per-tap sums)
 def _tap_sums(w: torch.Tensor) -> torch.Tensor:
     """int32 (K, R, S) = Σ_c w[k, c, r, s], what the padding correction reads; kept per weight tensor until it is
     written in place, so that a layer's call does not launch the reduction again (traced calls always do)."""
-    if type(w) is not torch.Tensor and is_fake(w):
+    if fake(w):
         return w.sum(dim=1, dtype=torch.int32)
     version, sums = _TAP_SUMS.get(w, (None, None))
     if version != w._version:

@@ -36,10 +36,9 @@ import functools
 import torch
 import triton
 import triton.language as tl
-from torch._subclasses.fake_tensor import is_fake
 
 from .epilogue import gemm_epilogue, grouped_tile
-from .launch import INTERPRETER_CONFIG, TiledKernel, direct, output_kind
+from .launch import INTERPRETER_CONFIG, TiledKernel, direct, fake, output_kind
 from .tuning import gemm_configs, m_bucket, make_gemm_pruner
 
 __all__ = ["INTERPRETER_CONFIG", "fp8_gemm", "gemm", "int8_gemm"]  # INTERPRETER_CONFIG lives in kernels/launch.py
@@ -193,7 +192,7 @@ def _gemm_kernel(
                        stride_am, stride_ak, stride_bk, stride_bn, stride_cm, stride_cn,
                        BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, EVEN_K, ACCUMULATE, FAST_ACCUM, OUTPUT,
                        A_SCALE_PER_ROW, B_SCALE_PER_COL, A_ZP_PER_ROW, ACTIVATION, SPLIT_K, TMA, INT8, FP8)
-    else:
+    else:  # not the same walk with one step: a loop around the tile raised registers until two tiles spilled
         _gemm_tile(tl.program_id(0), a_ptr, b_ptr, c_ptr,
                    a_scale_ptr, b_scale_ptr, bias_ptr, a_zp_ptr, b_sum_ptr, out_scale_ptr, out_zp_ptr,
                    split_sum_ptr, split_count_ptr, M, N, K,
@@ -239,9 +238,7 @@ def _tma_ok(a, b, accumulate: bool) -> bool:
     if a.element_size() != 1 or accumulate or a.stride(1) != 1 or b.stride(0) != 1 or a.stride(0) % 16 or \
             b.stride(1) % 16:
         return False
-    # torch.compile traces the launch on fake tensors: no addresses, and no allocator in its code (is_fake takes
-    # ~1.3 us a call on the CI machine: plain tensors skip it)
-    if not type(a) is type(b) is torch.Tensor and (is_fake(a) or is_fake(b)):
+    if fake(a) or fake(b):  # torch.compile traces the launch: no addresses, and no allocator in its code
         return False
     if a.data_ptr() % 16 or b.data_ptr() % 16:
         return False
@@ -272,14 +269,16 @@ def _split_workspace(a, numel: int) -> torch.Tensor:
     """int32, at least numel, all zero: _sum_splits leaves it so after every launch. One per CUDA device and stream
     (launches on one stream never overlap), kept between calls so that a decode step pays no allocation and no
     memset; a new zeroed one where the operands are fake (torch.compile traces the launch) or on the CPU."""
-    if a.device.type != "cuda" or (type(a) is not torch.Tensor and is_fake(a)):
+    if a.device.type != "cuda" or fake(a):
         return torch.zeros(numel, dtype=torch.int32, device=a.device)
     key = (a.device.index, torch.cuda.current_stream(a.device).cuda_stream)
     workspace = _WORKSPACES.get(key)
     if workspace is None or workspace.numel() < numel:
         if workspace is not None:
             _RETIRED.append(workspace)
-        workspace = _WORKSPACES[key] = torch.zeros(max(numel, 1 << 16), dtype=torch.int32, device=a.device)
+        # doubling: a model's layers and batch sizes retire a handful of workspaces, not one per new size
+        grown = 2 * workspace.numel() if workspace is not None else 1 << 16
+        workspace = _WORKSPACES[key] = torch.zeros(max(numel, grown), dtype=torch.int32, device=a.device)
     return workspace
 
 
