@@ -104,23 +104,17 @@ def _conv_direct(cpp, x, w, oh, ow, stride, padding, dilation, a_zero_point, b_s
     pixel's taps times the weight as floats (exact integers), then the GEMM epilogue; bit-exact with the reference."""
     N, K = x.shape[0], w.shape[0]
     table = packed(w, ("direct",), lambda: cpp.direct_weight(w))
-    a_scale, b_scale, bias = (epilogue[k] for k in ("a_scale", "b_scale", "bias"))
-    activation, out_dtype = epilogue["activation"], epilogue["out_dtype"]
-    requant = out_dtype == torch.int8
     zp = 0 if a_zero_point is None else int(a_zero_point.item())
     if a_zero_point is not None and b_sum is None:
         b_sum = w.sum(dim=(1, 2, 3), dtype=torch.int32)
-    absent = gemm.ABSENT
+    activation, out_dtype = epilogue["activation"], epilogue["out_dtype"]
     y = cpp.conv_direct(x, table, K, *w.shape[2:], *stride, *padding, *dilation, zp,
-                        absent if a_scale is None else a_scale.reshape(-1), absent if b_scale is None else b_scale,
-                        absent if bias is None else bias.float(), absent if a_zero_point is None else a_zero_point,
-                        absent if b_sum is None else b_sum, gemm.NATIVE_ACTIVATIONS.get(activation, 0),
-                        epilogue["out_scale"].item() if requant else -1.0,
-                        int(epilogue["out_zero_point"].item()) if requant and epilogue["out_zero_point"] is not None
-                        else 0)
-    if activation == "gelu":
-        y = reference.activation(y, "gelu")
-    y = y if out_dtype in (torch.float32, torch.int8) else y.to(out_dtype)
+                        *gemm.native_epilogue(out_dtype=out_dtype, a_scale=epilogue["a_scale"],
+                                              b_scale=epilogue["b_scale"], bias=epilogue["bias"],
+                                              a_zero_point=a_zero_point, b_sum=b_sum, activation_name=activation,
+                                              out_scale=epilogue["out_scale"],
+                                              out_zero_point=epilogue["out_zero_point"]))
+    y = gemm.native_finish(y, activation, out_dtype)
     return y.reshape(N, oh, ow, K).permute(0, 3, 1, 2)
 
 

@@ -62,6 +62,26 @@ def native_finishes(activation: str, out_dtype: torch.dtype) -> bool:
     return activation in NATIVE_ACTIVATIONS or (activation == "gelu" and out_dtype != torch.int8)
 
 
+def native_epilogue(*, out_dtype, a_scale=None, b_scale=None, bias=None, a_zero_point=None, b_sum=None,
+                    activation_name="none", out_scale=None, out_zero_point=None) -> tuple:
+    """The epilogue arguments native.cpp's functions take after their own (gemm_epilogue, conv_direct): absent
+    tensors as ABSENT, the activation's code, the output scale and zero point as numbers (-1.0: float output)."""
+    requant = out_dtype == torch.int8
+    return (ABSENT if a_scale is None else a_scale.reshape(-1), ABSENT if b_scale is None else b_scale,
+            ABSENT if bias is None else bias.float(), ABSENT if a_zero_point is None else a_zero_point,
+            ABSENT if b_sum is None else b_sum, NATIVE_ACTIVATIONS.get(activation_name, 0),
+            out_scale.item() if requant else -1.0,
+            int(out_zero_point.item()) if requant and out_zero_point is not None else 0)
+
+
+def native_finish(y: torch.Tensor, activation: str, out_dtype: torch.dtype) -> torch.Tensor:
+    """native.cpp's epilogue output (float32 or int8) finished: gelu (torch's, as the reference) and the float
+    output dtype."""
+    if activation == "gelu":
+        y = reference.activation(y, "gelu")
+    return y if out_dtype in (torch.float32, torch.int8) else y.to(out_dtype)
+
+
 def _cpp_for(acc: torch.Tensor, activation: str, out_dtype: torch.dtype):
     """native.cpp's module where it finishes this epilogue: relu-type activations to any output, gelu (torch's, after
     the C++ pass) to a float one; none for the raw int32 accumulator or a traced call."""
@@ -83,17 +103,13 @@ def fused_epilogue(acc: torch.Tensor, *, out_dtype, a_scale=None, b_scale=None, 
         return reference.gemm_epilogue(acc, out_dtype=out_dtype, a_scale=a_scale, b_scale=b_scale, bias=bias,
                                        a_zero_point=a_zero_point, b_sum=b_sum, activation_name=activation_name,
                                        out_scale=out_scale, out_zero_point=out_zero_point)
-    requant = out_dtype == torch.int8
-    y = cpp.gemm_epilogue(acc, ABSENT if a_scale is None else a_scale, ABSENT if b_scale is None else b_scale,
-                          ABSENT if bias is None else bias.float(), ABSENT if a_zero_point is None else a_zero_point,
-                          ABSENT if b_sum is None else b_sum, NATIVE_ACTIVATIONS.get(activation_name, 0),
-                          out_scale.item() if requant else -1.0,
-                          int(out_zero_point.item()) if requant and out_zero_point is not None else 0)
+    y = cpp.gemm_epilogue(acc, *native_epilogue(out_dtype=out_dtype, a_scale=a_scale, b_scale=b_scale, bias=bias,
+                                                a_zero_point=a_zero_point, b_sum=b_sum,
+                                                activation_name=activation_name, out_scale=out_scale,
+                                                out_zero_point=out_zero_point))
     if y.numel() != acc.numel():  # inexact float accumulator
         return y
-    if activation_name == "gelu":
-        y = reference.activation(y, "gelu")
-    return y if out_dtype in (torch.float32, torch.int8) else y.to(out_dtype)
+    return native_finish(y, activation_name, out_dtype)
 
 
 def fp8_gemm(a: torch.Tensor, b: torch.Tensor, *, out_dtype=torch.float32, activation="none", fast_accum=False,
