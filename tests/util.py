@@ -230,14 +230,14 @@ RANKS = 2  # processes of the torch.distributed tests (gloo on CPU, NCCL where e
 
 
 def spawn_ranks(fn, folder, timeout_s: float = 180.0) -> None:
-    """fn(rank, str(folder)) on RANKS spawned processes (each initializes its process group, e.g. with a file
-    rendezvous in folder: no network); fails the test if they have not finished within timeout_s."""
+    """fn(rank, str(folder)) on RANKS spawned processes, each in a gloo process group (a file rendezvous in folder:
+    no network; collectives time out after 60 s); fails the test if they have not finished within timeout_s."""
     import time
 
     import pytest
     import torch.multiprocessing as mp
 
-    context = mp.start_processes(fn, args=(str(folder),), nprocs=RANKS, join=False, start_method="spawn")
+    context = mp.start_processes(_in_group, args=(str(folder), fn), nprocs=RANKS, join=False, start_method="spawn")
     deadline = time.monotonic() + timeout_s
     while not context.join(timeout=5):
         if time.monotonic() > deadline:
@@ -245,3 +245,23 @@ def spawn_ranks(fn, folder, timeout_s: float = 180.0) -> None:
                 process.kill()
             pytest.fail(f"the ranks did not finish within {timeout_s:.0f} s")
 
+
+def _in_group(rank: int, folder: str, fn) -> None:
+    """A spawned rank: fn(rank, folder) in the process group, one thread (two ranks share the CI machine's two
+    cores). Then, before the group goes: fn's objects are gone (a DDP or FSDP module left for interpreter exit
+    destroyed gloo's threads out of order: "terminate called without an active exception", about 1 run in 10 under
+    load) and every rank has finished talking (a barrier)."""
+    import gc
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=RANKS,
+                            timeout=timedelta(seconds=60))
+    try:
+        torch.set_num_threads(1)
+        fn(rank, folder)
+        gc.collect()
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()

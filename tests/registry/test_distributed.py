@@ -4,8 +4,6 @@ model one process calibrated on all the batches gives; a QAT model trained under
 every rank to one ordinary model. Backend-agnostic: the same code runs on NCCL ranks with a GPU each. Bounded in
 time (the ranks' collectives time out after 60 s, each test gives up after 180)."""
 
-from datetime import timedelta
-
 import pytest
 import torch
 import torch.distributed as dist
@@ -37,30 +35,24 @@ def _convert(observer: str, batches) -> dict:
 
 
 def _rank(rank: int, folder: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=RANKS,
-                            timeout=timedelta(seconds=60))
-    try:
-        torch.set_num_threads(1)
-        mine = _batches()[rank::RANKS]
-        for observer in OBSERVERS:
-            torch.save(_convert(observer, mine), f"{folder}/{observer}-{rank}.pt")
-        # QAT: each rank's input observers average its own batches; reduced by convert, the ranks convert alike
-        qat = lowp_ops.prepare_qat(_model()).train()
-        for x in mine:
-            qat(x)
-        torch.save(lowp_ops.convert(qat.eval(), process_group=dist.group.WORLD).state_dict(),
-                   f"{folder}/qat-{rank}.pt")
-        # an observer that saw nothing on one rank takes the other's range; a left-out batch counts everywhere
-        obs = quant.MinMaxObserver(quant.per_channel(axis=1))
-        if rank == 0:
-            obs(torch.arange(12.0).reshape(4, 3) - 5)
-        else:
-            with pytest.warns(UserWarning, match="NaN or inf"):
-                obs(torch.full((4, 3), torch.nan))
-        lowp_ops.sync_observers(torch.nn.Sequential(obs))
-        torch.save({"min": obs.min_val, "max": obs.max_val, "bad": obs.nonfinite_batches}, f"{folder}/one-{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+    mine = _batches()[rank::RANKS]
+    for observer in OBSERVERS:
+        torch.save(_convert(observer, mine), f"{folder}/{observer}-{rank}.pt")
+    # QAT: each rank's input observers average its own batches; reduced by convert, the ranks convert alike
+    qat = lowp_ops.prepare_qat(_model()).train()
+    for x in mine:
+        qat(x)
+    torch.save(lowp_ops.convert(qat.eval(), process_group=dist.group.WORLD).state_dict(),
+               f"{folder}/qat-{rank}.pt")
+    # an observer that saw nothing on one rank takes the other's range; a left-out batch counts everywhere
+    obs = quant.MinMaxObserver(quant.per_channel(axis=1))
+    if rank == 0:
+        obs(torch.arange(12.0).reshape(4, 3) - 5)
+    else:
+        with pytest.warns(UserWarning, match="NaN or inf"):
+            obs(torch.full((4, 3), torch.nan))
+    lowp_ops.sync_observers(torch.nn.Sequential(obs))
+    torch.save({"min": obs.min_val, "max": obs.max_val, "bad": obs.nonfinite_batches}, f"{folder}/one-{rank}.pt")
 
 
 def test_ranks_calibrated_on_their_own_batches_convert_to_one_model(tmp_path):
@@ -120,52 +112,46 @@ def _fsdp_rank(rank: int, folder: str) -> None:
     )
     from torch.distributed.fsdp import fully_shard
 
-    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=RANKS,
-                            timeout=timedelta(seconds=60))
-    try:
-        torch.set_num_threads(1)
-        model, optimizer = _sharded_qat()
-        gen = torch.Generator().manual_seed(rank)  # each rank its own batches: its own input observers' averages
-        batches = [torch.randn(4, 16, generator=gen) for _ in range(4)]
+    model, optimizer = _sharded_qat()
+    gen = torch.Generator().manual_seed(rank)  # each rank its own batches: its own input observers' averages
+    batches = [torch.randn(4, 16, generator=gen) for _ in range(4)]
 
-        def step(model, optimizer, x) -> float:
-            loss = model(x).square().mean()
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
-            return loss.item()
+    def step(model, optimizer, x) -> float:
+        loss = model(x).square().mean()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        return loss.item()
 
-        step(model, optimizer, batches[0]), step(model, optimizer, batches[1])
-        with pytest.raises(ValueError, match="convert: a model sharded by FSDP .* cannot be converted in place"):
-            lowp_ops.convert(model, inplace=True)
-        converted = lowp_ops.convert(model)
-        assert not any(type(p).__name__ == "DTensor" for p in converted.state_dict().values())
-        # the way out before: the full state dict into a fresh prepare_qat model, its observers synced
-        fresh = lowp_ops.prepare_qat(_mlp())
-        fresh.load_state_dict(get_model_state_dict(model, options=StateDictOptions(full_state_dict=True)))
-        expected = lowp_ops.convert(lowp_ops.sync_observers(fresh))
-        torch.save({"converted": converted.state_dict(), "expected": expected.state_dict(),
-                    "out": converted(torch.ones(2, 16))}, f"{folder}/fsdp-{rank}.pt")
-        # a float model trained sharded quantizes too (quantize_dynamic gathers it the same way)
-        float_model = _mlp()
-        fully_shard(float_model)
-        dynamic = lowp_ops.quantize_dynamic(float_model)
-        assert_bitwise_equal(dynamic[0].qweight, lowp_ops.quantize_dynamic(_mlp())[0].qweight)
-        # torch.distributed.checkpoint: observers synced before saving (a checkpoint holds one copy of each
-        # buffer), training resumes bit for bit
-        lowp_ops.sync_observers(model)
-        state, optim_state = get_state_dict(model, optimizer)
-        dcp.save({"model": state, "optim": optim_state}, checkpoint_id=f"{folder}/checkpoint")
-        went_on = [step(model, optimizer, x) for x in batches[2:]]
-        resumed, resumed_optimizer = _sharded_qat()
-        state, optim_state = get_state_dict(resumed, resumed_optimizer)  # shapes to load into: fresh observers too
-        loaded = {"model": state, "optim": optim_state}
-        dcp.load(loaded, checkpoint_id=f"{folder}/checkpoint")
-        set_state_dict(resumed, resumed_optimizer, model_state_dict=loaded["model"], optim_state_dict=loaded["optim"])
-        assert [step(resumed, resumed_optimizer, x) for x in batches[2:]] == went_on
-        assert type(model[0].weight).__name__ == "DTensor"  # the sharded model trained on after convert
-    finally:
-        dist.destroy_process_group()
+    step(model, optimizer, batches[0]), step(model, optimizer, batches[1])
+    with pytest.raises(ValueError, match="convert: a model sharded by FSDP .* cannot be converted in place"):
+        lowp_ops.convert(model, inplace=True)
+    converted = lowp_ops.convert(model)
+    assert not any(type(p).__name__ == "DTensor" for p in converted.state_dict().values())
+    # the way out before: the full state dict into a fresh prepare_qat model, its observers synced
+    fresh = lowp_ops.prepare_qat(_mlp())
+    fresh.load_state_dict(get_model_state_dict(model, options=StateDictOptions(full_state_dict=True)))
+    expected = lowp_ops.convert(lowp_ops.sync_observers(fresh))
+    torch.save({"converted": converted.state_dict(), "expected": expected.state_dict(),
+                "out": converted(torch.ones(2, 16))}, f"{folder}/fsdp-{rank}.pt")
+    # a float model trained sharded quantizes too (quantize_dynamic gathers it the same way)
+    float_model = _mlp()
+    fully_shard(float_model)
+    dynamic = lowp_ops.quantize_dynamic(float_model)
+    assert_bitwise_equal(dynamic[0].qweight, lowp_ops.quantize_dynamic(_mlp())[0].qweight)
+    # torch.distributed.checkpoint: observers synced before saving (a checkpoint holds one copy of each
+    # buffer), training resumes bit for bit
+    lowp_ops.sync_observers(model)
+    state, optim_state = get_state_dict(model, optimizer)
+    dcp.save({"model": state, "optim": optim_state}, checkpoint_id=f"{folder}/checkpoint")
+    went_on = [step(model, optimizer, x) for x in batches[2:]]
+    resumed, resumed_optimizer = _sharded_qat()
+    state, optim_state = get_state_dict(resumed, resumed_optimizer)  # shapes to load into: fresh observers too
+    loaded = {"model": state, "optim": optim_state}
+    dcp.load(loaded, checkpoint_id=f"{folder}/checkpoint")
+    set_state_dict(resumed, resumed_optimizer, model_state_dict=loaded["model"], optim_state_dict=loaded["optim"])
+    assert [step(resumed, resumed_optimizer, x) for x in batches[2:]] == went_on
+    assert type(model[0].weight).__name__ == "DTensor"  # the sharded model trained on after convert
 
 
 def test_a_qat_model_under_fsdp2_converts_on_every_rank_to_one_ordinary_model(tmp_path):
@@ -183,44 +169,38 @@ def _training_rank(rank: int, folder: str) -> None:
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
     from torch.nn.parallel import DistributedDataParallel
 
-    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=RANKS,
-                            timeout=timedelta(seconds=60))
-    try:
-        torch.set_num_threads(1)
-        torch.manual_seed(7)
-        teacher = torch.nn.Linear(16, 8)
-        gen = torch.Generator().manual_seed(rank)  # each rank its own batches of one regression problem
-        data = [torch.randn(16, 16, generator=gen) for _ in range(4)]
-        bf16 = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-        results = {}
-        for name in ("ddp qat", "ddp fp16", "fsdp qat", "fsdp fp16", "fsdp qat bf16", "fsdp fp16 bf16"):
-            float_model = _mlp()
-            model = lowp_ops.prepare_qat(float_model) if "qat" in name else lowp_ops.to_fp16(float_model)
-            if name.startswith("ddp"):
-                model = DistributedDataParallel(model)
-            else:
-                policy = {"mp_policy": bf16} if "bf16" in name else {}
-                for layer in model:
-                    if isinstance(layer, torch.nn.Linear):
-                        fully_shard(layer, **policy)
-                fully_shard(model, **policy)
-            optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-            scaler = torch.amp.GradScaler("cpu") if name == "ddp fp16" else None  # mixed precision's loss scaling
-            losses = []
-            for _ in range(20):
-                for x in data:
-                    loss = (model(x).float() - teacher(x).detach()).square().mean()
-                    (scaler.scale(loss) if scaler else loss).backward()
-                    scaler.step(optimizer) if scaler else optimizer.step()
-                    if scaler:
-                        scaler.update()
-                    optimizer.zero_grad()
-                    losses.append(loss.item())
-            weights = [p.full_tensor() if hasattr(p, "full_tensor") else p for p in model.parameters()]
-            results[name] = (losses, torch.cat([w.detach().float().flatten() for w in weights]))
-        torch.save(results, f"{folder}/training-{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+    torch.manual_seed(7)
+    teacher = torch.nn.Linear(16, 8)
+    gen = torch.Generator().manual_seed(rank)  # each rank its own batches of one regression problem
+    data = [torch.randn(16, 16, generator=gen) for _ in range(4)]
+    bf16 = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    results = {}
+    for name in ("ddp qat", "ddp fp16", "fsdp qat", "fsdp fp16", "fsdp qat bf16", "fsdp fp16 bf16"):
+        float_model = _mlp()
+        model = lowp_ops.prepare_qat(float_model) if "qat" in name else lowp_ops.to_fp16(float_model)
+        if name.startswith("ddp"):
+            model = DistributedDataParallel(model)
+        else:
+            policy = {"mp_policy": bf16} if "bf16" in name else {}
+            for layer in model:
+                if isinstance(layer, torch.nn.Linear):
+                    fully_shard(layer, **policy)
+            fully_shard(model, **policy)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        scaler = torch.amp.GradScaler("cpu") if name == "ddp fp16" else None  # mixed precision's loss scaling
+        losses = []
+        for _ in range(20):
+            for x in data:
+                loss = (model(x).float() - teacher(x).detach()).square().mean()
+                (scaler.scale(loss) if scaler else loss).backward()
+                scaler.step(optimizer) if scaler else optimizer.step()
+                if scaler:
+                    scaler.update()
+                optimizer.zero_grad()
+                losses.append(loss.item())
+        weights = [p.full_tensor() if hasattr(p, "full_tensor") else p for p in model.parameters()]
+        results[name] = (losses, torch.cat([w.detach().float().flatten() for w in weights]))
+    torch.save(results, f"{folder}/training-{rank}.pt")
 
 
 def test_qat_and_fp16_models_train_under_ddp_and_fsdp2(tmp_path):
